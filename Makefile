@@ -1,0 +1,55 @@
+# Everything the project needs is installed here, into .venv, from pyproject.toml.
+# CPU machines get the CPU build of torch pinned (a plain `pip install torch` pulls a multi-GB
+# CUDA build); a machine with nvidia-smi gets the pyproject's open torch range.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+STAMP := $(VENV)/.installed
+# Ray 2.59+ turns token auth on by default; a local single-user instance runs without it.
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run train serve test test-all bench schema typecheck clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job: train 5 folds on the bundled S&P 500 with live progress.
+run: $(STAMP)
+	$(PY) -m orchestrator train --data sp500 --folds 5 --epochs 25
+
+# A headless 5-fold run with progress bars, no server.
+train: $(STAMP)
+	$(PY) -m orchestrator train --data sp500 --folds 5 --epochs 25
+
+serve: $(STAMP)
+	$(PY) -m orchestrator serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+bench: $(STAMP)
+	$(PY) bench/parallel_folds.py
+
+schema: $(STAMP)
+	$(PY) -m orchestrator schema --out docs/ws-schema.json
+
+typecheck: $(STAMP)
+	$(PY) -m mypy orchestrator workers api
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,175 @@
+"""``python -m orchestrator`` / ``orchestrator``: train, serve, watch, hpo, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import TrainConfig, config_from_mapping, load_config_file
+from orchestrator.errors import OrchestratorError
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+# Ray >= 2.59 enables token auth by default; a local single-user instance runs without it
+# unless the user configured otherwise.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# flag dest -> TrainConfig field, for flags that only override when given
+_TRAIN_FLAGS = {
+    "data": "data",
+    "folds": "folds",
+    "epochs": "epochs",
+    "seed": "seed",
+    "reports_dir": "reports_dir",
+    "executor": "executor",
+    "cpus_per_fold": "cpus_per_fold",
+    "gpus_per_fold": "gpus_per_fold",
+    "max_concurrent_folds": "max_concurrent_folds",
+    "max_retries": "max_retries",
+    "min_samples": "min_samples",
+    "window": "window",
+}
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run configuration (override --config, which overrides the defaults)")
+    g.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
+    g.add_argument("--data", help="'sp500' (bundled) or a CSV/Parquet path")
+    g.add_argument("--folds", type=int, help="walk-forward CV folds (default 5)")
+    g.add_argument("--no-cv", dest="use_cv", action="store_false", default=None,
+                   help="one train/calibration/validation split instead of CV")
+    g.add_argument("--epochs", type=int, help="epochs per fold (default 25)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--reports-dir", help="reports root (default ./reports)")
+    g.add_argument("--min-samples", type=int)
+    g.add_argument("--window", choices=["expanding", "rolling"])
+    g.add_argument("--executor", choices=["local", "ray"], help="default: ray")
+    g.add_argument("--cpus-per-fold", type=float)
+    g.add_argument("--gpus-per-fold", type=float, help="fractions allowed, e.g. 0.25")
+    g.add_argument("--max-concurrent-folds", type=int)
+    g.add_argument("--max-retries", type=int, help="retries of a fold whose worker died")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other config field, e.g. --set lr=3e-4 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for dest, field in _TRAIN_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            values[field] = value
+    if args.use_cv is not None:
+        values["use_cv"] = args.use_cv
+    for item in args.set:
+        if "=" not in item:
+            raise OrchestratorError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return config_from_mapping(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Walk-forward CV training of a probabilistic return forecaster on Ray, "
+        "with live events over WebSocket.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="run one CV training headless, with progress bars")
+    add_train_flags(train)
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    train.add_argument("--events-out", help="write every event as sent on /ws to this JSON-lines file")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
+
+    schema = sub.add_parser("schema", help="print or write the JSON Schema of every /ws message")
+    schema.add_argument("--out", help="write to this file instead of stdout")
+    schema.set_defaults(func=_cmd_schema)
+
+    for name, help_text, module in _LATER_COMMANDS:
+        cmd = sub.add_parser(name, help=help_text, add_help=False)
+        cmd.set_defaults(func=_delegate(module))
+    return parser
+
+
+# Subcommands whose parsers live beside their implementation (imported only when used).
+_LATER_COMMANDS: list[tuple[str, str, str]] = [
+    ("serve", "serve the REST API and the /ws event stream", "api.server"),
+    ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.watch"),
+    ("hpo", "Optuna hyperparameter search over whole CV runs", "orchestrator.hpo"),
+]
+
+
+def _delegate(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    def run(args: argparse.Namespace, rest: list[str]) -> int:
+        import importlib
+
+        mod = importlib.import_module(module)
+        return int(mod.main(rest))
+
+    return run
+
+
+def _cmd_schema(args: argparse.Namespace, rest: list[str]) -> int:
+    from orchestrator.messages import message_json_schema
+
+    text = json.dumps(message_json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from orchestrator.progress import EventFileWriter, ProgressView
+    from orchestrator.runner import run_training
+
+    config = config_from_args(args)
+    view = ProgressView(enabled=not args.quiet)
+    writer = EventFileWriter(args.events_out) if args.events_out else None
+    listeners = [view] + ([writer] if writer else [])
+
+    def fanout(events: list[dict[str, Any]]) -> None:
+        for listener in listeners:
+            listener(events)
+
+    try:
+        run = run_training(config, listener=fanout, address=args.address)
+    finally:
+        view.close()
+        if writer:
+            writer.close()
+    if run.error:
+        print(f"error: {run.error}", file=sys.stderr)
+        return 1
+    print(f"summary: {run.summary_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in {name for name, _, _ in _LATER_COMMANDS}:
+        args, rest = parser.parse_known_args(argv[:1])
+        rest = argv[1:]
+    else:
+        args = parser.parse_args(argv)
+        rest = []
+    try:
+        return int(args.func(args, rest))
+    except OrchestratorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

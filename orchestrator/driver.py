@@ -1,0 +1,203 @@
+"""The driver side of one run (DESIGN 3): data, folds, reports and lifecycle events.
+
+``execute_run`` is the whole run, top to bottom. It publishes the lifecycle events as producer
+``driver``; the folds publish their own ``epoch_metrics``. Whatever happens, the run ends with
+exactly one of ``training_complete`` or ``training_error`` and a terminal state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.config import TrainConfig
+from orchestrator.cv import plan_folds_for
+from orchestrator.errors import InsufficientDataError, OrchestratorError, RunCancelledError
+from orchestrator.executors import FoldExecutor, FoldJob
+from orchestrator.lifecycle import Run, RunState
+from orchestrator.messages import (
+    DatasetReady,
+    FoldComplete,
+    Notification,
+    TrainingComplete,
+    TrainingError,
+    TrainingStart,
+)
+from orchestrator.reports import (
+    aggregate_metrics,
+    new_run_id,
+    package_versions,
+    run_dir,
+    write_predictions_csv,
+    write_summary,
+)
+from orchestrator.sinks import EventSink
+from workers.data import data_fingerprint, load_ohlcv
+from workers.features import build_features
+from workers.fold import FoldResult
+
+__all__ = ["new_run", "execute_run"]
+
+log = logging.getLogger(__name__)
+
+
+def new_run(config: TrainConfig, run_id: str | None = None) -> Run:
+    run_id = run_id or new_run_id()
+    return Run(run_id=run_id, config=config, run_dir=str(run_dir(config.reports_dir, run_id)))
+
+
+def _error_text(err: BaseException) -> str:
+    if isinstance(err, OrchestratorError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def execute_run(
+    run: Run,
+    sink: EventSink,
+    executor: FoldExecutor,
+    *,
+    extra_summary: dict[str, Any] | None = None,
+) -> Run:
+    """Run to the end; never raises for a run failure (the state and events say how it ended)."""
+    config = run.config
+    folder = Path(run.run_dir)
+    sink.register_run(run.run_id, run.run_dir)
+    driver = sink.publisher(run.run_id, "driver")
+    started = time.time()
+    try:
+        run.transition(RunState.RUNNING)
+        frame = load_ohlcv(config.data)
+        features = build_features(frame, config.lookback)
+        driver.publish(DatasetReady(size=len(features), min_samples=config.min_samples))
+        if len(features) < config.min_samples:
+            raise InsufficientDataError(len(features), config.min_samples)
+        specs = plan_folds_for(config, len(features))
+        run.folds_total = len(specs)
+        data_seconds = time.time() - started
+
+        training_started_at = time.time()
+        driver.publish(
+            TrainingStart(use_cv=config.use_cv, total_folds=len(specs), total_epochs=config.epochs)
+        )
+        results: dict[int, FoldResult] = {}
+        paths: dict[int, str] = {}
+
+        def on_result(result: FoldResult) -> None:
+            path = write_predictions_csv(folder, result.fold_id, result.predictions)
+            results[result.fold_id] = result
+            paths[result.fold_id] = str(path)
+            run.folds_done = len(results)
+            warnings = (
+                ("calibration_warning", result.calibration_warning),
+                ("coverage_warning", result.coverage_warning),
+            )
+            for kind, warning in warnings:
+                if warning:
+                    driver.publish(Notification(
+                        level="warning", kind=kind, fold_id=result.fold_id,
+                        message=f"fold {result.fold_id}: {warning}",
+                    ))
+            driver.publish(FoldComplete(
+                fold_id=result.fold_id,
+                predictions_path=str(path),
+                calibration_method=result.calibration_method,  # type: ignore[arg-type]
+                calibration_warning=result.calibration_warning,
+                coverage_warning=result.coverage_warning,
+            ))
+
+        job = FoldJob(
+            run_id=run.run_id,
+            features=features,
+            specs=specs,
+            config=config,
+            training_started_at=training_started_at,
+            sink=sink,
+            cancel_event=run.cancel_requested,
+        )
+        executor.run_folds(job, on_result)
+        if run.cancel_requested.is_set():
+            raise RunCancelledError(f"run {run.run_id} was cancelled")
+        training_seconds = time.time() - training_started_at
+
+        per_fold = [_fold_summary(results[k], paths[k], specs[k], features) for k in sorted(results)]
+        summary = {
+            "run_id": run.run_id,
+            "created_at": run.created_at,
+            "config": config.model_dump(),
+            "executor": executor.name,
+            "data": {
+                "source": config.data,
+                "fingerprint": data_fingerprint(frame),
+                "bars": len(frame),
+                "samples": len(features),
+                "first_timestamp": str(frame["timestamp"].iloc[0]),
+                "last_timestamp": str(frame["timestamp"].iloc[-1]),
+                "feature_names": list(features.feature_names),
+            },
+            "folds": per_fold,
+            "aggregate": aggregate_metrics([f["metrics"] for f in per_fold]),
+            "timings": {
+                "data_seconds": data_seconds,
+                "training_seconds": training_seconds,
+                "total_seconds": time.time() - started,
+                "fold_train_seconds": {str(k): results[k].train_seconds for k in sorted(results)},
+            },
+            "versions": package_versions(),
+            **(extra_summary or {}),
+        }
+        summary_path = write_summary(folder, summary)
+        run.summary_path = str(summary_path)
+        driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
+        driver.flush()
+        run.transition(RunState.COMPLETED)
+    except RunCancelledError as err:
+        _fail(run, driver, RunState.CANCELLED, str(err))
+    except Exception as err:  # every failure ends the run with a readable training_error
+        if not isinstance(err, OrchestratorError):
+            log.exception("run %s failed", run.run_id)
+        _fail(run, driver, RunState.FAILED, _error_text(err))
+    return run
+
+
+def _fail(run: Run, driver: Any, state: RunState, message: str) -> None:
+    driver.publish(TrainingError(error=message))
+    try:
+        driver.flush()
+    finally:
+        run.transition(state, error=message)
+
+
+def _fold_summary(result: FoldResult, path: str, spec: Any, features: Any) -> dict[str, Any]:
+    def span(segment: Any) -> dict[str, Any]:
+        return {
+            "start": segment.start,
+            "stop": segment.stop,
+            "first_timestamp": str(np.datetime_as_string(features.timestamps[segment.start], unit="s")),
+            "last_timestamp": str(np.datetime_as_string(features.timestamps[segment.stop - 1], unit="s")),
+        }
+
+    return {
+        "fold_id": result.fold_id,
+        "segments": {
+            "train": span(spec.train),
+            "calibration": span(spec.calibration),
+            "validation": span(spec.validation),
+        },
+        "predictions_path": path,
+        "metrics": result.metrics,
+        "calibration_method": result.calibration_method,
+        "calibration_cv_bce": result.calibration_scores,
+        "calibration_warning": result.calibration_warning,
+        "coverage_warning": result.coverage_warning,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "train_seconds": result.train_seconds,
+        "device": result.device,
+        "attempt": result.attempt,
+    }

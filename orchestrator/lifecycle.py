@@ -1,0 +1,95 @@
+"""Explicit run states and their legal transitions (STYLE 5)."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import TrainConfig
+from orchestrator.errors import IllegalTransitionError
+
+__all__ = ["RunState", "Run", "TERMINAL_STATES"]
+
+
+class RunState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+_LEGAL: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.RUNNING, RunState.FAILED, RunState.CANCELLED}),
+    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}),
+    RunState.COMPLETED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}
+
+
+@dataclass
+class Run:
+    """One training run as the driver sees it. Thread-safe: the API reads it while it runs."""
+
+    run_id: str
+    config: TrainConfig
+    run_dir: str
+    state: RunState = RunState.PENDING
+    created_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    error: str | None = None
+    summary_path: str | None = None
+    folds_total: int = 0
+    folds_done: int = 0
+    epochs_done: int = 0
+    latest_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def transition(self, new: RunState, error: str | None = None) -> None:
+        with self._lock:
+            if new not in _LEGAL[self.state]:
+                raise IllegalTransitionError(
+                    f"run {self.run_id}: cannot go from {self.state.value} to {new.value}; "
+                    f"expected one of {sorted(s.value for s in _LEGAL[self.state]) or 'none (terminal)'}"
+                )
+            self.state = new
+            if new in TERMINAL_STATES:
+                self.ended_at = time.time()
+                self.error = error
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def request_cancel(self) -> bool:
+        """Ask the run to stop; False when it has already ended."""
+        if self.done:
+            return False
+        self.cancel_requested.set()
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "run_id": self.run_id,
+                "state": self.state.value,
+                "created_at": self.created_at,
+                "ended_at": self.ended_at,
+                "error": self.error,
+                "run_dir": self.run_dir,
+                "summary_path": self.summary_path,
+                "progress": {
+                    "folds_total": self.folds_total,
+                    "folds_done": self.folds_done,
+                    "epochs_total": self.folds_total * self.config.epochs,
+                    "epochs_done": self.epochs_done,
+                },
+                "latest_metrics": {str(k): v for k, v in sorted(self.latest_metrics.items())},
+                "config": self.config.model_dump(),
+            }

@@ -1,0 +1,288 @@
+"""The wire contract: every message sent on ``/ws`` is one of these pydantic models.
+
+This module is the only definition of a message. The JSON Schema that clients read
+(``docs/ws-schema.json``, ``GET /ws/schema``) is generated from it, and a test keeps the committed
+copy current. The seed's field names and types are binding; ``run_id``, ``seq`` and ``ts`` are
+added by the EventHub, and a few documented extra fields are allowed (clients ignore unknown keys).
+
+Metric fields are ``float | None``: JSON has no NaN or Infinity, so an undefined metric is ``null``.
+Imports only pydantic: the API process never pulls in torch through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "Message",
+    "DatasetReady",
+    "TrainingStart",
+    "EpochMetrics",
+    "FoldComplete",
+    "TrainingComplete",
+    "TrainingError",
+    "PredictionRow",
+    "PredictionDelta",
+    "BatchProgress",
+    "Notification",
+    "HpoTrial",
+    "Candle",
+    "ChartUpdate",
+    "HistoryGap",
+    "Pong",
+    "ServerMessage",
+    "MESSAGE_TYPES",
+    "CORE_TYPES",
+    "HEAVY_TYPES",
+    "LIFECYCLE_TYPES",
+    "EPOCH_METRIC_FIELDS",
+    "parse_message",
+    "message_json_schema",
+    "to_wire",
+    "sanitize",
+]
+
+Metric = float | None
+
+
+class _Envelope(BaseModel):
+    """Fields the EventHub stamps on every event (absent before publishing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str | None = None
+    seq: int | None = Field(None, description="per-hub monotonically increasing sequence number")
+    ts: float | None = Field(None, description="unix time the hub accepted the event")
+
+
+class DatasetReady(_Envelope):
+    type: Literal["dataset_ready"] = "dataset_ready"
+    size: int
+    min_samples: int
+
+
+class TrainingStart(_Envelope):
+    type: Literal["training_start"] = "training_start"
+    use_cv: bool
+    total_folds: int
+    total_epochs: int
+    hpo_trial: int | None = Field(None, description="extra: Optuna trial number when run by HPO")
+
+
+class EpochMetrics(_Envelope):
+    type: Literal["epoch_metrics"] = "epoch_metrics"
+    fold_id: int
+    epoch: int
+    train_loss: Metric
+    train_nll: Metric
+    train_bce: Metric
+    train_brier: Metric
+    val_loss: Metric
+    val_nll: Metric
+    val_bce: Metric
+    val_brier: Metric
+    val_auc: Metric
+    DirAcc: Metric
+    ECE: Metric
+    MZ_intercept: Metric
+    MZ_slope: Metric
+    MZ_F_p: Metric
+    PIT_KS_p: Metric
+    conformal_coverage: Metric
+    conformal_width: Metric
+    elapsed_seconds: float
+    MZ_F_p_hac: Metric = Field(
+        None, description="extra: HAC (Newey-West) version of the MZ joint Wald test p-value"
+    )
+    cal_loss: Metric = Field(None, description="extra: loss on the calibration segment")
+
+
+class FoldComplete(_Envelope):
+    type: Literal["fold_complete"] = "fold_complete"
+    fold_id: int
+    predictions_path: str
+    calibration_method: Literal["raw", "temperature", "isotonic", "temp_isotonic"]
+    calibration_warning: str | None
+    coverage_warning: str | None
+
+
+class TrainingComplete(_Envelope):
+    type: Literal["training_complete"] = "training_complete"
+    folds_completed: int
+    summary_path: str
+
+
+class TrainingError(_Envelope):
+    type: Literal["training_error"] = "training_error"
+    error: str
+
+
+class PredictionRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: str
+    mu: float
+    sigma: float
+    p_up_raw: float
+    p_up_cal: float
+    conformal_p: float
+    pit_z: float
+
+
+class PredictionDelta(_Envelope):
+    type: Literal["prediction_delta"] = "prediction_delta"
+    fold_id: int
+    epoch: int
+    predictions: list[PredictionRow]
+
+
+class BatchProgress(_Envelope):
+    type: Literal["batch_progress"] = "batch_progress"
+    fold_id: int
+    epoch: int
+    batch: int
+    total_batches: int
+    train_loss: Metric
+    samples_per_second: Metric
+
+
+class Notification(_Envelope):
+    type: Literal["notification"] = "notification"
+    level: Literal["info", "warning", "error"]
+    kind: str = Field(description="machine-readable category, e.g. progress, best_auc, fold_retry")
+    message: str
+    fold_id: int | None = None
+
+
+class HpoTrial(_Envelope):
+    type: Literal["hpo_trial"] = "hpo_trial"
+    study: str
+    trial: int
+    state: Literal["running", "complete", "pruned", "failed", "study_complete"]
+    params: dict[str, Any]
+    value: Metric = None
+    duration_seconds: Metric = None
+    best_value: Metric = None
+    best_params: dict[str, Any] | None = None
+    trials_done: int
+    trials_total: int
+    trial_run_id: str | None = None
+
+
+class Candle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class ChartUpdate(_Envelope):
+    type: Literal["chart_update"] = "chart_update"
+    candles: list[Candle]
+
+
+class HistoryGap(_Envelope):
+    """Sent to a resuming client when the hub's history no longer covers ``requested_since``."""
+
+    type: Literal["history_gap"] = "history_gap"
+    requested_since: int
+    oldest_available: int
+    message: str
+
+
+class Pong(BaseModel):
+    """The answer to a text ``ping`` from a client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["pong"] = "pong"
+
+
+Message = Annotated[
+    Union[
+        DatasetReady,
+        TrainingStart,
+        EpochMetrics,
+        FoldComplete,
+        TrainingComplete,
+        TrainingError,
+        PredictionDelta,
+        BatchProgress,
+        Notification,
+        HpoTrial,
+        ChartUpdate,
+        HistoryGap,
+    ],
+    Field(discriminator="type"),
+]
+ServerMessage = Annotated[Union[Message, Pong], Field(union_mode="left_to_right")]
+
+_MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
+_SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
+MESSAGE_TYPES: tuple[str, ...] = (
+    "dataset_ready",
+    "training_start",
+    "epoch_metrics",
+    "fold_complete",
+    "training_complete",
+    "training_error",
+    "prediction_delta",
+    "batch_progress",
+    "notification",
+    "hpo_trial",
+    "chart_update",
+    "history_gap",
+)
+LIFECYCLE_TYPES = frozenset(
+    {"dataset_ready", "training_start", "fold_complete", "training_complete", "training_error"}
+)
+HEAVY_TYPES = frozenset({"batch_progress", "prediction_delta", "chart_update"})
+CORE_TYPES = frozenset(MESSAGE_TYPES) - HEAVY_TYPES
+
+EPOCH_METRIC_FIELDS: tuple[str, ...] = tuple(
+    name for name in EpochMetrics.model_fields if name not in _Envelope.model_fields
+    and name not in {"type", "fold_id", "epoch", "elapsed_seconds"}
+)
+
+
+def sanitize(value: Any) -> Any:
+    """Replace NaN and +-Infinity by None, recursively (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
+def parse_message(data: dict[str, Any] | str) -> BaseModel:
+    """Validate a message (dict or JSON text) against the contract; raises ValidationError."""
+    if isinstance(data, str):
+        data = json.loads(data)
+    return _SERVER_ADAPTER.validate_python(data)  # type: ignore[no-any-return]
+
+
+def to_wire(message: BaseModel) -> dict[str, Any]:
+    """The JSON-ready dict of a message; envelope fields that are unset are left out."""
+    return sanitize(message.model_dump(mode="json", exclude_none=False, exclude_unset=False))  # type: ignore[no-any-return]
+
+
+def message_json_schema() -> dict[str, Any]:
+    """JSON Schema of every server message (the union, with a definition per type)."""
+    schema = _SERVER_ADAPTER.json_schema(mode="serialization")
+    schema["title"] = "Forecast orchestrator /ws server message"
+    schema["description"] = (
+        "Every text frame the server sends on /ws is one JSON object matching exactly one of "
+        "these definitions, told apart by its 'type'. Clients ignore unknown keys."
+    )
+    return schema

@@ -1,0 +1,102 @@
+"""Terminal progress for a run: one bar per fold, advanced by the run's own events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from tqdm import tqdm
+
+__all__ = ["ProgressView", "EventFileWriter"]
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class ProgressView:
+    """Consumes wire events (dicts) and draws per-fold bars with the key metrics."""
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool = True) -> None:
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._bars: dict[int, tqdm] = {}
+        self._total_epochs = 0
+        self.final: dict[str, Any] | None = None
+
+    def _write(self, text: str) -> None:
+        if self._enabled:
+            tqdm.write(text, file=self._stream)
+
+    def _bar(self, fold_id: int) -> tqdm:
+        if fold_id not in self._bars:
+            self._bars[fold_id] = tqdm(
+                total=self._total_epochs,
+                desc=f"fold {fold_id}",
+                position=fold_id,
+                unit="epoch",
+                file=self._stream,
+                disable=not self._enabled,
+                leave=True,
+                dynamic_ncols=True,
+            )
+        return self._bars[fold_id]
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.handle(event)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "dataset_ready":
+            self._write(f"dataset ready: {event['size']} samples (min_samples {event['min_samples']})")
+        elif kind == "training_start":
+            self._total_epochs = event["total_epochs"]
+            self._write(
+                f"training {event['total_folds']} fold(s) x {event['total_epochs']} epochs"
+                f" (cv={'on' if event['use_cv'] else 'off'}), run {event.get('run_id')}"
+            )
+            for k in range(event["total_folds"]):
+                self._bar(k)
+        elif kind == "epoch_metrics":
+            bar = self._bar(event["fold_id"])
+            bar.update(max(0, event["epoch"] + 1 - bar.n))
+            bar.set_postfix_str(
+                f"loss {_fmt(event['train_loss'])} val_nll {_fmt(event['val_nll'])} "
+                f"auc {_fmt(event['val_auc'])} cov {_fmt(event['conformal_coverage'])}",
+                refresh=True,
+            )
+        elif kind == "fold_complete":
+            bar = self._bar(event["fold_id"])
+            bar.set_description_str(f"fold {event['fold_id']} done ({event['calibration_method']})")
+            bar.refresh()
+        elif kind == "notification":
+            self._write(f"[{event['level']}] {event['message']}")
+        elif kind in ("training_complete", "training_error"):
+            self.close()
+            self.final = event
+            if kind == "training_complete":
+                self._write(f"training complete: {event['folds_completed']} folds, summary {event['summary_path']}")
+            else:
+                self._write(f"training error: {event['error']}")
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
+class EventFileWriter:
+    """``--events-out``: every event exactly as sent on /ws, one JSON object per line."""
+
+    def __init__(self, path: str) -> None:
+        self._handle = open(path, "w", encoding="utf-8")
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self._handle.write(json.dumps(event, allow_nan=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()

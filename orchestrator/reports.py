@@ -1,0 +1,108 @@
+"""Run folders, predictions CSVs and the summary JSON (DESIGN 7), written atomically.
+
+Every file is written to a temporary name in its final folder and renamed into place, so a reader
+never sees half a file under a name that an event announced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.messages import sanitize
+
+__all__ = [
+    "new_run_id",
+    "run_dir",
+    "atomic_write_text",
+    "write_predictions_csv",
+    "write_summary",
+    "aggregate_metrics",
+    "package_versions",
+]
+
+PREDICTION_COLUMNS = (
+    "timestamp", "fold_id", "segment", "y", "mu", "sigma", "p_up_raw", "p_up_cal",
+    "conformal_lo", "conformal_hi", "conformal_p", "pit_z",
+)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"run_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+
+
+def run_dir(reports_root: str | Path, run_id: str) -> Path:
+    return Path(reports_root) / run_id
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_predictions_csv(folder: Path, fold_id: int, predictions: dict[str, np.ndarray]) -> Path:
+    """``predictions/predictions_fold_{k}_{YYYYmmdd_HHMMSS}.csv`` with exactly the DESIGN 7 columns.
+
+    Floats are written with ``repr`` precision (pandas' default), so they round-trip exactly.
+    """
+    frame = pd.DataFrame({name: predictions[name] for name in PREDICTION_COLUMNS})
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    path = folder / "predictions" / f"predictions_fold_{fold_id}_{stamp}.csv"
+    return atomic_write_text(path, frame.to_csv(index=False, float_format=None))
+
+
+def aggregate_metrics(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean and population std over folds of every numeric metric (folds with null skipped)."""
+    keys = sorted({k for m in per_fold for k, v in m.items() if isinstance(v, (int, float))})
+    out: dict[str, dict[str, float | None]] = {}
+    for key in keys:
+        values = np.array(
+            [m[key] for m in per_fold if isinstance(m.get(key), (int, float)) and m[key] is not None],
+            dtype=np.float64,
+        )
+        values = values[np.isfinite(values)]
+        out[key] = {
+            "mean": float(values.mean()) if values.size else None,
+            "std": float(values.std()) if values.size else None,
+            "n": int(values.size),
+        }
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    names = ["forecast-orchestrator", "torch", "numpy", "pandas", "scipy", "scikit-learn",
+             "statsmodels", "ray", "optuna", "arch", "pydantic", "fastapi"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
+    text = json.dumps(sanitize(summary), indent=2, allow_nan=False, default=str)
+    return atomic_write_text(folder / "summary.json", text + "\n")

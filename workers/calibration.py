@@ -1,0 +1,228 @@
+"""Calibration of p_up on the calibration segment (DESIGN section 6).
+
+Methods, simplest first (ties in the selection go to the simpler one):
+
+- ``raw``: the model's p_up as is.
+- ``temperature``: one temperature T > 0 on the logits, p = sigmoid(logit(p) / T), T fit by
+  minimizing mean BCE. T > 1 softens an overconfident model.
+- ``isotonic``: monotone non-parametric map (sklearn ``IsotonicRegression``), clipped to [0, 1].
+- ``temp_isotonic``: temperature, then isotonic on the tempered p.
+
+``select_calibration`` picks the method by cross-fitting over contiguous blocks of the
+time-ordered calibration segment, so a method is never scored on the samples it was fit on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
+from sklearn.isotonic import IsotonicRegression
+
+from workers.metrics import binary_cross_entropy
+
+__all__ = [
+    "METHODS",
+    "CalibrationSelection",
+    "Calibrator",
+    "calibration_warning",
+    "fit_calibrator",
+    "fit_temperature",
+    "select_calibration",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+METHODS: tuple[str, ...] = ("raw", "temperature", "isotonic", "temp_isotonic")
+
+# p is clipped to [eps, 1-eps] before taking logits, the same eps as binary_cross_entropy,
+# so p of exactly 0 or 1 has a finite logit that a temperature can soften.
+_P_EPS = 1e-12
+# T in [e^-5, e^5] ~ [0.0067, 148]: wide enough for any sane model, and keeps the fit finite
+# when the labels are separable.
+_LOG_T_BOUNDS = (-5.0, 5.0)
+# cross-fitted BCE closer than this to the best counts as a tie, won by the simpler method
+_TIE_TOL = 1e-12
+
+
+def _checked(p: npt.ArrayLike, y_up: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    p_ = np.asarray(p, dtype=np.float64)
+    y_ = np.asarray(y_up, dtype=np.float64)
+    if p_.ndim != 1 or p_.shape != y_.shape:
+        raise ValueError(
+            f"p and y_up must be 1-D of the same length, got {p_.shape} and {y_.shape}"
+        )
+    if p_.shape[0] == 0:
+        raise ValueError("calibration needs at least one sample, got empty arrays")
+    if not np.all((p_ >= 0.0) & (p_ <= 1.0)):
+        raise ValueError("p must lie in [0, 1]")
+    if not np.all((y_ == 0.0) | (y_ == 1.0)):
+        raise ValueError("y_up must be 0 or 1")
+    return p_, y_
+
+
+def _logits(p: FloatArray) -> FloatArray:
+    z: FloatArray = logit(np.clip(p, _P_EPS, 1.0 - _P_EPS))
+    return z
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {METHODS}, got method={method!r}")
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A fitted calibration map; plain data (picklable), so it can travel across Ray."""
+
+    method: str
+    temperature: float | None = None
+    isotonic: IsotonicRegression | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def fit(cls, method: str, p: npt.ArrayLike, y_up: npt.ArrayLike) -> Calibrator:
+        """Same as ``fit_calibrator``."""
+        return fit_calibrator(method, p, y_up)
+
+    def predict(self, p: npt.ArrayLike) -> FloatArray:
+        """Calibrated probabilities in [0, 1]."""
+        q = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+        if self.temperature is not None:
+            q = expit(_logits(q) / self.temperature)
+        if self.isotonic is not None:
+            q = np.asarray(self.isotonic.predict(q), dtype=np.float64)
+        out: FloatArray = np.clip(q, 0.0, 1.0)
+        return out
+
+
+def fit_temperature(p: npt.ArrayLike, y_up: npt.ArrayLike) -> float:
+    """Temperature T minimizing mean BCE of sigmoid(logit(p) / T), searched over log T.
+
+    The loss is evaluated from logits (softplus(z) - y*z), which is exact where sigmoid
+    would round to 0 or 1.
+    """
+    p_, y_ = _checked(p, y_up)
+    z = _logits(p_)
+
+    def mean_bce(log_t: float) -> float:
+        zt = z * math.exp(-log_t)
+        return float(np.mean(np.logaddexp(0.0, zt) - y_ * zt))
+
+    result = minimize_scalar(
+        mean_bce, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8}
+    )
+    return math.exp(float(result.x))
+
+
+def _fit_isotonic(p: FloatArray, y_up: FloatArray) -> IsotonicRegression:
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0, increasing=True)
+    iso.fit(p, y_up)
+    return iso
+
+
+def fit_calibrator(method: str, p: npt.ArrayLike, y_up: npt.ArrayLike) -> Calibrator:
+    """Fit ``method`` (one of ``METHODS``) on uncalibrated ``p`` and labels ``y_up``."""
+    _check_method(method)
+    p_, y_ = _checked(p, y_up)
+    if method == "raw":
+        return Calibrator("raw")
+    if method == "isotonic":
+        return Calibrator("isotonic", isotonic=_fit_isotonic(p_, y_))
+    temperature = fit_temperature(p_, y_)
+    if method == "temperature":
+        return Calibrator("temperature", temperature=temperature)
+    tempered = expit(_logits(p_) / temperature)
+    return Calibrator(
+        "temp_isotonic", temperature=temperature, isotonic=_fit_isotonic(tempered, y_)
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationSelection:
+    """The chosen method, its calibrator fit on all calibration samples, and the evidence.
+
+    ``cv_scores`` maps each method to its cross-fitted BCE over the whole calibration segment
+    (only ``raw`` when cross-fitting was impossible: raw is never fit, so its score is honest).
+    ``note`` says why the selection fell back, or None.
+    """
+
+    method: str
+    calibrator: Calibrator
+    cv_scores: dict[str, float]
+    note: str | None = None
+
+
+def select_calibration(
+    p: npt.ArrayLike, y_up: npt.ArrayLike, n_splits: int = 5
+) -> CalibrationSelection:
+    """Choose the method with the lowest cross-fitted BCE on the calibration segment.
+
+    The segment (time order kept) is cut into ``n_splits`` contiguous blocks; each block's
+    predictions come from calibrators fit on the other blocks, and each method's score is the
+    BCE of those out-of-block predictions. Ties within 1e-12 go to the earlier method in
+    ``METHODS``. The winner is then refit on all samples.
+
+    Fallbacks: fewer than 2*n_splits samples, or one class in the whole segment, keeps ``raw``
+    (nothing can be fit or scored honestly). A fold whose fit blocks hold one class predicts
+    raw for every method (a fit on one class would be degenerate); ``note`` counts such folds.
+    """
+    if n_splits < 2:
+        raise ValueError(f"n_splits must be >= 2, got n_splits={n_splits}")
+    p_, y_ = _checked(p, y_up)
+    n = p_.shape[0]
+    raw_only = {"raw": binary_cross_entropy(y_, p_)}
+    if n < 2 * n_splits:
+        too_few = f"only {n} calibration samples, fewer than 2*n_splits={2 * n_splits}; kept raw"
+        return CalibrationSelection("raw", Calibrator("raw"), raw_only, too_few)
+    if y_.min() == y_.max():
+        single = f"calibration labels hold one class only (y_up={int(y_[0])}); kept raw"
+        return CalibrationSelection("raw", Calibrator("raw"), raw_only, single)
+
+    out_of_block = {method: np.empty(n) for method in METHODS}
+    degenerate_folds = 0
+    for held_out in np.array_split(np.arange(n), n_splits):
+        fit_mask = np.ones(n, dtype=bool)
+        fit_mask[held_out] = False
+        p_fit, y_fit = p_[fit_mask], y_[fit_mask]
+        one_class = bool(y_fit.min() == y_fit.max())
+        degenerate_folds += one_class
+        for method in METHODS:
+            calibrator = fit_calibrator("raw" if one_class else method, p_fit, y_fit)
+            out_of_block[method][held_out] = calibrator.predict(p_[held_out])
+
+    cv_scores = {method: binary_cross_entropy(y_, out_of_block[method]) for method in METHODS}
+    best = min(cv_scores.values())
+    chosen = next(m for m in METHODS if cv_scores[m] <= best + _TIE_TOL)
+    note: str | None = (
+        f"{degenerate_folds} of {n_splits} cross-fitting folds had one class in their fit "
+        "blocks and were scored as raw"
+        if degenerate_folds
+        else None
+    )
+    return CalibrationSelection(chosen, fit_calibrator(chosen, p_, y_), cv_scores, note)
+
+
+def calibration_warning(
+    n_cal: int,
+    min_calibration_samples: int,
+    val_ece: float | None,
+    ece_threshold: float,
+) -> str | None:
+    """Why the calibrated p_up is doubtful, or None: too few calibration samples and/or a
+    validation ECE (after calibration) above the threshold; reasons joined with '; '."""
+    reasons = []
+    if n_cal < min_calibration_samples:
+        reasons.append(
+            f"only {n_cal} calibration samples, fewer than "
+            f"min_calibration_samples={min_calibration_samples}"
+        )
+    if val_ece is not None and val_ece > ece_threshold:
+        reasons.append(
+            f"validation ECE after calibration is {val_ece:.4f}, above "
+            f"ece_warning_threshold={ece_threshold}"
+        )
+    return "; ".join(reasons) if reasons else None

@@ -1,0 +1,259 @@
+"""The train loop of one fold: reads top to bottom, side effects only through callbacks.
+
+``fit`` -> ``run_epoch`` (gradient steps on the train segment) -> ``evaluate`` (forward passes on
+the calibration and validation segments) -> one ``epoch_metrics`` dict per epoch through
+``on_epoch``. Early stopping watches the calibration loss; the model that is returned (and whose
+predictions are written) is the one of the best calibration epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.conformal import (
+    conformal_interval,
+    conformal_quantile,
+    interval_coverage,
+    mean_width,
+    normalized_scores,
+)
+from workers.metrics import forecast_metrics
+from workers.model import ForecastNet, forecast_loss
+
+__all__ = [
+    "Segments", "Forecast", "TrainOutcome", "TrainSettings", "NonFiniteLossError",
+    "fit", "evaluate_epoch", "seed_everything",
+]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Standardized features and raw targets of one fold's three segments."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_cal: np.ndarray
+    y_cal: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Float64 forecasts of one segment."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    p_up: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    hidden: int
+    depth: int
+    dropout: float
+    lr: float
+    weight_decay: float
+    loss_weights: tuple[float, float, float]
+    patience: int
+    alpha: float
+    seed: int
+
+
+@dataclass
+class TrainOutcome:
+    best_epoch: int
+    epochs_run: int
+    cal: Forecast
+    val: Forecast
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+BatchCallback = Callable[[int, int, int, float, float], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (diverged): retrying would diverge again."""
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _predict(model: ForecastNet, X: torch.Tensor, y_scale: float) -> Forecast:
+    model.eval()
+    with torch.no_grad():
+        mu, sigma, logit = model(X)
+    # .cpu() is a host-device sync; it happens once per segment per epoch, never per step.
+    return Forecast(
+        mu=(mu * y_scale).double().cpu().numpy(),
+        sigma=(sigma * y_scale).double().cpu().numpy(),
+        p_up=torch.sigmoid(logit.double()).cpu().numpy(),
+    )
+
+
+def _segment_loss(f: Forecast, y: np.ndarray, weights: tuple[float, float, float]) -> float:
+    m = forecast_metrics(y, f.mu, f.sigma, f.p_up, w_nll=weights[0], w_bce=weights[1], w_brier=weights[2])
+    loss = m["loss"]
+    return math.inf if loss is None else float(loss)
+
+
+def evaluate_epoch(
+    cal: Forecast,
+    val: Forecast,
+    y_cal: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    alpha: float,
+    loss_weights: tuple[float, float, float],
+) -> dict[str, Any]:
+    """Validation metrics of DESIGN 6 plus conformal coverage fitted on the calibration segment."""
+    w = loss_weights
+    m = forecast_metrics(y_val, val.mu, val.sigma, val.p_up, w_nll=w[0], w_bce=w[1], w_brier=w[2])
+    q = conformal_quantile(normalized_scores(y_cal, cal.mu, cal.sigma), alpha)
+    lo, hi = conformal_interval(val.mu, val.sigma, q)
+    return {
+        "val_loss": m["loss"],
+        "val_nll": m["nll"],
+        "val_bce": m["bce"],
+        "val_brier": m["brier"],
+        "val_auc": m["auc"],
+        "DirAcc": m["DirAcc"],
+        "ECE": m["ECE"],
+        "MZ_intercept": m["MZ_intercept"],
+        "MZ_slope": m["MZ_slope"],
+        "MZ_F_p": m["MZ_F_p"],
+        "MZ_F_p_hac": m["MZ_F_p_hac"],
+        "PIT_KS_p": m["PIT_KS_p"],
+        "conformal_coverage": interval_coverage(y_val, lo, hi),
+        "conformal_width": mean_width(lo, hi),
+    }
+
+
+def fit(
+    segments: Segments,
+    settings: TrainSettings,
+    *,
+    device: torch.device,
+    on_epoch: EpochCallback,
+    elapsed: Callable[[], float],
+    on_batch: BatchCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    seed_everything(settings.seed)
+    y_scale = float(np.std(segments.y_train)) or 1.0
+    model = ForecastNet(segments.X_train.shape[1], settings.hidden, settings.depth, settings.dropout).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    # The fold's data moves to the device once; batches are index views of these tensors.
+    X_train = torch.tensor(segments.X_train, dtype=torch.float32, device=device)
+    y_train = torch.tensor(segments.y_train, dtype=torch.float32, device=device)
+    X_cal = torch.tensor(segments.X_cal, dtype=torch.float32, device=device)
+    X_val = torch.tensor(segments.X_val, dtype=torch.float32, device=device)
+
+    best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
+    history: list[dict[str, Any]] = []
+    stopped_early = False
+    epoch = -1
+    for epoch in range(settings.epochs):
+        if should_stop is not None and should_stop():
+            break
+        train_stats = run_epoch(
+            model, optimizer, X_train, y_train, y_scale, settings, generator, epoch, on_batch
+        )
+        cal = _predict(model, X_cal, y_scale)
+        val = _predict(model, X_val, y_scale)
+        cal_loss = _segment_loss(cal, segments.y_cal, settings.loss_weights)
+        metrics: dict[str, Any] = {"epoch": epoch, **train_stats}
+        metrics.update(
+            evaluate_epoch(
+                cal, val, segments.y_cal, segments.y_val,
+                alpha=settings.alpha, loss_weights=settings.loss_weights,
+            )
+        )
+        metrics["cal_loss"] = cal_loss
+        metrics["elapsed_seconds"] = elapsed()
+        history.append(metrics)
+        on_epoch(metrics)
+
+        if cal_loss < best_loss:
+            best_loss, best_epoch = cal_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= settings.patience:
+            stopped_early = True
+            break
+
+    if best_epoch < 0:  # stopped before the first epoch finished, or every cal loss undefined
+        best_epoch = max(epoch, 0)
+    model.load_state_dict(best_state)
+    return TrainOutcome(
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        cal=_predict(model, X_cal, y_scale),
+        val=_predict(model, X_val, y_scale),
+        history=history,
+        stopped_early=stopped_early,
+    )
+
+
+def run_epoch(
+    model: ForecastNet,
+    optimizer: torch.optim.Optimizer,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    y_scale: float,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    epoch: int,
+    on_batch: BatchCallback | None,
+) -> dict[str, float]:
+    """One pass over the train segment in a seeded random order; running means of the objective."""
+    model.train()
+    n = X.shape[0]
+    order = torch.randperm(n, generator=generator).to(X.device)
+    total_batches = math.ceil(n / settings.batch_size)
+    # Sums stay on the device: reading them every step would sync the GPU each step.
+    sums = torch.zeros(4, device=X.device, dtype=torch.float64)
+    started = time.perf_counter()
+    for batch in range(total_batches):
+        idx = order[batch * settings.batch_size : (batch + 1) * settings.batch_size]
+        xb, yb = X[idx], y[idx]
+        mu, sigma, logit = model(xb)
+        loss, nll, bce, brier = forecast_loss(
+            mu * y_scale, sigma * y_scale, logit, yb, (yb > 0).float(), settings.loss_weights
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([loss, nll, bce, brier]).detach().double() * idx.numel()
+        if on_batch is not None:
+            done = min((batch + 1) * settings.batch_size, n)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            # float(loss) syncs; on_batch is only set when a client asked for batch_progress.
+            on_batch(epoch, batch, total_batches, float(loss), rate)
+    means = (sums / n).cpu().numpy()
+    if not np.all(np.isfinite(means)):
+        raise NonFiniteLossError(
+            f"training loss is not finite at epoch {epoch} (loss={means[0]}); "
+            f"lower lr (lr={settings.lr}) or check the data"
+        )
+    return {
+        "train_loss": float(means[0]),
+        "train_nll": float(means[1]),
+        "train_bce": float(means[2]),
+        "train_brier": float(means[3]),
+    }
