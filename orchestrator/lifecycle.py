@@ -48,6 +48,7 @@ class Run:
     folds_done: int = 0
     epochs_done: int = 0
     latest_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _epochs_seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -73,6 +74,21 @@ class Run:
             return False
         self.cancel_requested.set()
         return True
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Update progress from one of this run's wire events (the API pump calls this)."""
+        with self._lock:
+            kind = event.get("type")
+            if kind == "training_start":
+                self.folds_total = event["total_folds"]
+            elif kind == "epoch_metrics":
+                key = (event["fold_id"], event["epoch"])
+                if key not in self._epochs_seen:
+                    self._epochs_seen.add(key)
+                    self.epochs_done = len(self._epochs_seen)
+                self.latest_metrics[event["fold_id"]] = {
+                    k: v for k, v in event.items() if k not in ("type", "run_id", "seq", "ts")
+                }
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

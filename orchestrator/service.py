@@ -1,0 +1,125 @@
+"""Runs started by the server (and scripts): a registry, one background thread per run.
+
+The API's routes are a few lines around this class. A run's work happens in ``execute_run`` on a
+thread; the Ray executors of all runs share one ``WorkerPool`` so fold actors stay warm between
+runs (and HPO trials).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from orchestrator.config import TrainConfig
+from orchestrator.driver import execute_run, new_run
+from orchestrator.errors import OrchestratorError
+from orchestrator.executors import FoldExecutor, LocalExecutor
+from orchestrator.lifecycle import Run
+
+__all__ = ["RunManager", "RunConflictError", "UnknownRunError"]
+
+
+class RunConflictError(OrchestratorError):
+    """Another run is active and the manager runs one at a time."""
+
+
+class UnknownRunError(OrchestratorError):
+    """No run with this id is known."""
+
+
+class RunManager:
+    """Starts, tracks and cancels runs. One active run at a time unless ``max_active`` says more."""
+
+    def __init__(self, sink: Any, *, pool: Any | None = None, max_active: int = 1, keep: int = 200) -> None:
+        self.sink = sink
+        self.pool = pool
+        self.max_active = max_active
+        self._keep = keep
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def _executor_for(self, config: TrainConfig) -> FoldExecutor:
+        if config.executor == "local":
+            return LocalExecutor()
+        from orchestrator.ray_executor import RayExecutor
+
+        return RayExecutor(pool=self.pool)
+
+    def active(self) -> list[Run]:
+        with self._lock:
+            return [run for run in self._runs.values() if not run.done]
+
+    def submit(self, config: TrainConfig, *, extra_summary: dict[str, Any] | None = None) -> Run:
+        with self._lock:
+            busy = [run.run_id for run in self._runs.values() if not run.done]
+            if len(busy) >= self.max_active:
+                raise RunConflictError(
+                    f"run {busy[0]} is still active; cancel it (POST /runs/{busy[0]}/cancel) or "
+                    "wait for it to end before starting another"
+                )
+            run = new_run(config)
+            self._runs[run.run_id] = run
+            self._trim()
+        thread = threading.Thread(
+            target=self._execute, args=(run, extra_summary), name=f"run-{run.run_id}", daemon=True
+        )
+        self._threads[run.run_id] = thread
+        thread.start()
+        return run
+
+    def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
+        executor = self._executor_for(run.config)
+        try:
+            execute_run(run, self.sink, executor, extra_summary=extra_summary)
+        finally:
+            if isinstance(executor, LocalExecutor):
+                executor.shutdown()
+
+    def get(self, run_id: str) -> Run:
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRunError(f"no run with run_id={run_id!r}")
+        return run
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def observe(self, event: dict[str, Any]) -> None:
+        run_id = event.get("run_id")
+        if run_id is None:
+            return
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is not None:
+            run.observe(event)
+
+    def cancel(self, run_id: str) -> Run:
+        run = self.get(run_id)
+        run.request_cancel()
+        return run
+
+    def wait(self, run_id: str, timeout: float | None = None) -> Run:
+        thread = self._threads.get(run_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.get(run_id)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        for run in self.active():
+            run.request_cancel()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _trim(self) -> None:
+        while len(self._runs) > self._keep:
+            oldest = next(iter(self._runs))
+            if not self._runs[oldest].done:
+                break
+            self._runs.pop(oldest)
+            self._threads.pop(oldest, None)
