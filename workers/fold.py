@@ -98,6 +98,8 @@ def train_settings(config: TrainConfig, fold_id: int) -> Any:
         patience=config.patience,
         alpha=config.alpha,
         seed=config.seed + 7919 * fold_id,
+        cuda_graphs=config.cuda_graphs,
+        mixed_precision=config.mixed_precision,
     )
 
 
@@ -134,6 +136,9 @@ class FoldTrainer:
         self._cancelled = False
         torch.set_num_threads(max(1, int(config.cpus_per_fold)))
         device = _device_for(config)
+        if device.type == "cuda" and config.gpus_per_fold < 1:
+            # Folds sharing a GPU each keep to their share of its memory.
+            torch.cuda.set_per_process_memory_fraction(config.gpus_per_fold, torch.cuda.current_device())
 
         train, cal, val = spec.train, spec.calibration, spec.validation
         scaler = Standardizer.fit(features.X[train.start : train.stop])  # train segment only

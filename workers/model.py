@@ -8,6 +8,8 @@ multiplies ``mu`` and ``sigma`` by the scale, so the heads start near a sensible
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,6 +18,7 @@ __all__ = ["ForecastNet", "SIGMA_FLOOR", "forecast_loss"]
 
 # Keeps sigma away from zero so log(sigma) and the z-scores stay finite (in standardized units).
 SIGMA_FLOOR = 1e-3
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class ForecastNet(nn.Module):
@@ -45,15 +48,24 @@ def forecast_loss(
     y: torch.Tensor,
     y_up: torch.Tensor,
     weights: tuple[float, float, float],
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean (loss, nll, bce, brier) of a batch, in the units of ``y``.
 
     NLL carries the 0.5*log(2*pi) constant so that it equals the reported metric (DESIGN 6).
+    ``weight`` (0/1 per row) gives the means over the rows with weight 1: a padded batch.
     """
     w_nll, w_bce, w_brier = weights
     z = (y - mu) / sigma
-    nll = (0.5 * torch.log(torch.tensor(2.0 * torch.pi)) + torch.log(sigma) + 0.5 * z * z).mean()
-    bce = F.binary_cross_entropy_with_logits(logit, y_up)
-    brier = ((torch.sigmoid(logit) - y_up) ** 2).mean()
+    nll_rows = _HALF_LOG_2PI + torch.log(sigma) + 0.5 * z * z
+    bce_rows = F.binary_cross_entropy_with_logits(logit, y_up, reduction="none")
+    brier_rows = (torch.sigmoid(logit) - y_up) ** 2
+    if weight is None:
+        nll, bce, brier = nll_rows.mean(), bce_rows.mean(), brier_rows.mean()
+    else:
+        total = weight.sum()
+        nll = (nll_rows * weight).sum() / total
+        bce = (bce_rows * weight).sum() / total
+        brier = (brier_rows * weight).sum() / total
     loss = w_nll * nll + w_bce * bce + w_brier * brier
     return loss, nll, bce, brier

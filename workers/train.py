@@ -25,8 +25,9 @@ from workers.conformal import (
     mean_width,
     normalized_scores,
 )
-from workers.metrics import forecast_metrics
-from workers.model import ForecastNet, forecast_loss
+from workers.metrics import binary_cross_entropy, brier_score, forecast_metrics, gaussian_nll
+from workers.model import ForecastNet
+from workers.steps import Step, make_step
 
 __all__ = [
     "Segments", "Forecast", "TrainOutcome", "TrainSettings", "NonFiniteLossError",
@@ -68,6 +69,8 @@ class TrainSettings:
     patience: int
     alpha: float
     seed: int
+    cuda_graphs: bool = True
+    mixed_precision: bool = False
 
 
 @dataclass
@@ -106,9 +109,14 @@ def _predict(model: ForecastNet, X: torch.Tensor, y_scale: float) -> Forecast:
 
 
 def _segment_loss(f: Forecast, y: np.ndarray, weights: tuple[float, float, float]) -> float:
-    m = forecast_metrics(y, f.mu, f.sigma, f.p_up, w_nll=weights[0], w_bce=weights[1], w_brier=weights[2])
-    loss = m["loss"]
-    return math.inf if loss is None else float(loss)
+    """The training objective on a segment (early stopping watches it on calibration)."""
+    y_up = (y > 0).astype(np.float64)
+    loss = (
+        weights[0] * gaussian_nll(y, f.mu, f.sigma)
+        + weights[1] * binary_cross_entropy(y_up, f.p_up)
+        + weights[2] * brier_score(y_up, f.p_up)
+    )
+    return loss if math.isfinite(loss) else math.inf
 
 
 def evaluate_epoch(
@@ -156,7 +164,10 @@ def fit(
     seed_everything(settings.seed)
     y_scale = float(np.std(segments.y_train)) or 1.0
     model = ForecastNet(segments.X_train.shape[1], settings.hidden, settings.depth, settings.dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    graphed = settings.cuda_graphs and device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, capturable=graphed
+    )
     generator = torch.Generator().manual_seed(settings.seed)
 
     # The fold's data moves to the device once; batches are index views of these tensors.
@@ -164,6 +175,10 @@ def fit(
     y_train = torch.tensor(segments.y_train, dtype=torch.float32, device=device)
     X_cal = torch.tensor(segments.X_cal, dtype=torch.float32, device=device)
     X_val = torch.tensor(segments.X_val, dtype=torch.float32, device=device)
+    step = make_step(
+        model, optimizer, X_train, y_train, y_scale, settings.loss_weights, settings.batch_size,
+        cuda_graphs=settings.cuda_graphs, amp=settings.mixed_precision,
+    )
 
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
     history: list[dict[str, Any]] = []
@@ -172,9 +187,7 @@ def fit(
     for epoch in range(settings.epochs):
         if should_stop is not None and should_stop():
             break
-        train_stats = run_epoch(
-            model, optimizer, X_train, y_train, y_scale, settings, generator, epoch, on_batch
-        )
+        train_stats = run_epoch(model, step, X_train.shape[0], settings, generator, epoch, on_batch)
         cal = _predict(model, X_cal, y_scale)
         val = _predict(model, X_val, y_scale)
         cal_loss = _segment_loss(cal, segments.y_cal, settings.loss_weights)
@@ -212,10 +225,8 @@ def fit(
 
 def run_epoch(
     model: ForecastNet,
-    optimizer: torch.optim.Optimizer,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    y_scale: float,
+    step: Step,
+    n: int,
     settings: TrainSettings,
     generator: torch.Generator,
     epoch: int,
@@ -223,29 +234,23 @@ def run_epoch(
 ) -> dict[str, float]:
     """One pass over the train segment in a seeded random order; running means of the objective."""
     model.train()
-    n = X.shape[0]
-    order = torch.randperm(n, generator=generator).to(X.device)
+    device = next(model.parameters()).device
+    # The order is drawn on the CPU generator (identical on every device), uploaded once.
+    order = torch.randperm(n, generator=generator).to(device, non_blocking=True)
     total_batches = math.ceil(n / settings.batch_size)
     # Sums stay on the device: reading them every step would sync the GPU each step.
-    sums = torch.zeros(4, device=X.device, dtype=torch.float64)
+    sums = torch.zeros(4, device=device, dtype=torch.float64)
     started = time.perf_counter()
     for batch in range(total_batches):
         idx = order[batch * settings.batch_size : (batch + 1) * settings.batch_size]
-        xb, yb = X[idx], y[idx]
-        mu, sigma, logit = model(xb)
-        loss, nll, bce, brier = forecast_loss(
-            mu * y_scale, sigma * y_scale, logit, yb, (yb > 0).float(), settings.loss_weights
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += torch.stack([loss, nll, bce, brier]).detach().double() * idx.numel()
+        stats = step(idx)
+        sums += stats.double() * idx.numel()
         if on_batch is not None:
             done = min((batch + 1) * settings.batch_size, n)
             rate = done / max(time.perf_counter() - started, 1e-9)
-            # float(loss) syncs; on_batch is only set when a client asked for batch_progress.
-            on_batch(epoch, batch, total_batches, float(loss), rate)
-    means = (sums / n).cpu().numpy()
+            # float() syncs; on_batch is only set when a client asked for batch_progress.
+            on_batch(epoch, batch, total_batches, float(stats[0]), rate)
+    means = (sums / n).cpu().numpy()  # the one sync of the epoch's train loop
     if not np.all(np.isfinite(means)):
         raise NonFiniteLossError(
             f"training loss is not finite at epoch {epoch} (loss={means[0]}); "
