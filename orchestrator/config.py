@@ -73,6 +73,13 @@ class TrainConfig(BaseModel):
     cuda_graphs: bool = True
     mixed_precision: bool = False
 
+    # live detail (DESIGN 4: heavy messages, sent only to clients that subscribe)
+    batch_progress_interval_s: float = Field(
+        0.25, ge=0.0, description="min seconds between batch_progress events of a fold; 0 = off"
+    )
+    prediction_deltas: bool = Field(True, description="publish prediction_delta after each epoch")
+    prediction_delta_rtol: float = Field(1e-6, ge=0.0, description="relative change that counts")
+
     # outputs
     reports_dir: str = "reports"
 

@@ -76,8 +76,10 @@ def _retry_key(event: Event) -> RetryKey | None:
     fold_id = event.get("fold_id")
     if fold_id is None:
         return None
-    if kind == "epoch_metrics" or kind == "prediction_delta":
+    if kind == "epoch_metrics":
         return (kind, fold_id, event.get("epoch"))
+    if kind == "prediction_delta":
+        return (kind, fold_id, event.get("epoch"), event.get("chunk"), event.get("final"))
     if kind == "fold_complete":
         return (kind, fold_id)
     if kind == "batch_progress":

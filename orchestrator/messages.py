@@ -134,10 +134,19 @@ class PredictionRow(BaseModel):
 
 
 class PredictionDelta(_Envelope):
+    """Validation predictions of a fold that changed since the fold's last delta.
+
+    Applying a fold's deltas in order (by ``timestamp``) gives its current predictions; the
+    ``final`` delta (the selected model, epoch = the best epoch) makes them equal the CSV.
+    """
+
     type: Literal["prediction_delta"] = "prediction_delta"
     fold_id: int
     epoch: int
     predictions: list[PredictionRow]
+    chunk: int = Field(0, description="extra: index of this message among the epoch's chunks")
+    chunks: int = Field(1, description="extra: number of chunks for this fold and epoch")
+    final: bool = Field(False, description="extra: true for the selected model's predictions")
 
 
 class BatchProgress(_Envelope):

@@ -19,7 +19,7 @@ import numpy as np
 from orchestrator.config import TrainConfig
 from orchestrator.cv import FoldSpec
 from orchestrator.errors import RunCancelledError
-from orchestrator.messages import EpochMetrics
+from orchestrator.messages import BatchProgress, EpochMetrics
 from workers.calibration import calibration_warning, select_calibration
 from workers.conformal import (
     conformal_interval,
@@ -29,11 +29,13 @@ from workers.conformal import (
     interval_coverage,
     normalized_scores,
 )
+from workers.deltas import PredictionDeltaTracker, as_rows
 from workers.features import FeatureSet, Standardizer
 from workers.metrics import binary_cross_entropy, brier_score, expected_calibration_error
 
 __all__ = [
     "FoldTrainer", "FoldResult", "FoldContext", "Publisher", "finish_fold", "train_settings",
+    "calibrated_predictions", "CalibratedPredictions",
 ]
 
 # Summary keys copied from the best epoch: the train segment has no rows in the predictions CSV.
@@ -131,7 +133,7 @@ class FoldTrainer:
         is cancelled through ``cancel()`` instead. Raises ``RunCancelledError`` when stopped."""
         import torch
 
-        from workers.train import Segments, fit
+        from workers.train import BatchReporter, Segments, fit
 
         self._cancelled = False
         torch.set_num_threads(max(1, int(config.cpus_per_fold)))
@@ -151,26 +153,49 @@ class FoldTrainer:
             y_val=features.y[val.start : val.stop],
         )
 
+        fold_id = spec.fold_id
+        deltas = PredictionDeltaTracker(
+            features.timestamps[spec.validation.start : spec.validation.stop],
+            rtol=config.prediction_delta_rtol,
+        )
+
         def on_epoch(metrics: dict[str, Any]) -> None:
-            publisher.publish(EpochMetrics(fold_id=spec.fold_id, **metrics))
+            publisher.publish(EpochMetrics(fold_id=fold_id, **metrics))
+
+        def on_forecasts(epoch: int, cal: Any, val: Any) -> None:
+            out = calibrated_predictions(spec, features, segments.y_cal, segments.y_val, cal, val, config)
+            for message in deltas.update(fold_id, epoch, as_rows(out.predictions, out.validation)):
+                publisher.publish(message)
+
+        def on_batch(epoch: int, batch: int, total: int, loss: float, rate: float) -> None:
+            publisher.publish(BatchProgress(
+                fold_id=fold_id, epoch=epoch, batch=batch, total_batches=total,
+                train_loss=loss, samples_per_second=rate,
+            ))
 
         started = time.perf_counter()
         outcome = fit(
             segments,
-            train_settings(config, spec.fold_id),
+            train_settings(config, fold_id),
             device=device,
             on_epoch=on_epoch,
             elapsed=lambda: time.time() - context.training_started_at,
+            on_batch=BatchReporter(config.batch_progress_interval_s, on_batch)
+            if config.batch_progress_interval_s > 0 else None,
+            on_forecasts=on_forecasts if config.prediction_deltas else None,
             should_stop=lambda: self._cancelled or (should_stop is not None and should_stop()),
         )
         if self._cancelled or (should_stop is not None and should_stop()):
             publisher.flush()
             raise RunCancelledError(f"run {context.run_id} was cancelled (fold {spec.fold_id})")
-        # Every epoch event reaches the hub before the result (and so fold_complete) does.
-        publisher.flush()
-
         best = outcome.history[outcome.best_epoch] if outcome.history else {}
         result = finish_fold(spec, features, segments.y_cal, segments.y_val, outcome.cal, outcome.val, config)
+        if config.prediction_deltas:
+            rows = as_rows(result.predictions, result.predictions["segment"] == "validation")
+            for message in deltas.update(fold_id, outcome.best_epoch, rows, final=True):
+                publisher.publish(message)
+        # Every event of the fold reaches the hub before the result (and so fold_complete) does.
+        publisher.flush()
         result.metrics.update({key: best.get(key) for key in _TRAIN_KEYS})
         result.metrics["epoch"] = outcome.best_epoch
         result.best_epoch = outcome.best_epoch
@@ -184,6 +209,57 @@ class FoldTrainer:
         return result
 
 
+@dataclass
+class CalibratedPredictions:
+    """The selected model's predictions for a fold's calibration and validation rows."""
+
+    predictions: dict[str, np.ndarray]  # reports.PREDICTION_COLUMNS -> column
+    validation: np.ndarray  # boolean mask of the validation rows
+    selection: Any  # workers.calibration.CalibrationSelection
+    q: float
+
+
+def calibrated_predictions(
+    spec: FoldSpec,
+    features: FeatureSet,
+    y_cal: np.ndarray,
+    y_val: np.ndarray,
+    cal: Any,
+    val: Any,
+    config: TrainConfig,
+) -> CalibratedPredictions:
+    """Calibrate p_up and fit conformal intervals on the calibration segment; apply to both."""
+    y_up_cal = (y_cal > 0).astype(np.float64)
+    # Chosen by cross-fitting on the calibration segment, then applied to validation.
+    selection = select_calibration(cal.p_up, y_up_cal, n_splits=config.calibration_splits)
+    cal_scores = normalized_scores(y_cal, cal.mu, cal.sigma)
+    q = conformal_quantile(cal_scores, config.alpha)
+
+    n_cal, n_val = len(y_cal), len(y_val)
+    y = np.concatenate([y_cal, y_val])
+    mu = np.concatenate([cal.mu, val.mu])
+    sigma = np.concatenate([cal.sigma, val.sigma])
+    p_raw = np.concatenate([cal.p_up, val.p_up])
+    lo, hi = conformal_interval(mu, sigma, q)
+    rows = np.r_[spec.calibration.start : spec.calibration.stop, spec.validation.start : spec.validation.stop]
+    predictions = {
+        "timestamp": features.timestamps[rows],
+        "fold_id": np.full(n_cal + n_val, spec.fold_id, dtype=np.int64),
+        "segment": np.array(["calibration"] * n_cal + ["validation"] * n_val),
+        "y": y,
+        "mu": mu,
+        "sigma": sigma,
+        "p_up_raw": p_raw,
+        "p_up_cal": selection.calibrator.predict(p_raw),  # in-sample for calibration rows
+        "conformal_lo": lo,
+        "conformal_hi": hi,
+        "conformal_p": conformal_pvalues(cal_scores, normalized_scores(y, mu, sigma)),
+        "pit_z": (y - mu) / sigma,
+    }
+    validation = np.r_[np.zeros(n_cal, dtype=bool), np.ones(n_val, dtype=bool)]
+    return CalibratedPredictions(predictions, validation, selection, q)
+
+
 def finish_fold(
     spec: FoldSpec,
     features: FeatureSet,
@@ -193,25 +269,17 @@ def finish_fold(
     val: Any,
     config: TrainConfig,
 ) -> FoldResult:
-    """Calibrate p_up, fit conformal intervals, and assemble the selected model's predictions.
+    """Calibrate, fit conformal intervals and score the selected model's predictions.
 
     ``cal`` and ``val`` are the selected model's forecasts (``workers.train.Forecast``). The
     validation metrics are recomputed for exactly these forecasts, so the summary matches the CSV.
     """
     from workers.train import evaluate_epoch
 
-    y_up_cal = (y_cal > 0).astype(np.float64)
+    out = calibrated_predictions(spec, features, y_cal, y_val, cal, val, config)
+    pred, is_val = out.predictions, out.validation
     y_up_val = (y_val > 0).astype(np.float64)
-
-    # Chosen by cross-fitting on the calibration segment, then applied to validation.
-    selection = select_calibration(cal.p_up, y_up_cal, n_splits=config.calibration_splits)
-    p_cal_cal = selection.calibrator.predict(cal.p_up)  # in-sample for calibration rows
-    p_val_cal = selection.calibrator.predict(val.p_up)
-
-    cal_scores = normalized_scores(y_cal, cal.mu, cal.sigma)
-    q = conformal_quantile(cal_scores, config.alpha)
-    lo_cal, hi_cal = conformal_interval(cal.mu, cal.sigma, q)
-    lo_val, hi_val = conformal_interval(val.mu, val.sigma, q)
+    p_val_cal = pred["p_up_cal"][is_val]
 
     metrics: dict[str, Any] = evaluate_epoch(
         cal, val, y_cal, y_val,
@@ -220,40 +288,19 @@ def finish_fold(
     metrics["ECE_cal"] = expected_calibration_error(y_up_val, p_val_cal)
     metrics["val_brier_cal"] = brier_score(y_up_val, p_val_cal)
     metrics["val_bce_cal"] = binary_cross_entropy(y_up_val, p_val_cal)
-    metrics["conformal_q"] = float(q) if np.isfinite(q) else None
+    metrics["conformal_q"] = float(out.q) if np.isfinite(out.q) else None
 
-    n_cal, n_val = len(y_cal), len(y_val)
     cal_warning = calibration_warning(
-        n_cal, config.min_calibration_samples, metrics["ECE_cal"], config.ece_warning_threshold
+        len(y_cal), config.min_calibration_samples, metrics["ECE_cal"], config.ece_warning_threshold
     )
-    cov_warning = coverage_warning(
-        interval_coverage(y_val, lo_val, hi_val), config.alpha, config.coverage_tolerance, n_val
-    )
-
-    y = np.concatenate([y_cal, y_val])
-    mu = np.concatenate([cal.mu, val.mu])
-    sigma = np.concatenate([cal.sigma, val.sigma])
-    rows = np.r_[spec.calibration.start : spec.calibration.stop, spec.validation.start : spec.validation.stop]
-    predictions = {
-        "timestamp": features.timestamps[rows],
-        "fold_id": np.full(n_cal + n_val, spec.fold_id, dtype=np.int64),
-        "segment": np.array(["calibration"] * n_cal + ["validation"] * n_val),
-        "y": y,
-        "mu": mu,
-        "sigma": sigma,
-        "p_up_raw": np.concatenate([cal.p_up, val.p_up]),
-        "p_up_cal": np.concatenate([p_cal_cal, p_val_cal]),
-        "conformal_lo": np.concatenate([lo_cal, lo_val]),
-        "conformal_hi": np.concatenate([hi_cal, hi_val]),
-        "conformal_p": conformal_pvalues(cal_scores, normalized_scores(y, mu, sigma)),
-        "pit_z": (y - mu) / sigma,
-    }
+    coverage = interval_coverage(y_val, pred["conformal_lo"][is_val], pred["conformal_hi"][is_val])
+    cov_warning = coverage_warning(coverage, config.alpha, config.coverage_tolerance, len(y_val))
     return FoldResult(
         fold_id=spec.fold_id,
-        predictions=predictions,
+        predictions=pred,
         metrics=metrics,
-        calibration_method=selection.method,
-        calibration_scores=dict(selection.cv_scores),
+        calibration_method=out.selection.method,
+        calibration_scores=dict(out.selection.cv_scores),
         calibration_warning=cal_warning,
         coverage_warning=cov_warning,
     )

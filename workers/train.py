@@ -30,7 +30,7 @@ from workers.model import ForecastNet
 from workers.steps import Step, make_step
 
 __all__ = [
-    "Segments", "Forecast", "TrainOutcome", "TrainSettings", "NonFiniteLossError",
+    "Segments", "Forecast", "TrainOutcome", "TrainSettings", "NonFiniteLossError", "BatchReporter",
     "fit", "evaluate_epoch", "seed_everything",
 ]
 
@@ -84,7 +84,27 @@ class TrainOutcome:
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
-BatchCallback = Callable[[int, int, int, float, float], None]
+ForecastCallback = Callable[[int, "Forecast", "Forecast"], None]
+
+
+class BatchReporter:
+    """Calls ``emit(epoch, batch, total_batches, train_loss, samples_per_s)`` at most every
+    ``interval_s`` seconds (and at each epoch's last batch). The loss is read back from the
+    device only when a report is due, so a rate-limited report costs one sync, not one per step."""
+
+    def __init__(self, interval_s: float, emit: Callable[[int, int, int, float, float], None]) -> None:
+        self.interval_s = interval_s
+        self.emit = emit
+        self._last = -float("inf")
+
+    def maybe_report(
+        self, epoch: int, batch: int, total: int, loss: torch.Tensor, done: int, started: float
+    ) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.interval_s and batch < total - 1:
+            return
+        self._last = now
+        self.emit(epoch, batch, total, float(loss), done / max(now - started, 1e-9))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,7 +178,8 @@ def fit(
     device: torch.device,
     on_epoch: EpochCallback,
     elapsed: Callable[[], float],
-    on_batch: BatchCallback | None = None,
+    on_batch: BatchReporter | None = None,
+    on_forecasts: ForecastCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainOutcome:
     seed_everything(settings.seed)
@@ -202,6 +223,8 @@ def fit(
         metrics["elapsed_seconds"] = elapsed()
         history.append(metrics)
         on_epoch(metrics)
+        if on_forecasts is not None:
+            on_forecasts(epoch, cal, val)
 
         if cal_loss < best_loss:
             best_loss, best_epoch = cal_loss, epoch
@@ -230,7 +253,7 @@ def run_epoch(
     settings: TrainSettings,
     generator: torch.Generator,
     epoch: int,
-    on_batch: BatchCallback | None,
+    on_batch: BatchReporter | None,
 ) -> dict[str, float]:
     """One pass over the train segment in a seeded random order; running means of the objective."""
     model.train()
@@ -247,9 +270,7 @@ def run_epoch(
         sums += stats.double() * idx.numel()
         if on_batch is not None:
             done = min((batch + 1) * settings.batch_size, n)
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            # float() syncs; on_batch is only set when a client asked for batch_progress.
-            on_batch(epoch, batch, total_batches, float(stats[0]), rate)
+            on_batch.maybe_report(epoch, batch, total_batches, stats[0], done, started)
     means = (sums / n).cpu().numpy()  # the one sync of the epoch's train loop
     if not np.all(np.isfinite(means)):
         raise NonFiniteLossError(
