@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from pydantic import BaseModel
 
 from orchestrator.messages import sanitize, to_wire
+from orchestrator.notify import RunMilestones
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -128,6 +129,7 @@ class _Run:
     file_failed: bool = False
     producers: dict[str, _ProducerOrder] = field(default_factory=dict)
     released_keys: set[RetryKey] = field(default_factory=set)
+    milestones: RunMilestones = field(default_factory=RunMilestones)
 
     @property
     def events_path(self) -> str | None:
@@ -466,6 +468,9 @@ class EventHub:
             run.ended = True
         if run.ended:  # a late event after the end reopens the file just for itself
             self._close_writer(run)
+        else:
+            for derived in run.milestones.observe(event):
+                self._release(run, derived, released)
 
     def _collect(
         self,

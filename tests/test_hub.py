@@ -23,7 +23,7 @@ def note(i: int, **extra: Any) -> dict[str, Any]:
     return {"type": "notification", "level": "info", "kind": "test", "message": str(i), **extra}
 
 
-def epoch(fold_id: int, n: int, **metrics: Any) -> dict[str, Any]:
+def epoch(fold_id: Any, n: int, **metrics: Any) -> dict[str, Any]:
     return {"type": "epoch_metrics", "fold_id": fold_id, "epoch": n, **metrics}
 
 
@@ -359,3 +359,22 @@ def test_publish_from_another_thread_wakes_a_poller() -> None:
         return answer
 
     assert [e["seq"] for e in asyncio.run(main())["events"]] == [1]
+
+
+def test_hub_derives_progress_and_best_auc_notifications() -> None:
+    hub = EventHub()
+    hub.register_run("r", None)
+    events: list[dict[str, Any]] = [{"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}]
+    aucs = {(0, 0): 0.51, (1, 0): 0.50, (0, 1): 0.53, (1, 1): 0.52}
+    for (fold, epoch), auc in aucs.items():
+        events.append({"type": "epoch_metrics", "fold_id": fold, "epoch": epoch, "val_auc": auc})
+    for pseq, event in enumerate(events):
+        hub.publish("r", "p", pseq, event)
+    notes = [e for e in hub.run_events("r") if e["type"] == "notification"]
+    progress = [n["message"] for n in notes if n["kind"] == "progress"]
+    assert progress == ["run 25% complete (1/4 epochs)", "run 50% complete (2/4 epochs)", "run 75% complete (3/4 epochs)"]
+    best = [n for n in notes if n["kind"] == "best_val_auc"]
+    assert len(best) == 1 and best[0]["fold_id"] == 0 and "0.5300" in best[0]["message"]
+    # each notification comes right after the event that caused it
+    kinds = [e["type"] for e in hub.run_events("r")]
+    assert kinds[:3] == ["training_start", "epoch_metrics", "notification"]
