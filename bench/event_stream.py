@@ -1,0 +1,236 @@
+"""Event stream benchmark: hub publish -> WebSocket client receive latency, and fan-out with no loss.
+
+The real path: a producer in the Ray driver publishes (fire-and-forget) to the EventHub actor;
+the API's pump long-polls the actor, encodes each event once and fans it out to one bounded queue
+per client; uvicorn sends it; ``websockets`` clients receive it. The server (and the producer)
+run in this process; the clients run in a child process so their parsing does not share this
+process's GIL. Both sides read ``time.monotonic()`` (CLOCK_MONOTONIC, one clock per machine).
+
+    .venv/bin/python bench/event_stream.py [--events 300] [--rate 100] [--clients 1,10,100]
+
+Prints one JSON object: machine, latency with 1 client (p50/p99/max, ms) and, per client count,
+events lost (must be 0) and latency percentiles, split at the hub (its ``ts`` stamp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+NAMESPACE = "bench-event-stream"
+
+
+# ---- the client side (child process) ---------------------------------------------------------
+
+
+async def _receive_all(url: str, n_clients: int, expected: int) -> dict[str, Any]:
+    import websockets
+
+    async def one(ready: asyncio.Event) -> list[tuple[float, float, str]]:
+        received: list[tuple[float, float, str]] = []
+        async with websockets.connect(url, proxy=None, max_queue=None) as ws:
+            ready.set()
+            async for text in ws:
+                received.append((time.monotonic(), time.time(), str(text)))
+                if '"training_complete"' in text:
+                    break
+        return received
+
+    readies = [asyncio.Event() for _ in range(n_clients)]
+    tasks = [asyncio.create_task(one(r)) for r in readies]
+    await asyncio.gather(*(r.wait() for r in readies))
+    print("ready", flush=True)
+    results = await asyncio.gather(*tasks)
+    latencies_ms: list[float] = []
+    producer_to_hub_ms: list[float] = []
+    hub_to_client_ms: list[float] = []
+    counts, gaps = [], 0
+    for received in results:
+        seqs = []
+        for at, wall_at, text in received:
+            message = json.loads(text)
+            if message["type"] != "notification":
+                continue
+            seqs.append(message["seq"])
+            _, _, published_wall, published_at = message["message"].split()
+            latencies_ms.append((at - float(published_at)) * 1000)
+            # the hub stamps ts = time.time() when it releases the event
+            producer_to_hub_ms.append((message["ts"] - float(published_wall)) * 1000)
+            hub_to_client_ms.append((wall_at - message["ts"]) * 1000)
+        counts.append(len(seqs))
+        gaps += sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
+    return {
+        "received_per_client": {"min": min(counts), "max": max(counts)},
+        "lost": n_clients * expected - sum(counts),
+        "seq_gaps": gaps,
+        "latencies_ms": latencies_ms,
+        "producer_to_hub_ms": producer_to_hub_ms,
+        "hub_to_client_ms": hub_to_client_ms,
+    }
+
+
+def client_main(url: str, n_clients: int, expected: int) -> None:
+    summary = asyncio.run(_receive_all(url, n_clients, expected))
+    print(json.dumps(summary), flush=True)
+
+
+# ---- the server side -------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "max_ms": round(ordered[-1], 3),
+        "mean_ms": round(statistics.fmean(ordered), 3),
+    }
+
+
+def produce(publisher: Any, events: int, rate: float) -> bool:
+    """A producer in its own process (a Ray task), like a fold actor: paced, fire-and-forget."""
+    interval = 1.0 / rate
+    started = time.monotonic()
+    for i in range(events):
+        target = started + i * interval
+        while (now := time.monotonic()) < target:
+            time.sleep(min(target - now, 0.002))
+        publisher.publish(
+            {"type": "notification", "level": "info", "kind": "bench",
+             "message": f"bench {i} {time.time():.6f} {time.monotonic():.9f}"}
+        )
+    publisher.publish({"type": "training_complete", "folds_completed": 0, "summary_path": "-"})
+    return bool(publisher.flush(60))
+
+
+def scenario(server: Any, hub: Any, n_clients: int, events: int, rate: float) -> dict[str, Any]:
+    import ray
+
+    from orchestrator.hub import HubPublisher
+
+    run_id = f"bench-{n_clients}-{time.time_ns()}"
+    ray.get(hub.register_run.remote(run_id, None))
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--client", f"{server.ws_url}?run_id={run_id}",
+         str(n_clients), str(events)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None
+    if child.stdout.readline().strip() != "ready":
+        raise RuntimeError("the client process did not connect")
+    producer = ray.remote(num_cpus=0)(produce).remote(
+        HubPublisher(hub, run_id, "bench"), events, rate
+    )
+    ray.get(producer, timeout=600)
+    out, _ = child.communicate(timeout=300)
+    summary = json.loads(out.strip().splitlines()[-1])
+    latencies = summary.pop("latencies_ms")
+    to_hub = summary.pop("producer_to_hub_ms")
+    from_hub = summary.pop("hub_to_client_ms")
+    return {
+        "clients": n_clients,
+        "events": events,
+        "rate_per_s": rate,
+        **summary,
+        "latency": percentiles(latencies) if latencies else None,
+        "producer_to_hub": percentiles(to_hub) if to_hub else None,
+        "hub_to_client": percentiles(from_hub) if from_hub else None,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for name in ("ray", "uvicorn", "websockets", "fastapi"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **versions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300, help="events per scenario (default 300)")
+    parser.add_argument("--rate", type=float, default=100.0, help="events published per second")
+    parser.add_argument("--clients", default="1,10,100", help="client counts for fan-out")
+    parser.add_argument("--latency-events", type=int, default=1000,
+                        help="events of the 1-client latency run (default 1000)")
+    parser.add_argument("--compression", action="store_true", help="permessage-deflate on")
+    parser.add_argument("--client", nargs=3, metavar=("URL", "N", "EVENTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        client_main(args.client[0], int(args.client[1]), int(args.client[2]))
+        return
+
+    import ray
+
+    from api.app import ApiSettings, create_app
+    from api.hub_client import RayHubClient
+    from api.server import BackgroundServer
+    from orchestrator.hub import get_or_create_hub
+    from orchestrator.ray_executor import RaySink
+    from orchestrator.service import RunManager
+
+    load_before = os.getloadavg()
+    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    hub = get_or_create_hub(namespace=NAMESPACE)
+    manager = RunManager(RaySink(hub))
+    app = create_app(RayHubClient(hub), manager, ApiSettings(reports_dir=str(ROOT / "reports")))
+    try:
+        with BackgroundServer(app, ws_compression=args.compression) as server:
+            latency = scenario(server, hub, 1, args.latency_events, args.rate)
+            fanout = [
+                scenario(server, hub, int(n), args.events, args.rate)
+                for n in args.clients.split(",")
+            ]
+    finally:
+        manager.shutdown()
+        ray.shutdown()
+    print(json.dumps({
+        "benchmark": "event_stream",
+        "machine": machine(),
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "path": "producer (Ray task) -> EventHub actor -> pump long-poll -> per-client queue "
+        "-> uvicorn -> websockets client",
+        "permessage_deflate": args.compression,
+        "latency_1_client": latency,
+        "fanout": fanout,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""A real API server for the API tests: uvicorn on a free loopback port, the Ray EventHub actor,
+a RunManager training small synthetic runs on Ray, and helpers to drive it with real clients.
+
+Test modules load this with ``pytest_plugins = ["tests.api_fixtures"]`` so the session-scoped
+server (and its warm fold actors) is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import websockets
+
+from api.app import ApiSettings, create_app
+from api.hub_client import RayHubClient
+from api.server import BackgroundServer
+from orchestrator.config import TrainConfig, config_from_mapping
+from orchestrator.messages import message_json_schema
+from tests.synthetic import ar1_ohlcv
+
+HUB_NAMESPACE = "test-api"
+TERMINAL = ("training_complete", "training_error")
+SCHEMA = message_json_schema()
+# Small and quick: 2 folds of a 1200-bar AR(1) series; patience so large no fold stops early.
+RUN_DEFAULTS: dict[str, Any] = {
+    "min_samples": 500, "lookback": 10, "folds": 2, "epochs": 3, "patience": 10_000,
+    "executor": "ray",
+}
+
+
+@dataclass
+class ApiServer:
+    """The running server and what a test needs to drive it."""
+
+    server: BackgroundServer
+    app: Any
+    hub: Any
+    manager: Any
+    reports_dir: Path
+    data_csv: str
+    base_config: TrainConfig
+    extra: list[BackgroundServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.ws_url
+
+    def post_train(self, **body: Any) -> str:
+        response = httpx.post(f"{self.url}/train", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        return str(response.json()["run_id"])
+
+    def wait_done(self, run_id: str, timeout: float = 120) -> dict[str, Any]:
+        run = self.manager.wait(run_id, timeout)
+        assert run.done, f"run {run_id} still {run.state.value} after {timeout} s"
+        return dict(run.snapshot())
+
+    @contextmanager
+    def another_server(self, **settings: Any) -> Iterator[BackgroundServer]:
+        """A second app on the same hub and runs, with other settings (token, limits)."""
+        values: dict[str, Any] = {"reports_dir": str(self.reports_dir), "base_config": self.base_config}
+        values.update(settings)
+        app = create_app(RayHubClient(self.hub), self.manager, ApiSettings(**values))
+        server = BackgroundServer(app).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    import ray
+
+    from orchestrator.hub import get_or_create_hub
+    from orchestrator.ray_executor import RaySink, WorkerPool
+    from orchestrator.service import RunManager
+
+    tmp = tmp_path_factory.mktemp("api")
+    data_csv = tmp / "bars.csv"
+    ar1_ohlcv(1200, seed=11).to_csv(data_csv, index=False)
+    reports = tmp / "reports"
+    base = config_from_mapping({**RUN_DEFAULTS, "data": str(data_csv), "reports_dir": str(reports)})
+    hub = get_or_create_hub(namespace=HUB_NAMESPACE)
+    manager = RunManager(RaySink(hub), pool=WorkerPool())
+    settings = ApiSettings(reports_dir=str(reports), base_config=base, close_timeout_s=3.0)
+    app = create_app(RayHubClient(hub), manager, settings)
+    server = BackgroundServer(app).start()
+    _RUNNING.append(ApiServer(server, app, hub, manager, reports, str(data_csv), base))
+    try:
+        yield _RUNNING[0]
+    finally:
+        _RUNNING.clear()
+        server.stop()
+        manager.shutdown()
+        ray.kill(hub)
+
+
+_RUNNING: list[ApiServer] = []  # the session's server, once a test asked for it
+API_TEST_MODULES = frozenset({"test_api.py", "test_api_extras.py", "test_watch.py", "test_ws.py", "test_ws_qt.py"})
+
+
+@pytest.fixture(scope="module")
+def release_idle_actors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """At the end of an API test module, stop the server's idle fold actors unless the next
+    module is an API module too: they hold Ray CPUs that other modules' runs need to place folds
+    (the session's Ray instance has 2). Keeping them between API modules saves a cold start."""
+    yield
+    if not _RUNNING:
+        return
+    paths = [item.path for item in request.session.items]
+    here = request.node.path
+    last = max(i for i, path in enumerate(paths) if path == here)
+    following = paths[last + 1] if last + 1 < len(paths) else None
+    if following is None or following.name not in API_TEST_MODULES:
+        _RUNNING[0].manager.pool.shutdown()
+
+
+# ---- clients and runs ----------------------------------------------------------------------
+
+
+async def clients_connected(app: Any, count: int, timeout: float = 60) -> None:
+    """Wait until at least ``count`` clients are past their accept on the app's /ws."""
+    connections = app.state.stream.connections
+    deadline = time.monotonic() + timeout
+    while len(connections) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(connections)} of {count} clients connected after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def run_until_done(server: ApiServer, *clients: Any, **body: Any) -> tuple[str, list[Any]]:
+    """Start the clients, POST /train once all are connected, gather their results."""
+
+    async def main() -> tuple[str, list[Any]]:
+        already = len(server.app.state.stream.connections)
+        tasks = [asyncio.create_task(c) for c in clients]
+        await clients_connected(server.app, already + len(clients))
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            response = await http.post("/train", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()["run_id"], list(await asyncio.gather(*tasks))
+
+    return asyncio.run(main())
+
+
+async def collect(
+    url: str,
+    *,
+    until: tuple[str, ...] = TERMINAL,
+    run_id: str | None = None,
+    count: int | None = None,
+    timeout: float = 120,
+    **connect: Any,
+) -> list[dict[str, Any]]:
+    """Messages from ``url`` until one of type ``until`` (of ``run_id`` if given) or ``count``."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, proxy=None, **connect) as ws:
+        async with asyncio.timeout(timeout):
+            async for text in ws:
+                message = json.loads(text)
+                messages.append(message)
+                if count is not None and len(messages) >= count:
+                    break
+                if message["type"] in until and (run_id is None or message.get("run_id") == run_id):
+                    break
+    return messages
+
+
+def of_run(messages: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("run_id") == run_id]
+
+
+def assert_schema_valid(messages: list[dict[str, Any]]) -> None:
+    for message in messages:
+        jsonschema.validate(message, SCHEMA)
+
+
+def assert_legal_run(messages: list[dict[str, Any]], folds: int, epochs: int) -> None:
+    """One whole run, in a legal order (DESIGN 3), every seq once and increasing."""
+    types = [m["type"] for m in messages]
+    assert types[0] == "dataset_ready" and types[1] == "training_start", types[:3]
+    assert types[-1] == "training_complete", types[-3:]
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(set(seqs)), "seqs must strictly increase"
+    for fold in range(folds):
+        at = [i for i, m in enumerate(messages) if m.get("fold_id") == fold and m["type"] == "epoch_metrics"]
+        assert [messages[i]["epoch"] for i in at] == list(range(epochs))
+        complete = [i for i, m in enumerate(messages) if m["type"] == "fold_complete" and m["fold_id"] == fold]
+        assert len(complete) == 1 and complete[0] > at[-1]

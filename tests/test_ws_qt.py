@@ -1,0 +1,124 @@
+"""Qt's own QWebSocket (PySide6, offscreen) receives the same run as a ``websockets`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.register_assert_rewrite("tests.api_fixtures")
+from tests.api_fixtures import (  # noqa: E402
+    ApiServer,
+    assert_legal_run,
+    assert_schema_valid,
+    clients_connected,
+    collect,
+)
+
+pytest_plugins = ["tests.api_fixtures"]
+pytestmark = pytest.mark.usefixtures("release_idle_actors")
+
+pytest.importorskip("PySide6.QtWebSockets")
+
+QT_CLIENT = r'''
+import json, sys
+from PySide6.QtCore import QCoreApplication, QTimer, QUrl
+from PySide6.QtWebSockets import QWebSocket
+
+url, out_path, timeout_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
+app = QCoreApplication(sys.argv)
+ws = QWebSocket()
+messages, result = [], {"close_code": None, "errors": []}
+
+def on_connected():
+    ws.sendTextMessage("ping")
+    print("connected", flush=True)
+
+def on_text(text):
+    message = json.loads(text)
+    messages.append(message)
+    if message.get("type") in ("training_complete", "training_error"):
+        ws.close()
+
+def on_disconnected():
+    result["close_code"] = int(ws.closeCode().value)
+    result["messages"] = messages
+    with open(out_path, "w") as handle:
+        json.dump(result, handle)
+    app.quit()
+
+def on_error(error):
+    result["errors"].append(ws.errorString())
+
+ws.connected.connect(on_connected)
+ws.textMessageReceived.connect(on_text)
+ws.disconnected.connect(on_disconnected)
+ws.errorOccurred.connect(on_error)
+QTimer.singleShot(timeout_ms, lambda: (result["errors"].append("timeout"), ws.close()))
+ws.open(QUrl(url))
+sys.exit(app.exec())
+'''
+
+
+def test_qwebsocket_receives_the_same_run_as_a_websockets_client(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "qt_client.py"
+    script.write_text(QT_CLIENT)
+    out = tmp_path / "qt_messages.json"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    qt = subprocess.Popen(
+        [sys.executable, str(script), api_server.ws_url, str(out), "90000"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert qt.stdout is not None
+        assert qt.stdout.readline().strip() == "connected"
+
+        async def main() -> tuple[str, list[dict[str, Any]]]:
+            already = len(api_server.app.state.stream.connections)  # Qt's among them
+            client = asyncio.create_task(collect(api_server.ws_url))
+            await clients_connected(api_server.app, already + 1)
+            async with httpx.AsyncClient(base_url=api_server.url) as http:
+                response = await http.post("/train", json={})
+            return response.json()["run_id"], await client
+
+        run_id, reference = asyncio.run(main())
+        qt.wait(timeout=120)
+        assert qt.returncode == 0, qt.stderr.read() if qt.stderr else ""
+    finally:
+        if qt.poll() is None:
+            qt.kill()
+    result = json.loads(out.read_text())
+    assert result["errors"] == []
+    received = result["messages"]
+    assert received[0] == {"type": "pong"}
+    run = received[1:]
+    assert run == reference  # same messages, same order, field for field
+    assert run[0]["run_id"] == run_id
+    assert_schema_valid(run)
+    assert_legal_run(run, folds=2, epochs=3)
+
+
+def test_qwebsocket_sees_an_application_close_code_not_a_protocol_error(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "qt_client.py"
+    script.write_text(QT_CLIENT)
+    out = tmp_path / "qt_close.json"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run(
+        [sys.executable, str(script), f"{api_server.ws_url}?types=bogus", str(out), "20000"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["close_code"] == 4400
+    assert result["errors"] == []
