@@ -62,6 +62,7 @@ def execute_run(
     executor: FoldExecutor,
     *,
     extra_summary: dict[str, Any] | None = None,
+    hpo_trial: int | None = None,
 ) -> Run:
     """Run to the end; never raises for a run failure (the state and events say how it ended)."""
     config = run.config
@@ -82,7 +83,10 @@ def execute_run(
 
         training_started_at = time.time()
         driver.publish(
-            TrainingStart(use_cv=config.use_cv, total_folds=len(specs), total_epochs=config.epochs)
+            TrainingStart(
+                use_cv=config.use_cv, total_folds=len(specs), total_epochs=config.epochs,
+                hpo_trial=hpo_trial,
+            )
         )
         results: dict[int, FoldResult] = {}
         paths: dict[int, str] = {}

@@ -464,7 +464,9 @@ class EventHub:
         self._counts["released"] += 1
         released.append(event)
         self._write_lines(run, [line])
-        if event["type"] in TERMINAL_TYPES:
+        if event["type"] in TERMINAL_TYPES or (
+            event["type"] == "hpo_trial" and event.get("state") == "study_complete"
+        ):
             run.ended = True
         if run.ended:  # a late event after the end reopens the file just for itself
             self._close_writer(run)
