@@ -25,7 +25,7 @@ from orchestrator.errors import DataValidationError
 from orchestrator.messages import Candle
 from workers.data import CANONICAL_COLUMNS, load_ohlcv, validate_ohlcv
 
-__all__ = ["DataFeed", "DataWatcher", "FeedUpdate", "candles_of"]
+__all__ = ["CandleBook", "DataFeed", "DataWatcher", "FeedUpdate", "candles_of"]
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,45 @@ class FeedUpdate:
     warnings: list[str] = field(default_factory=list)
 
 
-class DataFeed:
+class CandleBook:
+    """Pages over a dataset's bars as candles (``GET /data/candles``)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, source: str) -> "CandleBook":
+        return cls(load_ohlcv(source))
+
+    def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]:
+        """Candles after ``since`` (exclusive ISO timestamp), at most ``limit``; and the cursor."""
+        with self._lock:
+            frame = self.frame
+            if since:
+                try:
+                    cutoff = pd.Timestamp(since)
+                except ValueError as err:
+                    raise DataValidationError(f"since must be an ISO timestamp, got since={since!r}") from err
+                if cutoff.tzinfo is not None:
+                    cutoff = cutoff.tz_convert("UTC").tz_localize(None)
+                frame = frame[frame["timestamp"] > cutoff]
+            chunk = frame.iloc[:limit]
+        candles = candles_of(chunk)
+        more = len(frame) > limit
+        return candles, (candles[-1].timestamp if candles and more else None)
+
+
+class DataFeed(CandleBook):
     def __init__(self, path: str | Path, snapshot_dir: str | Path) -> None:
+        super().__init__(load_ohlcv(path))  # the initial file must be valid as a whole
         self.path = Path(path)
-        self.frame = load_ohlcv(self.path)  # the initial file must be valid as a whole
         self.snapshot = Path(snapshot_dir) / f"{self.path.stem}.snapshot.parquet"
         self._is_csv = self.path.suffix.lower() == ".csv"
         self._offset = self.path.stat().st_size
         self._stat = self._signature()
         self._header = self._read_header() if self._is_csv else None
         self._line_no = len(self.frame) + 1  # 1-based file line of the next CSV row (header is 1)
-        self._lock = threading.Lock()
         self._write_snapshot()
 
     def _signature(self) -> tuple[int, int]:
@@ -141,22 +169,6 @@ class DataFeed:
                 f"timestamp {bar['timestamp'].iloc[0]} is not after the last bar's {last}"
             )
         return bar
-
-    def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]:
-        """Candles after ``since`` (exclusive ISO timestamp), at most ``limit``; and the cursor."""
-        with self._lock:
-            frame = self.frame
-            if since:
-                try:
-                    cutoff = pd.Timestamp(since).tz_localize(None) if pd.Timestamp(since).tzinfo else pd.Timestamp(since)
-                except ValueError as err:
-                    raise DataValidationError(f"since must be an ISO timestamp, got since={since!r}") from err
-                frame = frame[frame["timestamp"] > cutoff]
-            chunk = frame.iloc[:limit]
-        candles = candles_of(chunk)
-        more = len(frame) > limit
-        return candles, (candles[-1].timestamp if candles and more else None)
-
 
 class DataWatcher:
     """Polls a ``DataFeed`` on a thread and hands updates to ``on_update``."""
