@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# The main job: train 5 folds on the bundled S&P 500 with live progress.
+# The main job: serve REST + /ws on $(HOST):$(PORT) and train 5 folds on the bundled S&P 500.
 run: $(STAMP)
-	$(PY) -m orchestrator train --data sp500 --folds 5 --epochs 25
+	$(PY) -m orchestrator serve --host $(HOST) --port $(PORT) --train-on-start --data sp500 --folds 5 --epochs 25
 
 # A headless 5-fold run with progress bars, no server.
 train: $(STAMP)
@@ -44,6 +44,8 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/parallel_folds.py
+	$(PY) bench/event_stream.py
+	$(PY) bench/hpo_throughput.py
 
 schema: $(STAMP)
 	$(PY) -m orchestrator schema --out docs/ws-schema.json
