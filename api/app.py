@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from api.bodies import error_response, json_object_body
 from api.extras import data_router, hpo_router
 from api.hub_client import HubClient
 from api.pump import EventPump
@@ -95,8 +96,7 @@ class ApiSettings:
             )
 
 
-def _error(status: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status)
+_error = error_response
 
 
 def resolve_report_path(root: Path, relative: str) -> Path | None:
@@ -219,13 +219,9 @@ def create_app(
                    422: {"description": "invalid field"}},
     )
     async def train(request: Request) -> JSONResponse:
-        raw = await request.body()
-        try:
-            values = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return _error(400, f"malformed JSON body: {err}")
-        if not isinstance(values, dict):
-            return _error(422, f"the body must be a JSON object of config fields, got {type(values).__name__}")
+        values = await json_object_body(request, "config fields")
+        if isinstance(values, JSONResponse):
+            return values
         refusal = _check_server_owned_fields(values, settings)
         if refusal is not None:
             return refusal

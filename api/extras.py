@@ -7,19 +7,18 @@ orchestrator's errors to 4xx JSON bodies.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Callable
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.bodies import error_response, json_object_body
 from orchestrator.errors import ConfigError, DataValidationError
 
 __all__ = ["hpo_router", "data_router"]
 
 
-def _error(status: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status)
+_error = error_response
 
 
 def hpo_router(
@@ -33,13 +32,9 @@ def hpo_router(
 
     @router.post("", status_code=202, summary="Start (or resume) an Optuna study over whole CV runs")
     async def start(request: Request) -> JSONResponse:
-        raw = await request.body()
-        try:
-            values = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return _error(400, f"malformed JSON body: {err}")
-        if not isinstance(values, dict):
-            return _error(422, "the body must be a JSON object of HPO and config fields")
+        values = await json_object_body(request, "HPO and config fields")
+        if isinstance(values, JSONResponse):
+            return values
         refusal = check_body(values)
         if refusal is not None:
             return refusal
