@@ -4,19 +4,48 @@
 the config. Actors are kept in a ``WorkerPool`` keyed by their resource shape and reused by later
 runs and HPO trials, so a second run does not pay process start and ``import torch`` again.
 The dataset is put in the object store once per run; every fold gets a reference.
+
+How a run's folds end up on actors (``_FoldRun``):
+
+- at most ``limit`` folds are in flight (what the cluster fits, capped by
+  ``max_concurrent_folds``); each goes through *starting* (a ``ping`` that returns once the actor
+  is up) and *training* (``FoldTrainer.run``). Actors belong to the run until it ends, and a
+  finished fold's actor takes the next pending fold, or one still waiting for a new actor. A
+  worker that gets no place within ``placement_timeout_s`` fails the run, unless the run's own
+  folds hold what the cluster has left (a node was lost): then the fold waits for them;
+- a worker process that dies (kill -9, OOM, node loss) fails its attempt: the fold goes back to
+  the front of the queue on a fresh actor, from the start (seeded, so the repeated epochs equal
+  the lost ones and the hub drops them as duplicates), and a ``notification`` of kind
+  ``fold_retry`` names the fold and the attempt. Past ``max_retries`` the run fails naming the
+  fold. A Python exception inside a fold is not retried: it fails the run with its message;
+- whatever ends the run early (a failure, a cancel), the folds still training are asked to stop
+  at their next epoch, given ``CANCEL_GRACE_S``, then killed; their producers are closed in the
+  hub before ``run_folds`` returns, so no fold event can arrive after the run's terminal event;
+- when the run completes (or fails), its healthy actors go back to the pool; after a cancel
+  every actor that worked on the run is killed (``keep_workers_on_cancel`` keeps them warm).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    NodeDiedError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from orchestrator.config import TrainConfig
 from orchestrator.cv import FoldSpec
@@ -35,19 +64,36 @@ __all__ = ["ensure_ray", "RaySink", "RayExecutor", "WorkerPool", "ResourceShape"
 
 log = logging.getLogger(__name__)
 
-# Seconds a cancelled fold gets to stop at its next epoch boundary before its actor is killed.
+# Seconds a stopped fold gets to finish its epoch and flush its events before its actor is killed.
 CANCEL_GRACE_S = 2.0
-# How often the driver wakes to check for cancels while folds run.
+# How often the driver wakes to check for cancels and placement timeouts while folds run.
 WAIT_SLICE_S = 0.2
+# Seconds a placed worker may take to start (process, imports) before the run fails.
+START_TIMEOUT_S = 600.0
+# Fold-trainer actors are named this plus a random suffix.
+ACTOR_NAME_PREFIX = "fold-trainer-"
+# Actors of one fold that may die before their first call; these are not fold attempts.
+MAX_START_FAILURES = 3
+# What a dead worker process looks like to the caller of one of its methods.
+_WORKER_DEATH: tuple[type[BaseException], ...] = (
+    RayActorError,
+    WorkerCrashedError,
+    OutOfMemoryError,
+    NodeDiedError,
+)
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
-    """Join ``address`` (or RAY_ADDRESS), else start a local instance; no-op if connected."""
+    """Join ``address`` (or RAY_ADDRESS), else start a local instance; no-op if connected.
+
+    Without an address this starts a new instance (``address="local"``): a bare ``ray.init()``
+    would join whatever cluster ``ray start`` left running on the machine, someone else's too.
+    """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "ignore_reinit_error": True}
-    if address is None:
+    if address == "local":
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
     ray.init(address=address, **kwargs)
@@ -65,15 +111,29 @@ class RaySink:
     def publisher(self, run_id: str, producer: str) -> HubPublisher:
         return HubPublisher(self.hub, run_id, producer)
 
+    def close_producers(
+        self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0
+    ) -> None:
+        """Tell the hub these producers are gone; with a ``timeout``, wait until it knows.
+
+        Waiting matters at the end of a run: the hub then drops anything a killed fold still had
+        in flight instead of releasing it after the run's terminal event.
+        """
+        refs = [self.hub.close_producer.remote(run_id, p) for p in producers]
+        if refs and timeout is not None:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+
 
 @dataclass(frozen=True)
 class ResourceShape:
+    """What one fold-trainer actor holds; actors are reused only for the same shape."""
+
     num_cpus: float
     num_gpus: float
     memory: int | None
 
     @classmethod
-    def of(cls, config: TrainConfig) -> "ResourceShape":
+    def of(cls, config: TrainConfig) -> ResourceShape:
         memory = config.memory_per_fold_mb * 1024 * 1024 if config.memory_per_fold_mb else None
         return cls(config.cpus_per_fold, config.gpus_per_fold, memory)
 
@@ -83,53 +143,86 @@ class ResourceShape:
             opts["memory"] = self.memory
         return opts
 
+    def describe(self) -> str:
+        text = f"cpus_per_fold={self.num_cpus:g}, gpus_per_fold={self.num_gpus:g}"
+        if self.memory:
+            text += f", memory_per_fold_mb={self.memory // 2**20}"
+        return text
+
 
 @dataclass
 class _Worker:
     actor: Any
+    name: str  # the actor's name: `ray list actors` and ray.util.list_named_actors show it
     shape: ResourceShape
-    pid: int | None = None
+    pid: int | None = None  # known once the actor answered its first ping
     idle_since: float = field(default_factory=time.monotonic)
+
+
+_remote_trainer: Any = None
+
+
+def _trainer_class() -> Any:
+    """``ray.remote(FoldTrainer)``, made once: each call of ``ray.remote`` exports the class."""
+    global _remote_trainer
+    if _remote_trainer is None:
+        _remote_trainer = ray.remote(FoldTrainer)
+    return _remote_trainer
 
 
 class WorkerPool:
     """Warm fold-trainer actors, reused while their resource shape fits.
 
     ``max_concurrency=2`` lets ``cancel()`` reach an actor while ``run()`` is busy in it.
-    Idle actors are released after ``idle_timeout_s`` and on ``shutdown``.
+    Idle actors are released after ``idle_timeout_s`` (a daemon thread checks) and on
+    ``shutdown``. ``created`` and ``reused`` count acquisitions, for tests and benchmarks.
     """
 
     def __init__(self, idle_timeout_s: float = 600.0) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got idle_timeout_s={idle_timeout_s!r}")
         self.idle_timeout_s = idle_timeout_s
+        self.created = 0
+        self.reused = 0
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
-        self.created = 0
+        self._closed = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     def acquire(self, shape: ResourceShape) -> _Worker:
+        """An idle actor of ``shape``, else a new one (still starting: ping it before use)."""
         self.reap_idle()
         with self._lock:
             for i, worker in enumerate(self._idle):
                 if worker.shape == shape:
+                    self.reused += 1
                     return self._idle.pop(i)
             # Idle actors of another shape hold resources the new one may need: release them.
             others, self._idle = self._idle, []
+            self.created += 1
         for worker in others:
             self.discard(worker)
-        remote_cls = ray.remote(FoldTrainer).options(
-            **shape.options(), max_concurrency=2, max_restarts=0, max_task_retries=0
-        )
-        self.created += 1
-        return _Worker(actor=remote_cls.remote(), shape=shape)
+        name = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:12]}"
+        actor = _trainer_class().options(
+            **shape.options(), name=name, max_concurrency=2, max_restarts=0, max_task_retries=0
+        ).remote()
+        return _Worker(actor=actor, name=name, shape=shape)
 
     def release(self, worker: _Worker) -> None:
+        """Keep a healthy actor for later runs."""
+        if self._closed.is_set():
+            self.discard(worker)
+            return
         worker.idle_since = time.monotonic()
         with self._lock:
             self._idle.append(worker)
+        self._start_reaper()
 
     def discard(self, worker: _Worker) -> None:
+        """Kill an actor (dead already is fine)."""
         try:
             ray.kill(worker.actor, no_restart=True)
-        except Exception:  # already dead
+        except Exception:  # already dead, or Ray shut down
             pass
 
     def reap_idle(self) -> None:
@@ -144,20 +237,43 @@ class WorkerPool:
         with self._lock:
             return len(self._idle)
 
+    def idle_actor_names(self) -> set[str]:
+        with self._lock:
+            return {w.name for w in self._idle}
+
     def shutdown(self) -> None:
+        """Kill the idle actors; actors released later are killed too."""
+        self._closed.set()
         with self._lock:
             idle, self._idle = self._idle, []
         for worker in idle:
             self.discard(worker)
 
+    def _start_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is not None:
+                return
+            self._reaper = threading.Thread(
+                target=self._reap_until_closed, name="worker-pool-reaper", daemon=True
+            )
+        self._reaper.start()
 
-@dataclass
-class _Attempt:
-    spec: FoldSpec
-    attempt: int
-    worker: _Worker
-    ref: Any
-    started: float
+    def _reap_until_closed(self) -> None:
+        interval = min(max(self.idle_timeout_s / 4, 0.05), 30.0)
+        while not self._closed.wait(interval):
+            if ray.is_initialized():
+                self.reap_idle()
+
+
+def _placed(worker: _Worker) -> bool:
+    """True once Ray has given the actor a worker process (its __init__ may still be running)."""
+    try:
+        from ray._private import state  # the GCS actor table: no dashboard needed
+
+        info = state.actors(worker.actor._actor_id.hex())
+        return bool(info and info.get("Pid"))
+    except Exception:  # an API change: fall back to placement_timeout_s alone
+        return False
 
 
 def _check_feasible(shape: ResourceShape) -> None:
@@ -165,156 +281,352 @@ def _check_feasible(shape: ResourceShape) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     for node in nodes:
         res = node.get("Resources", {})
-        if res.get("CPU", 0) >= shape.num_cpus and res.get("GPU", 0) >= shape.num_gpus and (
-            not shape.memory or res.get("memory", 0) >= shape.memory
+        if (
+            res.get("CPU", 0) >= shape.num_cpus
+            and res.get("GPU", 0) >= shape.num_gpus
+            and (not shape.memory or res.get("memory", 0) >= shape.memory)
         ):
             return
     have = [
         {k: node.get("Resources", {}).get(k, 0) for k in ("CPU", "GPU")} for node in nodes
     ]
     raise ConfigError(
-        f"no node can host a fold with cpus_per_fold={shape.num_cpus}, "
-        f"gpus_per_fold={shape.num_gpus}"
-        + (f", memory_per_fold_mb={shape.memory // 2**20}" if shape.memory else "")
-        + f"; nodes have {have}"
+        f"no node of the Ray cluster can host a fold with {shape.describe()}; "
+        f"its nodes have {have}"
     )
+
+
+def _fits(total: float, per_fold: float) -> int:
+    # total / per_fold, not total // per_fold: 1.0 // 0.1 == 9.0 in floating point
+    return math.floor(total / per_fold + 1e-9)
 
 
 def _concurrency(config: TrainConfig, shape: ResourceShape, n_folds: int) -> int:
     total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // shape.num_cpus) if shape.num_cpus else n_folds
+    fits = _fits(total.get("CPU", 0), shape.num_cpus)
     if shape.num_gpus:
-        fits = min(fits, int(total.get("GPU", 0) // shape.num_gpus + 1e-9))
+        fits = min(fits, _fits(total.get("GPU", 0), shape.num_gpus))
     limit = max(1, min(n_folds, fits))
     if config.max_concurrent_folds:
         limit = min(limit, config.max_concurrent_folds)
     return limit
 
 
-def _cause_text(err: BaseException) -> str:
-    if isinstance(err, RayTaskError):
-        cause = err.cause if hasattr(err, "cause") else None
-        if cause is not None:
-            return str(cause) if isinstance(cause, OrchestratorError) else f"{type(cause).__name__}: {cause}"
-    return f"{type(err).__name__}: {err}"
+def _cause_text(err: RayTaskError) -> str:
+    """The fold's own exception as ``Type: message`` (an OrchestratorError: its message)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, OrchestratorError):
+        return str(cause)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return _short(err)
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+@dataclass
+class _Attempt:
+    """One try of one fold on one worker."""
+
+    spec: FoldSpec
+    number: int  # 0 for the first try
+    worker: _Worker
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def fold_id(self) -> int:
+        return self.spec.fold_id
 
 
 class RayExecutor:
+    """Trains a run's folds concurrently on fold-trainer actors from ``pool``.
+
+    ``current_pids`` maps fold_id to the worker pid of its latest attempt in the current (or
+    last) run, and ``run_actor_names`` holds the names of every actor that worked on it.
+
+    After a cancel the run's actors are killed (a user's cancel leaves nothing of the run
+    behind); ``keep_workers_on_cancel=True`` keeps the ones that stopped cleanly warm instead,
+    for callers that cancel as a matter of course (HPO pruning).
+    """
+
     name = "ray"
 
-    def __init__(self, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self, pool: WorkerPool | None = None, *, keep_workers_on_cancel: bool = False
+    ) -> None:
         self.pool = pool or WorkerPool()
-        self.current_pids: dict[int, int] = {}  # fold_id -> worker pid of the running attempt
+        self.keep_workers_on_cancel = keep_workers_on_cancel
+        self.current_pids: dict[int, int] = {}
+        self.run_actor_names: set[str] = set()
 
     def shutdown(self) -> None:
         self.pool.shutdown()
 
     def run_folds(self, job: FoldJob, on_result: ResultCallback) -> None:
-        config = job.config
-        shape = ResourceShape.of(config)
+        shape = ResourceShape.of(job.config)
         _check_feasible(shape)
-        features_ref = ray.put(job.features)  # once per run; every fold gets the reference
-        driver = job.sink.publisher(job.run_id, "executor")
-        pending = list(job.specs)
-        running: dict[Any, _Attempt] = {}
-        attempts: dict[int, int] = {spec.fold_id: 0 for spec in job.specs}
-        limit = _concurrency(config, shape, len(job.specs))
         self.current_pids.clear()
+        self.run_actor_names.clear()
+        _FoldRun(self, job, shape, on_result).execute()
 
-        def launch(specs: list[FoldSpec]) -> None:
-            """Start (or reuse) one actor per fold, wait for all of them at once, submit."""
-            starting = {}
-            for spec in specs:
-                worker = self.pool.acquire(shape)
-                starting[worker.actor.ping.remote()] = (spec, worker)
-            ready, late = ray.wait(
-                list(starting), num_returns=len(starting), timeout=config.placement_timeout_s
-            )
-            for ref in late:
-                self.pool.discard(starting[ref][1])
-            if late:
-                for ref in ready:
-                    self.pool.release(starting[ref][1])
-                raise OrchestratorError(
-                    f"{len(late)} fold(s) could not be placed within placement_timeout_s="
-                    f"{config.placement_timeout_s} s (each needs {shape.options()}; the cluster "
-                    f"has {ray.available_resources()} available)"
-                )
-            for ref in ready:
-                spec, worker = starting[ref]
-                try:
-                    worker.pid = ray.get(ref)
-                except RayActorError:  # died while starting: put the fold back in the queue
-                    self.pool.discard(worker)
-                    pending.insert(0, spec)
-                    continue
-                attempt = attempts[spec.fold_id]
-                self.current_pids[spec.fold_id] = worker.pid or 0
-                context = FoldContext(job.run_id, job.training_started_at, attempt)
-                publisher = job.sink.publisher(job.run_id, fold_producer(spec.fold_id, attempt))
-                run_ref = worker.actor.run.remote(features_ref, spec, config, context, publisher)
-                running[run_ref] = _Attempt(spec, attempt, worker, run_ref, time.monotonic())
 
+class _FoldRun:
+    """The folds of one run: which wait for a worker, which start, which train (module doc)."""
+
+    def __init__(
+        self, executor: RayExecutor, job: FoldJob, shape: ResourceShape, on_result: ResultCallback
+    ) -> None:
+        self.executor = executor
+        self.pool = executor.pool
+        self.job = job
+        self.config = job.config
+        self.shape = shape
+        self.on_result = on_result
+        self.limit = _concurrency(job.config, shape, len(job.specs))
+        self.pending: deque[FoldSpec] = deque(job.specs)
+        self.attempts = {spec.fold_id: 0 for spec in job.specs}
+        self.start_failures = {spec.fold_id: 0 for spec in job.specs}
+        self.starting: dict[Any, _Attempt] = {}  # ping ref -> attempt
+        self.training: dict[Any, _Attempt] = {}  # run ref -> attempt
+        self.free: list[_Worker] = []  # this run's actors between two folds
+        self.producers: list[str] = []
+        self.notices = job.sink.publisher(job.run_id, "executor")
+        self.features_ref: Any = None
+
+    def execute(self) -> None:
+        completed = False
         try:
-            while pending or running:
-                if pending and len(running) < limit:
-                    free = limit - len(running)
-                    batch, pending[:] = pending[:free], pending[free:]
-                    launch(batch)
-                if job.cancel_event.is_set():
-                    raise RunCancelledError(f"run {job.run_id} was cancelled")
-                done, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SLICE_S)
-                for ref in done:
-                    item = running.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except RayActorError as err:  # the worker process died: retry the fold
-                        self.pool.discard(item.worker)
-                        fold_id = item.spec.fold_id
-                        attempts[fold_id] += 1
-                        if attempts[fold_id] > config.max_retries:
-                            raise FoldFailedError(
-                                fold_id,
-                                f"its worker died {attempts[fold_id]} time(s), more than "
-                                f"max_retries={config.max_retries} ({_short(err)})",
-                            ) from err
-                        driver.publish(Notification(
-                            level="warning", kind="fold_retry", fold_id=fold_id,
-                            message=f"fold {fold_id}: worker process (pid {item.worker.pid}) died; "
-                            f"retrying, attempt {attempts[fold_id] + 1} of {config.max_retries + 1}",
-                        ))
-                        pending.insert(0, item.spec)
-                        continue
-                    except RayTaskError as err:
-                        self.pool.release(item.worker)
-                        cause = getattr(err, "cause", None)
-                        if isinstance(cause, RunCancelledError):
-                            raise RunCancelledError(str(cause)) from err
-                        raise FoldFailedError(item.spec.fold_id, _cause_text(err)) from err
-                    self.pool.release(item.worker)
-                    on_result(result)
-        except BaseException:
-            self._stop(running)
-            raise
+            self.features_ref = ray.put(self.job.features)  # once per run, shared by every fold
+            while self.pending or self.starting or self.training:
+                self._raise_if_cancelled()
+                self._launch()
+                self._check_placement()
+                for ref in self._wait():
+                    if ref in self.starting:
+                        self._on_started(ref, self.starting.pop(ref))
+                    else:
+                        self._on_finished(ref, self.training.pop(ref))
+            completed = True
         finally:
-            driver.flush()
+            self._end(completed)
 
-    def _stop(self, running: dict[Any, _Attempt]) -> None:
-        """Ask running folds to stop; kill the actors that have not within the grace period."""
-        if not running:
+    # ---- one step at a time ------------------------------------------------------------------
+
+    def _raise_if_cancelled(self) -> None:
+        if self.job.cancel_event.is_set():
+            raise RunCancelledError(f"run {self.job.run_id} was cancelled")
+
+    def _launch(self) -> None:
+        """Give pending folds a worker, up to the concurrency limit."""
+        self._move_to_free_workers()
+        while self.pending and len(self.starting) + len(self.training) < self.limit:
+            spec = self.pending.popleft()
+            worker = self.free.pop() if self.free else self._acquire()
+            attempt = _Attempt(spec, self.attempts[spec.fold_id], worker)
+            # A warm actor answers at once; a new one once its process is up and torch imported.
+            self.starting[worker.actor.ping.remote()] = attempt
+
+    def _move_to_free_workers(self) -> None:
+        """A fold waiting for a new actor (still starting, or not even placed) moves to a warm
+        worker of this run whose fold has ended: it trains now rather than in seconds. The new
+        actor stays with the run if it got a place (it will be warm for later folds and runs)."""
+        ready = [w for w in self.free if w.pid is not None]
+        for ref, attempt in list(self.starting.items()):
+            if not ready:
+                return
+            if attempt.worker.pid is not None:  # a warm worker answering its ping
+                continue
+            worker = ready.pop()
+            self.free.remove(worker)
+            del self.starting[ref]
+            if _placed(attempt.worker):
+                self.free.insert(0, attempt.worker)
+            else:
+                self.pool.discard(attempt.worker)
+            attempt.worker = worker
+            attempt.submitted = time.monotonic()
+            self.starting[worker.actor.ping.remote()] = attempt
+
+    def _acquire(self) -> _Worker:
+        worker = self.pool.acquire(self.shape)
+        self.executor.run_actor_names.add(worker.name)
+        return worker
+
+    def _wait(self) -> list[Any]:
+        """The refs that are ready, after waiting at most WAIT_SLICE_S for the first one."""
+        refs = [*self.starting, *self.training]
+        done, rest = ray.wait(refs, num_returns=1, timeout=WAIT_SLICE_S, fetch_local=False)
+        if done and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+            done += more
+        return done
+
+    def _check_placement(self) -> None:
+        """A worker not placed on a node within placement_timeout_s fails the run.
+
+        A placed worker still starting (its process imports torch: tens of seconds on a loaded
+        machine) is given until START_TIMEOUT_S instead. When this run's own folds hold what the
+        cluster has (a node was lost), the fold waits in the queue for one of them to end, and
+        the run runs fewer folds at a time from then on.
+        """
+        now = time.monotonic()
+        timeout = self.config.placement_timeout_s
+        for ref, attempt in list(self.starting.items()):
+            waited = now - attempt.submitted
+            if waited <= timeout or (waited <= START_TIMEOUT_S and _placed(attempt.worker)):
+                continue
+            if self.training:
+                del self.starting[ref]
+                self.pool.discard(attempt.worker)
+                self.pending.appendleft(attempt.spec)
+                self.limit = max(1, len(self.starting) + len(self.training))
+                log.warning(
+                    "fold %d: no room for its worker after %.0f s; it waits for one of the "
+                    "run's %d folds in flight (at most %d at a time from now on)",
+                    attempt.fold_id, waited, len(self.training), self.limit,
+                )
+                continue
+            free = ray.available_resources()
+            raise OrchestratorError(
+                f"the worker of fold {attempt.fold_id} was not up after {waited:.0f} s "
+                f"(placement_timeout_s={timeout:g}): each fold needs {self.shape.describe()} "
+                f"and the cluster has { {k: free.get(k, 0) for k in ('CPU', 'GPU')} } free"
+            )
+
+    def _on_started(self, ref: Any, attempt: _Attempt) -> None:
+        try:
+            attempt.worker.pid = int(ray.get(ref))
+        except _WORKER_DEATH as err:  # died before its first call: a new actor, not a new attempt
+            self.pool.discard(attempt.worker)
+            self.start_failures[attempt.fold_id] += 1
+            if self.start_failures[attempt.fold_id] > MAX_START_FAILURES:
+                raise FoldFailedError(
+                    attempt.fold_id,
+                    f"{self.start_failures[attempt.fold_id]} workers died while starting "
+                    f"({_short(err)})",
+                ) from err
+            self.pending.appendleft(attempt.spec)
             return
-        for item in running.values():
+        self._submit(attempt)
+
+    def _submit(self, attempt: _Attempt) -> None:
+        job = self.job
+        producer = fold_producer(attempt.fold_id, attempt.number)
+        self.producers.append(producer)
+        self.executor.current_pids[attempt.fold_id] = attempt.worker.pid or 0
+        context = FoldContext(job.run_id, job.training_started_at, attempt.number)
+        publisher = job.sink.publisher(job.run_id, producer)
+        ref = attempt.worker.actor.run.remote(
+            self.features_ref, attempt.spec, self.config, context, publisher
+        )
+        attempt.submitted = time.monotonic()
+        self.training[ref] = attempt
+
+    def _on_finished(self, ref: Any, attempt: _Attempt) -> None:
+        try:
+            result = ray.get(ref)
+        except _WORKER_DEATH as err:
+            self.pool.discard(attempt.worker)
+            self._retry(attempt, err)
+            return
+        except RayTaskError as err:
+            # A Python exception inside the fold: the worker is fine, and a retry would fail again.
+            self.free.append(attempt.worker)
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, RunCancelledError) and self.job.cancel_event.is_set():
+                raise RunCancelledError(str(cause)) from err
+            raise FoldFailedError(attempt.fold_id, _cause_text(err)) from err
+        self.free.append(attempt.worker)
+        self.on_result(result)
+
+    def _retry(self, attempt: _Attempt, err: BaseException) -> None:
+        fold_id, max_retries = attempt.fold_id, self.config.max_retries
+        self._close_producers([fold_producer(fold_id, attempt.number)], wait=False)
+        # A lost node takes its resources with it: run no more folds than the rest can hold.
+        self.limit = min(self.limit, _concurrency(self.config, self.shape, len(self.job.specs)))
+        self.attempts[fold_id] += 1
+        tries = self.attempts[fold_id]
+        cause = f"its worker process (pid {attempt.worker.pid}) died: {_short(err)}"
+        if tries > max_retries:
+            raise FoldFailedError(
+                fold_id, f"{cause}; no retry left after {tries} attempt(s) (max_retries={max_retries})"
+            ) from err
+        log.warning("fold %d: %s; retrying, attempt %d", fold_id, cause, tries + 1)
+        self.notices.publish(Notification(
+            level="warning",
+            kind="fold_retry",
+            fold_id=fold_id,
+            message=f"fold {fold_id}: {cause}; retrying from the start, "
+            f"attempt {tries + 1} of {max_retries + 1}",
+        ))
+        self.pending.appendleft(attempt.spec)
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    def _end(self, completed: bool) -> None:
+        try:
+            if not completed:
+                self._stop_folds()
+            cancelled = not completed and self.job.cancel_event.is_set()
+            kill = cancelled and not self.executor.keep_workers_on_cancel
+            for worker in self.free:
+                # A cancel takes every actor of the run down with it; otherwise they stay warm.
+                if kill:
+                    self.pool.discard(worker)
+                else:
+                    self.pool.release(worker)
+            self.free.clear()
+            if not completed:
+                self._close_producers(self.producers, wait=True)
+        finally:
+            self.notices.flush()
+
+    def _stop_folds(self) -> None:
+        """Ask the folds still training to stop; kill what has not stopped within the grace."""
+        # A placed actor still starting is healthy as far as anyone knows (its next user pings
+        # it); one still waiting for resources would take them later, unasked: it goes.
+        for attempt in self.starting.values():
+            if _placed(attempt.worker):
+                self.free.append(attempt.worker)
+            else:
+                self.pool.discard(attempt.worker)
+        self.starting.clear()
+        stopping, self.training = self.training, {}
+        if not stopping:
+            return
+        for attempt in stopping.values():
             try:
-                item.worker.actor.cancel.remote()
-            except Exception:
+                attempt.worker.actor.cancel.remote()
+            except Exception:  # its actor is gone already
                 pass
-        ray.wait(list(running), num_returns=len(running), timeout=CANCEL_GRACE_S)
-        # The run's actors do not outlive a failed or cancelled run: none go back to the pool.
-        for item in running.values():
-            self.pool.discard(item.worker)
-        running.clear()
+        stopped, _ = ray.wait(
+            list(stopping), num_returns=len(stopping), timeout=CANCEL_GRACE_S, fetch_local=False
+        )
+        for ref, attempt in stopping.items():
+            if ref in stopped and self._returned(ref):
+                self.free.append(attempt.worker)
+            else:
+                self.pool.discard(attempt.worker)
 
+    @staticmethod
+    def _returned(ref: Any) -> bool:
+        """True when the fold's call ended in its own process (a result or an exception)."""
+        try:
+            ray.get(ref, timeout=0)
+        except _WORKER_DEATH:
+            return False
+        except Exception:
+            return True
+        return True
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
+    def _close_producers(self, producers: list[str], *, wait: bool) -> None:
+        close = getattr(self.job.sink, "close_producers", None)
+        if close is None or not producers:
+            return
+        try:
+            close(self.job.run_id, producers, timeout=10.0 if wait else None)
+        except Exception:  # the hub is gone: nothing left to protect
+            log.exception("run %s: could not close producers %s", self.job.run_id, producers)

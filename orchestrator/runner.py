@@ -1,67 +1,126 @@
-"""One headless training run from the CLI (or a script): pick the executor, wire the events."""
+"""One headless training run from the CLI (or a script): pick the executor, wire the events.
+
+On Ray the run executes on a background thread while this thread waits; Ctrl-C cancels the run
+(its actors are stopped and it ends with ``training_error``), a second Ctrl-C stops waiting. A
+pump thread long-polls the hub and hands the run's events to ``listener`` as they are released.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
 from orchestrator.executors import LocalExecutor
+from orchestrator.hub import TERMINAL_TYPES
 from orchestrator.lifecycle import Run
 from orchestrator.sinks import InProcessSink
 
+if TYPE_CHECKING:
+    from orchestrator.ray_executor import WorkerPool
+
 __all__ = ["run_training"]
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[list[dict[str, Any]]], None]
 
+# Long-poll timeout of the event pump: how late it notices that the run thread has returned.
+_POLL_S = 0.5
+# How long to wait for the run's last events after the run thread returned.
+_DRAIN_S = 30.0
+
 
 def run_training(
-    config: TrainConfig, listener: Listener | None = None, address: str | None = None
+    config: TrainConfig,
+    listener: Listener | None = None,
+    address: str | None = None,
+    pool: WorkerPool | None = None,
 ) -> Run:
-    """Train one run to the end and return it; ``listener`` sees every event as it is released."""
+    """Train one run to the end and return it; ``listener`` sees every event as it is released.
+
+    On Ray, ``pool`` keeps fold actors warm for the caller's later runs (the caller shuts it
+    down); without one, a pool is made for this run and its actors are released at the end.
+    """
     run = new_run(config)
     if config.executor == "local":
         execute_run(run, InProcessSink(listener=listener), LocalExecutor())
         return run
-    return _run_on_ray(run, listener, address)
+    return _run_on_ray(run, listener, address, pool)
 
 
-def _run_on_ray(run: Run, listener: Listener | None, address: str | None) -> Run:
+def _run_on_ray(
+    run: Run, listener: Listener | None, address: str | None, pool: WorkerPool | None
+) -> Run:
+    import ray
+
     from orchestrator.hub import get_or_create_hub
     from orchestrator.ray_executor import RayExecutor, RaySink, ensure_ray
 
     ensure_ray(address)
     hub = get_or_create_hub()
-    executor = RayExecutor()
-    stop = threading.Event()
+    executor = RayExecutor(pool)
+    # The run's events all come after this seq: the pump never scans older runs' history.
+    since: int = cast(Any, ray.get(hub.last_seq.remote()))
+    driver_done = threading.Event()
     pump = threading.Thread(
-        target=_pump_events, args=(hub, run.run_id, listener, stop), daemon=True
+        target=_pump_events,
+        args=(hub, run.run_id, since, listener, driver_done),
+        name=f"events-{run.run_id}",
+        daemon=True,
+    )
+    worker = threading.Thread(
+        target=execute_run,
+        args=(run, RaySink(hub), executor),
+        name=f"run-{run.run_id}",
+        daemon=True,
     )
     pump.start()
+    worker.start()
     try:
-        execute_run(run, RaySink(hub), executor)
+        _wait_cancelling_on_interrupt(run, worker)
     finally:
-        stop.set()
-        pump.join(timeout=30)
-        executor.shutdown()
+        driver_done.set()
+        pump.join(timeout=_DRAIN_S)
+        if pool is None:
+            executor.shutdown()
     return run
 
 
-def _pump_events(hub: Any, run_id: str, listener: Listener | None, stop: threading.Event) -> None:
+def _wait_cancelling_on_interrupt(run: Run, worker: threading.Thread) -> None:
+    """Join the run thread; the first Ctrl-C cancels the run, a second one is re-raised."""
+    interrupted = False
+    while worker.is_alive():
+        try:
+            worker.join(timeout=0.5)
+        except KeyboardInterrupt:
+            if interrupted or not run.request_cancel():
+                raise
+            interrupted = True
+            log.warning("cancelling run %s (Ctrl-C again to stop waiting)", run.run_id)
+
+
+def _pump_events(
+    hub: Any, run_id: str, since: int, listener: Listener | None, driver_done: threading.Event
+) -> None:
     """Long-poll the hub actor for this run's events until the run's terminal event is seen."""
     import ray
 
-    since = 0
-    while True:
-        reply = ray.get(hub.poll.remote(since, 0.5, run_id))
-        events = reply["events"]
-        if events:
-            since = events[-1]["seq"]
-            if listener is not None:
+    try:
+        while True:
+            reply = ray.get(hub.poll.remote(since, _POLL_S, run_id))
+            since = max(since, int(reply["last_seq"]))
+            events = reply["events"]
+            if events and listener is not None:
                 listener(events)
-            if any(e["type"] in ("training_complete", "training_error") for e in events):
+            if any(e["type"] in TERMINAL_TYPES for e in events):
                 return
-        elif stop.is_set():  # the driver has returned and its terminal event was already seen
-            return
+            if not events and driver_done.is_set():
+                # The driver flushed its terminal event before returning, so an empty answer
+                # after it returned means the hub has nothing more of this run.
+                return
+    except Exception:
+        log.exception("run %s: the event pump stopped; events after this are not shown", run_id)

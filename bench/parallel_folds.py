@@ -1,0 +1,287 @@
+"""Folds in parallel: the same K-fold job in-process, on Ray, and with joblib (loky). Prints JSON.
+
+The "training stage" is the wall time of training every fold of one run (``run_folds`` of the
+executor, or one ``joblib.Parallel`` call), with workers already warm: Ray's start, actor start
+and the first fit of a fresh process (lazy imports) are measured separately as cold start. Each
+repetition runs the ways back to back, so a load change on the machine hits them alike; medians
+and minima are reported (on a shared machine the minimum is the least disturbed run). Every way
+runs ``workers.fold.FoldTrainer().run`` with torch limited to ``cpus_per_fold`` threads per fold
+(1 by default): no oversubscription of the cores.
+
+``ray_no_events`` is a diagnostic: the Ray executor with events dropped in the folds (like joblib's
+no-op publisher), which separates the executor's own cost from the cost of live events (the
+EventHub actor's work runs on the same cores as the folds).
+
+Also: a second run on warm Ray workers, through the whole driver (``execute_run``: data, features,
+events), timed from its submission to its first ``epoch_metrics`` event (target < 1 s).
+
+Usage: python bench/parallel_folds.py [--folds 2] [--epochs 10] [--data sp500]
+       [--window expanding|rolling] [--repeats 8] [--cpus-per-fold 1] [--set FIELD=VALUE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class NullPublisher:
+    """Publishes nowhere: joblib has no hub (the other two ways publish for real)."""
+
+    def publish(self, event: Any) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+class NullSink:
+    """An event sink that drops everything: Ray without the EventHub's work (a diagnostic)."""
+
+    def register_run(self, run_id: str, run_dir: str | None) -> None:
+        pass
+
+    def publisher(self, run_id: str, producer: str) -> NullPublisher:
+        return NullPublisher()
+
+
+def train_fold_in_worker(features: Any, spec: Any, config: Any, started_at: float) -> Any:
+    """What a joblib worker runs: the very fold code of the actors and the local executor."""
+    from workers.fold import FoldContext, FoldTrainer
+
+    context = FoldContext("bench-joblib", started_at)
+    return FoldTrainer().run(features, spec, config, context, NullPublisher())
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        ram_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": ram_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default="sp500")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--window", choices=["expanding", "rolling"], default="expanding")
+    p.add_argument("--repeats", type=int, default=8, help="a multiple of 4 rotates the order evenly")
+    p.add_argument("--cpus-per-fold", type=float, default=1.0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other TrainConfig field, e.g. --set prediction_deltas=false")
+    return p.parse_args(argv)
+
+
+def overrides(items: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import joblib
+    import ray
+    import torch
+
+    from orchestrator.config import config_from_mapping
+    from orchestrator.cv import plan_folds_for
+    from orchestrator.driver import execute_run, new_run
+    from orchestrator.executors import FoldJob, LocalExecutor
+    from orchestrator.hub import get_or_create_hub
+    from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool, ensure_ray
+    from orchestrator.sinks import InProcessSink
+    from workers.data import load_ohlcv
+    from workers.features import build_features
+
+    load_before = os.getloadavg()
+    reports = tempfile.mkdtemp(prefix="bench-parallel-folds-")
+    config = config_from_mapping({
+        "data": args.data,
+        "folds": args.folds,
+        "epochs": args.epochs,
+        "patience": args.epochs + 1,  # every epoch runs, in every way: the same work
+        "window": args.window,
+        "cpus_per_fold": args.cpus_per_fold,
+        "executor": "ray",
+        "reports_dir": reports,
+        **overrides(args.set),
+    })
+    warmup_config = config.model_copy(update={"epochs": 1, "patience": 2})
+    features = build_features(load_ohlcv(config.data), config.lookback)
+    specs = plan_folds_for(config, len(features))
+    threads = max(1, int(config.cpus_per_fold))
+    torch.set_num_threads(threads)  # the in-process executor: one fold at a time, same threads
+
+    def job(sink: Any, run_id: str, cfg: Any = config) -> FoldJob:
+        return FoldJob(run_id, features, specs, cfg, time.time(), sink, threading.Event())
+
+    def fold_seconds(results: list[Any]) -> dict[str, float]:
+        return {str(r.fold_id): round(r.train_seconds, 3) for r in sorted(results, key=lambda r: r.fold_id)}
+
+    # ---- cold starts (not part of the training stage) ---------------------------------------
+    local = LocalExecutor()
+    local_cold = timed(lambda: local.run_folds(job(InProcessSink(), "local-warmup", warmup_config), lambda r: None))
+
+    started = time.perf_counter()
+    ensure_ray()
+    hub = get_or_create_hub()
+    ray.get(hub.last_seq.remote())
+    ray_start = time.perf_counter() - started
+    pool = WorkerPool()
+    executor = RayExecutor(pool)
+    sink = RaySink(hub)
+    # Actors start, import torch and run a first (1-epoch) fit: a cold run.
+    ray_cold = timed(lambda: executor.run_folds(job(sink, "ray-warmup", warmup_config), lambda r: None))
+
+    parallel = joblib.Parallel(n_jobs=len(specs), backend="loky")
+
+    def joblib_run(cfg: Any) -> list[Any]:
+        now = time.time()
+        return list(parallel(
+            joblib.delayed(train_fold_in_worker)(features, spec, cfg, now) for spec in specs
+        ))
+
+    joblib_cold = timed(lambda: joblib_run(warmup_config))
+
+    # ---- the training stage, interleaved repetitions ----------------------------------------
+    ways: dict[str, Callable[[str, list[Any]], Any]] = {
+        "local": lambda run_id, out: local.run_folds(job(InProcessSink(), run_id), out.append),
+        "ray": lambda run_id, out: executor.run_folds(job(sink, run_id), out.append),
+        "joblib": lambda run_id, out: out.extend(joblib_run(config)),
+        "ray_no_events": lambda run_id, out: executor.run_folds(job(NullSink(), run_id), out.append),
+    }
+    names = list(ways)
+    runs: dict[str, list[float]] = {way: [] for way in names}
+    folds: dict[str, dict[str, float]] = {}
+    for rep in range(args.repeats):
+        # Rotate the order: whatever a way leaves behind (loky workers settling, the hub still
+        # writing) falls on each of the others in turn.
+        for way in names[rep % len(names):] + names[: rep % len(names)]:
+            results: list[Any] = []
+            run_id = f"bench-{way}-{rep}-{time.time_ns()}"
+            runs[way].append(timed(lambda: ways[way](run_id, results)))
+            folds[way] = fold_seconds(results)
+    median = {way: statistics.median(times) for way, times in runs.items()}
+
+    # ---- a second run on warm workers, through the whole driver -----------------------------
+    run = new_run(config)
+    created_before_second = pool.created
+    submitted = time.time()
+    thread = threading.Thread(target=execute_run, args=(run, sink, executor), daemon=True)
+    thread.start()
+    first_epoch = None
+    while first_epoch is None:
+        reply = ray.get(hub.poll.remote(0, 5.0, run.run_id, types=frozenset({"epoch_metrics", "training_start"})))
+        kinds = {e["type"]: e["ts"] for e in reply["events"]}
+        if "epoch_metrics" in kinds:
+            first_epoch = kinds
+        elif run.done:
+            break
+    thread.join()
+    warm_start = None
+    if first_epoch is not None:
+        warm_start = {
+            "submit_to_first_epoch_s": round(first_epoch["epoch_metrics"] - submitted, 3),
+            "training_start_to_first_epoch_s": round(
+                first_epoch["epoch_metrics"] - first_epoch["training_start"], 3
+            ),
+            "actors_created_by_the_second_run": pool.created - created_before_second,
+            "run_state": run.state.value,
+        }
+    actors_created = pool.created
+    pool.shutdown()
+    ray.shutdown()
+
+    local_folds = folds["local"]
+    ideal = sum(local_folds.values()) / max(local_folds.values())
+    report = {
+        "benchmark": "parallel_folds",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench/parallel_folds.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {**machine(), "load_avg_1m_before": round(load_before[0], 2),
+                    "load_avg_1m_after": round(os.getloadavg()[0], 2)},
+        "job": {"data": config.data, "samples": len(features), "folds": len(specs),
+                "epochs": config.epochs, "window": config.window,
+                "cpus_per_fold": config.cpus_per_fold, "torch_threads_per_fold": threads,
+                "train_sizes": [len(s.train) for s in specs], "repeats": args.repeats,
+                "prediction_deltas": config.prediction_deltas,
+                "batch_progress_interval_s": config.batch_progress_interval_s},
+        "training_stage_s": {way: round(t, 3) for way, t in median.items()},
+        "training_stage_min_s": {way: round(min(ts), 3) for way, ts in runs.items()},
+        "training_stage_runs_s": {way: [round(t, 3) for t in ts] for way, ts in runs.items()},
+        "speedup": {
+            "local_over_ray": round(median["local"] / median["ray"], 3),
+            "local_over_joblib": round(median["local"] / median["joblib"], 3),
+            "ray_over_joblib_time_ratio": round(median["ray"] / median["joblib"], 3),
+            "ray_no_events_over_joblib_time_ratio": round(median["ray_no_events"] / median["joblib"], 3),
+            "ideal_from_fold_balance": round(ideal, 3),
+        },
+        "speedup_from_min": {
+            "local_over_ray": round(min(runs["local"]) / min(runs["ray"]), 3),
+            "local_over_joblib": round(min(runs["local"]) / min(runs["joblib"]), 3),
+            "ray_over_joblib_time_ratio": round(min(runs["ray"]) / min(runs["joblib"]), 3),
+            "ray_no_events_over_joblib_time_ratio": round(
+                min(runs["ray_no_events"]) / min(runs["joblib"]), 3
+            ),
+        },
+        "fold_train_seconds_last_rep": folds,
+        "cold_start_s": {
+            "local_first_fit_1_epoch": round(local_cold, 3),
+            "ray_init_and_hub": round(ray_start, 3),
+            "ray_actors_start_and_first_fit_1_epoch": round(ray_cold, 3),
+            "joblib_workers_start_and_first_fit_1_epoch": round(joblib_cold, 3),
+        },
+        "warm_start": warm_start,
+        "ray_actors_created": actors_created,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
