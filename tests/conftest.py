@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ def ray_session() -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",  # a new instance: never join a cluster that `ray start` left running
         num_cpus=2,
         include_dashboard=False,
         namespace=TEST_NAMESPACE,
@@ -33,3 +35,15 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def session_hub(ray_session: None) -> Any:
+    """The test namespace's EventHub, held for the whole session.
+
+    A named actor that is not detached dies when its last handle goes: a module that made the
+    hub must not take it away from the next one (which could get a handle to the dying actor).
+    """
+    from orchestrator.hub import get_or_create_hub
+
+    return get_or_create_hub(namespace=TEST_NAMESPACE)
