@@ -158,47 +158,6 @@ def test_epoch_tracker_flushes_what_it_has_when_the_run_ends() -> None:
     assert tracker.observe({"type": "training_error", "error": "x"}) == [(0, 2.0), (1, 1.0)]
 
 
-class FakeSink:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-        self.closed: list[str] = []
-
-    def register_run(self, run_id: str, run_dir: str | None) -> None:
-        pass
-
-    def publisher(self, run_id: str, producer: str) -> Any:
-        sink = self
-
-        class Publisher:
-            def publish(self, event: Any) -> None:
-                sink.sent.append((producer, event))
-
-            def flush(self, timeout: float | None = None) -> None:
-                pass
-
-        return Publisher()
-
-    def close_producers(self, run_id: str, producers: list[str], timeout: float | None = None) -> None:
-        self.closed += producers
-
-
-def test_trial_sink_stamps_training_start_and_forwards_the_rest() -> None:
-    from orchestrator.hpo import _TrialSink
-    from orchestrator.messages import TrainingStart
-
-    inner = FakeSink()
-    sink = _TrialSink(inner, 7)
-    start = TrainingStart.model_validate({"use_cv": True, "total_folds": 2, "total_epochs": 3})
-    sink.publisher("r", "driver").publish(start)
-    sink.publisher("r", "fold-0-attempt-0").publish(start)
-    assert [(p, e.hpo_trial) for p, e in inner.sent] == [("driver", 7), ("fold-0-attempt-0", None)]
-    sink.close_producers("r", ["fold-0-attempt-0"])  # the executor finds it with getattr
-    assert inner.closed == ["fold-0-attempt-0"]
-
-
-# ---- studies on the Ray session ----------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def bars(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("hpo_data") / "bars.csv"
