@@ -35,10 +35,7 @@ from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 
 def main(scenario: str) -> None:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
-    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="multinode", log_to_driver=False)
