@@ -409,8 +409,10 @@ class EventHub:
         if pseq < order.next_pseq or pseq in order.pending:
             self._counts["dropped_stale"] += 1
             return run
-        # sanitize now: the buffered copy no longer aliases the caller's dict
-        order.pending[pseq] = sanitize(event)
+        # A shallow copy, so stamping never touches the caller's dict. NaN/Infinity are replaced
+        # only when _release's json.dumps refuses them: a pure-Python walk of every event (a
+        # prediction_delta has ~1000 rows) would cost each publish milliseconds.
+        order.pending[pseq] = dict(event) if isinstance(event, dict) else event
         if pseq != order.next_pseq and len(order.pending) > self._max_pending:
             # Bounded buffer: give up on the missing events and go on from the oldest buffered
             # one; if a given-up event still arrives it is dropped as stale.
@@ -708,8 +710,8 @@ class HubPublisher:
         """Send one event (a wire model or its dict) to the hub; never waits for it.
 
         This runs in the fold's training loop, so it does the least it can: NaN and Infinity
-        are left for the hub, which replaces them on arrival (``EventHub.publish``); a pure-Python
-        ``sanitize`` here cost a fold more than a tenth of its time with ``prediction_delta``.
+        are left for the hub, which replaces them when it releases the event
+        (``EventHub._release``); a pure-Python ``sanitize`` here cost a fold more than a tenth of its time with ``prediction_delta``.
         """
         if isinstance(event, BaseModel):
             payload = event.model_dump(mode="json")
