@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 import websockets
 
@@ -25,12 +24,11 @@ from api.app import ApiSettings, create_app
 from api.hub_client import RayHubClient
 from api.server import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
-from orchestrator.messages import message_json_schema
+from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 
 HUB_NAMESPACE = "test-api"
 TERMINAL = ("training_complete", "training_error")
-SCHEMA = message_json_schema()
 # Small and quick: 2 folds of a 1200-bar AR(1) series; patience so large no fold stops early.
 RUN_DEFAULTS: dict[str, Any] = {
     "min_samples": 500, "lookback": 10, "folds": 2, "epochs": 3, "patience": 10_000,
@@ -187,7 +185,7 @@ def of_run(messages: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
 
 def assert_schema_valid(messages: list[dict[str, Any]]) -> None:
     for message in messages:
-        jsonschema.validate(message, SCHEMA)
+        validate_wire(message)
 
 
 def assert_legal_run(messages: list[dict[str, Any]], folds: int, epochs: int) -> None:

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from orchestrator.cli import build_parser, config_from_args, main
 from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError
-from orchestrator.messages import message_json_schema
+from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +71,8 @@ def test_train_cli_local_end_to_end(tmp_path: Path) -> None:
     assert "fold 1" in proc.stderr  # progress bars are drawn on stderr
     events = [json.loads(line) for line in events_out.read_text().splitlines()]
     assert [e["type"] for e in events].count("epoch_metrics") == 4
-    schema = message_json_schema()
     for event in events:
-        jsonschema.validate(event, schema)
+        validate_wire(event)
 
 
 def test_train_cli_missing_file_fails_readably(tmp_path: Path) -> None:

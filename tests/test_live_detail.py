@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
 
 from orchestrator.lifecycle import RunState
-from orchestrator.messages import message_json_schema
+from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import run_local, write_csv
 from workers.deltas import DELTA_FIELDS, PredictionDeltaTracker
@@ -28,12 +27,11 @@ def detailed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[di
 def test_heavy_events_are_schema_valid(detailed_run: Any) -> None:
     run, events = detailed_run
     assert run.state is RunState.COMPLETED, run.error
-    schema = message_json_schema()
     kinds = {e["type"] for e in events}
     assert {"batch_progress", "prediction_delta"} <= kinds
     for event in events:
         if event["type"] in ("batch_progress", "prediction_delta"):
-            jsonschema.validate(event, schema)
+            validate_wire(event)
 
 
 def test_batch_progress_is_rate_limited(detailed_run: Any) -> None:

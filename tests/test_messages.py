@@ -84,3 +84,11 @@ def test_parse_rejects_wrong_types_and_unknown_fields() -> None:
     with pytest.raises(ValidationError):
         parse_message({"type": "training_error", "error": "x", "surprise": 1})
     assert parse_message('{"type": "pong"}').type == "pong"  # type: ignore[attr-defined]
+
+
+def test_shared_compiled_validator_rejects_what_the_schema_rejects() -> None:
+    from tests.wire import validate_wire
+
+    validate_wire({"type": "training_complete", "folds_completed": 2, "summary_path": "s.json"})
+    with pytest.raises(jsonschema.ValidationError):
+        validate_wire({"type": "training_complete", "folds_completed": "two", "summary_path": "s.json"})

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +16,10 @@ from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.executors import LocalExecutor
 from orchestrator.lifecycle import RunState
-from orchestrator.messages import message_json_schema
 from orchestrator.sinks import InProcessSink
+from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 
-SCHEMA = message_json_schema()
 
 
 def run_local(tmp_path: Path, data: str, **overrides: Any) -> tuple[Any, list[dict[str, Any]]]:
@@ -60,7 +58,7 @@ def test_event_sequence_is_complete_and_schema_valid(ar1_run: Any) -> None:
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     for event in events:
-        jsonschema.validate(event, SCHEMA)
+        validate_wire(event)
         assert event["run_id"] == run.run_id
         json.dumps(event, allow_nan=False)  # no NaN or Infinity anywhere
     for fold in range(3):
