@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run train serve test test-all bench schema typecheck clean
+.PHONY: setup run train serve test test-all bench schema typecheck browser-check clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: $(STAMP)
 
 schema: $(STAMP)
 	$(PY) -m orchestrator schema --out docs/ws-schema.json
+
+# The seed's JavaScript client example, unchanged, in headless Chromium against a real server on
+# port 8000 (needs Chromium: `apt-get install chromium` on Debian, or CHROMIUM=/path/to/chrome).
+browser-check: $(STAMP)
+	$(PY) -m tests.browser.check_seed_client --out docs/results/browser-seed-client.json
 
 typecheck: $(STAMP)
 	$(PY) -m mypy orchestrator workers api
