@@ -7,12 +7,18 @@ The dataset is put in the object store once per run; every fold gets a reference
 
 How a run's folds end up on actors (``_FoldRun``):
 
-- at most ``limit`` folds are in flight (what the cluster fits, capped by
-  ``max_concurrent_folds``); each goes through *starting* (a ``ping`` that returns once the actor
-  is up) and *training* (``FoldTrainer.run``). Actors belong to the run until it ends, and a
-  finished fold's actor takes the next pending fold, or one still waiting for a new actor. A
-  worker that gets no place within ``placement_timeout_s`` fails the run, unless the run's own
-  folds hold what the cluster has left (a node was lost): then the fold waits for them;
+- before anything starts, the run fails with a ConfigError when no node could ever host one
+  fold: none of the live nodes, and none of the node types an autoscaler may add (the cluster
+  config it reports to the GCS, else ``ray up``'s launcher config on the head). When only a node
+  type to be added fits, the run starts anyway (a ``notification`` of kind ``autoscaling`` says
+  so) and its workers wait for the autoscaler within ``placement_timeout_s``, like any other;
+- at most ``limit`` folds are in flight (what the cluster fits, or can scale to when it
+  autoscales, capped by ``max_concurrent_folds``); each goes through *starting* (a ``ping``
+  that returns once the actor is up) and *training* (``FoldTrainer.run``). Actors belong to the
+  run until it ends, and a finished fold's actor takes the next pending fold, or one still
+  waiting for a new actor. A worker that gets no place within ``placement_timeout_s`` fails the
+  run, unless the run's own folds hold what the cluster has left (a node was lost): then the
+  fold waits for them;
 - a worker process that dies (kill -9, OOM, node loss) fails its attempt: the fold goes back to
   the front of the queue on a fresh actor, from the start (seeded, so the repeated epochs equal
   the lost ones and the hub drops them as duplicates), and a ``notification`` of kind
@@ -27,6 +33,7 @@ How a run's folds end up on actors (``_FoldRun``):
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import os
@@ -34,11 +41,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
+import yaml
 from ray.exceptions import (
     NodeDiedError,
     OutOfMemoryError,
@@ -60,7 +69,19 @@ from orchestrator.hub import NAMESPACE, HubPublisher
 from orchestrator.messages import Notification
 from workers.fold import FoldContext, FoldTrainer
 
-__all__ = ["ensure_ray", "RaySink", "RayExecutor", "WorkerPool", "ResourceShape"]
+__all__ = [
+    "ensure_ray",
+    "RaySink",
+    "RayExecutor",
+    "WorkerPool",
+    "ResourceShape",
+    "ClusterView",
+    "NodeGroup",
+    "Placement",
+    "fold_placement",
+    "reachable_resources",
+    "concurrency_limit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -276,40 +297,240 @@ def _placed(worker: _Worker) -> bool:
         return False
 
 
-def _check_feasible(shape: ResourceShape) -> None:
-    """Fail at once when no node could ever host one fold (no silent hang)."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    for node in nodes:
-        res = node.get("Resources", {})
-        if (
-            res.get("CPU", 0) >= shape.num_cpus
-            and res.get("GPU", 0) >= shape.num_gpus
-            and (not shape.memory or res.get("memory", 0) >= shape.memory)
-        ):
-            return
-    have = [
-        {k: node.get("Resources", {}).get(k, 0) for k in ("CPU", "GPU")} for node in nodes
-    ]
-    raise ConfigError(
-        f"no node of the Ray cluster can host a fold with {shape.describe()}; "
-        f"its nodes have {have}"
+# ---- where a fold can run: pure decisions over plain resource dicts --------------------------
+
+# ``ray up`` writes the head's autoscaling config here (the monitor's --autoscaling-config); Ray
+# Tune reads the same path to tell a launcher-made cluster (ray.tune.execution.cluster_info).
+LAUNCHER_CONFIG_PATH = "~/ray_bootstrap_config.yaml"
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """A node type the autoscaler may add (Ray's ``NodeGroupConfig``) and how many of it.
+
+    ``max_count`` is -1 for no limit and 0 for a type that is never added.
+    """
+
+    name: str
+    resources: Mapping[str, float]
+    max_count: int
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What a run is planned against: each live node's resources, and the node types an
+    autoscaler may add (None when nothing says the cluster autoscales) with the cluster-wide
+    caps on what it may add (``max_resources``, where given)."""
+
+    live_nodes: tuple[Mapping[str, float], ...]
+    node_groups: tuple[NodeGroup, ...] | None = None
+    max_resources: Mapping[str, float] = field(default_factory=dict)
+
+
+class Placement(enum.Enum):
+    """Where one fold can be placed when its run starts."""
+
+    LIVE_NODE = "live_node"  # a node that is up has room for one fold (maybe not free now)
+    AFTER_SCALE_UP = "after_scale_up"  # only a node type the autoscaler may add has room
+
+
+def fits_one_fold(shape: ResourceShape, resources: Mapping[str, float]) -> bool:
+    """True when a node with ``resources`` in all could host one fold of ``shape``."""
+    return (
+        resources.get("CPU", 0) >= shape.num_cpus
+        and resources.get("GPU", 0) >= shape.num_gpus
+        and (not shape.memory or resources.get("memory", 0) >= shape.memory)
     )
 
 
-def _fits(total: float, per_fold: float) -> int:
+def scale_up_types(shape: ResourceShape, view: ClusterView) -> list[str]:
+    """The node types the autoscaler may add that could host one fold of ``shape``."""
+    return [
+        group.name
+        for group in view.node_groups or ()
+        if group.max_count != 0 and fits_one_fold(shape, group.resources)
+    ]
+
+
+def fold_placement(shape: ResourceShape, view: ClusterView) -> Placement:
+    """Where a fold of ``shape`` can run; ConfigError when no node, live or to come, ever can."""
+    if any(fits_one_fold(shape, node) for node in view.live_nodes):
+        return Placement.LIVE_NODE
+    if scale_up_types(shape, view):
+        return Placement.AFTER_SCALE_UP
+    raise ConfigError(
+        f"no node of the Ray cluster can host a fold with {shape.describe()}: its live nodes "
+        f"have [{', '.join(_resource_text(node, shape) for node in view.live_nodes)}]"
+        f"{_node_groups_text(shape, view)}"
+    )
+
+
+def _resource_text(resources: Mapping[str, float], shape: ResourceShape) -> str:
+    """``{'CPU': 4, 'GPU': 0}``: the resources a fold asks for (memory in MB when it does)."""
+    amounts = {key: resources.get(key, 0) for key in ("CPU", "GPU")}
+    if shape.memory:
+        amounts["memory_mb"] = resources.get("memory", 0) / 2**20
+    return "{" + ", ".join(f"'{key}': {value:g}" for key, value in amounts.items()) + "}"
+
+
+def _node_groups_text(shape: ResourceShape, view: ClusterView) -> str:
+    if view.node_groups is None:
+        return (
+            "; no autoscaler node types are known (no cluster config in the GCS, no "
+            f"{LAUNCHER_CONFIG_PATH} on this node), so only the live nodes count"
+        )
+    if not view.node_groups:
+        return "; the autoscaler has no node types to add"
+    groups = ", ".join(
+        f"{g.name} ({'no limit' if g.max_count < 0 else f'up to {g.max_count} nodes'}): "
+        f"{_resource_text(g.resources, shape)}"
+        for g in view.node_groups
+    )
+    return f"; the node types the autoscaler may add have {groups}"
+
+
+def reachable_resources(view: ClusterView) -> dict[str, float]:
+    """Per resource, the larger of what the live nodes have and what the node types can scale
+    to (inf for a type without a limit), like Ray's ``get_max_resources_from_cluster_config``."""
+    live: dict[str, float] = {}
+    for node in view.live_nodes:
+        for key, amount in node.items():
+            live[key] = live.get(key, 0.0) + amount
+    if view.node_groups is None:
+        return live
+    scaled: dict[str, float] = {}
+    for group in view.node_groups:
+        for key, amount in group.resources.items():
+            if group.max_count == 0 or amount <= 0:
+                continue
+            more = math.inf if group.max_count < 0 else group.max_count * amount
+            scaled[key] = scaled.get(key, 0.0) + more
+    for key, cap in view.max_resources.items():
+        if key in scaled:
+            scaled[key] = min(scaled[key], cap)
+    return {key: max(live.get(key, 0.0), scaled.get(key, 0.0)) for key in live.keys() | scaled}
+
+
+def concurrency_limit(
+    shape: ResourceShape, totals: Mapping[str, float], n_folds: int, max_concurrent: int | None
+) -> int:
+    """How many folds may be in flight: what ``totals`` fit, at least 1, capped by ``n_folds``
+    and ``max_concurrent``."""
+    limit = min(n_folds, _fits(totals.get("CPU", 0.0), shape.num_cpus, n_folds))
+    if shape.num_gpus:
+        limit = min(limit, _fits(totals.get("GPU", 0.0), shape.num_gpus, n_folds))
+    limit = max(1, limit)
+    if max_concurrent:
+        limit = min(limit, max_concurrent)
+    return limit
+
+
+def _fits(total: float, per_fold: float, most: int) -> int:
+    if not per_fold or math.isinf(total):
+        return most
     # total / per_fold, not total // per_fold: 1.0 // 0.1 == 9.0 in floating point
     return math.floor(total / per_fold + 1e-9)
 
 
+def placement_timeout_message(
+    fold_id: int,
+    waited: float,
+    timeout: float,
+    shape: ResourceShape,
+    free: Mapping[str, float],
+    scale_up: list[str],
+) -> str:
+    text = (
+        f"the worker of fold {fold_id} was not up after {waited:.0f} s "
+        f"(placement_timeout_s={timeout:g}): each fold needs {shape.describe()} "
+        f"and the cluster has {_resource_text(free, shape)} free"
+    )
+    if scale_up:
+        text += (
+            f"; the autoscaler did not provide a node of type {' or '.join(scale_up)} in time "
+            f"(a new cloud node takes minutes to start: raise placement_timeout_s to cover it)"
+        )
+    return text
+
+
+def node_groups_from_cluster_config(
+    config: Any,
+) -> tuple[tuple[NodeGroup, ...], dict[str, float]]:
+    """Ray's ``autoscaler_pb2.ClusterConfig`` (what an autoscaler reports to the GCS) as plain
+    node groups and cluster-wide caps."""
+    groups = tuple(
+        NodeGroup(
+            name=g.name,
+            resources={key: float(amount) for key, amount in g.resources.items()},
+            max_count=int(g.max_count),
+        )
+        for g in config.node_group_configs
+    )
+    return groups, {key: float(amount) for key, amount in config.max_resources.items()}
+
+
+def node_groups_from_launcher_config(config: Mapping[str, Any]) -> tuple[NodeGroup, ...]:
+    """The worker node types of a cluster launcher config (``ray up``'s YAML), mapped as Ray's
+    autoscaler maps them into a ``ClusterConfig``: the head type left out (it is never added),
+    a type's ``max_workers`` defaulting to, and capped by, the cluster's ``max_workers``."""
+    head = config.get("head_node_type")
+    cluster_max = config.get("max_workers")
+    groups = []
+    for name, spec in (config.get("available_node_types") or {}).items():
+        if name == head:
+            continue
+        count = int(spec.get("max_workers", -1 if cluster_max is None else cluster_max))
+        if cluster_max is not None:
+            count = int(cluster_max) if count < 0 else min(count, int(cluster_max))
+        resources = {key: float(amount) for key, amount in (spec.get("resources") or {}).items()}
+        groups.append(NodeGroup(name=str(name), resources=resources, max_count=count))
+    return tuple(groups)
+
+
+# ---- the same, read from Ray ----------------------------------------------------------------
+
+
+def _cluster_view() -> ClusterView:
+    live = tuple(
+        dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")
+    )
+    groups, caps = _node_groups()
+    return ClusterView(live, groups, caps)
+
+
+def _node_groups() -> tuple[tuple[NodeGroup, ...] | None, dict[str, float]]:
+    """The node types the autoscaler may add, and its caps; None when nothing says.
+
+    First the ``ClusterConfig`` an autoscaler reports to the GCS (what Ray Train and Ray Data
+    read). Ray 2.60's own autoscaler reports none (later versions' v2 autoscaler does), so next
+    the launcher config ``ray up`` leaves on the head, where the driver of a launched cluster
+    runs (docs/cluster.md).
+    """
+    try:
+        from ray._private.state import state  # the GCS internal KV: no dashboard needed
+
+        reported = state.get_cluster_config()
+    except Exception:  # an API change: fall back to the launcher config
+        log.debug("could not read the autoscaler's cluster config", exc_info=True)
+        reported = None
+    if reported is not None:
+        return node_groups_from_cluster_config(reported)
+    path = Path(LAUNCHER_CONFIG_PATH).expanduser()
+    if not path.is_file():
+        return None, {}
+    try:
+        launcher = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        log.warning("ignoring the launcher config %s: %s", path, err)
+        return None, {}
+    if not isinstance(launcher, dict):
+        return None, {}
+    return node_groups_from_launcher_config(launcher), {}
+
+
 def _concurrency(config: TrainConfig, shape: ResourceShape, n_folds: int) -> int:
-    total = ray.cluster_resources()
-    fits = _fits(total.get("CPU", 0), shape.num_cpus)
-    if shape.num_gpus:
-        fits = min(fits, _fits(total.get("GPU", 0), shape.num_gpus))
-    limit = max(1, min(n_folds, fits))
-    if config.max_concurrent_folds:
-        limit = min(limit, config.max_concurrent_folds)
-    return limit
+    totals = reachable_resources(_cluster_view())
+    return concurrency_limit(shape, totals, n_folds, config.max_concurrent_folds)
 
 
 def _cause_text(err: RayTaskError) -> str:
@@ -367,25 +588,37 @@ class RayExecutor:
 
     def run_folds(self, job: FoldJob, on_result: ResultCallback) -> None:
         shape = ResourceShape.of(job.config)
-        _check_feasible(shape)
+        view = _cluster_view()
+        # Fails at once when no node, live or one the autoscaler may add, could host a fold.
+        placement = fold_placement(shape, view)
         self.current_pids.clear()
         self.run_actor_names.clear()
-        _FoldRun(self, job, shape, on_result).execute()
+        _FoldRun(self, job, shape, view, placement, on_result).execute()
 
 
 class _FoldRun:
     """The folds of one run: which wait for a worker, which start, which train (module doc)."""
 
     def __init__(
-        self, executor: RayExecutor, job: FoldJob, shape: ResourceShape, on_result: ResultCallback
+        self,
+        executor: RayExecutor,
+        job: FoldJob,
+        shape: ResourceShape,
+        view: ClusterView,
+        placement: Placement,
+        on_result: ResultCallback,
     ) -> None:
         self.executor = executor
         self.pool = executor.pool
         self.job = job
         self.config = job.config
         self.shape = shape
+        self.placement = placement
+        self.node_types_to_add = scale_up_types(shape, view)
         self.on_result = on_result
-        self.limit = _concurrency(job.config, shape, len(job.specs))
+        self.limit = concurrency_limit(
+            shape, reachable_resources(view), len(job.specs), job.config.max_concurrent_folds
+        )
         self.pending: deque[FoldSpec] = deque(job.specs)
         self.attempts = {spec.fold_id: 0 for spec in job.specs}
         self.start_failures = {spec.fold_id: 0 for spec in job.specs}
@@ -399,6 +632,8 @@ class _FoldRun:
     def execute(self) -> None:
         completed = False
         try:
+            if self.placement is Placement.AFTER_SCALE_UP:
+                self._announce_scale_up()
             self.features_ref = ray.put(self.job.features)  # once per run, shared by every fold
             while self.pending or self.starting or self.training:
                 self._raise_if_cancelled()
@@ -414,6 +649,16 @@ class _FoldRun:
             self._end(completed)
 
     # ---- one step at a time ------------------------------------------------------------------
+
+    def _announce_scale_up(self) -> None:
+        types = " or ".join(self.node_types_to_add)
+        message = (
+            f"no live node can host a fold with {self.shape.describe()}: waiting up to "
+            f"placement_timeout_s={self.config.placement_timeout_s:g} for the autoscaler to "
+            f"add a node of type {types}"
+        )
+        log.info("run %s: %s", self.job.run_id, message)
+        self.notices.publish(Notification(level="info", kind="autoscaling", message=message))
 
     def _raise_if_cancelled(self) -> None:
         if self.job.cancel_event.is_set():
@@ -489,12 +734,10 @@ class _FoldRun:
                     attempt.fold_id, waited, len(self.training), self.limit,
                 )
                 continue
-            free = ray.available_resources()
-            raise OrchestratorError(
-                f"the worker of fold {attempt.fold_id} was not up after {waited:.0f} s "
-                f"(placement_timeout_s={timeout:g}): each fold needs {self.shape.describe()} "
-                f"and the cluster has { {k: free.get(k, 0) for k in ('CPU', 'GPU')} } free"
-            )
+            raise OrchestratorError(placement_timeout_message(
+                attempt.fold_id, waited, timeout, self.shape, ray.available_resources(),
+                self.node_types_to_add,
+            ))
 
     def _on_started(self, ref: Any, attempt: _Attempt) -> None:
         try:
