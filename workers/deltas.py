@@ -7,11 +7,12 @@ JSON, so a client's frame limit is never hit.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 
-from orchestrator.messages import PredictionDelta, PredictionRow
+from orchestrator.messages import PredictionDelta
 
 __all__ = ["DELTA_FIELDS", "PredictionDeltaTracker", "MAX_DELTA_BYTES"]
 
@@ -33,6 +34,10 @@ class PredictionDeltaTracker:
         self.rtol = rtol
         self.max_bytes = max_bytes
         self._sent: dict[str, np.ndarray] | None = None
+
+    def forget(self) -> None:
+        """Forget what was sent: the next update sends every row again."""
+        self._sent = None
 
     def changed(self, rows: dict[str, np.ndarray], rtol: float) -> np.ndarray:
         if self._sent is None:
@@ -56,24 +61,57 @@ class PredictionDeltaTracker:
         indices = np.flatnonzero(mask)
         if indices.size == 0 and not final:
             return []
-        chunks: list[list[PredictionRow]] = [[]]
-        size = _OVERHEAD_BYTES
-        for i in indices:
-            row = PredictionRow(
-                timestamp=self.timestamps[i], **{name: float(rows[name][i]) for name in DELTA_FIELDS}
-            )
-            row_bytes = len(json.dumps(row.model_dump())) + 2
-            if chunks[-1] and size + row_bytes > self.max_bytes:
-                chunks.append([])
-                size = _OVERHEAD_BYTES
-            chunks[-1].append(row)
-            size += row_bytes
+        stamps = [self.timestamps[i] for i in indices.tolist()]
+        columns = {name: np.asarray(rows[name], dtype=np.float64)[indices].tolist() for name in DELTA_FIELDS}
+        every = [
+            {"timestamp": stamp, **{name: columns[name][k] for name in DELTA_FIELDS}}
+            for k, stamp in enumerate(stamps)
+        ]
+        chunks = _chunked(every, stamps, columns, self.max_bytes)
+        # one validation per message (pydantic-core walks the rows), not one model per row
         return [
-            PredictionDelta(
-                fold_id=fold_id, epoch=epoch, predictions=chunk, chunk=k, chunks=len(chunks), final=final
-            )
+            PredictionDelta.model_validate({
+                "fold_id": fold_id, "epoch": epoch, "predictions": chunk,
+                "chunk": k, "chunks": len(chunks), "final": final,
+            })  # fmt: skip
             for k, chunk in enumerate(chunks)
         ]
+
+
+def _chunked(
+    rows: list[dict[str, Any]], stamps: list[str], columns: dict[str, list[float]], max_bytes: int
+) -> list[list[dict[str, Any]]]:
+    """``rows`` in consecutive chunks whose JSON stays under ``max_bytes`` with the envelope."""
+    budget = max_bytes - _OVERHEAD_BYTES
+    longest = max((len(stamp) for stamp in stamps), default=0)
+    if len(rows) * (_ROW_FRAME_BYTES + longest + 2 + _MAX_FLOAT_BYTES * len(columns)) <= budget:
+        return [rows]  # fits even if every float took its longest form: nothing to measure
+    if len(json.dumps(rows)) <= budget:  # one C-encoder pass decides
+        return [rows]
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row, row_bytes in zip(rows, _row_json_sizes(stamps, columns)):
+        if chunks[-1] and size + row_bytes > budget:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += row_bytes
+    return chunks
+
+
+# json.dumps of a row with empty strings/zero-length numbers: what every row has besides its values
+_ROW_FRAME_BYTES = len(json.dumps({"timestamp": "", **dict.fromkeys(DELTA_FIELDS, 0)})) - len(DELTA_FIELDS)
+_NON_FINITE_BYTES = len("-Infinity")
+_MAX_FLOAT_BYTES = len(repr(-2.2250738585072014e-308))  # 24: no float's repr is longer
+
+
+def _row_json_sizes(stamps: list[str], columns: dict[str, list[float]]) -> list[int]:
+    """Bytes of each row as ``json.dumps`` writes it (floats by ``repr``), plus its separator."""
+    sizes = [_ROW_FRAME_BYTES + len(stamp) + 2 for stamp in stamps]
+    for values in columns.values():
+        for k, value in enumerate(values):
+            sizes[k] += len(repr(value)) if math.isfinite(value) else _NON_FINITE_BYTES
+    return sizes
 
 
 def as_rows(predictions: dict[str, Any], segment_mask: np.ndarray) -> dict[str, np.ndarray]:
