@@ -26,8 +26,14 @@ class HubClient(Protocol):
         *,
         types: frozenset[str] | None = None,
         limit: int | None = None,
+        interest: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
-        """``{"events", "last_seq", "gap"}``: events after ``since``, waiting up to ``timeout``."""
+        """``{"events", "last_seq", "gap"}``: events after ``since``, waiting up to ``timeout``;
+        ``interest``: the types this caller delivers (``EventHub.poll``)."""
+        ...
+
+    async def note_interest(self, types: frozenset[str], hold_s: float) -> None:
+        """Tell producers these types have a consumer for ``hold_s`` seconds."""
         ...
 
     async def events_since(
@@ -61,11 +67,15 @@ class RayHubClient:
         *,
         types: frozenset[str] | None = None,
         limit: int | None = None,
+        interest: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         reply: dict[str, Any] = await self._hub.poll.remote(
-            since, timeout, run_id, types=types, limit=limit
+            since, timeout, run_id, types=types, limit=limit, interest=interest
         )
         return reply
+
+    async def note_interest(self, types: frozenset[str], hold_s: float) -> None:
+        await self._hub.note_interest.remote(types, hold_s)
 
     async def events_since(
         self,
@@ -104,8 +114,14 @@ class LocalHubClient:
         *,
         types: frozenset[str] | None = None,
         limit: int | None = None,
+        interest: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
-        return await self._hub.poll(since, timeout, run_id, types=types, limit=limit)
+        return await self._hub.poll(
+            since, timeout, run_id, types=types, limit=limit, interest=interest
+        )
+
+    async def note_interest(self, types: frozenset[str], hold_s: float) -> None:
+        self._hub.note_interest(types, hold_s)
 
     async def events_since(
         self,

@@ -3,7 +3,9 @@
 The pump is the hub's only long-poller in the API process. Each event is encoded to JSON text
 once and offered to every subscriber; ``offer`` never awaits (a subscriber puts it in its own
 bounded queue or closes itself), so a slow client never delays the pump, the hub or training.
-The pump also tells the run registry about each event (``observe``) for REST progress.
+The pump also tells the run registry about each event (``observe``) for REST progress, and
+tells the hub which types its clients take (``interest``), so folds skip live detail that no
+client asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from api.hub_client import Event, HubClient
+from orchestrator.hub import INTEREST_GRACE_S
 from orchestrator.messages import HistoryGap, to_wire
 
 __all__ = ["Outgoing", "Subscriber", "EventPump", "encode_event", "encode_control"]
@@ -53,6 +56,11 @@ class Subscriber(Protocol):
         """Take one message for sending; must not block or await."""
         ...
 
+    @property
+    def types(self) -> frozenset[str]:
+        """The message types this subscriber passes on (its client's ``?types=``)."""
+        ...
+
 
 class EventPump:
     """Long-polls the hub from ``cursor`` on and offers each event to every subscriber."""
@@ -81,11 +89,30 @@ class EventPump:
         self.events_dispatched = 0
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ---- subscribers ----------------------------------------------------------------------
 
     def add(self, subscriber: Subscriber) -> None:
+        new = subscriber.types - self.interest
         self._subscribers.add(subscriber)
+        if new and self._task is not None:
+            # now, not at the next poll: a run in progress starts producing them at once
+            task = asyncio.create_task(
+                self.hub.note_interest(new, self.poll_timeout_s + INTEREST_GRACE_S)
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._interest_noted)
+
+    def _interest_noted(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("telling the hub about a new client's types failed: %s", task.exception())
+
+    @property
+    def interest(self) -> frozenset[str]:
+        """Every type some subscriber passes on: producers skip optional work for the others."""
+        return frozenset().union(*(s.types for s in self._subscribers))
 
     def remove(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
@@ -119,7 +146,7 @@ class EventPump:
         while True:
             try:
                 reply = await self.hub.poll(
-                    self.cursor, self.poll_timeout_s, limit=self.batch_limit
+                    self.cursor, self.poll_timeout_s, limit=self.batch_limit, interest=self.interest
                 )
             except asyncio.CancelledError:
                 raise

@@ -242,6 +242,10 @@ class ClientConnection:
 
     # ---- the pump's side ------------------------------------------------------------------
 
+    @property
+    def types(self) -> frozenset[str]:
+        return self.subscription.types
+
     def offer(self, item: Outgoing) -> None:
         if self.state not in (ClientState.REPLAYING, ClientState.LIVE):
             return

@@ -31,6 +31,9 @@ class _NullPublisher:
     def flush(self, timeout: float | None = None) -> None:
         pass
 
+    def wants(self, kind: str) -> bool:
+        return False  # nobody watches a benchmark: no per-epoch live detail
+
 
 def _config(epochs: int, gpus_per_fold: float, cuda_graphs: bool = True) -> Any:
     from orchestrator.config import config_from_mapping

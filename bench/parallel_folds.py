@@ -15,7 +15,12 @@ EventHub actor's work runs on the same cores as the folds).
 Also: a second run on warm Ray workers, through the whole driver (``execute_run``: data, features,
 events), timed from its submission to its first ``epoch_metrics`` event (target < 1 s).
 
-Usage: python bench/parallel_folds.py [--folds 2] [--epochs 10] [--data sp500]
+``--watched`` puts a consumer of every message type on the hub (as a WebSocket client with
+``?types=`` everything would), so the folds publish per-epoch ``prediction_delta`` and
+``batch_progress``; joblib's folds do the same work and drop the events. Without it nobody
+watches, as in a headless run, and the folds skip that optional work in every way.
+
+Usage: python bench/parallel_folds.py [--folds 2] [--epochs 10] [--data sp500] [--watched]
        [--window expanding|rolling] [--repeats 8] [--cpus-per-fold 1] [--set FIELD=VALUE]
 """
 
@@ -41,7 +46,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 class NullPublisher:
-    """Publishes nowhere: joblib has no hub (the other two ways publish for real)."""
+    """Publishes nowhere: joblib has no hub (the other two ways publish for real).
+
+    ``watched``: answer ``wants`` like a hub with a client on every type, so the fold does the
+    same optional work (per-epoch prediction deltas, batch progress) as the watched Ray run.
+    """
+
+    def __init__(self, watched: bool = False) -> None:
+        self.watched = watched
 
     def publish(self, event: Any) -> None:
         pass
@@ -49,23 +61,29 @@ class NullPublisher:
     def flush(self, timeout: float | None = None) -> None:
         pass
 
+    def wants(self, kind: str) -> bool:
+        return self.watched
+
 
 class NullSink:
     """An event sink that drops everything: Ray without the EventHub's work (a diagnostic)."""
+
+    def __init__(self, watched: bool = False) -> None:
+        self.watched = watched
 
     def register_run(self, run_id: str, run_dir: str | None) -> None:
         pass
 
     def publisher(self, run_id: str, producer: str) -> NullPublisher:
-        return NullPublisher()
+        return NullPublisher(self.watched)
 
 
-def train_fold_in_worker(features: Any, spec: Any, config: Any, started_at: float) -> Any:
+def train_fold_in_worker(features: Any, spec: Any, config: Any, started_at: float, watched: bool) -> Any:
     """What a joblib worker runs: the very fold code of the actors and the local executor."""
     from workers.fold import FoldContext, FoldTrainer
 
     context = FoldContext("bench-joblib", started_at)
-    return FoldTrainer().run(features, spec, config, context, NullPublisher())
+    return FoldTrainer().run(features, spec, config, context, NullPublisher(watched))
 
 
 def machine() -> dict[str, Any]:
@@ -106,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", choices=["expanding", "rolling"], default="expanding")
     p.add_argument("--repeats", type=int, default=8, help="a multiple of 4 rotates the order evenly")
     p.add_argument("--cpus-per-fold", type=float, default=1.0)
+    p.add_argument("--watched", action="store_true",
+                   help="a consumer of every message type on the hub (live prediction deltas)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other TrainConfig field, e.g. --set prediction_deltas=false")
     return p.parse_args(argv)
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.driver import execute_run, new_run
     from orchestrator.executors import FoldJob, LocalExecutor
     from orchestrator.hub import get_or_create_hub
+    from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool, ensure_ray
     from orchestrator.sinks import InProcessSink
     from workers.data import load_ohlcv
@@ -165,13 +186,18 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- cold starts (not part of the training stage) ---------------------------------------
     local = LocalExecutor()
-    local_cold = timed(lambda: local.run_folds(job(InProcessSink(), "local-warmup", warmup_config), lambda r: None))
+    audience = frozenset(MESSAGE_TYPES) if args.watched else frozenset()
+    local_cold = timed(lambda: local.run_folds(
+        job(InProcessSink(interest=audience), "local-warmup", warmup_config), lambda r: None
+    ))
 
     started = time.perf_counter()
     ensure_ray()
     hub = get_or_create_hub()
     ray.get(hub.last_seq.remote())
     ray_start = time.perf_counter() - started
+    if args.watched:  # as a pump with a subscribed client would, for the whole benchmark
+        ray.get(hub.note_interest.remote(audience, 24 * 3600.0))
     pool = WorkerPool()
     executor = RayExecutor(pool)
     sink = RaySink(hub)
@@ -183,17 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     def joblib_run(cfg: Any) -> list[Any]:
         now = time.time()
         return list(parallel(
-            joblib.delayed(train_fold_in_worker)(features, spec, cfg, now) for spec in specs
+            joblib.delayed(train_fold_in_worker)(features, spec, cfg, now, args.watched) for spec in specs
         ))
 
     joblib_cold = timed(lambda: joblib_run(warmup_config))
 
     # ---- the training stage, interleaved repetitions ----------------------------------------
     ways: dict[str, Callable[[str, list[Any]], Any]] = {
-        "local": lambda run_id, out: local.run_folds(job(InProcessSink(), run_id), out.append),
+        "local": lambda run_id, out: local.run_folds(job(InProcessSink(interest=audience), run_id), out.append),
         "ray": lambda run_id, out: executor.run_folds(job(sink, run_id), out.append),
         "joblib": lambda run_id, out: out.extend(joblib_run(config)),
-        "ray_no_events": lambda run_id, out: executor.run_folds(job(NullSink(), run_id), out.append),
+        "ray_no_events": lambda run_id, out: executor.run_folds(job(NullSink(args.watched), run_id), out.append),
     }
     names = list(ways)
     runs: dict[str, list[float]] = {way: [] for way in names}
@@ -249,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": config.epochs, "window": config.window,
                 "cpus_per_fold": config.cpus_per_fold, "torch_threads_per_fold": threads,
                 "train_sizes": [len(s.train) for s in specs], "repeats": args.repeats,
-                "prediction_deltas": config.prediction_deltas,
+                "prediction_deltas": config.prediction_deltas, "watched": args.watched,
                 "batch_progress_interval_s": config.batch_progress_interval_s},
         "training_stage_s": {way: round(t, 3) for way, t in median.items()},
         "training_stage_min_s": {way: round(min(ts), 3) for way, ts in runs.items()},

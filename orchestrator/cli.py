@@ -132,6 +132,7 @@ def _cmd_schema(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.progress import EventFileWriter, ProgressView
     from orchestrator.runner import run_training
 
@@ -145,7 +146,9 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
             listener(events)
 
     try:
-        run = run_training(config, listener=fanout, address=args.address)
+        # the events file is the run's full record: it wants the live detail too
+        interest = frozenset(MESSAGE_TYPES) if writer else frozenset()
+        run = run_training(config, listener=fanout, address=args.address, interest=interest)
     finally:
         view.close()
         if writer:

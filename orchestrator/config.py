@@ -77,7 +77,11 @@ class TrainConfig(BaseModel):
     batch_progress_interval_s: float = Field(
         0.25, ge=0.0, description="min seconds between batch_progress events of a fold; 0 = off"
     )
-    prediction_deltas: bool = Field(True, description="publish prediction_delta after each epoch")
+    prediction_deltas: bool = Field(
+        True,
+        description="publish prediction_delta after each epoch (while a consumer takes it) "
+        "and a final one per fold",
+    )
     prediction_delta_rtol: float = Field(1e-6, ge=0.0, description="relative change that counts")
 
     # outputs

@@ -72,6 +72,13 @@ _FORGOTTEN_RUNS_KEPT = 1_000
 # get_or_create_hub: tries when the hub found is being destroyed, and how long to wait for one.
 _HUB_GET_ATTEMPTS = 5
 _HUB_READY_TIMEOUT_S = 120.0
+# A poller's interest outlives its poll by this much, so the short gap between one poll and the
+# next never reads as "nobody wants it" (which would restart prediction deltas from scratch).
+INTEREST_GRACE_S = 5.0
+# How often a producer asks the hub again which types are wanted.
+_DEMAND_REFRESH_S = 0.5
+# How long a producer's first question may take before it assumes nothing is wanted.
+_DEMAND_FIRST_WAIT_S = 2.0
 
 
 def _retry_key(event: Event) -> RetryKey | None:
@@ -165,6 +172,8 @@ class EventHub:
         self._runs: dict[str, _Run] = {}
         self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
         self._waiters: set[asyncio.Future[None]] = set()
+        # types some consumer will deliver -> until when (time.monotonic), from poll(interest=)
+        self._interest: dict[str, float] = {}
         self._counts = dict.fromkeys(
             (
                 "published",
@@ -285,6 +294,23 @@ class EventHub:
         with self._lock:
             return self._last_seq
 
+    def note_interest(self, types: Iterable[str], hold_s: float) -> None:
+        """Someone will deliver these message types for the next ``hold_s`` seconds."""
+        until = time.monotonic() + max(hold_s, 0.0)
+        with self._lock:
+            for kind in types:
+                if self._interest.get(kind, 0.0) < until:
+                    self._interest[kind] = until
+
+    def wanted(self) -> frozenset[str]:
+        """The message types some consumer delivers now (see ``poll``'s ``interest``)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [kind for kind, until in self._interest.items() if until < now]
+            for kind in expired:
+                del self._interest[kind]
+            return frozenset(self._interest)
+
     def events_since(
         self,
         since_seq: int,
@@ -316,6 +342,7 @@ class EventHub:
         *,
         types: frozenset[str] | None = None,
         limit: int | None = None,
+        interest: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Long-poll: ``{"events", "last_seq", "gap"}`` once events after ``since_seq`` exist.
 
@@ -323,7 +350,13 @@ class EventHub:
         ``timeout`` seconds for one to be released and returns empty ``events`` when none came.
         ``last_seq`` is the cursor to pass as ``since_seq`` next time: the hub's last seq, or the
         last returned event's seq when ``limit`` cut the answer short. Never blocks a publisher.
+
+        ``interest`` names the message types this poller passes on to someone (a WebSocket
+        client, a file): producers ask ``wanted()`` and skip optional work nobody receives
+        (per-epoch ``prediction_delta``, ``batch_progress``). It holds for the poll's
+        ``timeout`` plus ``INTEREST_GRACE_S``, so a consumer that keeps polling keeps it.
         """
+        self.note_interest(interest, float(timeout) + INTEREST_GRACE_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(float(timeout), 0.0)
         while True:
@@ -682,6 +715,9 @@ class HubPublisher:
     fold returns, so its last events reach the hub before the driver ends the run).
     """
 
+    _demand: frozenset[str] | None  # the hub's last answer to wanted(), None before the first
+    _demand_ref: ObjectRef[Any] | None  # a wanted() call in flight
+    _demand_asked: float
     _PRUNE_AT = 256  # outstanding refs that trigger dropping the acknowledged ones
     _MAX_TRACKED = 10_000  # past this, the oldest refs are no longer tracked (flush skips them)
 
@@ -697,6 +733,7 @@ class HubPublisher:
         self._next_pseq = next_pseq
         self._lock = threading.Lock()
         self._outstanding: list[ObjectRef[Any]] = []
+        self._forget_demand()
 
     def for_producer(self, producer: str) -> HubPublisher:
         """A fresh publisher (pseq from 0) for another producer of the same run and hub."""
@@ -728,6 +765,41 @@ class HubPublisher:
             )
             if len(self._outstanding) >= self._PRUNE_AT:
                 self._prune()
+
+    def wants(self, kind: str) -> bool:
+        """Whether some consumer of the hub delivers ``kind`` now (``EventHub.wanted``).
+
+        The first call waits for the hub's answer (one round trip, at most a couple of
+        seconds); later calls return the last answer at once and ask again in the background
+        every ``_DEMAND_REFRESH_S``, so a training loop can call this per epoch or batch.
+        """
+        import ray
+
+        with self._lock:
+            now = time.monotonic()
+            if self._demand is None:
+                answer: Iterable[str]
+                try:
+                    answer = ray.get(self.hub.wanted.remote(), timeout=_DEMAND_FIRST_WAIT_S)
+                except Exception:  # a slow or unreachable hub: nothing optional is wanted
+                    answer = frozenset()
+                self._demand, self._demand_asked = frozenset(answer), now
+            elif self._demand_ref is not None:
+                ready, _ = ray.wait([self._demand_ref], timeout=0)
+                if ready:
+                    try:
+                        self._demand = frozenset(ray.get(ready[0]))
+                    except Exception:
+                        pass  # keep the last answer
+                    self._demand_ref = None
+            elif now - self._demand_asked >= _DEMAND_REFRESH_S:
+                self._demand_ref, self._demand_asked = self.hub.wanted.remote(), now
+            return kind in self._demand
+
+    def _forget_demand(self) -> None:
+        self._demand = None
+        self._demand_ref = None
+        self._demand_asked = 0.0
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait up to ``timeout`` seconds until the hub took every tracked event; True if it did."""
@@ -772,3 +844,4 @@ class HubPublisher:
         self._next_pseq = state["next_pseq"]
         self._lock = threading.Lock()
         self._outstanding = []
+        self._forget_demand()

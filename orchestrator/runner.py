@@ -39,21 +39,30 @@ def run_training(
     listener: Listener | None = None,
     address: str | None = None,
     pool: WorkerPool | None = None,
+    interest: frozenset[str] = frozenset(),
 ) -> Run:
     """Train one run to the end and return it; ``listener`` sees every event as it is released.
+
+    ``interest``: the optional live-detail types the listener needs produced (per-epoch
+    ``prediction_delta``, ``batch_progress``); folds skip them otherwise, unless another
+    consumer of the hub (a WebSocket client) asks for them.
 
     On Ray, ``pool`` keeps fold actors warm for the caller's later runs (the caller shuts it
     down); without one, a pool is made for this run and its actors are released at the end.
     """
     run = new_run(config)
     if config.executor == "local":
-        execute_run(run, InProcessSink(listener=listener), LocalExecutor())
+        execute_run(run, InProcessSink(listener=listener, interest=interest), LocalExecutor())
         return run
-    return _run_on_ray(run, listener, address, pool)
+    return _run_on_ray(run, listener, address, pool, interest)
 
 
 def _run_on_ray(
-    run: Run, listener: Listener | None, address: str | None, pool: WorkerPool | None
+    run: Run,
+    listener: Listener | None,
+    address: str | None,
+    pool: WorkerPool | None,
+    interest: frozenset[str],
 ) -> Run:
     import ray
 
@@ -68,7 +77,7 @@ def _run_on_ray(
     driver_done = threading.Event()
     pump = threading.Thread(
         target=_pump_events,
-        args=(hub, run.run_id, since, listener, driver_done),
+        args=(hub, run.run_id, since, listener, driver_done, interest),
         name=f"events-{run.run_id}",
         daemon=True,
     )
@@ -104,14 +113,19 @@ def _wait_cancelling_on_interrupt(run: Run, worker: threading.Thread) -> None:
 
 
 def _pump_events(
-    hub: Any, run_id: str, since: int, listener: Listener | None, driver_done: threading.Event
+    hub: Any,
+    run_id: str,
+    since: int,
+    listener: Listener | None,
+    driver_done: threading.Event,
+    interest: frozenset[str],
 ) -> None:
     """Long-poll the hub actor for this run's events until the run's terminal event is seen."""
     import ray
 
     try:
         while True:
-            reply = ray.get(hub.poll.remote(since, _POLL_S, run_id))
+            reply = ray.get(hub.poll.remote(since, _POLL_S, run_id, interest=interest))
             since = max(since, int(reply["last_seq"]))
             events = reply["events"]
             if events and listener is not None:

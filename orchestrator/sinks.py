@@ -1,7 +1,8 @@
 """Where the driver and the folds send events: the EventHub, in-process or as a Ray actor.
 
-Both sinks hand out publishers with the same two methods (``publish``, ``flush``); a producer
-numbers its own events so the hub can restore their order (DESIGN 3).
+Both sinks hand out publishers with the same three methods (``publish``, ``flush``, ``wants``); a
+producer numbers its own events so the hub can restore their order (DESIGN 3), and asks
+``wants(type)`` before optional work that only a consumer of that type would see.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from orchestrator.hub import EventHub
-from orchestrator.messages import to_wire
+from orchestrator.messages import MESSAGE_TYPES, to_wire
 
 __all__ = ["EventSink", "InProcessSink", "LocalPublisher", "event_dict"]
 
@@ -32,6 +33,8 @@ class PublisherLike(Protocol):
     def publish(self, event: Any) -> None: ...
 
     def flush(self, timeout: float | None = None) -> object: ...
+
+    def wants(self, kind: str) -> bool: ...
 
 
 class EventSink(Protocol):
@@ -56,14 +59,32 @@ class LocalPublisher:
     def flush(self, timeout: float | None = None) -> None:
         """Nothing is in flight: publish is synchronous."""
 
+    def wants(self, kind: str) -> bool:
+        return self._sink.wants(kind)
+
 
 class InProcessSink:
-    """A plain ``EventHub`` in this process (the ``local`` executor and the CLI)."""
+    """A plain ``EventHub`` in this process (the ``local`` executor and the CLI).
 
-    def __init__(self, hub: EventHub | None = None, listener: Listener | None = None) -> None:
+    ``interest``: the message types ``listener`` passes on (default: every type when there is a
+    listener, none without); the hub's pollers can add more (``EventHub.poll(interest=)``).
+    """
+
+    def __init__(
+        self,
+        hub: EventHub | None = None,
+        listener: Listener | None = None,
+        interest: frozenset[str] | None = None,
+    ) -> None:
         self.hub = hub or EventHub()
         self._listener = listener
         self._lock = threading.Lock()
+        if interest is None:
+            interest = frozenset(MESSAGE_TYPES) if listener is not None else frozenset()
+        self.interest = interest
+
+    def wants(self, kind: str) -> bool:
+        return kind in self.interest or kind in self.hub.wanted()
 
     def register_run(self, run_id: str, run_dir: str | None) -> None:
         with self._lock:

@@ -47,6 +47,10 @@ class Publisher(Protocol):
 
     def flush(self, timeout: float | None = None) -> object: ...
 
+    def wants(self, kind: str) -> bool:
+        """Whether a consumer receives ``kind`` now: optional live detail is skipped if not."""
+        ...
+
 
 @dataclass(frozen=True)
 class FoldContext:
@@ -163,11 +167,18 @@ class FoldTrainer:
             publisher.publish(EpochMetrics(fold_id=fold_id, **metrics))
 
         def on_forecasts(epoch: int, cal: Any, val: Any) -> None:
+            # A calibration per epoch is most of a small fold's time: only for a live audience.
+            # Without one, the next delta starts over with every row (a newcomer sees them all).
+            if not publisher.wants("prediction_delta"):
+                deltas.forget()
+                return
             out = calibrated_predictions(spec, features, segments.y_cal, segments.y_val, cal, val, config)
             for message in deltas.update(fold_id, epoch, as_rows(out.predictions, out.validation)):
                 publisher.publish(message)
 
         def on_batch(epoch: int, batch: int, total: int, loss: float, rate: float) -> None:
+            if not publisher.wants("batch_progress"):
+                return
             publisher.publish(BatchProgress(
                 fold_id=fold_id, epoch=epoch, batch=batch, total_batches=total,
                 train_loss=loss, samples_per_second=rate,
