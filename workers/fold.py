@@ -201,7 +201,8 @@ class FoldTrainer:
             raise RunCancelledError(f"run {context.run_id} was cancelled (fold {spec.fold_id})")
         best = outcome.history[outcome.best_epoch] if outcome.history else {}
         result = finish_fold(spec, features, segments.y_cal, segments.y_val, outcome.cal, outcome.val, config)
-        if config.prediction_deltas:
+        if config.prediction_deltas and publisher.wants("prediction_delta"):
+            # the selected model's rows; without an audience they are in the predictions CSV
             rows = as_rows(result.predictions, result.predictions["segment"] == "validation")
             for message in deltas.update(fold_id, outcome.best_epoch, rows, final=True):
                 publisher.publish(message)
