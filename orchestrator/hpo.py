@@ -777,7 +777,9 @@ class _StudyRunner:
             execute_run(
                 run,
                 RaySink(self.hub),
-                RayExecutor(pool=pool),
+                # a pruned trial is a cancel as a matter of course: its actors stop at their next
+                # epoch and stay warm for the next trial (the pool releases idle ones later)
+                RayExecutor(pool=pool, keep_workers_on_cancel=True),
                 hpo_trial=job.number,
                 extra_summary={"hpo": {
                     "study": self.spec.study,

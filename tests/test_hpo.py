@@ -344,10 +344,13 @@ def test_bad_region_is_pruned_and_its_run_stopped(
         enqueue=[{"lr": 3e-3}, {"lr": 10.0}],
     )
     events = Collector()
+    idle_before = pool.idle_count()
     result = run_study(spec, hub=hub, pool=pool, listener=events)
     assert result.state is StudyState.COMPLETED
     states = {e["trial"]: e["state"] for e in events.endings()}
     assert states == {0: "complete", 1: "pruned"}
+    # the pruned trial's actors stopped at an epoch boundary and stayed warm for later trials
+    assert pool.idle_count() >= max(idle_before, 2)
     for ending in events.endings():
         VALIDATOR.validate(ending)
         run_events = events.of_run(ending["trial_run_id"])
