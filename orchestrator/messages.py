@@ -165,6 +165,9 @@ class Notification(_Envelope):
     kind: str = Field(description="machine-readable category, e.g. progress, best_auc, fold_retry")
     message: str
     fold_id: int | None = None
+    attempt: int | None = Field(
+        None, description="extra: for fold_retry, the attempt about to start (1 = the first try)"
+    )
 
 
 class HpoTrial(_Envelope):

@@ -802,6 +802,7 @@ class _FoldRun:
             level="warning",
             kind="fold_retry",
             fold_id=fold_id,
+            attempt=tries + 1,
             message=f"fold {fold_id}: {cause}; retrying from the start, "
             f"attempt {tries + 1} of {max_retries + 1}",
         ))

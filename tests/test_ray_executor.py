@@ -353,7 +353,7 @@ def test_killed_worker_is_retried_and_the_run_completes(
     events = started.events()
     assert_legal_stream(events, run, folds=2, epochs=epochs)  # no duplicate (fold, epoch)
     notices = retry_notices(events)
-    assert len(notices) == 1 and notices[0]["fold_id"] == 0
+    assert len(notices) == 1 and notices[0]["fold_id"] == 0 and notices[0]["attempt"] == 2
     assert "fold 0" in notices[0]["message"] and "attempt 2 of 2" in notices[0]["message"]
     assert str(victim) in notices[0]["message"]
     assert executor.current_pids[0] != victim
