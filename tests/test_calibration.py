@@ -185,3 +185,32 @@ def test_calibration_warning_texts() -> None:
     assert bad_ece is not None and "0.0812" in bad_ece and "0.05" in bad_ece
     both = calibration_warning(120, 200, 0.0812, 0.05)
     assert both == f"{few}; {bad_ece}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_isotonic_map_equals_sklearn_isotonic_regression(seed: int) -> None:
+    from sklearn.isotonic import IsotonicRegression
+
+    from workers.calibration import IsotonicMap
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 900))
+    p = rng.uniform(size=n)
+    if seed % 2:  # ties, as a calibrated p or a tempered one often has
+        p = np.round(p, 2)
+    if seed == 4:  # extremes and a constant run
+        p[: n // 4] = 0.0
+        p[-3:] = 1.0
+    y_up = (rng.uniform(size=n) < p).astype(np.float64)
+    reference = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0, increasing=True)
+    reference.fit(p, y_up)
+    ours = IsotonicMap.fit(p, y_up)
+    grid = np.concatenate([np.linspace(-0.5, 1.5, 4001), p, rng.uniform(size=500)])
+    np.testing.assert_allclose(ours.predict(grid), reference.predict(grid), rtol=0, atol=1e-12)
+
+
+def test_isotonic_map_of_one_distinct_input_is_constant() -> None:
+    from workers.calibration import IsotonicMap
+
+    iso = IsotonicMap.fit(np.full(6, 0.3), np.array([1.0, 0, 0, 1, 1, 1]))
+    np.testing.assert_allclose(iso.predict(np.array([0.0, 0.3, 0.9])), 4 / 6)
