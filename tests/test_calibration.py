@@ -214,3 +214,28 @@ def test_isotonic_map_of_one_distinct_input_is_constant() -> None:
 
     iso = IsotonicMap.fit(np.full(6, 0.3), np.array([1.0, 0, 0, 1, 1, 1]))
     np.testing.assert_allclose(iso.predict(np.array([0.0, 0.3, 0.9])), 4 / 6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_temperature_is_the_minimum_a_generic_optimizer_finds(seed: int) -> None:
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(seed)
+    power = [0.3, 0.8, 1.0, 2.5, 6.0][seed]
+    _, p, y_up = _overconfident(seed + 10, int(rng.integers(50, 3000)), power=power)
+    z = logit(np.clip(p, 1e-12, 1 - 1e-12))
+
+    def loss(log_t: float) -> float:
+        zt = z * np.exp(-log_t)
+        return float(np.mean(np.logaddexp(0.0, zt) - y_up * zt))
+
+    reference = minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-10})
+    ours = fit_temperature(p, y_up)
+    assert ours == pytest.approx(np.exp(reference.x), rel=1e-6)
+    assert loss(np.log(ours)) <= reference.fun + 1e-12
+
+
+def test_temperature_at_the_bounds_and_for_uninformative_p() -> None:
+    p = np.array([0.2, 0.3, 0.7, 0.8])
+    assert fit_temperature(p, np.array([0.0, 0.0, 1.0, 1.0])) == pytest.approx(np.exp(-5.0))  # separable
+    assert fit_temperature(np.full(4, 0.5), np.array([0.0, 1.0, 1.0, 0.0])) == 1.0

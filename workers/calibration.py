@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import isotonic_regression, minimize_scalar
+from scipy.optimize import isotonic_regression
 from scipy.special import expit, logit
 
 from workers.metrics import binary_cross_entropy
@@ -130,22 +130,40 @@ class Calibrator:
 
 
 def fit_temperature(p: npt.ArrayLike, y_up: npt.ArrayLike) -> float:
-    """Temperature T minimizing mean BCE of sigmoid(logit(p) / T), searched over log T.
+    """Temperature T minimizing mean BCE of sigmoid(logit(p) / T), T in [e^-5, e^5].
 
-    The loss is evaluated from logits (softplus(z) - y*z), which is exact where sigmoid
-    would round to 0 or 1.
+    With s = 1/T the loss mean(softplus(s*z) - y*s*z) over the logits z is convex in s, so its
+    minimum is where the derivative mean((sigmoid(s*z) - y) * z) crosses zero: Newton steps on
+    that derivative, kept inside a bracket that shrinks with every step (bisection when a step
+    would leave it), until a step moves s by less than 1e-13 of itself (a handful of steps). At a bound when the
+    derivative does not change sign inside (separable labels); T = 1 when every p is 0.5.
     """
     p_, y_ = _checked(p, y_up)
     z = _logits(p_)
+    if not np.any(z):
+        return 1.0  # every logit 0: T changes nothing
 
-    def mean_bce(log_t: float) -> float:
-        zt = z * math.exp(-log_t)
-        return float(np.mean(np.logaddexp(0.0, zt) - y_ * zt))
+    def slope(scale: float) -> tuple[float, float]:
+        q = expit(scale * z)
+        return float(np.mean((q - y_) * z)), float(np.mean(q * (1.0 - q) * z * z))
 
-    result = minimize_scalar(
-        mean_bce, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8}
-    )
-    return math.exp(float(result.x))
+    lo, hi = math.exp(-_LOG_T_BOUNDS[1]), math.exp(-_LOG_T_BOUNDS[0])
+    if slope(lo)[0] >= 0.0:
+        return 1.0 / lo
+    if slope(hi)[0] <= 0.0:
+        return 1.0 / hi
+    scale = 1.0 if lo < 1.0 < hi else (lo + hi) / 2
+    for _ in range(100):
+        gradient, curvature = slope(scale)
+        if gradient > 0.0:
+            hi = scale
+        else:
+            lo = scale
+        step = scale - gradient / curvature if curvature > 0.0 else math.nan
+        previous, scale = scale, step if lo < step < hi else (lo + hi) / 2
+        if abs(scale - previous) <= 1e-13 * scale or gradient == 0.0:
+            break
+    return 1.0 / scale
 
 
 def _fit_isotonic(p: FloatArray, y_up: FloatArray) -> IsotonicMap:
