@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import machine  # noqa: E402
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -131,11 +132,9 @@ def main() -> int:
     out = {
         "benchmark": "hpo_throughput",
         "machine": {
-            "cpus": os.cpu_count(),
+            **machine(("ray", "torch", "optuna")),
             "ray_cpus": ray.cluster_resources().get("CPU"),
             "gpus": ray.cluster_resources().get("GPU", 0),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
         },
         "settings": {
             "trials": args.trials, "parallel": args.parallel, "folds": args.folds,

@@ -30,7 +30,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import machine  # noqa: E402
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -84,30 +85,6 @@ def train_fold_in_worker(features: Any, spec: Any, config: Any, started_at: floa
 
     context = FoldContext("bench-joblib", started_at)
     return FoldTrainer().run(features, spec, config, context, NullPublisher(watched))
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gib = None
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        ram_gib = round(pages / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "ram_gib": ram_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -269,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "parallel_folds",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/parallel_folds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {**machine(), "load_avg_1m_before": round(load_before[0], 2),
+        "machine": {**machine(("ray", "torch", "joblib")), "load_avg_1m_before": round(load_before[0], 2),
                     "load_avg_1m_after": round(os.getloadavg()[0], 2)},
         "job": {"data": config.data, "samples": len(features), "folds": len(specs),
                 "epochs": config.epochs, "window": config.window,

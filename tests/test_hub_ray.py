@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 import pytest
@@ -10,6 +9,7 @@ import ray
 
 from orchestrator.hub import HubPublisher, get_hub, get_or_create_hub
 from orchestrator.messages import EPOCH_METRIC_FIELDS, EpochMetrics
+from tests.ray_helpers import CpuHolder, free_cpus
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -38,14 +38,6 @@ class FoldLikeActor:
         return publisher.flush(timeout=30)
 
 
-@ray.remote
-class CpuHolder:
-    """Holds the CPUs it was created with (``.options(num_cpus=...)``) while it lives."""
-
-    def ready(self) -> bool:
-        return True
-
-
 def session_namespace() -> str:
     return str(ray.get_runtime_context().namespace)
 
@@ -68,8 +60,7 @@ def test_hub_needs_no_cpu() -> None:
     # while CpuHolder holds every free CPU; the hub (num_cpus=0) must. Other modules' actors
     # (warm fold workers, API hubs) may hold CPUs already: hold only what is free, so the holder
     # itself can always be placed.
-    free_cpus = _free_cpus()
-    holder = CpuHolder.options(num_cpus=free_cpus).remote()  # type: ignore[attr-defined]
+    holder = CpuHolder.options(num_cpus=free_cpus()).remote()  # type: ignore[attr-defined]
     hub = None
     try:
         assert ray.get(holder.ready.remote(), timeout=60) is True
@@ -81,20 +72,6 @@ def test_hub_needs_no_cpu() -> None:
         ray.kill(holder)
         if hub is not None:
             ray.kill(hub)
-
-
-def _free_cpus(settle_s: float = 10.0) -> float:
-    """The CPUs free now, once the resource view stopped changing (killed actors release theirs
-    a moment after ``ray.kill``)."""
-    deadline = time.monotonic() + settle_s
-    last = ray.available_resources().get("CPU", 0.0)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = ray.available_resources().get("CPU", 0.0)
-        if now == last:
-            break
-        last = now
-    return float(last)
 
 
 def test_publisher_in_a_task_is_released_in_order() -> None:

@@ -32,6 +32,7 @@ from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
 from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
 from workers.features import FeatureSet, build_features
+from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -156,27 +157,6 @@ def live_actor_names() -> set[str]:
     ``include_dashboard=False`` does not serve; the GCS lists named actors without it.)
     """
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-
-
-@ray.remote
-class CpuHolder:
-    """Holds the CPUs it was created with (``.options(num_cpus=...)``) while it lives."""
-
-    def ready(self) -> bool:
-        return True
-
-
-def free_cpus(settle_s: float = 10.0) -> float:
-    """The CPUs free now, once the resource view stopped changing."""
-    deadline = time.monotonic() + settle_s
-    last = ray.available_resources().get("CPU", 0.0)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = ray.available_resources().get("CPU", 0.0)
-        if now == last:
-            break
-        last = now
-    return float(last)
 
 
 def retry_notices(events: list[Event]) -> list[Event]:

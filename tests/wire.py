@@ -20,3 +20,9 @@ _VALIDATOR.check_schema(_SCHEMA)
 def validate_wire(event: dict[str, Any]) -> None:
     """Raise ``jsonschema.ValidationError`` unless ``event`` is a valid /ws message."""
     _VALIDATOR.validate(event)
+
+
+def wire_error(event: dict[str, Any]) -> str | None:
+    """Why ``event`` is not a valid /ws message (the first reason), or None when it is."""
+    error = next(iter(_VALIDATOR.iter_errors(event)), None)
+    return None if error is None else error.message

@@ -61,13 +61,12 @@ class PredictionDeltaTracker:
         indices = np.flatnonzero(mask)
         if indices.size == 0 and not final:
             return []
-        stamps = [self.timestamps[i] for i in indices.tolist()]
         columns = {name: np.asarray(rows[name], dtype=np.float64)[indices].tolist() for name in DELTA_FIELDS}
         every = [
-            {"timestamp": stamp, **{name: columns[name][k] for name in DELTA_FIELDS}}
-            for k, stamp in enumerate(stamps)
+            {"timestamp": self.timestamps[i], **{name: columns[name][k] for name in DELTA_FIELDS}}
+            for k, i in enumerate(indices.tolist())
         ]
-        chunks = _chunked(every, stamps, columns, self.max_bytes)
+        chunks = _chunked(every, self.max_bytes)
         # one validation per message (pydantic-core walks the rows), not one model per row
         return [
             PredictionDelta.model_validate({
@@ -78,19 +77,18 @@ class PredictionDeltaTracker:
         ]
 
 
-def _chunked(
-    rows: list[dict[str, Any]], stamps: list[str], columns: dict[str, list[float]], max_bytes: int
-) -> list[list[dict[str, Any]]]:
+def _chunked(rows: list[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
     """``rows`` in consecutive chunks whose JSON stays under ``max_bytes`` with the envelope."""
     budget = max_bytes - _OVERHEAD_BYTES
-    longest = max((len(stamp) for stamp in stamps), default=0)
-    if len(rows) * (_ROW_FRAME_BYTES + longest + 2 + _MAX_FLOAT_BYTES * len(columns)) <= budget:
+    longest = max((len(row["timestamp"]) for row in rows), default=0)
+    if len(rows) * (_ROW_FRAME_BYTES + longest + 2 + _MAX_FLOAT_BYTES * len(DELTA_FIELDS)) <= budget:
         return [rows]  # fits even if every float took its longest form: nothing to measure
     if len(json.dumps(rows)) <= budget:  # one C-encoder pass decides
         return [rows]
     chunks: list[list[dict[str, Any]]] = [[]]
     size = 0
-    for row, row_bytes in zip(rows, _row_json_sizes(stamps, columns)):
+    for row in rows:
+        row_bytes = _row_json_size(row)
         if chunks[-1] and size + row_bytes > budget:
             chunks.append([])
             size = 0
@@ -105,13 +103,13 @@ _NON_FINITE_BYTES = len("-Infinity")
 _MAX_FLOAT_BYTES = len(repr(-2.2250738585072014e-308))  # 24: no float's repr is longer
 
 
-def _row_json_sizes(stamps: list[str], columns: dict[str, list[float]]) -> list[int]:
-    """Bytes of each row as ``json.dumps`` writes it (floats by ``repr``), plus its separator."""
-    sizes = [_ROW_FRAME_BYTES + len(stamp) + 2 for stamp in stamps]
-    for values in columns.values():
-        for k, value in enumerate(values):
-            sizes[k] += len(repr(value)) if math.isfinite(value) else _NON_FINITE_BYTES
-    return sizes
+def _row_json_size(row: dict[str, Any]) -> int:
+    """Bytes of a row as ``json.dumps`` writes it (floats by ``repr``), plus its separator."""
+    size = _ROW_FRAME_BYTES + len(row["timestamp"]) + 2
+    for name in DELTA_FIELDS:
+        value = row[name]
+        size += len(repr(value)) if math.isfinite(value) else _NON_FINITE_BYTES
+    return size
 
 
 def as_rows(predictions: dict[str, Any], segment_mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -336,11 +336,9 @@ def drive(base: str, data: Path, pages: list[PageLog]) -> dict[str, Any]:
 
 
 def judge(log: PageLog, expected: set[str], forbidden: set[str]) -> dict[str, Any]:
-    from orchestrator.messages import MESSAGE_TYPES, message_json_schema
-    from jsonschema.validators import validator_for
+    from orchestrator.messages import MESSAGE_TYPES
+    from tests.wire import wire_error
 
-    schema = message_json_schema()
-    validator = validator_for(schema)(schema)
     problems: list[str] = []
     types: Counter[str] = Counter()
     errors_sent: list[str] = []
@@ -357,9 +355,9 @@ def judge(log: PageLog, expected: set[str], forbidden: set[str]) -> dict[str, An
         if kind not in MESSAGE_TYPES:
             problems.append(f"a frame of unknown type {kind!r}")
             continue
-        invalid = next(iter(validator.iter_errors(message)), None)
+        invalid = wire_error(message)
         if invalid is not None:
-            problems.append(f"invalid {kind}: {invalid.message}")
+            problems.append(f"invalid {kind}: {invalid}")
         if kind == "training_error":
             errors_sent.append(f"Training error: {message['error']}")
     problems += [f"uncaught exception: {text}" for text in log.exceptions]
