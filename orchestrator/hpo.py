@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from orchestrator.config import TrainConfig, config_from_mapping, format_validation_error
 from orchestrator.errors import ConfigError, IllegalTransitionError, OrchestratorError
 from orchestrator.lifecycle import Run, RunState
-from orchestrator.messages import EPOCH_METRIC_FIELDS, HpoTrial, sanitize
+from orchestrator.messages import EPOCH_METRIC_FIELDS, TERMINAL_TYPES, HpoTrial, sanitize
 from orchestrator.reports import atomic_write_text, new_run_id
 from orchestrator.search_space import (
     DEFAULT_SEARCH_SPACE,
@@ -88,7 +88,6 @@ Direction = Literal["minimize", "maximize"]
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A study's trials are comparable only while these fields stay the same.
 COMPARABLE_FIELDS = ("data", "use_cv", "folds", "window", "val_fraction", "epochs")
-_TERMINAL_EVENTS = frozenset({"training_complete", "training_error"})
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _EVENT_STATE = {
     TrialState.COMPLETE: "complete",
@@ -280,7 +279,7 @@ class EpochTracker:
             )
         elif kind == "fold_complete":
             self._done.add(int(event["fold_id"]))
-        elif kind in _TERMINAL_EVENTS:
+        elif kind in TERMINAL_TYPES:
             self._ended = True
         else:
             return []
@@ -813,7 +812,7 @@ class _StudyRunner:
                     job.trial.set_user_attr("pruned_at_epoch", steps[-1][0])
                     if job.run is not None:
                         job.run.request_cancel()  # the executor stops and releases its actors
-        if event.get("type") in _TERMINAL_EVENTS:
+        if event.get("type") in TERMINAL_TYPES:
             job.terminal_seen.set()
 
     def _outcome(self, job: _TrialJob, run: Run) -> _Outcome:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from pydantic import BaseModel
 
-from orchestrator.messages import sanitize
+from orchestrator.messages import TERMINAL_TYPES, sanitize
 from orchestrator.notify import RunMilestones
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 HUB_NAME = "event_hub"
 NAMESPACE = "forecast-orchestrator"
 EVENTS_FILE = "events.jsonl"
-TERMINAL_TYPES = frozenset({"training_complete", "training_error"})
 ENVELOPE_FIELDS = ("run_id", "seq", "ts")
 
 Event = dict[str, Any]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -38,7 +38,8 @@ __all__ = [
     "MESSAGE_TYPES",
     "CORE_TYPES",
     "HEAVY_TYPES",
-    "LIFECYCLE_TYPES",
+    "TERMINAL_TYPES",
+    "MESSAGE_MODELS",
     "EPOCH_METRIC_FIELDS",
     "parse_message",
     "message_json_schema",
@@ -240,24 +241,24 @@ ServerMessage = Annotated[Union[Message, Pong], Field(union_mode="left_to_right"
 _MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
-MESSAGE_TYPES: tuple[str, ...] = (
-    "dataset_ready",
-    "training_start",
-    "epoch_metrics",
-    "fold_complete",
-    "training_complete",
-    "training_error",
-    "prediction_delta",
-    "batch_progress",
-    "notification",
-    "hpo_trial",
-    "chart_update",
-    "history_gap",
-)
-LIFECYCLE_TYPES = frozenset(
-    {"dataset_ready", "training_start", "fold_complete", "training_complete", "training_error"}
-)
-HEAVY_TYPES = frozenset({"batch_progress", "prediction_delta", "chart_update"})
+def _union_members(union: Any) -> tuple[type[BaseModel], ...]:
+    """The model classes of an ``Annotated[Union[...], ...]`` message union, in declared order."""
+    return tuple(get_args(get_args(union)[0]))
+
+
+def _type_of(model: type[BaseModel]) -> str:
+    default = model.model_fields["type"].default
+    assert isinstance(default, str)
+    return default
+
+
+MESSAGE_MODELS: dict[str, type[BaseModel]] = {_type_of(m): m for m in _union_members(Message)}
+MESSAGE_TYPES: tuple[str, ...] = tuple(MESSAGE_MODELS)
+# A run's last event: exactly one of these ends every run.
+TERMINAL_TYPES = frozenset({_type_of(TrainingComplete), _type_of(TrainingError)})
+# Live detail sent only to clients that ask for it by name (``?types=``).
+HEAVY_TYPES = frozenset({_type_of(BatchProgress), _type_of(PredictionDelta), _type_of(ChartUpdate)})
+# What a client that names no types receives.
 CORE_TYPES = frozenset(MESSAGE_TYPES) - HEAVY_TYPES
 
 EPOCH_METRIC_FIELDS: tuple[str, ...] = tuple(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
 from orchestrator.executors import LocalExecutor
-from orchestrator.hub import TERMINAL_TYPES
+from orchestrator.messages import TERMINAL_TYPES
 from orchestrator.lifecycle import Run
 from orchestrator.sinks import InProcessSink
 
