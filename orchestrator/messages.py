@@ -39,6 +39,8 @@ __all__ = [
     "CORE_TYPES",
     "HEAVY_TYPES",
     "TERMINAL_TYPES",
+    "ENVELOPE_FIELDS",
+    "without_envelope",
     "MESSAGE_MODELS",
     "EPOCH_METRIC_FIELDS",
     "parse_message",
@@ -265,6 +267,18 @@ EPOCH_METRIC_FIELDS: tuple[str, ...] = tuple(
     name for name in EpochMetrics.model_fields if name not in _Envelope.model_fields
     and name not in {"type", "fold_id", "epoch", "elapsed_seconds"}
 )
+
+
+ENVELOPE_FIELDS: tuple[str, ...] = tuple(_Envelope.model_fields)
+
+
+def without_envelope(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a message dict without the fields the EventHub stamps (``run_id``, ``seq``, ``ts``).
+
+    The one place the envelope is removed: a producer publishes a message without it, the hub
+    adds it.
+    """
+    return {k: v for k, v in data.items() if k not in ENVELOPE_FIELDS}
 
 
 def sanitize(value: Any) -> Any:
