@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.config import TrainConfig, config_from_mapping, load_config_file
 from orchestrator.errors import OrchestratorError
+from orchestrator.flags import add_model_flags, flag_specs, given_values
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -20,52 +21,24 @@ __all__ = ["main", "build_parser", "config_from_args"]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# flag dest -> TrainConfig field, for flags that only override when given
-_TRAIN_FLAGS = {
-    "data": "data",
-    "folds": "folds",
-    "epochs": "epochs",
-    "seed": "seed",
-    "reports_dir": "reports_dir",
-    "executor": "executor",
-    "cpus_per_fold": "cpus_per_fold",
-    "gpus_per_fold": "gpus_per_fold",
-    "max_concurrent_folds": "max_concurrent_folds",
-    "max_retries": "max_retries",
-    "min_samples": "min_samples",
-    "window": "window",
-}
+# Today's spellings where a flag is not the field's name; every other field is --field-name.
+_TRAIN_FLAG_SPELLING = {"use_cv": "cv"}
+TRAIN_FLAGS = flag_specs(TrainConfig, spelling=_TRAIN_FLAG_SPELLING)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per scalar TrainConfig field, plus --config and --set FIELD=VALUE."""
     g = p.add_argument_group("run configuration (override --config, which overrides the defaults)")
     g.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
-    g.add_argument("--data", help="'sp500' (bundled) or a CSV/Parquet path")
-    g.add_argument("--folds", type=int, help="walk-forward CV folds (default 5)")
-    g.add_argument("--no-cv", dest="use_cv", action="store_false", default=None,
-                   help="one train/calibration/validation split instead of CV")
-    g.add_argument("--epochs", type=int, help="epochs per fold (default 25)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--reports-dir", help="reports root (default ./reports)")
-    g.add_argument("--min-samples", type=int)
-    g.add_argument("--window", choices=["expanding", "rolling"])
-    g.add_argument("--executor", choices=["local", "ray"], help="default: ray")
-    g.add_argument("--cpus-per-fold", type=float)
-    g.add_argument("--gpus-per-fold", type=float, help="fractions allowed, e.g. 0.25")
-    g.add_argument("--max-concurrent-folds", type=int)
-    g.add_argument("--max-retries", type=int, help="retries of a fold whose worker died")
+    add_model_flags(g, TRAIN_FLAGS)
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other config field, e.g. --set lr=3e-4 (repeatable)")
+                   help="any config field, e.g. --set lr=3e-4 (repeatable; JSON values)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then --config, then the flags given, then --set: later wins."""
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for dest, field in _TRAIN_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            values[field] = value
-    if args.use_cv is not None:
-        values["use_cv"] = args.use_cv
+    values.update(given_values(args, TRAIN_FLAGS))
     for item in args.set:
         if "=" not in item:
             raise OrchestratorError(f"--set expects FIELD=VALUE, got {item!r}")

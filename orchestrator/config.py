@@ -29,9 +29,11 @@ class TrainConfig(BaseModel):
     lookback: int = Field(20, ge=2, le=512, description="longest feature window, in bars")
 
     # walk-forward CV (DESIGN 5)
-    use_cv: bool = True
-    folds: int = Field(5, ge=1, le=64)
-    window: Literal["expanding", "rolling"] = "expanding"
+    use_cv: bool = Field(True, description="walk-forward CV; --no-cv gives one train/calibration/validation split")
+    folds: int = Field(5, ge=1, le=64, description="walk-forward CV folds")
+    window: Literal["expanding", "rolling"] = Field(
+        "expanding", description="train window: everything before (expanding) or a fixed length"
+    )
     val_fraction: float = Field(
         0.4, gt=0.0, lt=1.0, description="share of samples covered by all validation segments"
     )
@@ -40,38 +42,54 @@ class TrainConfig(BaseModel):
     )
 
     # model and optimisation
-    epochs: int = Field(25, ge=1, le=10_000)
-    batch_size: int = Field(256, ge=1, le=1_000_000)
-    hidden: int = Field(64, ge=1, le=4096)
-    depth: int = Field(2, ge=1, le=16)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
-    w_nll: float = Field(1.0, ge=0.0)
-    w_bce: float = Field(1.0, ge=0.0)
-    w_brier: float = Field(1.0, ge=0.0)
+    epochs: int = Field(25, ge=1, le=10_000, description="epochs per fold")
+    batch_size: int = Field(256, ge=1, le=1_000_000, description="samples per gradient step")
+    hidden: int = Field(64, ge=1, le=4096, description="width of the MLP's hidden layers")
+    depth: int = Field(2, ge=1, le=16, description="hidden layers of the MLP")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout probability")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0, description="AdamW weight decay")
+    w_nll: float = Field(1.0, ge=0.0, description="weight of the Gaussian NLL in the loss")
+    w_bce: float = Field(1.0, ge=0.0, description="weight of the BCE of p_up in the loss")
+    w_brier: float = Field(1.0, ge=0.0, description="weight of the Brier score in the loss")
     patience: int = Field(
         10, ge=1, description="epochs without calibration-loss improvement before stopping"
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weights and batch order")
 
     # calibration and conformal (DESIGN 6)
     alpha: float = Field(0.1, gt=0.0, lt=1.0, description="conformal miscoverage level")
-    coverage_tolerance: float = Field(0.05, gt=0.0, lt=1.0)
-    ece_warning_threshold: float = Field(0.05, gt=0.0, le=1.0)
-    min_calibration_samples: int = Field(200, ge=2)
-    calibration_splits: int = Field(5, ge=2, le=50)
+    coverage_tolerance: float = Field(
+        0.05, gt=0.0, lt=1.0, description="coverage_warning when |coverage - (1-alpha)| exceeds it"
+    )
+    ece_warning_threshold: float = Field(
+        0.05, gt=0.0, le=1.0, description="calibration_warning when validation ECE exceeds it"
+    )
+    min_calibration_samples: int = Field(
+        200, ge=2, description="calibration_warning below this many calibration samples"
+    )
+    calibration_splits: int = Field(
+        5, ge=2, le=50, description="cross-fitting blocks that choose the calibration method"
+    )
 
     # execution
-    executor: Literal["local", "ray"] = "ray"
-    cpus_per_fold: float = Field(1.0, gt=0.0, le=1024)
-    gpus_per_fold: float = Field(0.0, ge=0.0, le=64)
-    memory_per_fold_mb: int | None = Field(None, ge=1)
-    max_concurrent_folds: int | None = Field(None, ge=1)
-    max_retries: int = Field(2, ge=0, le=100)
-    placement_timeout_s: float = Field(60.0, gt=0.0)
-    cuda_graphs: bool = True
-    mixed_precision: bool = False
+    executor: Literal["local", "ray"] = Field(
+        "ray", description="ray: folds in parallel in Ray actors; local: one after another in-process"
+    )
+    cpus_per_fold: float = Field(1.0, gt=0.0, le=1024, description="CPUs of a fold's actor")
+    gpus_per_fold: float = Field(
+        0.0, ge=0.0, le=64, description="GPUs of a fold's actor; fractions allowed, e.g. 0.25"
+    )
+    memory_per_fold_mb: int | None = Field(None, ge=1, description="memory reserved per fold actor")
+    max_concurrent_folds: int | None = Field(
+        None, ge=1, description="folds at once (default: what the cluster holds)"
+    )
+    max_retries: int = Field(2, ge=0, le=100, description="retries of a fold whose worker died")
+    placement_timeout_s: float = Field(
+        60.0, gt=0.0, description="seconds a fold may wait for resources before the run fails"
+    )
+    cuda_graphs: bool = Field(True, description="capture the train step in a CUDA graph on GPU")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast in the train step")
 
     # live detail (DESIGN 4: heavy messages, sent only to clients that subscribe)
     batch_progress_interval_s: float = Field(
@@ -85,7 +103,7 @@ class TrainConfig(BaseModel):
     prediction_delta_rtol: float = Field(1e-6, ge=0.0, description="relative change that counts")
 
     # outputs
-    reports_dir: str = "reports"
+    reports_dir: str = Field("reports", description="reports root: one folder per run")
 
     @model_validator(mode="after")
     def _check_cv(self) -> "TrainConfig":
