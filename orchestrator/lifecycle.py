@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.errors import IllegalTransitionError
+from orchestrator.messages import ENVELOPE_FIELDS
+from orchestrator.states import StateTable
 
 __all__ = ["RunState", "Run", "TERMINAL_STATES"]
 
@@ -22,14 +23,17 @@ class RunState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
-_LEGAL: dict[RunState, frozenset[RunState]] = {
-    RunState.PENDING: frozenset({RunState.RUNNING, RunState.FAILED, RunState.CANCELLED}),
-    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}),
-    RunState.COMPLETED: frozenset(),
-    RunState.FAILED: frozenset(),
-    RunState.CANCELLED: frozenset(),
-}
+RUN_STATES = StateTable(
+    "run",
+    {
+        RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED},
+        RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED},
+        RunState.COMPLETED: (),
+        RunState.FAILED: (),
+        RunState.CANCELLED: (),
+    },
+)
+TERMINAL_STATES = RUN_STATES.terminal
 
 
 @dataclass
@@ -54,12 +58,7 @@ class Run:
 
     def transition(self, new: RunState, error: str | None = None) -> None:
         with self._lock:
-            if new not in _LEGAL[self.state]:
-                raise IllegalTransitionError(
-                    f"run {self.run_id}: cannot go from {self.state.value} to {new.value}; "
-                    f"expected one of {sorted(s.value for s in _LEGAL[self.state]) or 'none (terminal)'}"
-                )
-            self.state = new
+            self.state = RUN_STATES.check(self.state, new, f"run {self.run_id}")
             if new in TERMINAL_STATES:
                 self.ended_at = time.time()
                 self.error = error
@@ -87,7 +86,7 @@ class Run:
                     self._epochs_seen.add(key)
                     self.epochs_done = len(self._epochs_seen)
                 self.latest_metrics[event["fold_id"]] = {
-                    k: v for k, v in event.items() if k not in ("type", "run_id", "seq", "ts")
+                    k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
                 }
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""The one transition helper: legal moves pass, an illegal one names the state it expected."""
+
+from __future__ import annotations
+
+import enum
+
+import pytest
+
+from orchestrator.errors import IllegalTransitionError
+from orchestrator.lifecycle import Run, RunState
+from orchestrator.config import TrainConfig
+from orchestrator.states import StateTable
+
+
+class Door(str, enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+    LOCKED = "locked"
+    GONE = "gone"
+
+
+DOOR = StateTable("door", {Door.OPEN: {Door.CLOSED}, Door.CLOSED: {Door.OPEN, Door.LOCKED},
+                           Door.LOCKED: {Door.CLOSED}, Door.GONE: ()})
+
+
+def test_legal_moves_return_the_new_state() -> None:
+    assert DOOR.check(Door.OPEN, Door.CLOSED) is Door.CLOSED
+    assert DOOR.allows(Door.CLOSED, Door.LOCKED) and not DOOR.allows(Door.OPEN, Door.LOCKED)
+    assert DOOR.terminal == frozenset({Door.GONE})
+
+
+def test_illegal_move_names_the_expected_state() -> None:
+    with pytest.raises(IllegalTransitionError, match="door: cannot go to locked from open: expected closed"):
+        DOOR.check(Door.OPEN, Door.LOCKED)
+    with pytest.raises(IllegalTransitionError, match="front: cannot go to gone .*no state leads there"):
+        DOOR.check(Door.OPEN, Door.GONE, "front")
+
+
+def test_run_transitions_go_through_the_table() -> None:
+    run = Run("r1", TrainConfig(), "/tmp/r1")
+    run.transition(RunState.RUNNING)
+    run.transition(RunState.COMPLETED)
+    assert run.done and run.ended_at is not None
+    with pytest.raises(IllegalTransitionError, match="run r1: cannot go to running from completed: expected pending"):
+        run.transition(RunState.RUNNING)
