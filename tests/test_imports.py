@@ -103,3 +103,7 @@ def test_contract_modules_import_only_each_other(module: str) -> None:
     path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
     imports = imports_of_file(path)
     assert imports <= CONTRACT, f"{module} imports {sorted(imports - CONTRACT)}"
+
+
+def test_the_asyncapi_generator_is_contract_side() -> None:
+    assert imports_of_file(ROOT / "orchestrator" / "asyncapi.py") == {"orchestrator.messages"}
