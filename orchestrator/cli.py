@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print or write the JSON Schema of every /ws message")
     schema.add_argument("--out", help="write to this file instead of stdout")
+    schema.add_argument(
+        "--asyncapi", action="store_true", help="the AsyncAPI 3.0 document of /ws (YAML) instead"
+    )
     schema.set_defaults(func=_cmd_schema)
 
     for name, help_text, module in _LATER_COMMANDS:
@@ -94,9 +97,13 @@ def _delegate(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
 
 
 def _cmd_schema(args: argparse.Namespace, rest: list[str]) -> int:
+    from orchestrator.asyncapi import asyncapi_yaml
     from orchestrator.messages import message_json_schema
 
-    text = json.dumps(message_json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.asyncapi:
+        text = asyncapi_yaml()
+    else:
+        text = json.dumps(message_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     else:

@@ -1,12 +1,15 @@
-"""The training configuration: one pydantic model, validated once at the edge.
+"""The run contract: the training configuration (one pydantic model) and the folds planned from it.
 
 The same fields come from CLI flags, a YAML/JSON file (``--config``) and the REST body of
 ``POST /train``. A bad value raises ``ConfigError`` whose message names the field and the value.
+``FoldSpec`` is what a fold is given besides the config: the index ranges of its three segments,
+planned by ``orchestrator.cv`` and read by ``workers.fold`` (so it lives here, in the contract).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.errors import ConfigError
 
-__all__ = ["TrainConfig", "load_config_file", "config_from_mapping", "format_validation_error"]
+__all__ = [
+    "TrainConfig",
+    "Segment",
+    "FoldSpec",
+    "load_config_file",
+    "config_from_mapping",
+    "format_validation_error",
+]
 
 
 class TrainConfig(BaseModel):
@@ -121,6 +131,34 @@ class TrainConfig(BaseModel):
     def purge_gap(self) -> int:
         """Bars between segments: the feature lookback plus the one-bar label horizon."""
         return self.lookback + 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The half-open sample index range ``[start, stop)``."""
+
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.stop:
+            raise ValueError(f"segment needs 0 <= start <= stop, got [{self.start}, {self.stop})")
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def as_slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """One walk-forward split; segments are in time order with purge gaps between them."""
+
+    fold_id: int
+    train: Segment
+    calibration: Segment
+    validation: Segment
 
 
 def format_validation_error(err: ValidationError) -> str:

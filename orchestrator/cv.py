@@ -20,20 +20,15 @@ validation feature. Fold ``k`` only ever touches indices below its validation st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
+from orchestrator.config import FoldSpec, Segment, TrainConfig
 from orchestrator.errors import ConfigError
-
-if TYPE_CHECKING:
-    from orchestrator.config import TrainConfig
 
 __all__ = [
     "MIN_TRAIN_SAMPLES",
     "MIN_CALIBRATION_SAMPLES",
     "MIN_VALIDATION_SAMPLES",
-    "Segment",
-    "FoldSpec",
     "plan_folds",
     "plan_folds_for",
 ]
@@ -44,45 +39,6 @@ MIN_VALIDATION_SAMPLES = 16
 
 # Absorbs float error in n * fraction (0.29 * 100 == 28.999999999999996) before flooring.
 _FLOOR_EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Segment:
-    """The half-open sample index range ``[start, stop)``."""
-
-    start: int
-    stop: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.stop:
-            raise ValueError(f"segment needs 0 <= start <= stop, got [{self.start}, {self.stop})")
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def as_slice(self) -> slice:
-        return slice(self.start, self.stop)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"start": self.start, "stop": self.stop, "size": len(self)}
-
-
-@dataclass(frozen=True)
-class FoldSpec:
-    """One walk-forward split; segments are in time order with purge gaps between them."""
-
-    fold_id: int
-    train: Segment
-    calibration: Segment
-    validation: Segment
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fold_id": self.fold_id,
-            "train": self.train.to_dict(),
-            "calibration": self.calibration.to_dict(),
-            "validation": self.validation.to_dict(),
-        }
 
 
 def plan_folds(
@@ -150,7 +106,7 @@ def plan_folds(
     return plans
 
 
-def plan_folds_for(config: "TrainConfig", n_samples: int) -> list[FoldSpec]:
+def plan_folds_for(config: TrainConfig, n_samples: int) -> list[FoldSpec]:
     """``plan_folds`` with the run's settings and ``config.purge_gap`` as the gap."""
     return plan_folds(
         n_samples,

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.config import TrainConfig
-from orchestrator.cv import FoldSpec
+from orchestrator.config import FoldSpec, TrainConfig
 from orchestrator.errors import FoldFailedError, OrchestratorError, RunCancelledError
 from orchestrator.sinks import EventSink
 from workers.features import FeatureSet

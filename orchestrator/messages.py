@@ -47,6 +47,7 @@ __all__ = [
     "message_json_schema",
     "to_wire",
     "sanitize",
+    "RUN_ID_PATTERN",
 ]
 
 Metric = float | None
@@ -313,3 +314,7 @@ def message_json_schema() -> dict[str, Any]:
         "these definitions, told apart by its 'type'. Clients ignore unknown keys."
     )
     return schema
+
+
+# What a run id looks like on the wire (``?run_id=`` of /ws, the ``run_id`` envelope field).
+RUN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"

@@ -56,8 +56,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
-from orchestrator.config import TrainConfig
-from orchestrator.cv import FoldSpec
+from orchestrator.config import FoldSpec, TrainConfig
 from orchestrator.errors import (
     ConfigError,
     FoldFailedError,

@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from orchestrator.config import config_from_mapping
-from orchestrator.cv import FoldSpec, Segment, plan_folds, plan_folds_for
+from orchestrator.config import FoldSpec, Segment, config_from_mapping
+from orchestrator.cv import plan_folds, plan_folds_for
 from orchestrator.errors import ConfigError
 
 Window = Literal["expanding", "rolling"]
@@ -70,19 +70,12 @@ def test_known_layout_by_hand() -> None:
     # v = 400 / 2 = 200; fold 0: calibration floor(0.1 * (600 - 20)) = 58 ending at 590,
     # train ends 10 before 532; fold 1: calibration floor(0.1 * 780) = 78 ending at 790.
     plan = _plan(1000, folds=2, val_fraction=0.4, cal_fraction=0.1, gap=10)
-    assert [f.to_dict() for f in plan] == [
-        {
-            "fold_id": 0,
-            "train": {"start": 0, "stop": 522, "size": 522},
-            "calibration": {"start": 532, "stop": 590, "size": 58},
-            "validation": {"start": 600, "stop": 800, "size": 200},
-        },
-        {
-            "fold_id": 1,
-            "train": {"start": 0, "stop": 702, "size": 702},
-            "calibration": {"start": 712, "stop": 790, "size": 78},
-            "validation": {"start": 800, "stop": 1000, "size": 200},
-        },
+    assert plan == [
+        FoldSpec(0, train=Segment(0, 522), calibration=Segment(532, 590), validation=Segment(600, 800)),
+        FoldSpec(1, train=Segment(0, 702), calibration=Segment(712, 790), validation=Segment(800, 1000)),
+    ]
+    assert [(len(f.train), len(f.calibration), len(f.validation)) for f in plan] == [
+        (522, 58, 200), (702, 78, 200),
     ]
 
 

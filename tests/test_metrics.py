@@ -11,11 +11,14 @@ import statsmodels.api as sm
 from scipy import stats
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 
+from orchestrator.messages import EPOCH_METRIC_FIELDS
 from workers.metrics import (
+    Forecast,
     MZResult,
     binary_cross_entropy,
     brier_score,
     directional_accuracy,
+    evaluate_epoch,
     expected_calibration_error,
     finite_or_none,
     forecast_metrics,
@@ -24,6 +27,7 @@ from workers.metrics import (
     mincer_zarnowitz,
     pit_ks_pvalue,
     roc_auc,
+    segment_loss,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -254,3 +258,46 @@ def test_mismatched_lengths_are_rejected() -> None:
         brier_score(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="at least one sample"):
         gaussian_nll(np.zeros(0), np.zeros(0), np.ones(0))
+
+
+def _forecast(seed: int, n: int = 400) -> tuple[FloatArray, Forecast]:
+    y, mu, sigma, p_up = _forecasts(seed, n)
+    return y, Forecast(mu=mu, sigma=sigma, p_up=p_up)
+
+
+def test_evaluate_epoch_gives_the_validation_fields_of_epoch_metrics() -> None:
+    (y_cal, cal), (y_val, val) = _forecast(10, 300), _forecast(11, 500)
+    out = evaluate_epoch(cal, val, y_cal, y_val, alpha=0.1, loss_weights=(1.0, 2.0, 0.5))
+    train_fields = {"train_loss", "train_nll", "train_bce", "train_brier", "cal_loss"}
+    assert set(out) == set(EPOCH_METRIC_FIELDS) - train_fields
+    m = forecast_metrics(y_val, val.mu, val.sigma, val.p_up, w_nll=1.0, w_bce=2.0, w_brier=0.5)
+    assert out["val_loss"] == m["loss"] and out["val_auc"] == m["auc"]
+    assert out["MZ_F_p_hac"] == m["MZ_F_p_hac"] and out["PIT_KS_p"] == m["PIT_KS_p"]
+    # split conformal fitted on the calibration forecasts only (DESIGN 6)
+    scores = np.sort(np.abs(y_cal - cal.mu) / cal.sigma)
+    q = scores[math.ceil((len(scores) + 1) * 0.9) - 1]
+    inside = np.abs(y_val - val.mu) <= q * val.sigma
+    assert out["conformal_coverage"] == pytest.approx(inside.mean(), rel=REL)
+    assert out["conformal_width"] == pytest.approx(np.mean(2 * q * val.sigma), rel=REL)
+
+
+def test_evaluate_epoch_ignores_validation_outcomes_when_fitting_the_interval() -> None:
+    (y_cal, cal), (y_val, val) = _forecast(12, 300), _forecast(13, 300)
+    base = evaluate_epoch(cal, val, y_cal, y_val, alpha=0.2, loss_weights=(1.0, 1.0, 1.0))
+    shifted = evaluate_epoch(cal, val, y_cal, y_val + 1.0, alpha=0.2, loss_weights=(1.0, 1.0, 1.0))
+    assert shifted["conformal_width"] == base["conformal_width"]
+    assert shifted["conformal_coverage"] == 0.0
+
+
+def test_segment_loss_is_the_weighted_objective_and_inf_when_undefined() -> None:
+    y, f = _forecast(14)
+    y_up = (y > 0).astype(np.float64)
+    expected = (
+        0.5 * gaussian_nll(y, f.mu, f.sigma)
+        + 2.0 * binary_cross_entropy(y_up, f.p_up)
+        + 3.0 * brier_score(y_up, f.p_up)
+    )
+    assert segment_loss(f, y, (0.5, 2.0, 3.0)) == pytest.approx(expected, rel=REL)
+    broken = Forecast(mu=f.mu, sigma=np.zeros_like(f.sigma), p_up=f.p_up)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert segment_loss(broken, y, (1.0, 1.0, 1.0)) == math.inf

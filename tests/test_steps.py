@@ -61,7 +61,8 @@ def test_graphed_step_matches_eager_on_cuda() -> None:
         torch.manual_seed(0)
         model = ForecastNet(X.shape[1], 64, 2, 0.0).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, capturable=graphed)
-        step = (GraphedStep if graphed else EagerStep)(model, opt, X, y, float(y.std()), (1.0, 1.0, 1.0), *([256] if graphed else []))
+        args = (model, opt, X, y, float(y.std()), (1.0, 1.0, 1.0))
+        step = GraphedStep(*args, batch_size=256) if graphed else EagerStep(*args)
         order = torch.randperm(1000, generator=torch.Generator().manual_seed(3)).to(device)
         losses = [step(order[i : i + 256]) for i in range(0, 1000, 256)]  # last batch is partial
         results.append((torch.stack(losses).cpu().numpy(), [p.detach().cpu().numpy() for p in model.parameters()]))

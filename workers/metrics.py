@@ -4,6 +4,8 @@
 forecast probability that ``y > 0`` and ``y_up = (y > 0)`` as 0.0/1.0. Each function returns a
 plain ``float``; where a metric is undefined for the data (one class only, constant ``mu``, too
 few samples) it returns ``None`` rather than NaN, because the values go straight into JSON.
+``evaluate_epoch`` assembles one epoch's validation metrics (the ``epoch_metrics`` fields) from
+a model's ``Forecast`` of the calibration and validation segments.
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from workers.conformal import (
+    conformal_interval,
+    conformal_quantile,
+    interval_coverage,
+    mean_width,
+    normalized_scores,
+)
+
 __all__ = [
+    "Forecast",
     "MZResult",
     "binary_cross_entropy",
     "brier_score",
     "directional_accuracy",
+    "evaluate_epoch",
     "expected_calibration_error",
     "finite_or_none",
     "forecast_metrics",
@@ -28,6 +40,7 @@ __all__ = [
     "mincer_zarnowitz",
     "pit_ks_pvalue",
     "roc_auc",
+    "segment_loss",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -273,3 +286,59 @@ def forecast_metrics(
             )
         values["gaussian_coverage"] = _gaussian_interval_coverage(y_, mu_, sigma_, alpha_interval)
     return {key: finite_or_none(value) for key, value in values.items()}
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Float64 forecasts of one segment."""
+
+    mu: FloatArray
+    sigma: FloatArray
+    p_up: FloatArray
+
+
+def segment_loss(f: Forecast, y: FloatArray, weights: tuple[float, float, float]) -> float:
+    """The training objective on a segment (early stopping watches it on calibration); inf
+    when undefined, so an undefined loss never counts as an improvement."""
+    y_up = (y > 0).astype(np.float64)
+    loss = (
+        weights[0] * gaussian_nll(y, f.mu, f.sigma)
+        + weights[1] * binary_cross_entropy(y_up, f.p_up)
+        + weights[2] * brier_score(y_up, f.p_up)
+    )
+    return loss if math.isfinite(loss) else math.inf
+
+
+def evaluate_epoch(
+    cal: Forecast,
+    val: Forecast,
+    y_cal: FloatArray,
+    y_val: FloatArray,
+    *,
+    alpha: float,
+    loss_weights: tuple[float, float, float],
+) -> dict[str, float | None]:
+    """Validation metrics of DESIGN 6 plus conformal coverage fitted on the calibration segment.
+
+    The keys are the validation fields of ``epoch_metrics`` (its ``val_*``, ``MZ_*``, ...).
+    """
+    w = loss_weights
+    m = forecast_metrics(y_val, val.mu, val.sigma, val.p_up, w_nll=w[0], w_bce=w[1], w_brier=w[2])
+    q = conformal_quantile(normalized_scores(y_cal, cal.mu, cal.sigma), alpha)
+    lo, hi = conformal_interval(val.mu, val.sigma, q)
+    return {
+        "val_loss": m["loss"],
+        "val_nll": m["nll"],
+        "val_bce": m["bce"],
+        "val_brier": m["brier"],
+        "val_auc": m["auc"],
+        "DirAcc": m["DirAcc"],
+        "ECE": m["ECE"],
+        "MZ_intercept": m["MZ_intercept"],
+        "MZ_slope": m["MZ_slope"],
+        "MZ_F_p": m["MZ_F_p"],
+        "MZ_F_p_hac": m["MZ_F_p_hac"],
+        "PIT_KS_p": m["PIT_KS_p"],
+        "conformal_coverage": interval_coverage(y_val, lo, hi),
+        "conformal_width": mean_width(lo, hi),
+    }

@@ -76,7 +76,7 @@ class EagerStep:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         stats = _batch_loss(self.model, self.X, self.y, idx, None, self.y_scale, self.loss_weights, self.amp)
         self.optimizer.zero_grad(set_to_none=True)
-        stats[0].backward()
+        torch.autograd.backward(stats[0])  # Tensor.backward is untyped; this is what it calls
         self.optimizer.step()
         return stats.detach()
 
@@ -107,14 +107,14 @@ class GraphedStep:
             stats = _batch_loss(
                 model, X, y, self.static_idx, self.static_weight, y_scale, loss_weights, amp
             )
-            stats[0].backward()
+            torch.autograd.backward(stats[0])  # Tensor.backward is untyped; this is what it calls
             optimizer.step()
             return stats.detach()
 
         lrs = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
             group["lr"] = 0.0
-        side = torch.cuda.Stream(device)
+        side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(_WARMUP_ITERS):

@@ -13,25 +13,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from workers.conformal import (
-    conformal_interval,
-    conformal_quantile,
-    interval_coverage,
-    mean_width,
-    normalized_scores,
-)
-from workers.metrics import binary_cross_entropy, brier_score, forecast_metrics, gaussian_nll
+from workers.metrics import Forecast, evaluate_epoch, segment_loss
 from workers.model import ForecastNet
 from workers.steps import Step, make_step
 
 __all__ = [
-    "Segments", "Forecast", "TrainOutcome", "TrainSettings", "NonFiniteLossError", "BatchReporter",
-    "fit", "evaluate_epoch", "seed_everything",
+    "Segments", "TrainOutcome", "TrainSettings", "NonFiniteLossError", "BatchReporter",
+    "EpochRecord", "fit", "seed_everything",
 ]
 
 
@@ -45,15 +37,6 @@ class Segments:
     y_cal: np.ndarray
     X_val: np.ndarray
     y_val: np.ndarray
-
-
-@dataclass(frozen=True)
-class Forecast:
-    """Float64 forecasts of one segment."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    p_up: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -73,18 +56,22 @@ class TrainSettings:
     mixed_precision: bool = False
 
 
+# One epoch's ``epoch_metrics`` fields (without ``fold_id``): epoch, train_*, val_*, cal_loss, ...
+EpochRecord = dict[str, float | None]
+
+
 @dataclass
 class TrainOutcome:
     best_epoch: int
     epochs_run: int
     cal: Forecast
     val: Forecast
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False
 
 
-EpochCallback = Callable[[dict[str, Any]], None]
-ForecastCallback = Callable[[int, "Forecast", "Forecast"], None]
+EpochCallback = Callable[[EpochRecord], None]
+ForecastCallback = Callable[[int, Forecast, Forecast], None]
 
 
 class BatchReporter:
@@ -128,49 +115,6 @@ def _predict(model: ForecastNet, X: torch.Tensor, y_scale: float) -> Forecast:
     )
 
 
-def _segment_loss(f: Forecast, y: np.ndarray, weights: tuple[float, float, float]) -> float:
-    """The training objective on a segment (early stopping watches it on calibration)."""
-    y_up = (y > 0).astype(np.float64)
-    loss = (
-        weights[0] * gaussian_nll(y, f.mu, f.sigma)
-        + weights[1] * binary_cross_entropy(y_up, f.p_up)
-        + weights[2] * brier_score(y_up, f.p_up)
-    )
-    return loss if math.isfinite(loss) else math.inf
-
-
-def evaluate_epoch(
-    cal: Forecast,
-    val: Forecast,
-    y_cal: np.ndarray,
-    y_val: np.ndarray,
-    *,
-    alpha: float,
-    loss_weights: tuple[float, float, float],
-) -> dict[str, Any]:
-    """Validation metrics of DESIGN 6 plus conformal coverage fitted on the calibration segment."""
-    w = loss_weights
-    m = forecast_metrics(y_val, val.mu, val.sigma, val.p_up, w_nll=w[0], w_bce=w[1], w_brier=w[2])
-    q = conformal_quantile(normalized_scores(y_cal, cal.mu, cal.sigma), alpha)
-    lo, hi = conformal_interval(val.mu, val.sigma, q)
-    return {
-        "val_loss": m["loss"],
-        "val_nll": m["nll"],
-        "val_bce": m["bce"],
-        "val_brier": m["brier"],
-        "val_auc": m["auc"],
-        "DirAcc": m["DirAcc"],
-        "ECE": m["ECE"],
-        "MZ_intercept": m["MZ_intercept"],
-        "MZ_slope": m["MZ_slope"],
-        "MZ_F_p": m["MZ_F_p"],
-        "MZ_F_p_hac": m["MZ_F_p_hac"],
-        "PIT_KS_p": m["PIT_KS_p"],
-        "conformal_coverage": interval_coverage(y_val, lo, hi),
-        "conformal_width": mean_width(lo, hi),
-    }
-
-
 def fit(
     segments: Segments,
     settings: TrainSettings,
@@ -202,7 +146,7 @@ def fit(
     )
 
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
-    history: list[dict[str, Any]] = []
+    history: list[EpochRecord] = []
     stopped_early = False
     epoch = -1
     for epoch in range(settings.epochs):
@@ -211,8 +155,8 @@ def fit(
         train_stats = run_epoch(model, step, X_train.shape[0], settings, generator, epoch, on_batch)
         cal = _predict(model, X_cal, y_scale)
         val = _predict(model, X_val, y_scale)
-        cal_loss = _segment_loss(cal, segments.y_cal, settings.loss_weights)
-        metrics: dict[str, Any] = {"epoch": epoch, **train_stats}
+        cal_loss = segment_loss(cal, segments.y_cal, settings.loss_weights)
+        metrics: EpochRecord = {"epoch": epoch, **train_stats}
         metrics.update(
             evaluate_epoch(
                 cal, val, segments.y_cal, segments.y_val,
