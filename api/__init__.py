@@ -1,7 +1,8 @@
 """The FastAPI server: REST to start, watch, cancel and fetch runs, and the ``/ws`` event stream.
 
-Modules: ``hub_client`` (the small subscribe interface to the EventHub), ``pump`` (one task that
-polls the hub and fans events out), ``ws`` (one WebSocket client: subscription, queue, sender),
-``security`` (token and Origin checks), ``app`` (the app factory and REST routes), ``server``
-(the ``serve`` command on uvicorn). Nothing here imports torch.
+Modules: ``app`` (the app factory), ``routes/`` (one module per resource: runs, hpo, data,
+meta), ``ws/`` (subscription, connection, endpoint), ``security`` (token and Origin checks),
+``server_owned`` (the config fields a request may not set), ``bodies`` (JSON bodies and error
+responses), ``server`` (the ``serve`` command on uvicorn), ``hub_client`` and ``pump`` (the
+hub's follower in the API process). Nothing here imports torch.
 """

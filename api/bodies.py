@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-__all__ = ["error_response", "json_object_body"]
+from api.server_owned import owned_field_refusal
+
+__all__ = ["error_response", "json_object_body", "owned_field_response"]
 
 
 def error_response(status: int, error: str, **extra: Any) -> JSONResponse:
@@ -25,3 +28,11 @@ async def json_object_body(request: Request, what: str) -> dict[str, Any] | JSON
     if not isinstance(values, dict):
         return error_response(422, f"the body must be a JSON object of {what}, got {type(values).__name__}")
     return values
+
+
+def owned_field_response(values: Mapping[str, object], reports_dir: str) -> JSONResponse | None:
+    """The 422 that refuses a body setting a field the server owns (``api.server_owned``), or None."""
+    refusal = owned_field_refusal(values, reports_dir)
+    if refusal is None:
+        return None
+    return error_response(422, refusal.message, fields=[refusal.field])

@@ -22,14 +22,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from api.app import ApiSettings, create_app
 from api.security import InsecureBindError, check_bind, own_origins
-from api.ws import CloseCode
+from api.server_owned import owned_field_refusal
+from api.ws.connection import CloseCode
+
+if TYPE_CHECKING:
+    from orchestrator.datawatch import CandleBook, DataWatcher
 
 __all__ = ["main", "build_parser", "Server", "BackgroundServer", "RedactTokens", "uvicorn_config"]
 
@@ -214,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_source(
     args: argparse.Namespace, hub: Any, settings: ApiSettings
-) -> tuple[Any, Callable[[], Any] | None]:
+) -> tuple[DataWatcher | None, Callable[[], CandleBook] | None]:
     """With ``--watch-data``: a watcher whose appended rows go out as ``chart_update`` (bad rows
     as warning notifications), and its feed as the source of ``GET /data/candles``."""
     from orchestrator.datawatch import DataFeed, DataWatcher, FeedUpdate
@@ -245,11 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_bind(args.host, token)
         base = config_from_args(args)
-        if base.executor != "ray":
-            raise OrchestratorError(
-                "executor: the server trains on Ray only (the API process never imports torch); "
-                "use `orchestrator train --executor local` for an in-process run"
-            )
+        refusal = owned_field_refusal(base.model_dump(), base.reports_dir)
+        if refusal is not None:
+            raise OrchestratorError(refusal.message)
         settings = ApiSettings(
             reports_dir=base.reports_dir,
             token=token,

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands whose parsers live beside their implementation (imported only when used).
 _LATER_COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "serve the REST API and the /ws event stream", "api.server"),
-    ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.watch"),
+    ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.console.watch"),
     ("hpo", "Optuna hyperparameter search over whole CV runs", "orchestrator.hpo"),
 ]
 
@@ -113,7 +113,7 @@ def _cmd_schema(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from orchestrator.messages import MESSAGE_TYPES
-    from orchestrator.progress import EventFileWriter, ProgressView
+    from orchestrator.console.progress import EventFileWriter, ProgressView
     from orchestrator.runner import run_training
 
     config = config_from_args(args)

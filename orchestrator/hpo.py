@@ -1255,8 +1255,8 @@ class _TrialLines:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import config_from_args
+    from orchestrator.console.progress import EventFileWriter
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.progress import EventFileWriter
     from orchestrator.ray_executor import ensure_ray
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import resolve_report_path
+from api.routes.runs import resolve_report_path
 from api.server import RedactTokens
 from api.security import AccessPolicy, InsecureBindError, check_bind, is_loopback_host
 from orchestrator.messages import message_json_schema
@@ -220,8 +220,8 @@ def test_serve_refuses_a_public_bind_without_a_token() -> None:
 
 def test_importing_the_api_never_imports_torch() -> None:
     code = (
-        "import sys, api.app, api.server, api.ws, api.pump, api.security, api.hub_client, "
-        "orchestrator.watch; api.server.build_parser(); "
+        "import sys, api.app, api.server, api.ws.endpoint, api.pump, api.security, api.hub_client, "
+        "api.routes.hpo, api.routes.data, orchestrator.console.watch; api.server.build_parser(); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

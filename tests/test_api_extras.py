@@ -119,6 +119,11 @@ def test_hpo_routes_start_report_and_refuse(api_server: ApiServer) -> None:
         body = {"study": "api-study", "trials": 2, "parallel": 1, "epochs": 2, "metric": "val_nll"}
         assert httpx.post(f"{server.url}/hpo", json={**body, "trials": -1}).status_code == 422
         assert httpx.post(f"{server.url}/hpo", content=b"{nope").status_code == 400
+        for refused, field in (({"executor": "local"}, "executor"),
+                               ({"config": {"reports_dir": "/tmp/elsewhere"}}, "reports_dir"),
+                               ({"config": [1]}, "config")):
+            response = httpx.post(f"{server.url}/hpo", json={**body, **refused})
+            assert response.status_code == 422 and response.json()["fields"] == [field], response.text
         started = httpx.post(f"{server.url}/hpo", json=body)
         assert started.status_code == 202, started.text
         assert httpx.post(f"{server.url}/hpo", json=body).status_code == 409

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from orchestrator.messages import HEAVY_TYPES
-from orchestrator.watch import EXIT_COMPLETE, EXIT_ERROR, RunFollower, ws_url_with
+from orchestrator.console.watch import EXIT_COMPLETE, EXIT_ERROR, RunFollower, ws_url_with
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import ApiServer, assert_legal_run  # noqa: E402

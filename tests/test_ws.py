@@ -18,9 +18,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from api.ws import CloseCode, Subscription, SubscriptionError, close_reason
+from api.ws.connection import CloseCode
 from orchestrator.hub import HubPublisher
-from orchestrator.messages import CORE_TYPES, HEAVY_TYPES
+from orchestrator.messages import HEAVY_TYPES
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import (  # noqa: E402
@@ -296,17 +296,6 @@ def test_invalid_query_is_closed_4400_with_a_reason_naming_it(
     assert needle in closed.rcvd.reason
 
 
-def test_subscription_parsing_defaults_and_limits() -> None:
-    assert Subscription.from_query({}).types == CORE_TYPES
-    assert Subscription.from_query({"types": " epoch_metrics , notification"}).types == {
-        "epoch_metrics", "notification"
-    }
-    with pytest.raises(SubscriptionError, match="bogus"):
-        Subscription.from_query({"types": "bogus"})
-    assert len(close_reason("x" * 500).encode()) <= 123
-    assert len(close_reason("é" * 100).encode()) <= 123
-
-
 def test_since_beyond_the_hubs_last_seq_says_so_then_replays(api_server: ApiServer) -> None:
     messages = asyncio.run(collect(f"{api_server.ws_url}?since=999999999", count=1, timeout=10))
     assert messages[0]["type"] == "history_gap"
@@ -400,52 +389,3 @@ def test_server_shutdown_closes_clients_4001_with_where_to_resume(api_server: Ap
         closed = asyncio.run(main())
     assert closed.rcvd is not None and closed.rcvd.code == CloseCode.SERVER_SHUTDOWN
     assert "since=" in closed.rcvd.reason
-
-
-
-# ---- the connection state machine, driven by two tiny coroutines (no server) ----------------
-
-
-def test_connection_replays_then_goes_live_without_duplicates_and_closes_4008_on_overflow() -> None:
-    from api.hub_client import LocalHubClient
-    from api.pump import encode_event
-    from api.ws import ClientConnection, ClientState, IllegalClientTransition
-    from orchestrator.hub import EventHub
-
-    hub = EventHub()
-    hub.register_run("r", None)
-    released = [hub.publish("r", "p", i, {"type": "notification", "level": "info", "kind": "k",
-                                            "message": str(i)})[0] for i in range(5)]
-
-    async def main() -> tuple[list[int], ClientConnection]:
-        sent: list[int] = []
-
-        async def send_text(text: str) -> None:
-            sent.append(json.loads(text)["seq"])
-
-        conn = ClientConnection(Subscription(run_id="r"), LocalHubClient(hub), send_text, max_queue=4)
-        conn.transition(ClientState.REPLAYING)
-        for event in released[3:]:  # live copies of events the replay also has
-            conn.offer(encode_event(event))
-        task = asyncio.create_task(conn.stream())
-        await asyncio.sleep(0.05)
-        assert conn.state is ClientState.LIVE
-        more = [hub.publish("r", "p", i, {"type": "notification", "level": "info", "kind": "k",
-                                          "message": str(i)})[0] for i in range(5, 7)]
-        for event in more:
-            conn.offer(encode_event(event))
-        await asyncio.sleep(0.05)
-        for i in range(7, 13):  # more than the queue holds, with no chance to send
-            conn.offer(encode_event(hub.publish("r", "p", i, {"type": "notification", "level": "info",
-                                                              "kind": "k", "message": str(i)})[0]))
-        task.cancel()
-        return sent, conn
-
-    sent, conn = asyncio.run(main())
-    assert sent == list(range(1, 8))  # 5 replayed + 2 live, each once
-    assert conn.close_request is not None and conn.close_request.code == CloseCode.SLOW_CONSUMER
-    assert conn.close_request.reason.endswith("reconnect with ?since=7")
-    assert conn.state is ClientState.CLOSING
-    expected = "cannot go from closing to live; expected one of closed"
-    with pytest.raises(IllegalClientTransition, match=expected):
-        conn.transition(ClientState.LIVE)

@@ -8,6 +8,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from orchestrator.messages import TERMINAL_TYPES
+
 __all__ = ["ProgressView", "EventFileWriter"]
 
 
@@ -73,7 +75,7 @@ class ProgressView:
             bar.refresh()
         elif kind == "notification":
             self._write(f"[{event['level']}] {event['message']}")
-        elif kind in ("training_complete", "training_error"):
+        elif kind in TERMINAL_TYPES:
             self.close()
             self.final = event
             if kind == "training_complete":

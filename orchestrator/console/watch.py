@@ -1,6 +1,6 @@
 """``python -m orchestrator watch [URL]``: follow a run on a server's ``/ws`` in the terminal.
 
-Per-fold progress bars with the key metrics (``orchestrator.progress.ProgressView``). After a
+Per-fold progress bars with the key metrics (``orchestrator.console.progress.ProgressView``). After a
 disconnect it reconnects with ``?since=<last seq received>``, so no event is missed or shown
 twice. It follows the run that is active when it connects (or the next one to start, or the one
 named by ``--run-id``) and exits when that run ends: 0 on ``training_complete``, 1 on
@@ -20,13 +20,15 @@ from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from orchestrator.messages import MESSAGE_MODELS, TERMINAL_TYPES, ChartUpdate, HistoryGap, HpoTrial
+
 __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 TOKEN_ENV = "ORCHESTRATOR_TOKEN"
+# Study trials, candles and server notices belong to no training run: shown, never followed.
 RUN_EVENT_TYPES = frozenset(
-    {"dataset_ready", "training_start", "epoch_metrics", "fold_complete", "training_complete",
-     "training_error", "notification", "batch_progress", "prediction_delta"}
+    kind for kind, model in MESSAGE_MODELS.items() if model not in (HpoTrial, ChartUpdate, HistoryGap)
 )
 # Close codes after which reconnecting cannot help (the request itself is wrong).
 FATAL_CLOSE_CODES = frozenset({4400})
@@ -59,7 +61,7 @@ class RunFollower:
     def exit_code(self, event: dict[str, Any]) -> int | None:
         """The exit code when ``event`` ends the followed run, else None."""
         kind = event.get("type")
-        if kind not in ("training_complete", "training_error") or event.get("run_id") != self.run_id:
+        if kind not in TERMINAL_TYPES or event.get("run_id") != self.run_id:
             return None
         self.finished.append((str(self.run_id), str(kind)))
         code = EXIT_COMPLETE if kind == "training_complete" else EXIT_ERROR
@@ -105,7 +107,7 @@ async def watch(
     import websockets
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-    from orchestrator.progress import EventFileWriter, ProgressView
+    from orchestrator.console.progress import EventFileWriter, ProgressView
 
     out = stream or sys.stderr
     follower = RunFollower(run_id, keep_going)

@@ -1,0 +1,47 @@
+"""The server's own routes: ``GET /`` (health, version, hub and clients) and ``GET /ws/schema``."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.hub_client import HubClient
+from api.pump import EventPump
+from api.routes.runs import RunService
+from api.ws.endpoint import EventStreamEndpoint
+from orchestrator.messages import message_json_schema
+
+__all__ = ["api_version", "meta_router"]
+
+
+def api_version() -> str:
+    try:
+        return metadata.version("forecast-orchestrator")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def meta_router(
+    hub: HubClient, manager: RunService, pump: EventPump, stream: EventStreamEndpoint
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", summary="Health: status, Ray connection, active run, version")
+    async def health() -> dict[str, Any]:
+        active = manager.active()
+        return {
+            "status": "ok",
+            "version": api_version(),
+            "ray_connected": hub.ray_connected(),
+            "active_run_id": active[0].run_id if active else None,
+            "hub": {"reachable": pump.healthy, "last_seq": pump.cursor, "error": pump.last_error},
+            "clients": len(stream.connections),
+        }
+
+    @router.get("/ws/schema", summary="JSON Schema of every message sent on /ws")
+    async def ws_schema() -> dict[str, Any]:
+        return message_json_schema()
+
+    return router
