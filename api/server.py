@@ -266,8 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from api.hub_client import RayHubClient
+    from orchestrator.execution.cluster import ensure_ray
+    from orchestrator.execution.pool import WorkerPool
+    from orchestrator.execution.ray import RaySink
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.ray_executor import RaySink, WorkerPool, ensure_ray
     from orchestrator.service import RunManager
 
     from orchestrator.hpo import HpoService

@@ -178,7 +178,7 @@ def main() -> None:
     from api.hub_client import RayHubClient
     from api.server import BackgroundServer
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.ray_executor import RaySink
+    from orchestrator.execution.ray import RaySink
     from orchestrator.service import RunManager
 
     load_before = os.getloadavg()

@@ -104,7 +104,7 @@ def main() -> int:
 
     import ray
 
-    from orchestrator.ray_executor import ensure_ray
+    from orchestrator.execution.cluster import ensure_ray
 
     t0 = time.perf_counter()
     ensure_ray(num_cpus=os.cpu_count(), log_to_driver=False)

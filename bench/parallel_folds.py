@@ -128,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import config_from_mapping
     from orchestrator.cv import plan_folds_for
     from orchestrator.driver import execute_run, new_run
-    from orchestrator.executors import FoldJob, LocalExecutor
+    from orchestrator.execution.base import FoldJob
+    from orchestrator.execution.cluster import ensure_ray
+    from orchestrator.execution.local import LocalExecutor
+    from orchestrator.execution.pool import WorkerPool
+    from orchestrator.execution.ray import RayExecutor, RaySink
     from orchestrator.hub import get_or_create_hub
     from orchestrator.messages import MESSAGE_TYPES
-    from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool, ensure_ray
     from orchestrator.sinks import InProcessSink
     from workers.data import load_ohlcv
     from workers.features import build_features

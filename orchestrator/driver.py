@@ -17,7 +17,7 @@ import numpy as np
 from orchestrator.config import TrainConfig
 from orchestrator.cv import plan_folds_for
 from orchestrator.errors import InsufficientDataError, OrchestratorError, RunCancelledError
-from orchestrator.executors import FoldExecutor, FoldJob
+from orchestrator.execution.base import FoldExecutor, FoldJob
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import (
     DatasetReady,

@@ -563,7 +563,7 @@ class _StudyRunner:
         import ray
 
         from orchestrator.hub import HubPublisher
-        from orchestrator.ray_executor import WorkerPool
+        from orchestrator.execution.pool import WorkerPool
 
         _LIVE_SESSIONS.add(self.session)
         pump: _EventPump | None = None
@@ -759,7 +759,8 @@ class _StudyRunner:
     def _execute(self, job: _TrialJob, pump: _EventPump) -> _Outcome:
         """One trial's run, on its own thread. Never raises for a failing run."""
         from orchestrator.driver import execute_run
-        from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
+        from orchestrator.execution.pool import WorkerPool
+        from orchestrator.execution.ray import RayExecutor, RaySink
 
         try:
             config = config_from_mapping(job.params, base=self.base)
@@ -1257,7 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import config_from_args
     from orchestrator.console.progress import EventFileWriter
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.ray_executor import ensure_ray
+    from orchestrator.execution.cluster import ensure_ray
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     config = config_from_args(args)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
-from orchestrator.executors import LocalExecutor
+from orchestrator.execution.local import LocalExecutor
 from orchestrator.messages import TERMINAL_TYPES
 from orchestrator.lifecycle import Run
 from orchestrator.sinks import InProcessSink
 
 if TYPE_CHECKING:
-    from orchestrator.ray_executor import WorkerPool
+    from orchestrator.execution.pool import WorkerPool
 
 __all__ = ["run_training"]
 
@@ -67,7 +67,8 @@ def _run_on_ray(
     import ray
 
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.ray_executor import RayExecutor, RaySink, ensure_ray
+    from orchestrator.execution.cluster import ensure_ray
+    from orchestrator.execution.ray import RayExecutor, RaySink
 
     ensure_ray(address)
     hub = get_or_create_hub()

@@ -14,7 +14,8 @@ from typing import Any
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
 from orchestrator.errors import OrchestratorError
-from orchestrator.executors import FoldExecutor, LocalExecutor
+from orchestrator.execution.base import FoldExecutor
+from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
 
 __all__ = ["RunManager", "RunConflictError", "UnknownRunError"]
@@ -43,7 +44,7 @@ class RunManager:
     def _executor_for(self, config: TrainConfig) -> FoldExecutor:
         if config.executor == "local":
             return LocalExecutor()
-        from orchestrator.ray_executor import RayExecutor
+        from orchestrator.execution.ray import RayExecutor
 
         return RayExecutor(pool=self.pool)
 

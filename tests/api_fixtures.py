@@ -85,7 +85,8 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     import ray
 
     from orchestrator.hub import get_or_create_hub
-    from orchestrator.ray_executor import RaySink, WorkerPool
+    from orchestrator.execution.pool import WorkerPool
+    from orchestrator.execution.ray import RaySink
     from orchestrator.service import RunManager
 
     tmp = tmp_path_factory.mktemp("api")

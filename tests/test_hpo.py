@@ -174,7 +174,7 @@ def hub(ray_session: None) -> Any:
 
 @pytest.fixture(scope="module")
 def pool(ray_session: None) -> Iterator[Any]:
-    from orchestrator.ray_executor import WorkerPool
+    from orchestrator.execution.pool import WorkerPool
 
     shared = WorkerPool()
     yield shared
@@ -293,7 +293,7 @@ def test_best_config_reproduces_the_best_trial(
     from orchestrator.cli import build_parser, config_from_args
     from orchestrator.driver import execute_run, new_run
     from orchestrator.lifecycle import RunState
-    from orchestrator.ray_executor import RayExecutor, RaySink
+    from orchestrator.execution.ray import RayExecutor, RaySink
     from orchestrator.sinks import EventSink
 
     spec, result, _ = four_trials

@@ -21,7 +21,7 @@ from api.hub_client import LocalHubClient
 from api.pump import EventPump
 from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
-from orchestrator.executors import LocalExecutor
+from orchestrator.execution.local import LocalExecutor
 from orchestrator.hub import EventHub, HubPublisher, get_or_create_hub
 from orchestrator.lifecycle import RunState
 from orchestrator.sinks import InProcessSink

@@ -14,7 +14,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
-from orchestrator.executors import LocalExecutor
+from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
 from orchestrator.sinks import InProcessSink
 from tests.wire import validate_wire

@@ -30,7 +30,9 @@ from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
-from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
+from orchestrator.execution.cluster import free_resources
+from orchestrator.execution.pool import WorkerPool
+from orchestrator.execution.ray import RayExecutor, RaySink
 from workers.features import FeatureSet, build_features
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
@@ -282,7 +284,7 @@ def test_worker_that_cannot_be_placed_fails_the_run_after_the_timeout(
     other_pool = WorkerPool()
     try:
         ray.get(holder.ready.remote(), timeout=60)
-        assert ray.available_resources().get("CPU", 0) < 1  # no CPU left for a fold
+        assert free_resources().get("CPU", 0) < 1  # no CPU left for a fold
         config = make_config(tmp_path, bars, placement_timeout_s=1)
         started = RayRun(hub, RayExecutor(other_pool), config)
         run = started.wait(timeout=30)

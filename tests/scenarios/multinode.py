@@ -30,7 +30,7 @@ from ray.util.state import list_actors  # noqa: E402
 from orchestrator.config import config_from_mapping  # noqa: E402
 from orchestrator.driver import execute_run, new_run  # noqa: E402
 from orchestrator.hub import get_or_create_hub  # noqa: E402
-from orchestrator.ray_executor import RayExecutor, RaySink  # noqa: E402
+from orchestrator.execution.ray import RayExecutor, RaySink  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main(scenario: str) -> None:
         # wait for epochs to flow, then remove a worker node mid-run
         deadline = time.time() + 120
         while time.time() < deadline:
-            events = ray.get(hub.run_events.remote(run.run_id))
+            events: list[dict[str, object]] = ray.get(hub.run_events.remote(run.run_id))
             if sum(e["type"] == "epoch_metrics" for e in events) >= 4:
                 break
             time.sleep(0.2)
