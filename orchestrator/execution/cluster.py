@@ -23,6 +23,7 @@ from orchestrator.execution.placement import (
     node_groups_from_cluster_config,
     node_groups_from_launcher_config,
 )
+from orchestrator.execution.watchdog import start_watchdog
 from orchestrator.hub import NAMESPACE
 
 __all__ = ["ensure_ray", "cluster_view", "free_resources", "is_placed"]
@@ -35,6 +36,8 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
 
     Without an address this starts a new instance (``address="local"``): a bare ``ray.init()``
     would join whatever cluster ``ray start`` left running on the machine, someone else's too.
+    That instance is this process's own, so a watchdog ends it if the process dies without
+    shutting it down (``kill -9``), orphaned agents included (``execution.watchdog``).
     """
     if ray.is_initialized():
         return
@@ -44,6 +47,8 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
     ray.init(address=address, **kwargs)
+    if address == "local":
+        start_watchdog()
 
 
 def cluster_view() -> ClusterView:
