@@ -34,6 +34,7 @@ _TRAIN_FLAGS = {
     "max_retries": "max_retries",
     "min_samples": "min_samples",
     "window": "window",
+    "date_format": "date_format",
 }
 
 
@@ -49,6 +50,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reports-dir", help="reports root (default ./reports)")
     g.add_argument("--min-samples", type=int)
     g.add_argument("--window", choices=["expanding", "rolling"])
+    g.add_argument("--date-format", help="format of text timestamps, e.g. '%%d/%%m/%%Y' "
+                   "(default: inferred from the whole column)")
     g.add_argument("--executor", choices=["local", "ray"], help="default: ray")
     g.add_argument("--cpus-per-fold", type=float)
     g.add_argument("--gpus-per-fold", type=float, help="fractions allowed, e.g. 0.25")
