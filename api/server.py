@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import ApiSettings, create_app
+from api.refusals import DeliberateRefusalFilter
 from api.security import InsecureBindError, check_bind, own_origins
 from api.server_owned import owned_field_refusal
 from api.ws.connection import CloseCode
@@ -93,6 +94,9 @@ def _redact_uvicorn_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+    refusals = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DeliberateRefusalFilter) for f in refusals.filters):
+        refusals.addFilter(DeliberateRefusalFilter())
 
 
 def uvicorn_config(
