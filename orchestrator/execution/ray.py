@@ -43,7 +43,13 @@ from orchestrator.execution.placement import (
     scale_up_types,
 )
 from orchestrator.execution.pool import Worker, WorkerPool
-from orchestrator.execution.scheduler import EndRun, FoldScheduler, RetryPolicy, Train
+from orchestrator.execution.scheduler import (
+    EndRun,
+    FoldScheduler,
+    RetryPolicy,
+    Train,
+    longest_first,
+)
 from orchestrator.hub import HubPublisher
 from orchestrator.messages import Notification
 from workers.fold import FoldContext
@@ -157,7 +163,7 @@ class _FoldRun:
         self.specs = {spec.fold_id: spec for spec in job.specs}
         self.scheduler = FoldScheduler(
             job.run_id,
-            self.specs,
+            longest_first(job.specs),
             limit=self._capacity(view),
             policy=RetryPolicy(self.config.max_retries, self.config.placement_timeout_s),
             shape=shape,
