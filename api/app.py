@@ -27,12 +27,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 from api.bodies import error_response, json_object_body
 from api.extras import data_router, hpo_router
-from api.hub_client import HubClient
-from api.pump import EventPump
 from api.security import LOOPBACK_ORIGIN_REGEX, AccessMiddleware, AccessPolicy
 from api.ws import ClientSlots, CloseCode, EventStreamEndpoint
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
+from orchestrator.events.fanout import EventPump
+from orchestrator.events.stream import HubClient
 from orchestrator.messages import message_json_schema
 from orchestrator.service import RunConflictError, UnknownRunError
 

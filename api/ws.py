@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from api.hub_client import HubClient
-from api.pump import EventPump, Outgoing, encode_control, encode_event
+from orchestrator.events.fanout import EventPump, Outgoing, encode_control, encode_event
+from orchestrator.events.stream import HubClient
 from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES, HistoryGap
 
 __all__ = [

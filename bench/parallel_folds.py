@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.cv import plan_folds_for
     from orchestrator.driver import execute_run, new_run
     from orchestrator.executors import FoldJob, LocalExecutor
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.messages import MESSAGE_TYPES
-    from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool, ensure_ray
-    from orchestrator.sinks import InProcessSink
+    from orchestrator.events.publish import InProcessSink, RaySink
+    from orchestrator.ray_executor import RayExecutor, WorkerPool, ensure_ray
     from workers.data import load_ohlcv
     from workers.features import build_features
 

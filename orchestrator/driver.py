@@ -35,7 +35,7 @@ from orchestrator.reports import (
     write_predictions_csv,
     write_summary,
 )
-from orchestrator.sinks import EventSink
+from orchestrator.events.publish import EventSink
 from workers.data import data_fingerprint, load_ohlcv
 from workers.features import build_features
 from workers.fold import FoldResult

@@ -14,7 +14,7 @@ from typing import Protocol
 from orchestrator.config import TrainConfig
 from orchestrator.cv import FoldSpec
 from orchestrator.errors import FoldFailedError, OrchestratorError, RunCancelledError
-from orchestrator.sinks import EventSink
+from orchestrator.events.publish import EventSink
 from workers.features import FeatureSet
 from workers.fold import FoldContext, FoldResult, FoldTrainer
 

@@ -562,7 +562,7 @@ class _StudyRunner:
     def run(self) -> StudyResult:
         import ray
 
-        from orchestrator.hub import HubPublisher
+        from orchestrator.events.publish import HubPublisher
         from orchestrator.ray_executor import WorkerPool
 
         _LIVE_SESSIONS.add(self.session)
@@ -759,7 +759,8 @@ class _StudyRunner:
     def _execute(self, job: _TrialJob, pump: _EventPump) -> _Outcome:
         """One trial's run, on its own thread. Never raises for a failing run."""
         from orchestrator.driver import execute_run
-        from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
+        from orchestrator.events.publish import RaySink
+        from orchestrator.ray_executor import RayExecutor, WorkerPool
 
         try:
             config = config_from_mapping(job.params, base=self.base)
@@ -992,7 +993,7 @@ def run_study(
     ``reuse_workers=False`` gives each trial a fresh pool (the cold baseline of the benchmark).
     """
     if hub is None:
-        from orchestrator.hub import get_or_create_hub
+        from orchestrator.events.actor import get_or_create_hub
 
         hub = get_or_create_hub()
     runner = _StudyRunner(
@@ -1255,7 +1256,7 @@ class _TrialLines:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import config_from_args
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.progress import EventFileWriter
     from orchestrator.ray_executor import ensure_ray
 

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,13 +65,12 @@ from orchestrator.errors import (
     RunCancelledError,
 )
 from orchestrator.executors import FoldJob, ResultCallback, fold_producer
-from orchestrator.hub import NAMESPACE, HubPublisher
+from orchestrator.events.actor import NAMESPACE
 from orchestrator.messages import Notification
 from workers.fold import FoldContext, FoldTrainer
 
 __all__ = [
     "ensure_ray",
-    "RaySink",
     "RayExecutor",
     "WorkerPool",
     "ResourceShape",
@@ -118,31 +117,6 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
     ray.init(address=address, **kwargs)
-
-
-class RaySink:
-    """Events go to the EventHub actor; each producer gets a fire-and-forget publisher."""
-
-    def __init__(self, hub: Any) -> None:
-        self.hub = hub
-
-    def register_run(self, run_id: str, run_dir: str | None) -> None:
-        ray.get(self.hub.register_run.remote(run_id, run_dir))
-
-    def publisher(self, run_id: str, producer: str) -> HubPublisher:
-        return HubPublisher(self.hub, run_id, producer)
-
-    def close_producers(
-        self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0
-    ) -> None:
-        """Tell the hub these producers are gone; with a ``timeout``, wait until it knows.
-
-        Waiting matters at the end of a run: the hub then drops anything a killed fold still had
-        in flight instead of releasing it after the run's terminal event.
-        """
-        refs = [self.hub.close_producer.remote(run_id, p) for p in producers]
-        if refs and timeout is not None:
-            ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
 
 @dataclass(frozen=True)

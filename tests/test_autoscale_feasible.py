@@ -286,7 +286,8 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
 
     from orchestrator.driver import execute_run, new_run
     from orchestrator.lifecycle import RunState
-    from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
+    from orchestrator.events.publish import RaySink
+    from orchestrator.ray_executor import RayExecutor, WorkerPool
     from tests.synthetic import ar1_ohlcv
 
     data = tmp_path / "bars.csv"

@@ -30,7 +30,8 @@ from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
-from orchestrator.ray_executor import RayExecutor, RaySink, WorkerPool
+from orchestrator.events.publish import RaySink
+from orchestrator.ray_executor import RayExecutor, WorkerPool
 from workers.features import FeatureSet, build_features
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv

@@ -19,7 +19,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from api.ws import CloseCode, Subscription, SubscriptionError, close_reason
-from orchestrator.hub import HubPublisher
+from orchestrator.events.publish import HubPublisher
 from orchestrator.messages import CORE_TYPES, HEAVY_TYPES
 
 pytest.register_assert_rewrite("tests.api_fixtures")
@@ -407,10 +407,10 @@ def test_server_shutdown_closes_clients_4001_with_where_to_resume(api_server: Ap
 
 
 def test_connection_replays_then_goes_live_without_duplicates_and_closes_4008_on_overflow() -> None:
-    from api.hub_client import LocalHubClient
-    from api.pump import encode_event
+    from orchestrator.events.fanout import encode_event
+    from orchestrator.events.stream import LocalHubClient
     from api.ws import ClientConnection, ClientState, IllegalClientTransition
-    from orchestrator.hub import EventHub
+    from orchestrator.events.hub import EventHub
 
     hub = EventHub()
     hub.register_run("r", None)
