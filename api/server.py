@@ -226,7 +226,7 @@ def _data_source(
     """With ``--watch-data``: a watcher whose appended rows go out as ``chart_update`` (bad rows
     as warning notifications), and its feed as the source of ``GET /data/candles``."""
     from orchestrator.datawatch import DataFeed, DataWatcher, FeedUpdate
-    from orchestrator.hub import HubPublisher
+    from orchestrator.events.publish import HubPublisher
     from orchestrator.messages import ChartUpdate, Notification
 
     if not args.watch_data:
@@ -269,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from api.hub_client import RayHubClient
+    from orchestrator.events.stream import RayHubClient
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.execution.ray import RaySink
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.publish import RaySink
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.service import RunManager
 
     from orchestrator.hpo import HpoService

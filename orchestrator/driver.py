@@ -36,7 +36,7 @@ from orchestrator.reports import (
     write_predictions_csv,
     write_summary,
 )
-from orchestrator.sinks import EventSink
+from orchestrator.events.publish import EventSink
 from workers.data import data_fingerprint, load_ohlcv
 from workers.features import FeatureSet, FeatureWarning, build_features, scaling_warnings
 from workers.fold import FoldResult

@@ -562,7 +562,7 @@ class _StudyRunner:
     def run(self) -> StudyResult:
         import ray
 
-        from orchestrator.hub import HubPublisher
+        from orchestrator.events.publish import HubPublisher
         from orchestrator.execution.pool import WorkerPool
 
         _LIVE_SESSIONS.add(self.session)
@@ -760,7 +760,8 @@ class _StudyRunner:
         """One trial's run, on its own thread. Never raises for a failing run."""
         from orchestrator.driver import execute_run
         from orchestrator.execution.pool import WorkerPool
-        from orchestrator.execution.ray import RayExecutor, RaySink
+        from orchestrator.execution.ray import RayExecutor
+        from orchestrator.events.publish import RaySink
 
         try:
             config = config_from_mapping(job.params, base=self.base)
@@ -993,7 +994,7 @@ def run_study(
     ``reuse_workers=False`` gives each trial a fresh pool (the cold baseline of the benchmark).
     """
     if hub is None:
-        from orchestrator.hub import get_or_create_hub
+        from orchestrator.events.actor import get_or_create_hub
 
         hub = get_or_create_hub()
     runner = _StudyRunner(
@@ -1257,7 +1258,7 @@ class _TrialLines:
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import config_from_args
     from orchestrator.console.progress import EventFileWriter
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.execution.cluster import ensure_ray
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from api.hub_client import LocalHubClient
-from api.pump import Outgoing, encode_event
+from orchestrator.events.stream import LocalHubClient
+from orchestrator.events.fanout import Outgoing, encode_event
 from api.ws.connection import (
     ClientConnection,
     ClientState,
@@ -19,7 +19,7 @@ from api.ws.connection import (
 )
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
-from orchestrator.hub import EventHub
+from orchestrator.events.hub import EventHub
 
 
 def test_close_reason_fits_a_close_frame() -> None:

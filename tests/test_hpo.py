@@ -167,7 +167,7 @@ def bars(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def hub(ray_session: None) -> Any:
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
 
     return get_or_create_hub()
 
@@ -293,8 +293,9 @@ def test_best_config_reproduces_the_best_trial(
     from orchestrator.cli import build_parser, config_from_args
     from orchestrator.driver import execute_run, new_run
     from orchestrator.lifecycle import RunState
-    from orchestrator.execution.ray import RayExecutor, RaySink
-    from orchestrator.sinks import EventSink
+    from orchestrator.execution.ray import RayExecutor
+    from orchestrator.events.publish import RaySink
+    from orchestrator.events.publish import EventSink
 
     spec, result, _ = four_trials
     assert result.best_config is not None and result.best_value is not None

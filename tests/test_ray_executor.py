@@ -32,7 +32,8 @@ from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
 from orchestrator.execution.cluster import free_resources
 from orchestrator.execution.pool import WorkerPool
-from orchestrator.execution.ray import RayExecutor, RaySink
+from orchestrator.execution.ray import RayExecutor
+from orchestrator.events.publish import RaySink
 from workers.features import FeatureSet, build_features
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv

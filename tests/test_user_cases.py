@@ -15,7 +15,7 @@ from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
-from orchestrator.sinks import InProcessSink
+from orchestrator.events.publish import InProcessSink
 from tests.synthetic import random_walk_ohlcv
 from tests.wire import validate_wire
 from workers.data import load_ohlcv

@@ -21,7 +21,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from api.ws.connection import CloseCode
-from orchestrator.hub import HubPublisher
+from orchestrator.events.publish import HubPublisher
 from orchestrator.messages import HEAVY_TYPES
 
 pytest.register_assert_rewrite("tests.api_fixtures")

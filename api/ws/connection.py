@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from api.hub_client import HubClient
-from api.pump import Outgoing, encode_control, encode_event
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import Outgoing, encode_control, encode_event
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.messages import HistoryGap

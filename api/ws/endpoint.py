@@ -19,8 +19,8 @@ import time
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from api.hub_client import HubClient
-from api.pump import EventPump
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import EventPump
 from api.refusals import mark_deliberate_refusal
 from api.ws.connection import ClientConnection, ClientState, CloseCode, close_reason
 from api.ws.subscription import Subscription, SubscriptionError

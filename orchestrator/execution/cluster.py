@@ -24,7 +24,7 @@ from orchestrator.execution.placement import (
     node_groups_from_launcher_config,
 )
 from orchestrator.execution.watchdog import start_watchdog
-from orchestrator.hub import NAMESPACE
+from orchestrator.events.actor import NAMESPACE
 
 __all__ = ["ensure_ray", "cluster_view", "free_resources", "is_placed"]
 
