@@ -245,12 +245,12 @@ class ClientConnection:
         """Send the held events after ``since`` (of ``run_id``), page by page, straight from the
         hub; a ``history_gap`` first when the hub no longer holds all of them."""
         cursor = since
+        head = await self.hub.last_seq()  # the pages cover at least this far
         first_page = True
         while True:
-            reply = await self.hub.poll(
-                cursor, 0, run_id, types=self.subscription.types, limit=REPLAY_PAGE
+            events, gap = await self.hub.events_since(
+                cursor, run_id, self.subscription.types, REPLAY_PAGE
             )
-            gap = reply.get("gap")
             if first_page and gap is not None:
                 oldest = int(gap)
                 await self._send_gap(
@@ -261,15 +261,14 @@ class ClientConnection:
                     run_id,
                 )
             first_page = False
-            events = reply["events"]
             for event in events:
                 if event["seq"] > self._floor:
                     await self._send(encode_event(event))
-            cursor = int(reply["last_seq"])
             if len(events) < REPLAY_PAGE:
                 break
-        # everything up to the hub's head at the last page is sent or not wanted
-        self._floor = max(self._floor, cursor)
+            cursor = int(events[-1]["seq"])
+        # everything up to the hub's head is sent or not wanted
+        self._floor = max(self._floor, cursor, head)
         self.resume_from = self._floor
 
     async def _send_gap(self, since: int, oldest: int, message: str, run_id: str | None) -> None:

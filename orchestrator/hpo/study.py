@@ -44,7 +44,8 @@ from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
-from orchestrator.hpo.tracking import Listener, StudyEvents, follow_hub
+from orchestrator.events.stream import EventStream, RayHubClient, StreamThread
+from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import HpoTrial
 
@@ -143,8 +144,7 @@ class _StudySession:
         from orchestrator.execution.pool import WorkerPool
 
         LIVE_SESSIONS.add(self.session)
-        stop_following = threading.Event()
-        follower: threading.Thread | None = None
+        follower: StreamThread | None = None
         try:
             self.study = study = open_study(self.spec)
             self.trials_total = len(study.get_trials(deepcopy=False, states=FINISHED)) + self.spec.trials
@@ -158,11 +158,14 @@ class _StudySession:
             )
             if self._own_pool:
                 self.pool = WorkerPool()
-            since = int(ray.get(self.hub.last_seq.remote()))
+            # Follow the hub from its last event on, before the study's run exists.
+            stream = EventStream(RayHubClient(self.hub), poll_timeout_s=_POLL_S, batch_limit=2000)
+            stream.subscribe(lambda batch: self.events.receive(batch.events))
+            follower = StreamThread(stream, name=f"hpo-{self.spec.study}")
+            follower.start()
             # The study's own events (hpo_trial) go to <study_dir>/events.jsonl; its
             # study_complete message ends that stream in the hub.
             ray.get(self.hub.register_run.remote(self.spec.study_run_id, str(self.spec.study_dir)))
-            follower = follow_hub(self.hub, since, self.events.receive, stop_following)
             self._publisher = HubPublisher(
                 self.hub, self.spec.study_run_id, f"hpo-{self.spec.study}-{self.session.rsplit(':', 1)[-1]}"
             )
@@ -179,8 +182,7 @@ class _StudySession:
             finally:
                 if follower is not None:
                     self.events.wait_ended(_DRAIN_TIMEOUT_S)
-                    stop_following.set()
-                    follower.join(_DRAIN_TIMEOUT_S)
+                    follower.stop(_DRAIN_TIMEOUT_S)
                 if self._own_pool and self.pool is not None:
                     self.pool.shutdown()
         return session_result(

@@ -3,9 +3,8 @@
 ``StudyEvents.receive`` takes each batch of events the hub releases (any run's), keeps those of
 the study (its own ``hpo_<study>`` run and its trials' runs), hands each trial's events to the
 callback routed for its run (``TrialPruning.observe``), then the batch to the listener (the CLI's
-lines, the events file), and notices the study's ``study_complete``. ``follow_hub`` is the one
-loop here that polls the hub and feeds a ``receive``; it goes once ``orchestrator.events.stream``
-(the one follower of the hub) delivers batches to subscribers.
+lines, the events file), and notices the study's ``study_complete``. The study subscribes it to
+``orchestrator.events.stream``, the one follower of the hub.
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Listener", "Receiver", "StudyEvents", "follow_hub"]
+__all__ = ["Listener", "StudyEvents"]
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[list[dict[str, Any]]], None]
-Receiver = Callable[[Sequence[dict[str, Any]]], None]
-
-_POLL_S = 0.5
 
 
 class StudyEvents:
@@ -73,29 +69,3 @@ class StudyEvents:
     def wait_ended(self, timeout: float) -> bool:
         """Wait until the study's ``study_complete`` event went through ``receive``."""
         return self._ended.wait(timeout)
-
-
-def follow_hub(hub: Any, since: int, receive: Receiver, stop: threading.Event) -> threading.Thread:
-    """Long-poll ``hub`` from ``since`` on a thread, each batch to ``receive``, until ``stop``.
-
-    The HPO side's only hub polling; replace it by a subscription to the events stream.
-    """
-
-    def loop() -> None:
-        import ray
-
-        seq = since
-        while not stop.is_set():
-            try:
-                reply = ray.get(hub.poll.remote(seq, _POLL_S, None, limit=2000))
-            except Exception:  # the hub or Ray went away: nothing more will come
-                log.exception("HPO event pump: polling the hub failed")
-                return
-            if reply.get("gap") is not None:
-                log.warning("HPO event pump fell behind the hub's history (gap at seq %s)", reply["gap"])
-            seq = reply["last_seq"]
-            receive(reply["events"])
-
-    thread = threading.Thread(target=loop, name="hpo-hub-follower", daemon=True)
-    thread.start()
-    return thread
