@@ -187,6 +187,9 @@ class HpoTrial(_Envelope):
     trials_done: int
     trials_total: int
     trial_run_id: str | None = None
+    error: str | None = Field(
+        None, description="extra: why a failed trial failed (its run's error), else null"
+    )
 
 
 class Candle(BaseModel):

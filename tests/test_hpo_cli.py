@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.hpo.cli import _spec_from_args, build_parser, trial_line
+from orchestrator.hpo.cli import _spec_from_args, build_parser, main, trial_line
+from tests.synthetic import random_walk_ohlcv
 
 
 def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
@@ -37,3 +40,56 @@ def test_flags_make_the_spec() -> None:
         _spec_from_args(build_parser().parse_args(["--enqueue", "{lr"]))
     with pytest.raises(ConfigError, match="invalid HPO options"):
         _spec_from_args(build_parser().parse_args(["--parallel", "0"]))
+
+
+def test_a_failed_trial_line_says_why() -> None:
+    event = {"type": "hpo_trial", "study": "s", "trial": 0, "params": {}, "state": "failed",
+             "value": None, "duration_seconds": 1.0, "best_value": None, "trials_done": 1,
+             "trials_total": 2, "error": "val_auc is undefined (null) in fold 1"}
+    assert trial_line(event) == (
+        "trial 0 failed value None in 1.0s [1/2] best None: val_auc is undefined (null) in fold 1"
+    )
+
+
+def _stale_tail_csv(path: Path, n: int = 2200, stale: int = 460) -> Path:
+    """A random walk whose last ``stale`` bars repeat the last price (a halted instrument)."""
+    bars = random_walk_ohlcv(n, seed=5)
+    last = bars.iloc[n - stale - 1]
+    for column in ("open", "high", "low", "close"):
+        bars.loc[bars.index[n - stale:], column] = last["close"]
+    bars.loc[bars.index[n - stale:], "volume"] = 0.0
+    bars.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_hub(ray_session: None) -> object:
+    """The hub the command uses (its default namespace), held across this module's studies: a
+    hub dies with its last handle, and the next command must not get the dying one."""
+    from orchestrator.events.actor import get_or_create_hub
+
+    return get_or_create_hub()
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        # a validation fold with one class: the objective is undefined in every trial
+        (["--metric", "val_auc"], "val_auc is undefined (null) in fold 1"),
+        # another member of the kind: every trial's run is refused before it trains
+        (["--metric", "val_nll", "--set", "batch_size=4000"], "batch_size"),
+    ],
+)
+def test_a_study_in_which_no_trial_completes_exits_1_with_each_reason(
+    cli_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
+) -> None:
+    data = _stale_tail_csv(tmp_path / "stale_tail.csv")
+    code = main([
+        "--data", str(data), "--folds", "2", "--epochs", "2", "--trials", "2", "--parallel", "1",
+        "--pruner", "none", "--reports-dir", str(tmp_path / "r"), "--study", f"none_complete_{len(extra)}", *extra,
+    ])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("trial ") and " failed " in line]
+    assert code == 1, err
+    assert len(failed) == 2 and all(reason in line for line in failed), err
+    assert "no trial of this session completed" in err

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from orchestrator.config import format_validation_error
 from orchestrator.errors import ConfigError
+from orchestrator.flags import add_model_flags, flag_specs, given_values
 from orchestrator.hpo.space import load_search_space
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
@@ -33,30 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_flags(parser)
     g = parser.add_argument_group("search")
-    g.add_argument("--study", default="default", help="study name; the same name continues it")
-    g.add_argument("--trials", type=int, default=20, help="trials to run now (default 20)")
-    g.add_argument("--parallel", type=int, default=1, help="trials at once (default 1)")
-    g.add_argument("--storage", help="Optuna RDB URL or journal file (default "
-                   "<reports>/hpo/<study>/study.journal)")
-    g.add_argument("--metric", default="val_nll", help="epoch_metrics field, mean over folds")
-    g.add_argument("--direction", choices=["minimize", "maximize"],
-                   help="default: minimize for nll/bce/brier/loss/ECE, maximize for auc/DirAcc")
+    add_model_flags(g, SEARCH_FLAGS)
     g.add_argument("--search-space", help="YAML file: field -> {type, low, high, log | choices}")
-    g.add_argument("--pruner", choices=["median", "hyperband", "successive_halving", "none"],
-                   default="median")
-    g.add_argument("--pruner-startup-trials", type=int, default=4,
-                   help="completed trials before the median pruner prunes (default 4)")
-    g.add_argument("--pruner-warmup-epochs", type=int, default=1,
-                   help="epochs before a trial can be pruned (default 1)")
-    g.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    g.add_argument("--sampler-seed", type=int)
     g.add_argument("--enqueue", action="append", default=[], metavar="JSON",
                    help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
-    g.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     parser.add_argument("--events-out", help="write every event of the study as JSON lines")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
     return parser
+
+
+# One flag per scalar HpoSpec field (today's spelling --timeout for timeout_s); the search space
+# and enqueued parameters have flags of their own, the base config has the train flags.
+SEARCH_FLAGS = flag_specs(HpoSpec, spelling={"timeout_s": "timeout"})
 
 
 def trial_line(event: dict[str, Any]) -> str | None:
@@ -68,24 +58,19 @@ def trial_line(event: dict[str, Any]) -> str | None:
         return f"trial {event['trial']} started {json.dumps(event['params'])}"
     if state == "study_complete":
         return f"study {event['study']} complete: best trial {event['trial']} value {best}"
-    return (
+    line = (
         f"trial {event['trial']} {state} value {event.get('value')} in "
         f"{event.get('duration_seconds') or 0:.1f}s "
         f"[{event['trials_done']}/{event['trials_total']}] best {best}"
     )
+    return f"{line}: {event['error']}" if event.get("error") else line
 
 
 def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
     from orchestrator.cli import config_from_args
 
     config = config_from_args(args)
-    values: dict[str, Any] = {
-        "study": args.study, "trials": args.trials, "parallel": args.parallel,
-        "storage": args.storage, "metric": args.metric, "direction": args.direction,
-        "pruner": args.pruner, "pruner_startup_trials": args.pruner_startup_trials,
-        "pruner_warmup_epochs": args.pruner_warmup_epochs, "sampler": args.sampler,
-        "sampler_seed": args.sampler_seed, "enqueue": [], "timeout_s": args.timeout,
-    }
+    values: dict[str, Any] = {**given_values(args, SEARCH_FLAGS), "enqueue": []}
     if args.search_space:
         load_search_space(args.search_space, config)  # a clear error before Ray starts
         values["search_space"] = yaml.safe_load(Path(args.search_space).read_text())
@@ -132,4 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{json.dumps(result.best_params)}")
         print(f"best config: {result.best_config}")
     print(f"trials: {result.trials_csv}")
-    return 130 if result.state is StudyState.CANCELLED else 0
+    if result.state is StudyState.CANCELLED:
+        return 130
+    if result.session_completed == 0:
+        print(f"error: no trial of this session completed ({len(result.session_trials)} run); "
+              f"each trial's reason is on its line above and in {result.trials_csv}", file=sys.stderr)
+        return 1
+    return 0

@@ -61,6 +61,7 @@ class StudyResult:
     trials_csv: str
     best_config: str | None
     counts: dict[str, int]
+    session_completed: int = 0  # trials of this session that completed (the exit code's rule)
 
 
 def session_result(
@@ -90,6 +91,9 @@ def session_result(
         trials_csv=str(spec.study_dir / "trials.csv"),
         best_config=str(best_config) if best_config.exists() else None,
         counts=counts,
+        session_completed=sum(
+            t.state is TrialState.COMPLETE for t in trials if t.number in set(session_trials)
+        ),
     )
 
 

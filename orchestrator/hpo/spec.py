@@ -66,13 +66,17 @@ class HpoSpec(BaseModel):
     search_space: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
     )
-    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field(
+        "median", description="Optuna pruner fed the trials' per-epoch metric"
+    )
     pruner_startup_trials: int = Field(
         4, ge=0, description="completed trials before the median pruner prunes"
     )
     pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
-    sampler: Literal["tpe", "random"] = "tpe"
-    sampler_seed: int | None = Field(None, ge=0)
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler")
+    sampler_seed: int | None = Field(
+        None, ge=0, description="seed of the sampler (reproducible draws with --parallel 1)"
+    )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, description="parameter sets to try first (skipped if already tried)"
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -332,6 +332,7 @@ class _StudySession:
                 self._publish(
                     trial.number, EVENT_STATE[trial.state], dict(trial.params), value=trial.value,
                     duration=duration, trial_run_id=trial.user_attrs.get("run_id"),
+                    error=trial.user_attrs.get("error") if trial.state is TrialState.FAIL else None,
                 )
                 self._write_results()
         except BaseException as err:
@@ -350,6 +351,7 @@ class _StudySession:
         value: float | None = None,
         duration: float | None = None,
         trial_run_id: str | None = None,
+        error: str | None = None,
     ) -> None:
         """One ``hpo_trial`` event, under ``_lock``. Trials that ended together are announced
         one at a time: a session trial whose ending is not out yet counts neither in
@@ -371,6 +373,7 @@ class _StudySession:
             "trials_done": done,
             "trials_total": max(self.trials_total, done),
             "trial_run_id": trial_run_id,
+            "error": error,
         }))
 
     def _publish_end(self) -> None:
