@@ -121,6 +121,8 @@ def execute_run(
                 calibration_method=result.calibration_method,
                 calibration_warning=result.calibration_warning,
                 coverage_warning=result.coverage_warning,
+                val_auc=result.metrics.get("val_auc"),
+                best_epoch=result.best_epoch,
             ))
 
         job = FoldJob(

@@ -44,16 +44,54 @@ def test_an_early_stopped_fold_counts_all_its_epochs() -> None:
     ]
 
 
-def test_best_auc_is_announced_only_when_beaten() -> None:
+def done(fold: int, auc: float | None) -> dict[str, Any]:
+    return {"type": "fold_complete", "fold_id": fold, "val_auc": auc}
+
+
+def test_no_best_auc_notification_during_a_folds_epochs() -> None:
+    """The case of the user report: rising per-epoch AUCs of the first folds (below 0.5 too)."""
     tracker = RunMilestones()
-    tracker.observe(start(1, 100))  # no progress milestone within these epochs
-    assert tracker.observe(epoch(0, 0, 0.52)) == []  # the first value is no news
-    assert tracker.observe(epoch(0, 1, None)) == []  # undefined AUC (one class) is ignored
-    assert tracker.observe(epoch(0, 2, 0.51)) == []
-    (note,) = tracker.observe(epoch(0, 3, 0.55))
-    assert note["kind"] == "best_val_auc" and note["level"] == "info" and note["fold_id"] == 0
-    assert note["message"] == "new best val_auc 0.5500 (fold 0, epoch 3; was 0.5200)"
-    assert tracker.observe(epoch(0, 4, 0.55)) == []  # equal is not better
+    tracker.observe(start(5, 100))
+    notes = [n for f in (0, 1) for i, auc in enumerate((0.43, 0.4374, 0.4394, 0.52, 0.55, 0.58))
+             for n in tracker.observe(epoch(f, i, auc))]
+    assert [n for n in notes if n["kind"] == "best_val_auc"] == []
+
+
+def test_best_auc_rule_a_finished_fold_beats_chance_and_every_fold_before() -> None:
+    tracker = RunMilestones()
+    tracker.observe(start(6, 100))  # no progress milestone within these folds' epochs
+
+    def best(event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [n for n in tracker.observe(event) if n["kind"] == "best_val_auc"]
+
+    assert best(done(0, 0.48)) == []  # below chance: no news, though the first
+    (note,) = best(done(1, 0.515))  # the first above 0.5 and above fold 0
+    assert note["fold_id"] == 1 and note["level"] == "info"
+    assert note["message"] == (
+        "fold 1 finished with val_auc 0.5150, the best of 2 folds finished "
+        "(best before 0.4800; chance is 0.5)"
+    )
+    assert best(done(2, None)) == []  # undefined (one class): nothing
+    assert best(done(3, 0.515)) == []  # equal is not better
+    assert best(done(4, 0.51)) == []  # worse than fold 1
+    (note,) = best(done(5, 0.53))
+    assert note["message"] == (
+        "fold 5 finished with val_auc 0.5300, the best of 6 folds finished "
+        "(best before 0.5150; chance is 0.5)"
+    )
+
+
+def test_a_fold_below_chance_still_raises_the_bar() -> None:
+    """Another member: the best finished AUC counts folds below 0.5, so a later 0.49 is no news."""
+    tracker = RunMilestones()
+    tracker.observe(start(3, 100))
+
+    def best(event: dict[str, Any]) -> list[int | None]:
+        return [n["fold_id"] for n in tracker.observe(event) if n["kind"] == "best_val_auc"]
+
+    assert best(done(0, 0.495)) == []
+    assert best(done(1, 0.49)) == []
+    assert best(done(2, 0.50001)) == [2]
 
 
 def test_notifications_are_unstamped_wire_messages() -> None:
@@ -73,6 +111,7 @@ def test_hub_derives_progress_and_best_auc_notifications() -> None:
     aucs = {(0, 0): 0.51, (1, 0): 0.50, (0, 1): 0.53, (1, 1): 0.52}
     for (fold, epoch), auc in aucs.items():
         events.append({"type": "epoch_metrics", "fold_id": fold, "epoch": epoch, "val_auc": auc})
+    events += [done(0, 0.53), done(1, 0.52)]
     for pseq, event in enumerate(events):
         hub.publish("r", "p", pseq, event)
     notes = [e for e in hub.run_events("r") if e["type"] == "notification"]

@@ -1,8 +1,16 @@
-"""Notifications derived from a run's own events: progress milestones and a new best val_auc.
+"""Notifications derived from a run's own events: progress milestones and a fold's new best val_auc.
 
 A pure tracker: the EventHub feeds it each released event of a run, in order, and releases what
 it returns right after. So every client (and ``events.jsonl``) sees the same notifications,
 whoever produced the underlying events.
+
+A notification interrupts a person, so each says something worth it (docs/api.md, rule):
+
+- ``progress``: once each when 25, 50 and 75 % of the run's planned epochs are done;
+- ``best_val_auc``: when a fold finishes (``fold_complete``) and the validation AUC of its final
+  model beats 0.5 (chance) and every fold finished before it. At most one per fold, never during
+  a fold's epochs: per-epoch AUCs of different folds score different validation segments, and a
+  fold's epoch-to-epoch wiggles are noise, not news.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ class RunMilestones:
         self.epochs_per_fold = 0
         self.done: set[tuple[int, int]] = set()
         self.sent: set[int] = set()
-        self.best_auc: float | None = None
+        self.best_finished_auc: float | None = None  # over the folds finished so far
+        self.folds_finished = 0
 
     def observe(self, event: Event) -> list[Event]:
         """The notifications ``event`` (the run's next released one) gives rise to."""
@@ -45,23 +54,31 @@ class RunMilestones:
         elif kind == "epoch_metrics":
             fold, epoch = int(event["fold_id"]), int(event["epoch"])
             self.done.add((fold, epoch))
-            auc = event.get("val_auc")
-            if auc is not None:
-                if self.best_auc is not None and auc > self.best_auc:
-                    out.append(_notification(
-                        "best_val_auc",
-                        f"new best val_auc {auc:.4f} (fold {fold}, epoch {epoch}; was {self.best_auc:.4f})",
-                        fold,
-                    ))  # fmt: skip
-                if self.best_auc is None or auc > self.best_auc:
-                    self.best_auc = auc
             out += self._progress()
         elif kind == "fold_complete":
             # A fold that stopped early counts as all its epochs done.
             fold = int(event["fold_id"])
             self.done.update((fold, e) for e in range(self.epochs_per_fold))
+            out += self._best_fold(fold, event.get("val_auc"))
             out += self._progress()
         return out
+
+    def _best_fold(self, fold: int, auc: float | None) -> list[Event]:
+        self.folds_finished += 1
+        previous = self.best_finished_auc
+        if auc is None:
+            return []
+        if previous is None or auc > previous:
+            self.best_finished_auc = auc
+        if auc <= 0.5 or (previous is not None and auc <= previous):
+            return []
+        was = f"best before {previous:.4f}" if previous is not None else "the first above 0.5"
+        return [_notification(
+            "best_val_auc",
+            f"fold {fold} finished with val_auc {auc:.4f}, the best of {self.folds_finished} "
+            f"folds finished ({was}; chance is 0.5)",
+            fold,
+        )]
 
     def _progress(self) -> list[Event]:
         if not self.total_epochs:
