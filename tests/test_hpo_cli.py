@@ -93,3 +93,37 @@ def test_a_study_in_which_no_trial_completes_exits_1_with_each_reason(
     assert code == 1, err
     assert len(failed) == 2 and all(reason in line for line in failed), err
     assert "no trial of this session completed" in err
+
+
+def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "bars.csv"
+    random_walk_ohlcv(900, seed=2).to_csv(data, index=False)
+    script = (
+        "import sys\n"
+        "from orchestrator.hpo.cli import main\n"
+        f"code = main(['--executor', 'local', '--data', {str(data)!r}, '--trials', '2', '--folds', '2',"
+        " '--epochs', '2', '--set', 'min_samples=300', '--set', 'lookback=10', '--study', 'inproc',"
+        f" '--reports-dir', {str(tmp_path / 'r')!r}, '--pruner', 'none', '--sampler', 'random'])\n"
+        "print('RAY_IMPORTED', 'ray' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RAY_IMPORTED False" in proc.stdout  # no Ray module, so no Ray process either
+    summaries = sorted((tmp_path / "r" / "hpo" / "inproc" / "runs").glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert {json.loads(p.read_text())["executor"] for p in summaries} == {"local"}
+
+
+def test_local_studies_run_one_trial_at_a_time() -> None:
+    with pytest.raises(ConfigError, match="parallel must be 1 with executor=local"):
+        _spec_from_args(build_parser().parse_args(["--executor", "local", "--parallel", "2"]))

@@ -26,7 +26,7 @@ from orchestrator.execution.placement import (
 from orchestrator.execution.watchdog import start_watchdog
 from orchestrator.events.actor import NAMESPACE
 
-__all__ = ["ensure_ray", "cluster_view", "free_resources", "is_placed"]
+__all__ = ["ensure_ray", "cluster_view", "cluster_resources", "free_resources", "is_placed"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def cluster_view() -> ClusterView:
     live = tuple(dict(node.get("Resources", {})) for node in nodes if node.get("Alive"))
     groups, caps = _node_groups()
     return ClusterView(live, groups, caps)
+
+
+def cluster_resources() -> dict[str, float]:
+    """What the cluster has in all (live nodes), e.g. ``{"CPU": 2.0, "GPU": 1.0}``."""
+    return cast(Callable[[], dict[str, float]], ray.cluster_resources)()  # untyped in Ray
 
 
 def free_resources() -> dict[str, float]:

@@ -86,16 +86,19 @@ def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.console.progress import EventFileWriter
-    from orchestrator.execution.cluster import ensure_ray
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     spec = _spec_from_args(args)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ensure_ray(args.address)
-    hub = get_or_create_hub()
+    hub = None  # executor=local: an in-process hub, and no Ray at all
+    if spec.config.executor == "ray":
+        from orchestrator.events.actor import get_or_create_hub
+        from orchestrator.execution.cluster import ensure_ray
+
+        ensure_ray(args.address)
+        hub = get_or_create_hub()
     writer = EventFileWriter(args.events_out) if args.events_out else None
 
     def fanout(events: list[dict[str, Any]]) -> None:

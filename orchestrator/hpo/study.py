@@ -44,7 +44,8 @@ from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
-from orchestrator.events.stream import EventStream, RayHubClient, StreamThread
+from orchestrator.events.stream import EventStream, StreamThread
+from orchestrator.hpo.backend import TrialBackend, backend_for
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import HpoTrial
@@ -97,11 +98,8 @@ def run_study(
     ``reuse_workers=False`` gives each trial a fresh pool (the cold baseline of the benchmark).
     ``on_open`` gets the opened study and the session's ``trials_total`` before the first trial.
     """
-    if hub is None:
-        from orchestrator.events.actor import get_or_create_hub
-
-        hub = get_or_create_hub()
-    session = _StudySession(spec, hub, pool, listener, cancel or threading.Event(), reuse_workers)
+    backend = backend_for(spec.config.executor, hub, pool, reuse_workers)
+    session = _StudySession(spec, backend, listener, cancel or threading.Event())
     return session.run(on_open)
 
 
@@ -109,21 +107,12 @@ class _StudySession:
     """Set up, ``study.optimize``, close: the objective, its callback and the study's events."""
 
     def __init__(
-        self,
-        spec: HpoSpec,
-        hub: Any,
-        pool: Any | None,
-        listener: Listener | None,
-        cancel: threading.Event,
-        reuse_workers: bool,
+        self, spec: HpoSpec, backend: TrialBackend, listener: Listener | None, cancel: threading.Event
     ) -> None:
         self.spec = spec
-        self.hub = hub
+        self.backend = backend
         self.cancel = cancel
-        self.reuse_workers = reuse_workers
         self.session = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._own_pool = pool is None and reuse_workers
-        self.pool = pool
         self.space = spec.distributions
         self.base = spec.config
         self.events = StudyEvents(spec.study_run_id, listener)
@@ -138,11 +127,6 @@ class _StudySession:
         self._publisher: Any = None
 
     def run(self, on_open: Callable[[optuna.Study, int], None] | None) -> StudyResult:
-        import ray
-
-        from orchestrator.events.publish import HubPublisher
-        from orchestrator.execution.pool import WorkerPool
-
         LIVE_SESSIONS.add(self.session)
         follower: StreamThread | None = None
         try:
@@ -152,22 +136,22 @@ class _StudySession:
             self._best_number = best.number if best else None
             if on_open is not None:
                 on_open(study, self.trials_total)
-            cluster: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            self.base = config_from_mapping(
-                pack_resources(self.base, self.spec.parallel, cluster), base=self.base
-            )
-            if self._own_pool:
-                self.pool = WorkerPool()
+            cluster = self.backend.cluster_resources()
+            if cluster is not None:
+                self.base = config_from_mapping(
+                    pack_resources(self.base, self.spec.parallel, cluster), base=self.base
+                )
             # Follow the hub from its last event on, before the study's run exists.
-            stream = EventStream(RayHubClient(self.hub), poll_timeout_s=_POLL_S, batch_limit=2000)
+            stream = EventStream(self.backend.hub_client(), poll_timeout_s=_POLL_S, batch_limit=2000)
             stream.subscribe(lambda batch: self.events.receive(batch.events))
             follower = StreamThread(stream, name=f"hpo-{self.spec.study}")
             follower.start()
             # The study's own events (hpo_trial) go to <study_dir>/events.jsonl; its
             # study_complete message ends that stream in the hub.
-            ray.get(self.hub.register_run.remote(self.spec.study_run_id, str(self.spec.study_dir)))
-            self._publisher = HubPublisher(
-                self.hub, self.spec.study_run_id, f"hpo-{self.spec.study}-{self.session.rsplit(':', 1)[-1]}"
+            sink = self.backend.sink
+            sink.register_run(self.spec.study_run_id, str(self.spec.study_dir))
+            self._publisher = sink.publisher(
+                self.spec.study_run_id, f"hpo-{self.spec.study}-{self.session.rsplit(':', 1)[-1]}"
             )
             if not self.cancel.is_set():  # cancelled while opening: no trial at all
                 self._optimize(study)
@@ -183,8 +167,7 @@ class _StudySession:
                 if follower is not None:
                     self.events.wait_ended(_DRAIN_TIMEOUT_S)
                     follower.stop(_DRAIN_TIMEOUT_S)
-                if self._own_pool and self.pool is not None:
-                    self.pool.shutdown()
+                self.backend.close()
         return session_result(
             self.study, self.spec, StudyState.CANCELLED if self.cancel.is_set() else StudyState.COMPLETED,
             self.trials_total, self.session_trials,
@@ -262,12 +245,9 @@ class _StudySession:
 
     def _execute(self, number: int, params: dict[str, Any], run: Run, pruning: TrialPruning) -> None:
         from orchestrator.driver import execute_run
-        from orchestrator.execution.ray import RayExecutor
-        from orchestrator.events.publish import RaySink
-        from orchestrator.execution.pool import WorkerPool
 
         pruning.run = run
-        pool = self.pool if self.reuse_workers and self.pool is not None else WorkerPool()
+        executor = self.backend.executor()
         with self._lock:
             self._runs[number] = run
         if self._stopping():
@@ -276,10 +256,8 @@ class _StudySession:
         try:
             execute_run(
                 run,
-                RaySink(self.hub),
-                # a pruned trial is a cancel as a matter of course: its actors stop at their next
-                # epoch and stay warm for the next trial (the pool releases idle ones later)
-                RayExecutor(pool=pool, keep_workers_on_cancel=True),
+                self.backend.sink,
+                executor,
                 hpo_trial=number,
                 extra_summary={"hpo": {
                     "study": self.spec.study,
@@ -294,8 +272,7 @@ class _StudySession:
             self.events.unroute(run.run_id)
             with self._lock:
                 del self._runs[number]
-            if not self.reuse_workers:
-                pool.shutdown()
+            self.backend.end_trial(executor)
 
     def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
         """The one place a trial's outcome is decided; Optuna turns the exceptions into states."""
