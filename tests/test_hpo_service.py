@@ -22,11 +22,11 @@ def test_handle_state_moves_only_through_its_transitions() -> None:
     handle = StudyHandle(spec=HpoSpec.model_validate({"study": "h"}))
     assert handle.state is StudyState.PENDING and not handle.done
     handle.advance(StudyState.RUNNING)
-    with pytest.raises(IllegalTransitionError, match="expected the study to be pending"):
+    with pytest.raises(IllegalTransitionError, match="expected pending"):
         handle.advance(StudyState.RUNNING)
     handle.advance(StudyState.COMPLETED)
     assert handle.done and not handle.cancel()
-    with pytest.raises(IllegalTransitionError, match="cannot go from completed to failed"):
+    with pytest.raises(IllegalTransitionError, match="cannot go to failed from completed"):
         handle.advance(StudyState.FAILED)
 
 

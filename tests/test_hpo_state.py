@@ -17,15 +17,15 @@ def test_a_session_runs_then_ends_once() -> None:
 @pytest.mark.parametrize(
     ("current", "new", "needle"),
     [
-        (StudyState.RUNNING, StudyState.RUNNING, "expected the study to be pending"),
-        (StudyState.COMPLETED, StudyState.FAILED, "expected the study to be pending or running"),
-        (StudyState.PENDING, StudyState.COMPLETED, "expected the study to be running"),
-        (StudyState.RUNNING, StudyState.PENDING, "never entered"),
+        (StudyState.RUNNING, StudyState.RUNNING, "expected pending"),
+        (StudyState.COMPLETED, StudyState.FAILED, "expected pending or running"),
+        (StudyState.PENDING, StudyState.COMPLETED, "expected running"),
+        (StudyState.RUNNING, StudyState.PENDING, "no state leads there"),
     ],
 )
 def test_an_illegal_move_names_the_expected_state(
     current: StudyState, new: StudyState, needle: str
 ) -> None:
-    with pytest.raises(IllegalTransitionError, match=f"study s: cannot go from {current.value} to {new.value}") as info:
+    with pytest.raises(IllegalTransitionError, match=f"study s: cannot go to {new.value} from {current.value}") as info:
         study_transition("s", current, new)
     assert needle in str(info.value)

@@ -30,6 +30,7 @@ from orchestrator.events.fanout import Outgoing, encode_control, encode_event
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.messages import HistoryGap
+from orchestrator.states import StateTable
 
 __all__ = [
     "PONG_TEXT",
@@ -71,13 +72,16 @@ class ClientState(str, enum.Enum):
     CLOSED = "closed"
 
 
-_LEGAL: dict[ClientState, frozenset[ClientState]] = {
-    ClientState.CONNECTING: frozenset({ClientState.REPLAYING, ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.REPLAYING: frozenset({ClientState.LIVE, ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.LIVE: frozenset({ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.CLOSING: frozenset({ClientState.CLOSED}),
-    ClientState.CLOSED: frozenset(),
-}
+CLIENT_STATES = StateTable(
+    "client",
+    {
+        ClientState.CONNECTING: {ClientState.REPLAYING, ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.REPLAYING: {ClientState.LIVE, ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.LIVE: {ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.CLOSING: {ClientState.CLOSED},
+        ClientState.CLOSED: (),
+    },
+)
 
 
 class IllegalClientTransition(IllegalTransitionError):
@@ -153,14 +157,10 @@ class ClientConnection:
 
     def transition(self, new: ClientState) -> None:
         """The one way the state changes; an illegal change names the states expected instead."""
-        legal = _LEGAL[self.state]
-        if new not in legal:
-            expected = sorted(s.value for s in legal) or ["none (closed)"]
-            raise IllegalClientTransition(
-                f"{self.name}: cannot go from {self.state.value} to {new.value}; "
-                f"expected one of {', '.join(expected)}"
-            )
-        self.state = new
+        try:
+            self.state = CLIENT_STATES.check(self.state, new, self.name)
+        except IllegalTransitionError as err:
+            raise IllegalClientTransition(str(err)) from None
 
     def request_close(self, code: int, reason: str) -> None:
         """Decide to close (first decision wins); the endpoint sends the close frame."""

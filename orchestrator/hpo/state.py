@@ -1,12 +1,12 @@
-"""A study session's states and the one rule for moving between them (STYLE 5)."""
+"""A study session's states and their legal moves, judged by the shared ``StateTable`` (STYLE 5)."""
 
 from __future__ import annotations
 
 import enum
 
-from orchestrator.errors import IllegalTransitionError
+from orchestrator.states import StateTable
 
-__all__ = ["StudyState", "TERMINAL_STUDY_STATES", "study_transition"]
+__all__ = ["StudyState", "STUDY_STATES", "TERMINAL_STUDY_STATES", "study_transition"]
 
 
 class StudyState(str, enum.Enum):
@@ -17,23 +17,20 @@ class StudyState(str, enum.Enum):
     FAILED = "failed"
 
 
-TERMINAL_STUDY_STATES = frozenset({StudyState.COMPLETED, StudyState.CANCELLED, StudyState.FAILED})
-_LEGAL: dict[StudyState, frozenset[StudyState]] = {
-    StudyState.PENDING: frozenset({StudyState.RUNNING, StudyState.FAILED, StudyState.CANCELLED}),
-    StudyState.RUNNING: TERMINAL_STUDY_STATES,
-    StudyState.COMPLETED: frozenset(),
-    StudyState.CANCELLED: frozenset(),
-    StudyState.FAILED: frozenset(),
-}
+STUDY_STATES = StateTable(
+    "study",
+    {
+        StudyState.PENDING: {StudyState.RUNNING, StudyState.FAILED, StudyState.CANCELLED},
+        StudyState.RUNNING: {StudyState.COMPLETED, StudyState.CANCELLED, StudyState.FAILED},
+        StudyState.COMPLETED: (),
+        StudyState.CANCELLED: (),
+        StudyState.FAILED: (),
+    },
+)
+TERMINAL_STUDY_STATES = STUDY_STATES.terminal
 
 
 def study_transition(study: str, current: StudyState, new: StudyState) -> StudyState:
     """``new`` when the move from ``current`` is legal; else IllegalTransitionError naming the
     state(s) the study was expected to be in."""
-    if new not in _LEGAL[current]:
-        expected = [s.value for s, targets in _LEGAL.items() if new in targets]
-        raise IllegalTransitionError(
-            f"study {study}: cannot go from {current.value} to {new.value}; expected the study "
-            f"to be {' or '.join(expected) or 'nothing (it is never entered)'}"
-        )
-    return new
+    return STUDY_STATES.check(current, new, f"study {study}")
