@@ -10,6 +10,9 @@ from orchestrator.errors import ConfigError
 from orchestrator.hpo.cli import _spec_from_args, build_parser, main, trial_line
 from tests.synthetic import random_walk_ohlcv
 
+# hpo_hub: the default namespace's hub, held for the session (a hub dies with its last handle)
+pytest_plugins = ["tests.hpo_fixtures"]
+
 
 def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
     base = {"type": "hpo_trial", "study": "s", "trial": 3, "params": {"lr": 0.01},
@@ -62,15 +65,6 @@ def _stale_tail_csv(path: Path, n: int = 2200, stale: int = 460) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def cli_hub(ray_session: None) -> object:
-    """The hub the command uses (its default namespace), held across this module's studies: a
-    hub dies with its last handle, and the next command must not get the dying one."""
-    from orchestrator.events.actor import get_or_create_hub
-
-    return get_or_create_hub()
-
-
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [
@@ -81,7 +75,7 @@ def cli_hub(ray_session: None) -> object:
     ],
 )
 def test_a_study_in_which_no_trial_completes_exits_1_with_each_reason(
-    cli_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
+    hpo_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
 ) -> None:
     data = _stale_tail_csv(tmp_path / "stale_tail.csv")
     code = main([
