@@ -54,6 +54,7 @@ from orchestrator.config import TrainConfig, config_from_mapping, format_validat
 from orchestrator.errors import ConfigError, IllegalTransitionError, OrchestratorError
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import EPOCH_METRIC_FIELDS, TERMINAL_TYPES, HpoTrial, sanitize
+from orchestrator.report_html import write_study_report
 from orchestrator.reports import atomic_write_text, new_run_id
 from orchestrator.search_space import (
     DEFAULT_SEARCH_SPACE,
@@ -900,6 +901,11 @@ class _StudyRunner:
         assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
         atomic_write_text(self.spec.study_dir / "trials.csv", _trials_frame(trials).to_csv(index=False))
+        write_study_report(
+            self.spec.study_dir, _trials_frame(trials).to_dict("records"), study=self.spec.study,
+            metric=self.spec.metric, direction=str(self.spec.direction), state=self.state.value,
+            trials_total=self._counts()[1],
+        )
         best = _best(self.study)
         if best is not None and "config" in best.user_attrs:
             path = self.spec.study_dir / "best_config.yaml"
