@@ -46,6 +46,27 @@ FOCUSABLE = """(() => {
 })()"""
 
 
+RUNS_LIST = """(() => {
+  const row = document.querySelector('#runs-table a[href="#/run/RUN_ID"]').closest('tr');
+  return {heads: Array.from(document.querySelectorAll('#runs-table th')).map((th) => th.textContent),
+          state: row.querySelector('[data-state]').dataset.state,
+          cells: Array.from(row.children).map((td) => td.textContent)};
+})()"""
+# A runs payload as a server with a queue would send it: one run waiting at position 1.
+WITH_A_QUEUE = """(() => {
+  const fetchFromServer = window.fetch.bind(window);
+  window.fetch = async (url, options) => {
+    const response = await fetchFromServer(url, options);
+    if (String(url) !== '/runs') return response;
+    const body = await response.json();
+    body.runs.forEach((run) => { run.queue_position = null; });
+    body.runs.push({run_id: 'run_waiting', state: 'pending', queue_position: 1, created_at: Date.now() / 1000,
+                    ended_at: null, progress: {epochs_done: 0, epochs_total: 6}, latest_metrics: {}});
+    return new Response(JSON.stringify(body), {status: 200, headers: {'Content-Type': 'application/json'}});
+  };
+})()"""
+
+
 @pytest.fixture(scope="module")
 def devtools() -> Iterator[str]:
     assert CHROMIUM is not None
@@ -100,6 +121,7 @@ class LiveRun:
     trace: list[dict[str, Any]]
     errors: list[str]
     run_dir: Path
+    runs_list: dict[str, Any]  # the runs page after the run: its column heads and the run's state
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +143,11 @@ def live_run(api_server: ApiServer, devtools: str, tmp_path_factory: pytest.Temp
         tab.resize(1280, 800)
         tab.evaluate("location.hash = '#/'")
         tab.wait_for(f"!!document.querySelector('#runs-table a[href=\"#/run/{run_id}\"]')", 30, "the runs list")
+        runs_list = tab.evaluate(RUNS_LIST.replace("RUN_ID", run_id))
         screenshot(tab, shots, "dashboard-runs-1280x800.png", 1280, 800)
         screenshot(tab, shots, "dashboard-runs-480.png", 480, 800)
         return LiveRun(run_id, tab.evaluate("window.__dashboardTrace"), tab.errors(),
-                       Path(api_server.manager.get(run_id).run_dir))  # fmt: skip
+                       Path(api_server.manager.get(run_id).run_dir), runs_list)  # fmt: skip
     finally:
         tab.close()
 
@@ -134,6 +157,21 @@ def test_each_fold_curve_gets_a_point_per_epoch_and_the_run_shows_completed(live
     for fold in range(FOLDS):
         counts = [t["points"] for t in live_run.trace if t["chart"] == "loss" and t["fold"] == fold]
         assert counts == list(range(1, EPOCHS + 1)), f"fold {fold} drew {counts}"
+
+
+def test_the_runs_list_shows_the_run_and_a_queue_column_only_once_runs_carry_a_position(
+    api_server: ApiServer, live_run: LiveRun, tab: Tab
+) -> None:
+    listed = live_run.runs_list
+    assert listed["state"] == "completed" and "queue" not in listed["heads"]
+    assert listed["heads"][:3] == ["run", "state", "epochs"] and f"{EPOCHS * FOLDS}/{EPOCHS * FOLDS}" in listed["cells"][2]
+    tab.call("Page.addScriptToEvaluateOnNewDocument", {"source": WITH_A_QUEUE})
+    tab.navigate(f"{api_server.url}/ui")
+    tab.wait_for("!!document.querySelector('#runs-table a[href=\"#/run/run_waiting\"]')", 30, "the queued run")
+    queued = tab.evaluate(RUNS_LIST.replace("RUN_ID", "run_waiting"))
+    assert queued["heads"][2] == "queue" and queued["cells"][2] == "1" and queued["state"] == "pending"
+    assert tab.evaluate(RUNS_LIST.replace("RUN_ID", live_run.run_id))["cells"][2] == "–"
+    assert tab.errors() == []
 
 
 def test_a_finished_run_page_replays_and_every_control_is_reachable_by_tab(
@@ -155,7 +193,8 @@ def test_the_report_opens_from_a_file_and_makes_no_request(live_run: LiveRun, ta
     tab.wait_for(f"{STATE} === 'completed' && document.querySelectorAll('.diag-card').length === {FOLDS}", 30)
     assert tab.evaluate("document.getElementById('chart-loss').dataset.foldPoints").count(f":{EPOCHS}") == FOLDS
     assert tab.evaluate("document.querySelectorAll('#summary table').length") >= 2
-    screenshot(tab, tmp_path, "report-run-1280-full.png", 1280, 800, full_page=True)
+    tab.resize(480, 900)
+    tab.wait_for("document.documentElement.scrollWidth <= 480", 10, "the report to fit 480 px")
     assert tab.requests == [report.as_uri()]
     assert tab.errors() == []
 

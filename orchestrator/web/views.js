@@ -165,12 +165,22 @@
       ];
       if (i.queuePosition !== undefined && i.queuePosition !== null) rows.splice(1, 0, ["Queue position", String(i.queuePosition)]);
       if (i.error) rows.push(["Error", el("span", { class: "error-text" }, i.error)]);
+      if (!this.facts) {
+        this.title = el("h1", {});
+        this.facts = el("dl", { class: "facts", id: "run-facts" });
+        this.linksBox = el("p", { class: "links" });
+        this.header.append(this.title, this.facts, this.linksBox);
+      }
+      this.title.replaceChildren("Run ", el("code", {}, i.runId || ""));
+      this.facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+      // links change rarely: rebuilt only then, so a focused link keeps the focus during a run
       const links = this.options.links ? this.options.links(i) : [];
-      this.header.replaceChildren(
-        el("h1", {}, "Run ", el("code", {}, i.runId || "")),
-        el("dl", { class: "facts", id: "run-facts" }, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-      );
-      if (links.length) this.header.append(el("p", { class: "links" }, links));
+      const signature = links.map((a) => (a instanceof Node ? a.outerHTML : a)).join("");
+      if (signature !== this.linksSignature) {
+        this.linksSignature = signature;
+        this.linksBox.replaceChildren(...links);
+        this.linksBox.hidden = !links.length;
+      }
     }
 
     renderCurves() {
