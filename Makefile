@@ -59,7 +59,7 @@ browser-check: $(STAMP)
 	$(PY) -m tests.browser.check_seed_client --out docs/results/browser-seed-client.json
 
 typecheck: $(STAMP)
-	$(PY) -m mypy orchestrator workers api
+	$(PY) -m mypy --strict orchestrator workers api
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -3,6 +3,6 @@
 Modules: ``app`` (the app factory), ``routes/`` (one module per resource: runs, hpo, data,
 meta), ``ws/`` (subscription, connection, endpoint), ``security`` (token and Origin checks),
 ``server_owned`` (the config fields a request may not set), ``bodies`` (JSON bodies and error
-responses), ``server`` (the ``serve`` command on uvicorn), ``hub_client`` and ``pump`` (the
-hub's follower in the API process). Nothing here imports torch.
+responses), ``server`` (the ``serve`` command on uvicorn). Events come from
+``orchestrator.events.fanout.EventPump``, the hub's one follower. Nothing here imports torch.
 """

@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from api.bodies import error_response
-from api.hub_client import HubClient
-from api.pump import EventPump
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import EventPump
 from api.routes.dashboard import dashboard_router
 from api.routes.data import CandleSource, data_router, lazy_candles
 from api.routes.hpo import StudyService, hpo_router

@@ -26,6 +26,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.refusals import mark_deliberate_refusal
+
 __all__ = [
     "AccessPolicy",
     "AccessMiddleware",
@@ -190,6 +192,7 @@ async def _refuse(
         *(extra_headers or []),
     ]
     if scope["type"] == "websocket":
+        mark_deliberate_refusal()
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008, "reason": error[:120]})  # -> 403
             return

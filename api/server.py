@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import ApiSettings, create_app
+from api.refusals import DeliberateRefusalFilter
 from api.security import InsecureBindError, check_bind, own_origins
 from api.server_owned import owned_field_refusal
 from api.ws.connection import CloseCode
@@ -93,6 +94,9 @@ def _redact_uvicorn_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+    refusals = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DeliberateRefusalFilter) for f in refusals.filters):
+        refusals.addFilter(DeliberateRefusalFilter())
 
 
 def uvicorn_config(
@@ -222,7 +226,7 @@ def _data_source(
     """With ``--watch-data``: a watcher whose appended rows go out as ``chart_update`` (bad rows
     as warning notifications), and its feed as the source of ``GET /data/candles``."""
     from orchestrator.datawatch import DataFeed, DataWatcher, FeedUpdate
-    from orchestrator.hub import HubPublisher
+    from orchestrator.events.publish import HubPublisher
     from orchestrator.messages import ChartUpdate, Notification
 
     if not args.watch_data:
@@ -265,11 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from api.hub_client import RayHubClient
+    from orchestrator.events.stream import RayHubClient
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.execution.ray import RaySink
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.publish import RaySink
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.service import RunManager
 
     from orchestrator.hpo import HpoService

@@ -126,7 +126,7 @@ def produce(publisher: Any, events: int, rate: float) -> bool:
 def scenario(server: Any, hub: Any, n_clients: int, events: int, rate: float) -> dict[str, Any]:
     import ray
 
-    from orchestrator.hub import HubPublisher
+    from orchestrator.events.publish import HubPublisher
 
     run_id = f"bench-{n_clients}-{time.time_ns()}"
     ray.get(hub.register_run.remote(run_id, None))
@@ -175,10 +175,10 @@ def main() -> None:
     import ray
 
     from api.app import ApiSettings, create_app
-    from api.hub_client import RayHubClient
+    from orchestrator.events.stream import RayHubClient
     from api.server import BackgroundServer
-    from orchestrator.hub import get_or_create_hub
-    from orchestrator.execution.ray import RaySink
+    from orchestrator.events.actor import get_or_create_hub
+    from orchestrator.events.publish import RaySink
     from orchestrator.service import RunManager
 
     load_before = os.getloadavg()

@@ -38,7 +38,7 @@ def trial_params(n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` parameter sets drawn from the default search space (fixed for both modes)."""
     import optuna
 
-    from orchestrator.search_space import DEFAULT_SEARCH_SPACE, parse_search_space
+    from orchestrator.hpo.space import DEFAULT_SEARCH_SPACE, parse_search_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.local import LocalExecutor
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.execution.ray import RayExecutor, RaySink
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.execution.ray import RayExecutor
+    from orchestrator.events.publish import RaySink
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.messages import MESSAGE_TYPES
-    from orchestrator.sinks import InProcessSink
+    from orchestrator.events.publish import InProcessSink
     from workers.data import load_ohlcv
     from workers.features import build_features
 

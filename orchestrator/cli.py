@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 _LATER_COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "serve the REST API and the /ws event stream", "api.server"),
     ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.console.watch"),
-    ("hpo", "Optuna hyperparameter search over whole CV runs", "orchestrator.hpo"),
+    ("hpo", "Optuna hyperparameter search over whole CV runs", "orchestrator.hpo.cli"),
 ]
 
 

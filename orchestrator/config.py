@@ -37,6 +37,12 @@ class TrainConfig(BaseModel):
     data: str = Field("sp500", description="'sp500' (bundled, no network) or a CSV/Parquet path")
     min_samples: int = Field(2048, ge=1, description="fewer usable samples than this is an error")
     lookback: int = Field(20, ge=2, le=512, description="longest feature window, in bars")
+    date_format: str | None = Field(
+        None,
+        min_length=1,
+        description="strptime format of a text time column (e.g. '%d/%m/%Y', or 'ISO8601'); "
+        "default: one format inferred from the whole column, ambiguous columns refused",
+    )
 
     # walk-forward CV (DESIGN 5)
     use_cv: bool = Field(True, description="walk-forward CV; --no-cv gives one train/calibration/validation split")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _iso(ts: pd.Timestamp) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def candles_of(frame: pd.DataFrame) -> list[Candle]:

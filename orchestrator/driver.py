@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from orchestrator.config import TrainConfig
-from orchestrator.cv import plan_folds_for
+from orchestrator.config import FoldSpec
 from orchestrator.errors import InsufficientDataError, OrchestratorError, RunCancelledError
 from orchestrator.execution.base import FoldExecutor, FoldJob
+from orchestrator.feasibility import check_folds, plan_feasible_folds
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import (
     DatasetReady,
@@ -36,9 +37,9 @@ from orchestrator.reports import (
     write_predictions_csv,
     write_summary,
 )
-from orchestrator.sinks import EventSink
+from orchestrator.events.publish import EventSink
 from workers.data import data_fingerprint, load_ohlcv
-from workers.features import build_features
+from workers.features import FeatureSet, FeatureWarning, build_features, scaling_warnings
 from workers.fold import FoldResult
 
 __all__ = ["new_run", "execute_run"]
@@ -73,12 +74,14 @@ def execute_run(
     started = time.time()
     try:
         run.transition(RunState.RUNNING)
-        frame = load_ohlcv(config.data)
+        frame = load_ohlcv(config.data, config.date_format)
         features = build_features(frame, config.lookback)
         driver.publish(DatasetReady(size=len(features), min_samples=config.min_samples))
         if len(features) < config.min_samples:
             raise InsufficientDataError(len(features), config.min_samples)
-        specs = plan_folds_for(config, len(features))
+        specs = plan_feasible_folds(config, len(features))
+        check_folds(config, specs)  # refuse what the data cannot support before any fold trains
+        data_warnings = {spec.fold_id: _data_warnings(features, spec) for spec in specs}
         run.folds_total = len(specs)
         data_seconds = time.time() - started
 
@@ -89,6 +92,12 @@ def execute_run(
                 hpo_trial=hpo_trial,
             )
         )
+        for fold_id, found in data_warnings.items():
+            if found:
+                driver.publish(Notification(
+                    level="warning", kind="data_warning", fold_id=fold_id,
+                    message=f"fold {fold_id}: " + "; ".join(w.message for w in found),
+                ))
         results: dict[int, FoldResult] = {}
         paths: dict[int, str] = {}
 
@@ -110,9 +119,11 @@ def execute_run(
             driver.publish(FoldComplete(
                 fold_id=result.fold_id,
                 predictions_path=str(path),
-                calibration_method=result.calibration_method,  # type: ignore[arg-type]
+                calibration_method=result.calibration_method,
                 calibration_warning=result.calibration_warning,
                 coverage_warning=result.coverage_warning,
+                val_auc=result.metrics.get("val_auc"),
+                best_epoch=result.best_epoch,
             ))
 
         job = FoldJob(
@@ -129,7 +140,10 @@ def execute_run(
             raise RunCancelledError(f"run {run.run_id} was cancelled")
         training_seconds = time.time() - training_started_at
 
-        per_fold = [_fold_summary(results[k], paths[k], specs[k], features) for k in sorted(results)]
+        per_fold = [
+            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k])
+            for k in sorted(results)
+        ]
         summary = {
             "run_id": run.run_id,
             "created_at": run.created_at,
@@ -178,7 +192,19 @@ def _fail(run: Run, driver: Any, state: RunState, message: str) -> None:
         run.transition(state, error=message)
 
 
-def _fold_summary(result: FoldResult, path: str, spec: Any, features: Any) -> dict[str, Any]:
+def _data_warnings(features: FeatureSet, spec: FoldSpec) -> list[FeatureWarning]:
+    """What the fold's scaler (fit on its train segment, as the fold does) cannot represent."""
+    X = features.X
+    later = {
+        "calibration": X[spec.calibration.as_slice()],
+        "validation": X[spec.validation.as_slice()],
+    }
+    return scaling_warnings(X[spec.train.as_slice()], later, features.feature_names)
+
+
+def _fold_summary(
+    result: FoldResult, path: str, spec: Any, features: Any, data_warnings: list[FeatureWarning]
+) -> dict[str, Any]:
     def span(segment: Any) -> dict[str, Any]:
         return {
             "start": segment.start,
@@ -200,6 +226,7 @@ def _fold_summary(result: FoldResult, path: str, spec: Any, features: Any) -> di
         "calibration_cv_bce": result.calibration_scores,
         "calibration_warning": result.calibration_warning,
         "coverage_warning": result.coverage_warning,
+        "data_warnings": [w.to_dict() for w in data_warnings],
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,

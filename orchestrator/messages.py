@@ -112,6 +112,10 @@ class FoldComplete(_Envelope):
     calibration_method: Literal["raw", "temperature", "isotonic", "temp_isotonic"]
     calibration_warning: str | None
     coverage_warning: str | None
+    val_auc: Metric = Field(
+        None, description="extra: validation AUC of the fold's model (the one in the CSV)"
+    )
+    best_epoch: int | None = Field(None, description="extra: the epoch of that model")
 
 
 class TrainingComplete(_Envelope):
@@ -187,6 +191,9 @@ class HpoTrial(_Envelope):
     trials_done: int
     trials_total: int
     trial_run_id: str | None = None
+    error: str | None = Field(
+        None, description="extra: why a failed trial failed (its run's error), else null"
+    )
 
 
 class Candle(BaseModel):

@@ -20,7 +20,8 @@ from typing import Any, Required, TypedDict, Unpack
 
 from orchestrator.messages import sanitize
 from orchestrator.reports import atomic_write_text
-from orchestrator.run_files import EVENTS_FILE, diagnostics_of_fold, read_events
+from orchestrator.events.journal import EVENTS_FILE
+from orchestrator.run_files import diagnostics_of_fold, read_events
 
 __all__ = [
     "REPORT_FILE",
@@ -128,7 +129,7 @@ class StudyLabels(TypedDict, total=False):
     study: Required[str]
     metric: Required[str]
     direction: Required[str]  # "minimize" or "maximize"
-    state: str | None  # default: "running" while a trial runs, else "idle"
+    state: str | None  # default: "completed" once trials_total trials finished, else "running"
     trials_total: int | None
 
 
@@ -161,14 +162,18 @@ def study_status_of_rows(
     scored = [t for t in trials if t.get("state") == "complete" and _number(t.get("value")) is not None]
     best = min(scored, key=lambda t: (sign * float(t["value"]), int(t["number"])), default=None)
     done = sum(t.get("state") in _FINISHED for t in trials)
-    running = any(t.get("state") == "running" for t in trials)
+    planned = labels.get("trials_total")
+    if planned is not None:
+        state = "completed" if done >= planned else "running"
+    else:
+        state = "running" if any(t.get("state") == "running" for t in trials) else "idle"
     return {
         "study": labels["study"],
         "metric": labels["metric"],
         "direction": direction,
-        "state": labels.get("state") or ("running" if running else "idle"),
+        "state": labels.get("state") or state,
         "trials_done": done,
-        "trials_total": max(labels.get("trials_total") or 0, len(trials)),
+        "trials_total": max(planned or 0, len(trials)),
         "best": None if best is None else {
             "trial": best["number"], "value": best["value"], "params": best["params"], "run_id": best.get("run_id"),
         },

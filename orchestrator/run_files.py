@@ -17,9 +17,8 @@ import pandas as pd
 from orchestrator.messages import sanitize
 from workers.diagnostics import fold_diagnostics
 
-__all__ = ["EVENTS_FILE", "diagnostics_of_fold", "fold_predictions_csv", "read_events"]
+__all__ = ["diagnostics_of_fold", "fold_predictions_csv", "read_events"]
 
-EVENTS_FILE = "events.jsonl"
 _PREDICTIONS = re.compile(r"^predictions_fold_(\d+)_(\d{8}_\d{6})\.csv$")
 
 

@@ -1,23 +1,25 @@
-"""One headless training run from the CLI (or a script): pick the executor, wire the events.
+"""One headless training run from the CLI (or a script): pick the executor, follow the run's events.
 
-On Ray the run executes on a background thread while this thread waits; Ctrl-C cancels the run
-(its actors are stopped and it ends with ``training_error``), a second Ctrl-C stops waiting. A
-pump thread long-polls the hub and hands the run's events to ``listener`` as they are released.
+The run executes on a background thread while this thread waits; Ctrl-C cancels the run (its
+folds are stopped and it ends with ``training_error``), a second Ctrl-C stops waiting. The run's
+events reach ``listener`` through the event stream (``orchestrator.events.stream``), the same
+follower of the hub that the API uses, on the stream's own thread.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
+from orchestrator.events.hub import EventHub
+from orchestrator.events.publish import EventSink, InProcessSink, Listener
+from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubClient, StreamThread
+from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
-from orchestrator.messages import TERMINAL_TYPES
 from orchestrator.lifecycle import Run
-from orchestrator.sinks import InProcessSink
 
 if TYPE_CHECKING:
     from orchestrator.execution.pool import WorkerPool
@@ -26,9 +28,7 @@ __all__ = ["run_training"]
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[list[dict[str, Any]]], None]
-
-# Long-poll timeout of the event pump: how late it notices that the run thread has returned.
+# Long-poll timeout of the run's event stream.
 _POLL_S = 0.5
 # How long to wait for the run's last events after the run thread returned.
 _DRAIN_S = 30.0
@@ -51,53 +51,61 @@ def run_training(
     down); without one, a pool is made for this run and its actors are released at the end.
     """
     run = new_run(config)
+    sink: EventSink
+    hub: HubClient
+    executor: FoldExecutor
     if config.executor == "local":
-        execute_run(run, InProcessSink(listener=listener, interest=interest), LocalExecutor())
-        return run
-    return _run_on_ray(run, listener, address, pool, interest)
+        local_hub = EventHub()
+        sink, hub, executor = InProcessSink(local_hub), LocalHubClient(local_hub), LocalExecutor()
+    else:
+        from orchestrator.events.actor import get_or_create_hub
+        from orchestrator.events.publish import RaySink
+        from orchestrator.events.stream import RayHubClient
+        from orchestrator.execution.cluster import ensure_ray
+        from orchestrator.execution.ray import RayExecutor
 
-
-def _run_on_ray(
-    run: Run,
-    listener: Listener | None,
-    address: str | None,
-    pool: WorkerPool | None,
-    interest: frozenset[str],
-) -> Run:
-    import ray
-
-    from orchestrator.hub import get_or_create_hub
-    from orchestrator.execution.cluster import ensure_ray
-    from orchestrator.execution.ray import RayExecutor, RaySink
-
-    ensure_ray(address)
-    hub = get_or_create_hub()
-    executor = RayExecutor(pool)
-    # The run's events all come after this seq: the pump never scans older runs' history.
-    since: int = cast(Any, ray.get(hub.last_seq.remote()))
-    driver_done = threading.Event()
-    pump = threading.Thread(
-        target=_pump_events,
-        args=(hub, run.run_id, since, listener, driver_done, interest),
-        name=f"events-{run.run_id}",
-        daemon=True,
-    )
-    worker = threading.Thread(
-        target=execute_run,
-        args=(run, RaySink(hub), executor),
-        name=f"run-{run.run_id}",
-        daemon=True,
-    )
-    pump.start()
-    worker.start()
+        ensure_ray(address)
+        handle = get_or_create_hub()
+        sink, hub, executor = RaySink(handle), RayHubClient(handle), RayExecutor(pool)
     try:
-        _wait_cancelling_on_interrupt(run, worker)
+        _execute_following(run, sink, executor, hub, listener, interest)
     finally:
-        driver_done.set()
-        pump.join(timeout=_DRAIN_S)
         if pool is None:
             executor.shutdown()
     return run
+
+
+def _execute_following(
+    run: Run,
+    sink: EventSink,
+    executor: FoldExecutor,
+    hub: HubClient,
+    listener: Listener | None,
+    interest: frozenset[str],
+) -> None:
+    """Execute the run on a thread while the stream hands its events to ``listener``."""
+
+    def deliver(batch: Batch) -> None:
+        if listener is not None:
+            listener(batch.events)
+
+    stream = EventStream(hub, run_id=run.run_id, poll_timeout_s=_POLL_S)
+    stream.subscribe(deliver, interest)
+    follower = StreamThread(stream, name=f"events-{run.run_id}")
+    # started first: the stream follows from the hub's last event before the run, and has
+    # declared ``interest`` before the first fold asks what is wanted
+    follower.start()
+    worker = threading.Thread(
+        target=execute_run, args=(run, sink, executor), name=f"run-{run.run_id}", daemon=True
+    )
+    worker.start()
+    try:
+        _wait_cancelling_on_interrupt(run, worker)
+        # the driver flushed its terminal event before returning: the hub has all of the run
+        if not follower.drain(_DRAIN_S):
+            log.warning("run %s: its last events did not arrive within %.0f s", run.run_id, _DRAIN_S)
+    finally:
+        follower.stop()
 
 
 def _wait_cancelling_on_interrupt(run: Run, worker: threading.Thread) -> None:
@@ -111,31 +119,3 @@ def _wait_cancelling_on_interrupt(run: Run, worker: threading.Thread) -> None:
                 raise
             interrupted = True
             log.warning("cancelling run %s (Ctrl-C again to stop waiting)", run.run_id)
-
-
-def _pump_events(
-    hub: Any,
-    run_id: str,
-    since: int,
-    listener: Listener | None,
-    driver_done: threading.Event,
-    interest: frozenset[str],
-) -> None:
-    """Long-poll the hub actor for this run's events until the run's terminal event is seen."""
-    import ray
-
-    try:
-        while True:
-            reply = ray.get(hub.poll.remote(since, _POLL_S, run_id, interest=interest))
-            since = max(since, int(reply["last_seq"]))
-            events = reply["events"]
-            if events and listener is not None:
-                listener(events)
-            if any(e["type"] in TERMINAL_TYPES for e in events):
-                return
-            if not events and driver_done.is_set():
-                # The driver flushed its terminal event before returning, so an empty answer
-                # after it returned means the hub has nothing more of this run.
-                return
-    except Exception:
-        log.exception("run %s: the event pump stopped; events after this are not shown", run_id)

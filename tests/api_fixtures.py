@@ -21,9 +21,9 @@ import pytest
 import websockets
 
 from api.app import ApiSettings, create_app
-from api.hub_client import RayHubClient
 from api.server import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
+from orchestrator.events.stream import RayHubClient
 from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 
@@ -84,9 +84,9 @@ class ApiServer:
 def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     import ray
 
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.execution.ray import RaySink
+    from orchestrator.events.publish import RaySink
     from orchestrator.service import RunManager
 
     tmp = tmp_path_factory.mktemp("api")

@@ -44,6 +44,6 @@ def session_hub(ray_session: None) -> Any:
     A named actor that is not detached dies when its last handle goes: a module that made the
     hub must not take it away from the next one (which could get a handle to the dying actor).
     """
-    from orchestrator.hub import get_or_create_hub
+    from orchestrator.events.actor import get_or_create_hub
 
     return get_or_create_hub(namespace=TEST_NAMESPACE)

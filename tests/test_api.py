@@ -220,7 +220,7 @@ def test_serve_refuses_a_public_bind_without_a_token() -> None:
 
 def test_importing_the_api_never_imports_torch() -> None:
     code = (
-        "import sys, api.app, api.server, api.ws.endpoint, api.pump, api.security, api.hub_client, "
+        "import sys, api.app, api.server, api.ws.endpoint, orchestrator.events.fanout, api.security, orchestrator.events.stream, "
         "api.routes.hpo, api.routes.data, orchestrator.console.watch; api.server.build_parser(); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -71,7 +71,8 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
     from orchestrator.driver import execute_run, new_run
     from orchestrator.lifecycle import RunState
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.execution.ray import RayExecutor, RaySink
+    from orchestrator.execution.ray import RayExecutor
+    from orchestrator.events.publish import RaySink
     from tests.synthetic import ar1_ohlcv
 
     data = tmp_path / "bars.csv"

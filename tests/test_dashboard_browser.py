@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from api.app import ApiSettings, create_app
-from api.hub_client import RayHubClient
+from orchestrator.events.stream import RayHubClient
 from api.server import BackgroundServer
 from orchestrator.report_html import study_status_of_rows, write_study_report
 from tests.browser.cdp import Tab

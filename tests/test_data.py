@@ -310,3 +310,82 @@ def test_two_columns_with_one_meaning(bars: pd.DataFrame) -> None:
     doubled = bars.assign(Close=bars["close"])
     with pytest.raises(DataValidationError, match=r"columns 'close' and 'Close' both mean 'close'"):
         validate_ohlcv(doubled)
+
+
+# --- one format per time column (issue 15, case 2) ----------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def _with_times(bars: pd.DataFrame, stamps: list[str]) -> pd.DataFrame:
+    return bars.head(len(stamps)).assign(timestamp=stamps)
+
+
+def test_day_first_csv_reads_with_one_format() -> None:
+    # The first 40 bars of the case's file: sorted business days from 2 January 2015, %d/%m/%Y.
+    # Read value by value, row 7 ('13/01/2015') came out before row 6 ('12/01/2015' as 1 Dec).
+    df = load_ohlcv(DATA / "dayfirst_dates.csv")
+    _assert_canonical(df)
+    expected = pd.bdate_range("2015-01-02", periods=40)
+    assert list(df["timestamp"]) == list(expected)
+    assert df["timestamp"].iloc[6] == pd.Timestamp("2015-01-12")
+
+
+def test_month_first_with_dashes_times_and_two_digit_years(bars: pd.DataFrame) -> None:
+    # Another member: US-style month-first stamps with a clock; '01-13-15' rules out day-first.
+    stamps = ["01-12-15 09:30", "01-12-15 16:00", "01-13-15 09:30", "02-01-15 09:30"]
+    df = load_ohlcv(_with_times(bars, stamps))
+    assert list(df["timestamp"]) == [
+        pd.Timestamp("2015-01-12 09:30"), pd.Timestamp("2015-01-12 16:00"),
+        pd.Timestamp("2015-01-13 09:30"), pd.Timestamp("2015-02-01 09:30"),
+    ]
+
+
+def test_only_the_reading_that_keeps_times_in_order_is_used(bars: pd.DataFrame) -> None:
+    # Every value reads both ways; month-first would put 1 December before 2 January.
+    df = load_ohlcv(_with_times(bars, ["12/01/2015", "01/02/2015", "02/02/2015"]))
+    assert list(df["timestamp"]) == [
+        pd.Timestamp("2015-01-12"), pd.Timestamp("2015-02-01"), pd.Timestamp("2015-02-02")
+    ]
+
+
+def test_ambiguous_column_is_refused_naming_both_formats_and_the_flag(bars: pd.DataFrame) -> None:
+    # Monthly bars dated on the 1st: sorted both as 1 Feb, 1 Mar, ... and as 2 Jan, 3 Jan, ...
+    stamps = [f"01/{month:02d}/2015" for month in range(2, 8)]
+    with pytest.raises(DataValidationError) as err:
+        load_ohlcv(_with_times(bars, stamps))
+    text = str(err.value)
+    assert "ambiguous" in text and "'%d/%m/%Y'" in text and "'%m/%d/%Y'" in text
+    assert "--date-format" in text and "date_format" in text
+    assert "row 0: '01/02/2015' is 2015-02-01 or 2015-01-02" in text
+
+
+def test_date_format_resolves_an_ambiguous_column(bars: pd.DataFrame) -> None:
+    stamps = [f"01/{month:02d}/2015" for month in range(2, 8)]
+    day_first = load_ohlcv(_with_times(bars, stamps), date_format="%d/%m/%Y")
+    assert list(day_first["timestamp"]) == list(pd.date_range("2015-02-01", periods=6, freq="MS"))
+    month_first = validate_ohlcv(_with_times(bars, stamps), date_format="%m/%d/%Y")
+    assert list(month_first["timestamp"]) == list(pd.date_range("2015-01-02", periods=6))
+
+
+def test_value_not_matching_date_format_names_the_row(bars: pd.DataFrame) -> None:
+    stamps = ["02/01/2015", "05/01/2015", "2015-01-06", "07/01/2015"]
+    with pytest.raises(
+        DataValidationError,
+        match=r"unparseable timestamp .* at row 2: '2015-01-06' \(date_format '%d/%m/%Y'\)",
+    ):
+        load_ohlcv(_with_times(bars, stamps), date_format="%d/%m/%Y")
+    with pytest.raises(DataValidationError, match=r"date_format '%Q' is not a valid format"):
+        load_ohlcv(_with_times(bars, stamps), date_format="%Q")
+
+
+def test_unsorted_day_first_file_keeps_the_unsorted_error(bars: pd.DataFrame) -> None:
+    stamps = ["13/01/2015", "15/01/2015", "14/01/2015", "16/01/2015"]
+    with pytest.raises(DataValidationError, match=r"not increasing at row 2: .*sort the bars"):
+        load_ohlcv(_with_times(bars, stamps))
+
+
+def test_mixed_formats_in_one_column_name_the_odd_row(bars: pd.DataFrame) -> None:
+    stamps = ["2015-01-02", "2015-01-05", "06/01/2015", "2015-01-07"]
+    with pytest.raises(DataValidationError, match=r"unparseable .* at row 2: '06/01/2015'"):
+        load_ohlcv(_with_times(bars, stamps))

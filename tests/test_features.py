@@ -7,9 +7,18 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.preprocessing import StandardScaler
 
-from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
-from workers.features import FEATURE_NAMES, FeatureSet, Standardizer, build_features
+from tests.synthetic import ar1_ohlcv, ohlcv_from_log_returns, random_walk_ohlcv
+from workers.features import (
+    CLIP_Z,
+    FEATURE_NAMES,
+    FeatureSet,
+    Standardizer,
+    build_features,
+    near_constant,
+    scaling_warnings,
+)
 
 LOOKBACK = 20
 
@@ -149,13 +158,128 @@ def test_standardizer_uses_train_statistics_only() -> None:
     assert not np.allclose(Standardizer.fit(fs.X).mean, scaler.mean)
 
 
-def test_standardizer_floors_constant_columns_and_pickles() -> None:
+def test_standardizer_gives_constant_columns_scale_one_and_pickles() -> None:
     X = np.column_stack([np.ones(10), np.arange(10.0)]).astype(np.float32)
     scaler = Standardizer.fit(X)
-    assert scaler.scale[0] == 1e-8
+    assert scaler.scale[0] == 1.0 and scaler.constant.tolist() == [True, False]
     out = scaler.transform(X)
     assert np.isfinite(out).all() and (out[:, 0] == 0).all()
     clone = pickle.loads(pickle.dumps(scaler))
     np.testing.assert_array_equal(clone.transform(X), out)
     with pytest.raises(ValueError, match="fitted on 2 features"):
         scaler.transform(np.zeros((3, 5)))
+
+
+# --- scaling a feature the train segment cannot describe (issue 15, case 1) ---------------------
+
+VOLUME_Z = FEATURE_NAMES.index("volume_z")
+
+
+def _volume_starts_late(n: int, zero_until: int, seed: int) -> pd.DataFrame:
+    """Random-walk bars whose volume is 0 for bars ``0 .. zero_until - 1`` (the case's file)."""
+    bars = random_walk_ohlcv(n, seed=seed)
+    bars.loc[: zero_until - 1, "volume"] = 0.0
+    return bars
+
+
+def _opens_from_previous_close_until(n: int, until: int, seed: int) -> pd.DataFrame:
+    """Random-walk bars whose open is the previous close before bar ``until`` (gap exactly 0)."""
+    bars = random_walk_ohlcv(n, seed=seed)
+    rows = np.arange(1, until)
+    bars.loc[rows, "open"] = bars["close"].to_numpy()[rows - 1]
+    bars["high"] = np.maximum(bars["high"], bars["open"])
+    bars["low"] = np.minimum(bars["low"], bars["open"])
+    return bars
+
+
+def test_standardizer_statistics_equal_sklearn_standard_scaler() -> None:
+    rng = np.random.default_rng(12)
+    X_feat = build_features(ar1_ohlcv(700, seed=12), LOOKBACK).X
+    n = len(X_feat)
+    X = np.column_stack([
+        X_feat,
+        np.full(n, 0.25),  # constant
+        1e3 + rng.normal(0.0, 1e-13, n),  # constant up to rounding: sklearn's rule says constant
+        rng.normal(0.0, 1e-4, n),  # small but real spread: kept
+    ])
+    train, later = X[:400], X[400:]
+    ours = Standardizer.fit(train)
+    ref = StandardScaler().fit(train)
+
+    np.testing.assert_allclose(ours.mean, ref.mean_, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ours.scale, ref.scale_, rtol=1e-12, atol=0)
+    assert ours.constant.tolist() == [False] * len(FEATURE_NAMES) + [True, True, False]
+    assert ours.constant.tolist() == (ref.scale_ == 1.0).tolist()
+    np.testing.assert_allclose(ours.transform(train), ref.transform(train), rtol=1e-5, atol=1e-5)
+    varying = ~ours.constant
+    np.testing.assert_allclose(
+        ours.transform(later)[:, varying], ref.transform(later)[:, varying], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_near_constant_is_sklearns_rule() -> None:
+    mean = np.array([0.0, 1e3, 1e3, 0.0])
+    var = np.array([0.0, 1e-26, 1e-12, 1e-30])
+    assert near_constant(var, mean, 300).tolist() == [True, True, False, False]
+
+
+def test_constant_in_training_is_held_at_zero_and_never_divides_by_a_tiny_spread() -> None:
+    fs = build_features(_volume_starts_late(700, zero_until=450, seed=13), LOOKBACK)
+    train, later = fs.X[:400], fs.X[450:]
+    assert np.all(train[:, VOLUME_Z] == 0) and np.abs(later[:, VOLUME_Z]).max() > 1
+    scaler = Standardizer.fit(train)
+    assert scaler.constant[VOLUME_Z] and scaler.scale[VOLUME_Z] == 1.0
+    # Scale 1, not 1e-8: the raw z-scores stay the size of the feature (|volume_z| <= sqrt(L-1)).
+    assert np.abs(scaler.z_scores(later)[:, VOLUME_Z]).max() <= np.sqrt(LOOKBACK - 1)
+    assert np.all(scaler.transform(later)[:, VOLUME_Z] == 0)
+
+
+def test_standardized_inputs_are_clipped_to_the_bound() -> None:
+    rng = np.random.default_rng(14)
+    train = rng.normal(0.0, 1.0, size=(500, 2))
+    scaler = Standardizer.fit(train)
+    out = scaler.transform(np.array([[1e6, -1e6], [0.5, -0.5]]))
+    assert out[0].tolist() == [CLIP_Z, -CLIP_Z]
+    np.testing.assert_allclose(out[1], scaler.z_scores(np.array([[0.5, -0.5]]))[0], rtol=1e-6)
+
+
+def test_warning_names_a_feature_constant_in_training_volume_case() -> None:
+    fs = build_features(_volume_starts_late(700, zero_until=450, seed=13), LOOKBACK)
+    later = {"calibration": fs.X[400:425], "validation": fs.X[450:]}  # sample i is bar i+20
+    (warning,) = scaling_warnings(fs.X[:400], later, fs.feature_names)
+    moved = int(np.count_nonzero(fs.X[450:, VOLUME_Z]))
+    assert warning.feature == "volume_z" and warning.reason == "constant_in_train"
+    assert warning.rows == {"validation": moved} and warning.totals == {"validation": len(fs) - 450}
+    assert warning.train_value == 0.0 and "'volume_z' is constant" in warning.message
+    assert warning.to_dict()["rows"] == {"validation": moved}
+
+
+def test_warning_names_another_feature_constant_in_training_gap() -> None:
+    # Another member of the kind: a vendor that fills opens from the previous close, then stops.
+    fs = build_features(_opens_from_previous_close_until(700, until=450, seed=15), LOOKBACK)
+    scaler = Standardizer.fit(fs.X[:400])
+    gap = FEATURE_NAMES.index("gap")
+    assert scaler.constant[gap] and np.all(scaler.transform(fs.X[450:])[:, gap] == 0)
+    (warning,) = scaling_warnings(fs.X[:400], {"validation": fs.X[450:]}, fs.feature_names)
+    assert (warning.feature, warning.reason) == ("gap", "constant_in_train")
+    assert warning.rows == {"validation": len(fs) - 450}
+
+
+def test_warning_names_features_far_outside_the_training_range() -> None:
+    # Another member: a quiet (pegged) series that starts to move 40x more.
+    rng = np.random.default_rng(16)
+    returns = np.r_[rng.normal(0.0, 0.0005, 450), rng.normal(0.0, 0.02, 250)]
+    fs = build_features(ohlcv_from_log_returns(returns, rng, vol=0.0005), LOOKBACK)
+    found = scaling_warnings(fs.X[:400], {"validation": fs.X[450:]}, fs.feature_names)
+    by_name = {w.feature: w for w in found}
+    assert {"vol_short", "vol_long", "range_1"} <= set(by_name)
+    vol_long = by_name["vol_long"]
+    assert vol_long.reason == "beyond_clip" and vol_long.max_abs_z is not None
+    assert vol_long.max_abs_z > CLIP_Z and vol_long.rows["validation"] > 100
+    assert np.abs(Standardizer.fit(fs.X[:400]).transform(fs.X[450:])).max() == CLIP_Z
+
+
+def test_no_warning_on_ordinary_bars() -> None:
+    fs = build_features(ar1_ohlcv(900, seed=17), LOOKBACK)
+    later = {"calibration": fs.X[500:600], "validation": fs.X[620:]}
+    assert scaling_warnings(fs.X[:480], later, fs.feature_names) == []

@@ -1,4 +1,4 @@
-"""EventHub without Ray: ordering, de-duplication, replay, gaps, memory, polling, events.jsonl."""
+"""EventHub without Ray: ordering, de-duplication, stamping, replay, gaps, memory, polling."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.hub import EventHub
-from orchestrator.messages import parse_message
+from orchestrator.events.hub import EventHub, PollReply
 
 RUN = "run-1"
 
@@ -206,49 +205,6 @@ def test_close_producer_releases_what_it_buffered_and_drops_stragglers() -> None
     assert hub.stats()["buffered"] == 0
 
 
-def test_events_jsonl_holds_exactly_the_released_events(tmp_path: Path) -> None:
-    hub = EventHub()
-    hub.register_run(RUN, str(tmp_path))
-    hub.publish(RUN, "driver", 1, note(1))  # buffered: not released, not written yet
-    assert (tmp_path / "events.jsonl").read_text() == ""
-    hub.publish(RUN, "driver", 0, {"type": "dataset_ready", "size": 5000, "min_samples": 2048})
-    hub.publish(RUN, "driver", 1, note(1))  # duplicate: not written
-    hub.publish("other-run", "driver", 0, note(0))  # not this run's file
-    hub.publish(RUN, "fold-0", 0, epoch(0, 0, val_auc=float("nan")))
-    hub.publish(RUN, "driver", 2, complete())
-    lines = (tmp_path / "events.jsonl").read_text().splitlines()
-    written = [json.loads(line) for line in lines]
-    assert written == hub.run_events(RUN)
-    assert [e["type"] for e in written] == [
-        "dataset_ready",
-        "notification",
-        "epoch_metrics",
-        "training_complete",
-    ]
-    assert written[2]["val_auc"] is None
-    assert parse_message(lines[0]).model_dump()["seq"] == 1  # valid against the wire contract
-
-
-def test_events_released_before_registration_are_written_at_registration(tmp_path: Path) -> None:
-    hub = EventHub()
-    hub.publish(RUN, "driver", 0, note(0))
-    hub.register_run(RUN, str(tmp_path))
-    hub.publish(RUN, "driver", 1, note(1))
-    written = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [e["message"] for e in written] == ["0", "1"]
-    hub.close()
-
-
-def test_io_error_does_not_break_publishing(tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the run folder should be")
-    hub = EventHub()
-    hub.register_run(RUN, str(blocker / "run"))
-    assert len(hub.publish(RUN, "driver", 0, note(0))) == 1
-    assert len(hub.publish(RUN, "driver", 1, note(1))) == 1
-    assert hub.stats()["io_errors"] == 1  # logged once, then the file is left alone
-
-
 def test_active_run_lifecycle(tmp_path: Path) -> None:
     hub = EventHub()
     assert hub.active_run() is None
@@ -281,7 +237,7 @@ def test_poll_returns_after_timeout_with_no_events() -> None:
     hub = EventHub()
     publish_in_order(hub, [note(0)])
 
-    async def main() -> tuple[dict[str, Any], float]:
+    async def main() -> tuple[PollReply, float]:
         loop = asyncio.get_running_loop()
         start = loop.time()
         answer = await hub.poll(1, timeout=0.2)
@@ -332,7 +288,7 @@ def test_concurrent_pollers_all_get_every_event() -> None:
 def test_poll_filtered_by_run_waits_for_that_run_and_advances_the_cursor() -> None:
     hub = EventHub()
 
-    async def main() -> dict[str, Any]:
+    async def main() -> PollReply:
         task = asyncio.create_task(hub.poll(0, timeout=5, run_id="b"))
         await asyncio.sleep(0.01)
         hub.publish("a", "driver", 0, note(0))
@@ -349,7 +305,7 @@ def test_poll_filtered_by_run_waits_for_that_run_and_advances_the_cursor() -> No
 def test_publish_from_another_thread_wakes_a_poller() -> None:
     hub = EventHub()
 
-    async def main() -> dict[str, Any]:
+    async def main() -> PollReply:
         task = asyncio.create_task(hub.poll(0, timeout=5))
         await asyncio.sleep(0.01)
         thread = threading.Thread(target=hub.publish, args=(RUN, "driver", 0, note(0)))
@@ -359,22 +315,3 @@ def test_publish_from_another_thread_wakes_a_poller() -> None:
         return answer
 
     assert [e["seq"] for e in asyncio.run(main())["events"]] == [1]
-
-
-def test_hub_derives_progress_and_best_auc_notifications() -> None:
-    hub = EventHub()
-    hub.register_run("r", None)
-    events: list[dict[str, Any]] = [{"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}]
-    aucs = {(0, 0): 0.51, (1, 0): 0.50, (0, 1): 0.53, (1, 1): 0.52}
-    for (fold, epoch), auc in aucs.items():
-        events.append({"type": "epoch_metrics", "fold_id": fold, "epoch": epoch, "val_auc": auc})
-    for pseq, event in enumerate(events):
-        hub.publish("r", "p", pseq, event)
-    notes = [e for e in hub.run_events("r") if e["type"] == "notification"]
-    progress = [n["message"] for n in notes if n["kind"] == "progress"]
-    assert progress == ["run 25% complete (1/4 epochs)", "run 50% complete (2/4 epochs)", "run 75% complete (3/4 epochs)"]
-    best = [n for n in notes if n["kind"] == "best_val_auc"]
-    assert len(best) == 1 and best[0]["fold_id"] == 0 and "0.5300" in best[0]["message"]
-    # each notification comes right after the event that caused it
-    kinds = [e["type"] for e in hub.run_events("r")]
-    assert kinds[:3] == ["training_start", "epoch_metrics", "notification"]

@@ -1,4 +1,10 @@
-"""batch_progress and prediction_delta, produced by a real (in-process) run."""
+"""batch_progress and prediction_delta, produced by a real (in-process) run, only for a live audience.
+
+Per-epoch ``prediction_delta`` (a calibration of the fold per epoch) and ``batch_progress`` are
+optional work; a fold does it only while some consumer (a /ws client's subscription through the
+stream, an ``--events-out`` file, a listener) takes that type, the final delta of each fold too
+(its rows are in the predictions CSV either way). Skipping the live detail never changes a result.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from orchestrator.config import config_from_mapping
+from orchestrator.driver import execute_run, new_run
+from orchestrator.events.publish import InProcessSink
+from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
 from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
@@ -87,3 +97,39 @@ def test_delta_sends_only_changes_and_chunks_under_limit() -> None:
     assert tracker.update(0, 2, rows2) == []
     final = tracker.update(0, 2, rows2, final=True)
     assert [r.timestamp for m in final for r in m.predictions] == ["2020-01-08T00:00:00Z"]
+
+
+def _run(tmp: Path, data: str, interest: frozenset[str]) -> tuple[Any, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    config = config_from_mapping({
+        "data": data, "reports_dir": str(tmp / "reports"), "executor": "local", "min_samples": 500,
+        "folds": 2, "epochs": 3, "lookback": 10, "batch_size": 32, "batch_progress_interval_s": 0.01,
+    })  # fmt: skip
+    run = new_run(config)
+    execute_run(run, InProcessSink(listener=events.extend, interest=interest), LocalExecutor())
+    assert run.state is RunState.COMPLETED, run.error
+    return run, events
+
+
+def test_unwatched_run_skips_live_detail_and_gets_the_same_results(tmp_path: Path) -> None:
+    data = write_csv(tmp_path, ar1_ohlcv(1800, seed=5))
+    watched, watched_events = _run(tmp_path / "w", data, frozenset({"prediction_delta", "batch_progress"}))
+    alone, alone_events = _run(tmp_path / "a", data, frozenset())
+
+    def kinds(events: list[dict[str, Any]]) -> list[str]:
+        return [e["type"] for e in events]
+
+    assert "batch_progress" in kinds(watched_events) and "batch_progress" not in kinds(alone_events)
+    live = [e for e in watched_events if e["type"] == "prediction_delta" and not e["final"]]
+    assert {e["epoch"] for e in live} == {0, 1, 2}
+    finals = [e for e in watched_events if e["type"] == "prediction_delta" and e["final"]]
+    assert {e["fold_id"] for e in finals} == {0, 1}
+    assert not [e for e in alone_events if e["type"] == "prediction_delta"]
+    for fold in (0, 1):
+        alone_csv = pd.read_csv(next(Path(alone.run_dir).rglob(f"predictions_fold_{fold}_*.csv")))
+        watched_csv = pd.read_csv(next(Path(watched.run_dir).rglob(f"predictions_fold_{fold}_*.csv")))
+        # the audience changes what is sent, never what is computed
+        pd.testing.assert_frame_equal(alone_csv, watched_csv)
+        sent = [e for e in watched_events if e["type"] == "prediction_delta" and e["fold_id"] == fold]
+        rows = {r["timestamp"] for e in sent for r in e["predictions"]}
+        assert len(rows) == int((alone_csv.segment == "validation").sum())

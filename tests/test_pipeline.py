@@ -16,7 +16,7 @@ from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
-from orchestrator.sinks import InProcessSink
+from orchestrator.events.publish import InProcessSink
 from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 

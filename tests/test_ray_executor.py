@@ -32,7 +32,8 @@ from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
 from orchestrator.execution.cluster import free_resources
 from orchestrator.execution.pool import WorkerPool
-from orchestrator.execution.ray import RayExecutor, RaySink
+from orchestrator.execution.ray import RayExecutor
+from orchestrator.events.publish import RaySink
 from workers.features import FeatureSet, build_features
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
@@ -230,7 +231,7 @@ def test_max_concurrent_folds_caps_the_folds_in_flight(
     events = started.events()
     assert_legal_stream(events, run, folds=3, epochs=3)
     order = [e["fold_id"] for e in events if e["type"] == "epoch_metrics"]
-    assert order == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # one fold after the other
+    assert order == [2, 2, 2, 1, 1, 1, 0, 0, 0]  # one fold after the other, the largest first
     assert len(executor.run_actor_names) == 1  # one actor took the folds in turn
 
 

@@ -69,9 +69,11 @@ def test_write_study_report_replaces_the_file(tmp_path: Path) -> None:
     first = inline_data(path.read_text())["status"]
     assert first["state"] == "running" and first["trials_total"] == 4
     rows = [{"number": 0, "state": "complete", "value": 1.5}]
-    write_study_report(tmp_path, rows, study="s", metric="val_nll", direction="minimize", state="completed")
+    write_study_report(tmp_path, rows, study="s", metric="val_nll", direction="minimize", trials_total=1)
     second = inline_data(path.read_text())["status"]
     assert second["state"] == "completed" and second["best"]["value"] == 1.5
+    write_study_report(tmp_path, rows, study="s", metric="val_nll", direction="minimize", trials_total=3, state="cancelled")
+    assert inline_data(path.read_text())["status"]["state"] == "cancelled"
     assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_FILE]  # no temporary file left
 
 

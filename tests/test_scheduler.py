@@ -166,11 +166,11 @@ def test_a_python_error_in_a_fold_fails_the_run_without_retry() -> None:
     decision = s.fold_raised(0, "NonFiniteLossError: loss is nan", cancelled=False)
     assert isinstance(decision.error, FoldFailedError)
     assert str(decision.error) == "fold 0 failed: NonFiniteLossError: loss is nan"
-    with pytest.raises(IllegalTransitionError, match="cannot go from failed to running"):
+    with pytest.raises(IllegalTransitionError, match="cannot go to running from failed"):
         s.started(0)
     s.stop()
     assert s.launches() == []
-    with pytest.raises(IllegalTransitionError, match="cannot go from cancelled to running"):
+    with pytest.raises(IllegalTransitionError, match="cannot go to running from cancelled"):
         s.started(1)  # it was placing when the run ended
 
 
@@ -194,9 +194,9 @@ def test_cancel_ends_the_run_and_stop_cancels_every_live_attempt() -> None:
     assert str(decision.error) == "run run-1 was cancelled"
     s.stop()
     assert s.launches() == [] and not s.finished
-    with pytest.raises(IllegalTransitionError, match="fold 1 attempt 0: cannot go from cancelled"):
+    with pytest.raises(IllegalTransitionError, match="fold 1 attempt 0: cannot go to running from cancelled"):
         s.started(1)
-    with pytest.raises(IllegalTransitionError, match="fold 0 attempt 0: cannot go from succeeded"):
+    with pytest.raises(IllegalTransitionError, match="fold 0 attempt 0: cannot go to succeeded from succeeded"):
         s.succeeded(0)
 
 
@@ -254,10 +254,10 @@ def test_an_illegal_transition_names_the_state_it_expected() -> None:
     with pytest.raises(IllegalTransitionError) as caught:
         attempt.transition(AttemptState.SUCCEEDED)
     assert str(caught.value) == (
-        "fold 2 attempt 1: cannot go from pending to succeeded; expected the attempt to be running"
+        "fold 2 attempt 1: cannot go to succeeded from pending: expected running"
     )
     attempt.transition(AttemptState.PLACING)
-    with pytest.raises(IllegalTransitionError, match="expected the attempt to be running$"):
+    with pytest.raises(IllegalTransitionError, match="expected running$"):
         attempt.transition(AttemptState.FAILED_RETRYABLE)
     attempt.transition(AttemptState.PENDING)  # back in the queue: its worker never came up
     assert attempt.state is AttemptState.PENDING
@@ -270,5 +270,21 @@ def test_every_terminal_state_is_final() -> None:
     ):
         attempt = FoldAttempt(0, state=state)
         for new in AttemptState:
-            with pytest.raises(IllegalTransitionError, match=f"cannot go from {state.value}"):
+            with pytest.raises(IllegalTransitionError, match=f"cannot go to {new.value} from {state.value}"):
                 attempt.transition(new)
+
+
+def test_longest_fold_is_launched_first() -> None:
+    from orchestrator.config import FoldSpec, Segment
+    from orchestrator.execution.scheduler import longest_first
+
+    def spec(fold_id: int, train: int) -> FoldSpec:
+        return FoldSpec(fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40))
+
+    # expanding windows: later folds train on more samples
+    specs = [spec(0, 100), spec(1, 200), spec(2, 300), spec(3, 300)]
+    assert longest_first(specs) == [2, 3, 1, 0]
+    s = FoldScheduler("run-1", longest_first(specs), limit=2,
+                      policy=RetryPolicy(max_retries=1, placement_timeout_s=60.0),
+                      shape=scheduler(folds=1).shape)
+    assert [d.fold_id for d in s.launches()] == [2, 3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.pump import Outgoing
+from orchestrator.events.fanout import Outgoing
 from api.ws.subscription import Subscription, SubscriptionError, parse_types
 from orchestrator.messages import CORE_TYPES, HEAVY_TYPES, MESSAGE_TYPES
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from api.ws.connection import CloseCode
-from orchestrator.hub import HubPublisher
+from orchestrator.events.publish import HubPublisher
 from orchestrator.messages import HEAVY_TYPES
 
 pytest.register_assert_rewrite("tests.api_fixtures")
@@ -320,7 +322,26 @@ def test_an_oversized_client_message_closes_1009_and_the_server_keeps_serving(
     assert httpx.get(f"{api_server.url}/").status_code == 200
 
 
-def test_client_cap_refuses_before_the_upgrade(api_server: ApiServer) -> None:
+@pytest.fixture
+def uvicorn_errors() -> Iterator[list[str]]:
+    """The ERROR lines uvicorn logs while a test runs (after the server's own log filters)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                lines.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_client_cap_refuses_before_the_upgrade(api_server: ApiServer, uvicorn_errors: list[str]) -> None:
     with api_server.another_server(max_clients=2) as server:
 
         async def main() -> int:
@@ -334,10 +355,11 @@ def test_client_cap_refuses_before_the_upgrade(api_server: ApiServer) -> None:
                 return info.value.response.status_code
 
         assert asyncio.run(main()) == 503
+    assert uvicorn_errors == []  # a refusal the server means to make is not an error
 
 
 def test_foreign_origin_is_refused_403_before_the_upgrade_loopback_and_listed_pass(
-    api_server: ApiServer,
+    api_server: ApiServer, uvicorn_errors: list[str]
 ) -> None:
     async def status(url: str, origin: str | None) -> int:
         try:
@@ -353,6 +375,7 @@ def test_foreign_origin_is_refused_403_before_the_upgrade_loopback_and_listed_pa
     with api_server.another_server(allow_origins=("https://dash.example",)) as server:
         assert asyncio.run(status(server.ws_url, "https://dash.example")) == 101
         assert asyncio.run(status(server.ws_url, "https://other.example")) == 403
+    assert uvicorn_errors == []
 
 
 def test_token_is_required_on_ws_by_header_or_query(api_server: ApiServer) -> None:

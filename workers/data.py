@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from orchestrator.errors import DataValidationError
 
@@ -36,6 +37,7 @@ __all__ = [
     "OHLCV_COLUMNS",
     "PRICE_COLUMNS",
     "TIME_COLUMN_ALIASES",
+    "infer_date_format",
     "load_ohlcv",
     "validate_ohlcv",
     "data_fingerprint",
@@ -51,23 +53,27 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _FINGERPRINT_VERSION = b"ohlcv-fingerprint-v1\n"
 
 
-def load_ohlcv(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """Read ``source`` ("sp500", a CSV/Parquet path or a frame) into the canonical frame."""
+def load_ohlcv(source: str | Path | pd.DataFrame, date_format: str | None = None) -> pd.DataFrame:
+    """Read ``source`` ("sp500", a CSV/Parquet path or a frame) into the canonical frame.
+
+    ``date_format`` (a ``strptime`` format or ``"ISO8601"``) reads a text time column; by
+    default one format is inferred from the whole column (``infer_date_format``).
+    """
     if isinstance(source, pd.DataFrame):
         raw = source
     elif isinstance(source, str) and source.strip().lower() == "sp500":
         raw = _load_sp500()
     else:
         raw = _read_file(Path(source))
-    return validate_ohlcv(raw)
+    return validate_ohlcv(raw, date_format)
 
 
-def validate_ohlcv(df: pd.DataFrame) -> pd.DataFrame:
+def validate_ohlcv(df: pd.DataFrame, date_format: str | None = None) -> pd.DataFrame:
     """Return the canonical frame built from ``df``, or raise ``DataValidationError``.
 
     The checks run in this order, so the first problem found is the one reported: missing
-    columns, empty data, timestamps (unparseable, duplicate, non-increasing), non-numeric
-    values, NaN/inf, non-positive prices, inconsistent high/low, negative volume.
+    columns, empty data, timestamps (unparseable or ambiguous, duplicate, non-increasing),
+    non-numeric values, NaN/inf, non-positive prices, inconsistent high/low, negative volume.
     """
     columns = _normalized_columns(df)
     missing = [c for c in OHLCV_COLUMNS if c not in columns]
@@ -84,7 +90,7 @@ def validate_ohlcv(df: pd.DataFrame) -> pd.DataFrame:
         raise DataValidationError("the data has no rows")
 
     assert time_source is not None
-    timestamps = _parse_timestamps(time_source[0], time_source[1])
+    timestamps = _parse_timestamps(time_source[0], time_source[1], date_format)
     _check_timestamp_order(timestamps)
 
     out = pd.DataFrame({"timestamp": timestamps})
@@ -166,7 +172,7 @@ def _find_time_source(df: pd.DataFrame, columns: dict[str, int]) -> tuple[pd.Ser
     return None
 
 
-def _parse_timestamps(values: pd.Series, label: str) -> pd.Series:
+def _parse_timestamps(values: pd.Series, label: str, date_format: str | None) -> pd.Series:
     """Parse to tz-naive ``datetime64[ns]``; tz-aware values are converted to UTC first."""
     values = values.reset_index(drop=True)
     if isinstance(values.dtype, pd.DatetimeTZDtype):
@@ -179,11 +185,13 @@ def _parse_timestamps(values: pd.Series, label: str) -> pd.Series:
             f"(seconds, milliseconds or nanoseconds), write timestamps as ISO-8601 text"
         )
     else:
-        parsed = _parse_timestamp_text(values)
+        parsed = _parse_timestamp_text(values, label, date_format)
         bad = (parsed.isna() & values.notna()).to_numpy()
         if (row := _first_row(bad)) is not None:
+            given = f" (date_format {date_format!r})" if date_format is not None else ""
             raise DataValidationError(
-                f"unparseable timestamp in column {label!r} at row {row}: {values.iloc[row]!r}"
+                f"unparseable timestamp in column {label!r} at row {row}: "
+                f"{values.iloc[row]!r}{given}"
             )
     if parsed.isna().any():
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
@@ -196,16 +204,98 @@ def _parse_timestamps(values: pd.Series, label: str) -> pd.Series:
         ) from err
 
 
-def _parse_timestamp_text(values: pd.Series) -> pd.Series:
-    # utc=True: naive text stays as written, text with offsets (even mixed ones) becomes UTC.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Could not infer format", category=UserWarning)
-        parsed = pd.to_datetime(values, errors="coerce", utc=True)
-        if parsed.isna().any():
-            # The fast path infers one format from the first value; retry value by value so
-            # that only text no format can read is reported.
-            parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-    return parsed.dt.tz_localize(None)
+def _parse_timestamp_text(values: pd.Series, label: str, date_format: str | None) -> pd.Series:
+    """One format for the whole column: ``date_format``, else the one ``infer_date_format`` finds.
+
+    Naive text stays as written; text with offsets (even mixed ones) becomes UTC.
+    """
+    if not all(isinstance(v, str) for v in values[values.notna()]):
+        return _to_datetime(values, None).dt.tz_localize(None)  # datetime objects and the like
+    fmt = date_format if date_format is not None else infer_date_format(values, label)
+    return _to_datetime(values, fmt).dt.tz_localize(None)
+
+
+def infer_date_format(values: pd.Series, label: str = "timestamp") -> str:
+    """The one format that reads every value of a text time column (docs/method.md, "Data").
+
+    Candidates: ISO 8601, day-first and month-first dates (``/``, ``-`` or ``.``, 4- or 2-digit
+    year, optionally ``%H:%M[:%S]``), year-first with ``/``, and the two formats pandas guesses
+    from the first value. A format counts only if it reads every non-missing value. Formats that
+    read the same instants agree; if two readings differ (``01/02/2015``: 1 February or
+    January 2), the one whose times do not decrease is used; if both or neither do, the column is
+    ambiguous: ``DataValidationError`` names both formats and ``--date-format``. If no format
+    reads every value, the one that reads most is returned (the caller names a row it cannot
+    read).
+    """
+    present = values[values.notna()]
+    sample = present.iloc[:_SAMPLE]
+    first = str(present.iloc[0]) if len(present) else ""
+    candidates = [
+        fmt for fmt in _candidate_formats(first)
+        if _to_datetime(sample, fmt).notna().any()  # cheap: most candidates read no sample value
+    ]
+    readings: dict[str, pd.Series] = {}
+    closest: tuple[int, str] = (-1, "ISO8601")
+    for fmt in candidates:
+        parsed = _to_datetime(values, fmt)
+        read = int(parsed.notna().sum())
+        if read < len(present):
+            closest = max(closest, (read, fmt), key=lambda c: c[0])
+        elif not any(parsed.equals(other) for other in readings.values()):
+            readings[fmt] = parsed
+    ordered = [fmt for fmt, parsed in readings.items() if _non_decreasing(parsed)]
+    if len(readings) <= 1 or len(ordered) == 1:
+        return (ordered or list(readings) or [closest[1]])[0]
+    fmt_a, fmt_b = (ordered if len(ordered) > 1 else list(readings))[:2]
+    a, b = readings[fmt_a], readings[fmt_b]
+    row = int(np.flatnonzero(((a != b) & values.notna()).to_numpy())[0])
+    order = "both readings keep" if ordered else "neither reading keeps"
+    raise DataValidationError(
+        f"ambiguous timestamps in column {label!r}: every value reads as {fmt_a!r} and as "
+        f"{fmt_b!r} with different dates (row {row}: {values.iloc[row]!r} is "
+        f"{a.iloc[row]:%Y-%m-%d} or {b.iloc[row]:%Y-%m-%d}), and {order} the times in "
+        f"order; give the format with --date-format (config field date_format), "
+        f"e.g. --date-format '{fmt_a}'"
+    )
+
+
+_SAMPLE = 50  # values a candidate format is first tried on
+_CLOCKS = ("", " %H:%M", " %H:%M:%S")
+_CANDIDATES: tuple[str, ...] = (
+    "ISO8601",
+    *(
+        f"{first}{sep}{second}{sep}{year}{clock}"
+        for sep in "/-."
+        for first, second in (("%d", "%m"), ("%m", "%d"))
+        for year in ("%Y", "%y")
+        for clock in _CLOCKS
+    ),
+    *(f"%Y/%m/%d{clock}" for clock in _CLOCKS),
+)
+
+
+def _candidate_formats(first: str) -> list[str]:
+    with warnings.catch_warnings():  # "Parsing dates in %d/%m/%Y format when dayfirst=False"
+        warnings.simplefilter("ignore", UserWarning)
+        guessed = [guess_datetime_format(first, dayfirst=d) for d in (False, True)] if first else []
+    # No convention writes year-day-month; pandas' day-first guess of an ISO date would.
+    usual = [g for g in guessed if g and not (g.startswith("%Y") and g.find("%d") < g.find("%m"))]
+    return list(dict.fromkeys([*_CANDIDATES, *usual]))
+
+
+def _to_datetime(values: pd.Series, fmt: str | None) -> pd.Series:
+    try:
+        with warnings.catch_warnings():
+            # format=None (datetime objects) may warn that it infers a format per value
+            warnings.filterwarnings("ignore", "Could not infer format", UserWarning)
+            return pd.to_datetime(values, errors="coerce", utc=True, format=fmt)
+    except ValueError as err:  # a bad directive in a format given by the user
+        raise DataValidationError(f"date_format {fmt!r} is not a valid format: {err}") from err
+
+
+def _non_decreasing(parsed: pd.Series) -> bool:
+    ns = parsed.dropna().to_numpy(dtype="datetime64[ns]").view("i8")
+    return bool(np.all(np.diff(ns) >= 0))
 
 
 def _check_timestamp_order(timestamps: pd.Series) -> None:

@@ -30,13 +30,17 @@ later bars cannot change it (``tests/test_features.py`` checks this bit for bit)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.errors import DataValidationError
 
-__all__ = ["FEATURE_NAMES", "FeatureSet", "Standardizer", "build_features"]
+__all__ = [
+    "CLIP_Z", "FEATURE_NAMES", "FeatureSet", "FeatureWarning", "Standardizer", "build_features",
+    "near_constant", "scaling_warnings",
+]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "ret_1",
@@ -55,7 +59,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 SHORT_WINDOW = 5
 # Below this std a log1p(volume) window counts as constant: its z-score is set to 0.
 _VOLUME_STD_FLOOR = 1e-6
-_SCALE_FLOOR = 1e-8
+# Standardized model inputs are clipped to +-CLIP_Z train standard deviations (docs/method.md).
+CLIP_Z = 20.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,26 +194,123 @@ def _check_finite(X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Standardizer:
-    """Per-feature ``(x - mean) / scale``; fit on a fold's train segment only (by the caller)."""
+    """Per-feature ``(x - mean) / scale``, bounded; fit on a fold's train segment only (by the
+    caller).
+
+    ``mean`` and ``scale`` are scikit-learn's ``StandardScaler`` statistics (population std; 1.0
+    for a column that is constant by its rule). ``transform`` then deviates from it in two
+    documented ways (docs/method.md, "Scaling"): a column constant in training maps to 0
+    everywhere (nothing was learned from it), and every value is clipped to ``+-CLIP_Z``.
+    """
 
     mean: np.ndarray  # float64 [n_features]
-    scale: np.ndarray  # float64 [n_features], >= 1e-8
+    scale: np.ndarray  # float64 [n_features], 1.0 where ``constant``
+    constant: np.ndarray  # bool [n_features]: (near) zero spread in the fitted data
 
     @classmethod
     def fit(cls, X_train: np.ndarray) -> "Standardizer":
-        """Mean and population std per column; a constant column gets scale 1e-8."""
+        """Mean and population std per column; a (near) constant column gets scale 1."""
         X64 = np.asarray(X_train, dtype=np.float64)
         if X64.ndim != 2 or X64.shape[0] == 0:
             raise ValueError(f"Standardizer.fit needs a non-empty 2-D array, got {X64.shape}")
         mean = X64.mean(axis=0)
-        scale = np.maximum(X64.std(axis=0), _SCALE_FLOOR)
-        return cls(mean=mean, scale=scale)
+        var = X64.var(axis=0)
+        constant = near_constant(var, mean, X64.shape[0])
+        scale = np.where(constant, 1.0, np.sqrt(var))
+        return cls(mean=mean, scale=scale, constant=constant)
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def z_scores(self, X: np.ndarray) -> np.ndarray:
+        """``(x - mean) / scale`` in float64, before holding and clipping."""
         X64 = np.asarray(X, dtype=np.float64)
         if X64.ndim != 2 or X64.shape[1] != len(self.mean):
             raise ValueError(
                 f"Standardizer fitted on {len(self.mean)} features, got an array of {X64.shape}"
             )
-        scaled: np.ndarray = ((X64 - self.mean) / self.scale).astype(np.float32)
+        z: np.ndarray = (X64 - self.mean) / self.scale
+        return z
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        z = np.where(self.constant, 0.0, self.z_scores(X))
+        scaled: np.ndarray = np.clip(z, -CLIP_Z, CLIP_Z).astype(np.float32)
         return scaled
+
+
+def near_constant(var: np.ndarray, mean: np.ndarray, n_samples: int) -> np.ndarray:
+    """Columns whose variance is indistinguishable from 0: scikit-learn's rule, verbatim.
+
+    ``var <= n*eps*var + (n*mean*eps)**2`` (eps of float64) bounds the rounding error of the
+    two-pass variance (Chan, Golub and LeVeque), as ``sklearn.preprocessing._data.
+    _is_constant_feature`` does; ``StandardScaler`` gives those columns scale 1.
+    """
+    eps = np.finfo(np.float64).eps
+    mask: np.ndarray = var <= n_samples * eps * var + (n_samples * mean * eps) ** 2
+    return mask
+
+
+@dataclass(frozen=True)
+class FeatureWarning:
+    """A feature whose values after the train segment its scaling cannot represent faithfully."""
+
+    feature: str
+    reason: Literal["constant_in_train", "beyond_clip"]
+    rows: dict[str, int]  # later segment ("calibration", "validation") -> rows concerned
+    totals: dict[str, int]  # later segment -> its rows
+    max_abs_z: float | None  # largest |z| before clipping ("beyond_clip"), else None
+    train_value: float | None  # the train segment's constant value ("constant_in_train")
+
+    @property
+    def message(self) -> str:
+        where = " and ".join(f"{n} of {self.totals[seg]} {seg}" for seg, n in self.rows.items())
+        if self.reason == "constant_in_train":
+            return (
+                f"feature {self.feature!r} is constant in the train segment "
+                f"({self.train_value:.6g}) but differs in {where} rows; the model learned "
+                f"nothing from it, so it is held at its train value"
+            )
+        return (
+            f"feature {self.feature!r} lies beyond +-{CLIP_Z:g} train standard deviations in "
+            f"{where} rows (max |z| {self.max_abs_z:.4g}); clipped to +-{CLIP_Z:g}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "feature": self.feature, "reason": self.reason, "rows": dict(self.rows),
+            "totals": dict(self.totals), "max_abs_z": self.max_abs_z,
+            "train_value": self.train_value, "message": self.message,
+        }
+
+
+def scaling_warnings(
+    X_train: np.ndarray, later: dict[str, np.ndarray], feature_names: tuple[str, ...]
+) -> list[FeatureWarning]:
+    """What the scaler fitted on ``X_train`` cannot represent in the ``later`` segments.
+
+    One warning per feature, in column order: a feature constant in training (by
+    ``near_constant``) whose later values leave the train range, or a feature with later values
+    beyond ``+-CLIP_Z`` train standard deviations.
+    """
+    scaler = Standardizer.fit(X_train)
+    X64 = np.asarray(X_train, dtype=np.float64)
+    lo, hi = X64.min(axis=0), X64.max(axis=0)
+    segments = {name: np.asarray(X, dtype=np.float64) for name, X in later.items() if len(X)}
+    abs_z = {name: np.abs(scaler.z_scores(X)) for name, X in segments.items()}
+    found: list[FeatureWarning] = []
+    for col, feature in enumerate(feature_names):
+        constant = bool(scaler.constant[col])
+        rows = {
+            name: int(((X[:, col] < lo[col]) | (X[:, col] > hi[col])).sum()) if constant
+            else int((abs_z[name][:, col] > CLIP_Z).sum())
+            for name, X in segments.items()
+        }
+        rows = {name: n for name, n in rows.items() if n}
+        if not rows:
+            continue
+        found.append(FeatureWarning(
+            feature=feature,
+            reason="constant_in_train" if constant else "beyond_clip",
+            rows=rows,
+            totals={name: len(segments[name]) for name in rows},
+            max_abs_z=None if constant else max(float(abs_z[n][:, col].max()) for n in rows),
+            train_value=float(scaler.mean[col]) if constant else None,
+        ))
+    return found

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.hub_client import HubClient
-from api.pump import EventPump
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import EventPump
 from api.routes.runs import RunService
 from api.ws.endpoint import EventStreamEndpoint
 from orchestrator.messages import message_json_schema

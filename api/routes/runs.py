@@ -16,7 +16,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from api.bodies import error_response, json_object_body, owned_field_response
-from api.hub_client import Event, HubClient
+from orchestrator.events.hub import Event
+from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.service import RunConflictError, UnknownRunError

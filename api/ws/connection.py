@@ -25,11 +25,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from api.hub_client import HubClient
-from api.pump import Outgoing, encode_control, encode_event
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import Outgoing, encode_control, encode_event
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.messages import HistoryGap
+from orchestrator.states import StateTable
 
 __all__ = [
     "PONG_TEXT",
@@ -71,13 +72,16 @@ class ClientState(str, enum.Enum):
     CLOSED = "closed"
 
 
-_LEGAL: dict[ClientState, frozenset[ClientState]] = {
-    ClientState.CONNECTING: frozenset({ClientState.REPLAYING, ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.REPLAYING: frozenset({ClientState.LIVE, ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.LIVE: frozenset({ClientState.CLOSING, ClientState.CLOSED}),
-    ClientState.CLOSING: frozenset({ClientState.CLOSED}),
-    ClientState.CLOSED: frozenset(),
-}
+CLIENT_STATES = StateTable(
+    "client",
+    {
+        ClientState.CONNECTING: {ClientState.REPLAYING, ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.REPLAYING: {ClientState.LIVE, ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.LIVE: {ClientState.CLOSING, ClientState.CLOSED},
+        ClientState.CLOSING: {ClientState.CLOSED},
+        ClientState.CLOSED: (),
+    },
+)
 
 
 class IllegalClientTransition(IllegalTransitionError):
@@ -153,14 +157,10 @@ class ClientConnection:
 
     def transition(self, new: ClientState) -> None:
         """The one way the state changes; an illegal change names the states expected instead."""
-        legal = _LEGAL[self.state]
-        if new not in legal:
-            expected = sorted(s.value for s in legal) or ["none (closed)"]
-            raise IllegalClientTransition(
-                f"{self.name}: cannot go from {self.state.value} to {new.value}; "
-                f"expected one of {', '.join(expected)}"
-            )
-        self.state = new
+        try:
+            self.state = CLIENT_STATES.check(self.state, new, self.name)
+        except IllegalTransitionError as err:
+            raise IllegalClientTransition(str(err)) from None
 
     def request_close(self, code: int, reason: str) -> None:
         """Decide to close (first decision wins); the endpoint sends the close frame."""
@@ -245,12 +245,12 @@ class ClientConnection:
         """Send the held events after ``since`` (of ``run_id``), page by page, straight from the
         hub; a ``history_gap`` first when the hub no longer holds all of them."""
         cursor = since
+        head = await self.hub.last_seq()  # the pages cover at least this far
         first_page = True
         while True:
-            reply = await self.hub.poll(
-                cursor, 0, run_id, types=self.subscription.types, limit=REPLAY_PAGE
+            events, gap = await self.hub.events_since(
+                cursor, run_id, self.subscription.types, REPLAY_PAGE
             )
-            gap = reply.get("gap")
             if first_page and gap is not None:
                 oldest = int(gap)
                 await self._send_gap(
@@ -261,15 +261,14 @@ class ClientConnection:
                     run_id,
                 )
             first_page = False
-            events = reply["events"]
             for event in events:
                 if event["seq"] > self._floor:
                     await self._send(encode_event(event))
-            cursor = int(reply["last_seq"])
             if len(events) < REPLAY_PAGE:
                 break
-        # everything up to the hub's head at the last page is sent or not wanted
-        self._floor = max(self._floor, cursor)
+            cursor = int(events[-1]["seq"])
+        # everything up to the hub's head is sent or not wanted
+        self._floor = max(self._floor, cursor, head)
         self.resume_from = self._floor
 
     async def _send_gap(self, since: int, oldest: int, message: str, run_id: str | None) -> None:

@@ -19,8 +19,9 @@ import time
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from api.hub_client import HubClient
-from api.pump import EventPump
+from orchestrator.events.stream import HubClient
+from orchestrator.events.fanout import EventPump
+from api.refusals import mark_deliberate_refusal
 from api.ws.connection import ClientConnection, ClientState, CloseCode, close_reason
 from api.ws.subscription import Subscription, SubscriptionError
 
@@ -72,6 +73,7 @@ class EventStreamEndpoint:
 
     async def __call__(self, websocket: WebSocket) -> None:
         if not self.slots.take():
+            mark_deliberate_refusal()
             await websocket.send_denial_response(
                 JSONResponse(
                     {"error": f"too many clients: the limit is {self.slots.limit}"}, status_code=503

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from api.pump import Outgoing
+from orchestrator.events.fanout import Outgoing
 from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES
 
 __all__ = ["QUERY_PARAMS", "Subscription", "SubscriptionError", "parse_types"]

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from orchestrator.config import TrainConfig
 from orchestrator.config import FoldSpec
-from orchestrator.sinks import EventSink
+from orchestrator.events.publish import EventSink
 from workers.features import FeatureSet
 from workers.fold import FoldResult
 

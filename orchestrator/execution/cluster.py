@@ -23,9 +23,10 @@ from orchestrator.execution.placement import (
     node_groups_from_cluster_config,
     node_groups_from_launcher_config,
 )
-from orchestrator.hub import NAMESPACE
+from orchestrator.execution.watchdog import start_watchdog
+from orchestrator.events.actor import NAMESPACE
 
-__all__ = ["ensure_ray", "cluster_view", "free_resources", "is_placed"]
+__all__ = ["ensure_ray", "cluster_view", "cluster_resources", "free_resources", "is_placed"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
 
     Without an address this starts a new instance (``address="local"``): a bare ``ray.init()``
     would join whatever cluster ``ray start`` left running on the machine, someone else's too.
+    That instance is this process's own, so a watchdog ends it if the process dies without
+    shutting it down (``kill -9``), orphaned agents included (``execution.watchdog``).
     """
     if ray.is_initialized():
         return
@@ -44,6 +47,8 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
     ray.init(address=address, **kwargs)
+    if address == "local":
+        start_watchdog()
 
 
 def cluster_view() -> ClusterView:
@@ -52,6 +57,11 @@ def cluster_view() -> ClusterView:
     live = tuple(dict(node.get("Resources", {})) for node in nodes if node.get("Alive"))
     groups, caps = _node_groups()
     return ClusterView(live, groups, caps)
+
+
+def cluster_resources() -> dict[str, float]:
+    """What the cluster has in all (live nodes), e.g. ``{"CPU": 2.0, "GPU": 1.0}``."""
+    return cast(Callable[[], dict[str, float]], ray.cluster_resources)()  # untyped in Ray
 
 
 def free_resources() -> dict[str, float]:

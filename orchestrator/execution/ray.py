@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +42,17 @@ from orchestrator.execution.placement import (
     scale_up_types,
 )
 from orchestrator.execution.pool import Worker, WorkerPool
-from orchestrator.execution.scheduler import EndRun, FoldScheduler, RetryPolicy, Train
-from orchestrator.hub import HubPublisher
+from orchestrator.execution.scheduler import (
+    EndRun,
+    FoldScheduler,
+    RetryPolicy,
+    Train,
+    longest_first,
+)
 from orchestrator.messages import Notification
 from workers.fold import FoldContext
 
-__all__ = ["RayExecutor", "RaySink"]
+__all__ = ["RayExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +67,6 @@ _WORKER_DEATH: tuple[type[BaseException], ...] = (
     OutOfMemoryError,
     NodeDiedError,
 )
-
-
-class RaySink:
-    """Events go to the EventHub actor; each producer gets a fire-and-forget publisher."""
-
-    def __init__(self, hub: Any) -> None:
-        self.hub = hub
-
-    def register_run(self, run_id: str, run_dir: str | None) -> None:
-        ray.get(self.hub.register_run.remote(run_id, run_dir))
-
-    def publisher(self, run_id: str, producer: str) -> HubPublisher:
-        return HubPublisher(self.hub, run_id, producer)
-
-    def close_producers(
-        self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0
-    ) -> None:
-        """Tell the hub these producers are gone; with a ``timeout``, wait until it knows.
-
-        Waiting matters at the end of a run: the hub then drops anything a killed fold still had
-        in flight instead of releasing it after the run's terminal event.
-        """
-        refs = [self.hub.close_producer.remote(run_id, p) for p in producers]
-        if refs and timeout is not None:
-            ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
 
 class RayExecutor:
@@ -157,7 +136,7 @@ class _FoldRun:
         self.specs = {spec.fold_id: spec for spec in job.specs}
         self.scheduler = FoldScheduler(
             job.run_id,
-            self.specs,
+            longest_first(job.specs),
             limit=self._capacity(view),
             policy=RetryPolicy(self.config.max_retries, self.config.placement_timeout_s),
             shape=shape,

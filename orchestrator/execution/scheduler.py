@@ -28,20 +28,22 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from orchestrator.config import FoldSpec
 from orchestrator.errors import (
     FoldFailedError,
-    IllegalTransitionError,
     OrchestratorError,
     RunCancelledError,
 )
 from orchestrator.execution.placement import ResourceShape, placement_timeout_message
 from orchestrator.messages import Notification
+from orchestrator.states import StateTable
 
 __all__ = [
     "AttemptState",
     "FoldAttempt",
     "RetryPolicy",
     "FoldScheduler",
+    "longest_first",
     "Launch",
     "Train",
     "Requeue",
@@ -69,25 +71,28 @@ class AttemptState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-_LEGAL: dict[AttemptState, frozenset[AttemptState]] = {
-    AttemptState.PENDING: frozenset({AttemptState.PLACING, AttemptState.CANCELLED}),
-    AttemptState.PLACING: frozenset({
-        AttemptState.PENDING,  # its worker died starting, or found no place: back in the queue
-        AttemptState.RUNNING,
-        AttemptState.FAILED,
-        AttemptState.CANCELLED,
-    }),
-    AttemptState.RUNNING: frozenset({
-        AttemptState.SUCCEEDED,
-        AttemptState.FAILED_RETRYABLE,
-        AttemptState.FAILED,
-        AttemptState.CANCELLED,
-    }),
-    AttemptState.SUCCEEDED: frozenset(),
-    AttemptState.FAILED_RETRYABLE: frozenset(),
-    AttemptState.FAILED: frozenset(),
-    AttemptState.CANCELLED: frozenset(),
-}
+ATTEMPT_STATES = StateTable(
+    "fold attempt",
+    {
+        AttemptState.PENDING: {AttemptState.PLACING, AttemptState.CANCELLED},
+        AttemptState.PLACING: {
+            AttemptState.PENDING,  # its worker died starting, or found no place: back in the queue
+            AttemptState.RUNNING,
+            AttemptState.FAILED,
+            AttemptState.CANCELLED,
+        },
+        AttemptState.RUNNING: {
+            AttemptState.SUCCEEDED,
+            AttemptState.FAILED_RETRYABLE,
+            AttemptState.FAILED,
+            AttemptState.CANCELLED,
+        },
+        AttemptState.SUCCEEDED: (),
+        AttemptState.FAILED_RETRYABLE: (),
+        AttemptState.FAILED: (),
+        AttemptState.CANCELLED: (),
+    },
+)
 _LIVE = frozenset({AttemptState.PENDING, AttemptState.PLACING, AttemptState.RUNNING})
 
 
@@ -100,13 +105,9 @@ class FoldAttempt:
     state: AttemptState = AttemptState.PENDING
 
     def transition(self, new: AttemptState) -> None:
-        if new not in _LEGAL[self.state]:
-            expected = sorted(s.value for s, targets in _LEGAL.items() if new in targets)
-            raise IllegalTransitionError(
-                f"fold {self.fold_id} attempt {self.number}: cannot go from {self.state.value} "
-                f"to {new.value}; expected the attempt to be {' or '.join(expected)}"
-            )
-        self.state = new
+        self.state = ATTEMPT_STATES.check(
+            self.state, new, f"fold {self.fold_id} attempt {self.number}"
+        )
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,24 @@ class EndRun:
     error: OrchestratorError
 
 
+def longest_first(specs: Iterable[FoldSpec]) -> list[int]:
+    """Fold ids in the order to launch them: the most samples per epoch first (ties: lower id).
+
+    Longest processing time first: with expanding windows the last fold is the largest, and
+    launched last it would train alone after the others (a wave of one). An epoch's cost is
+    about proportional to its samples: gradient steps on train, forward passes on the rest.
+    """
+    def cost(spec: FoldSpec) -> int:
+        return len(spec.train) + len(spec.calibration) + len(spec.validation)
+
+    return [spec.fold_id for spec in sorted(specs, key=lambda s: (-cost(s), s.fold_id))]
+
+
 class FoldScheduler:
-    """The attempts of one run's folds, and what to do after each thing that happens."""
+    """The attempts of one run's folds, and what to do after each thing that happens.
+
+    Folds are launched in the order of ``fold_ids`` (``longest_first`` gives the usual order).
+    """
 
     def __init__(
         self,

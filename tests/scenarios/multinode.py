@@ -29,8 +29,9 @@ from ray.util.state import list_actors  # noqa: E402
 
 from orchestrator.config import config_from_mapping  # noqa: E402
 from orchestrator.driver import execute_run, new_run  # noqa: E402
-from orchestrator.hub import get_or_create_hub  # noqa: E402
-from orchestrator.execution.ray import RayExecutor, RaySink  # noqa: E402
+from orchestrator.events.actor import get_or_create_hub  # noqa: E402
+from orchestrator.execution.ray import RayExecutor  # noqa: E402
+from orchestrator.events.publish import RaySink  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 

@@ -11,7 +11,7 @@ sent as JSON (``POST /hpo``)::
 optional ``log`` or ``step``) or ``categorical`` (``choices``). Every name must be a tunable
 ``TrainConfig`` field, and every bound (or choice) must be a valid value of that field, so a bad
 space fails before the first trial with a message naming the parameter. Pure: no Optuna state,
-no Ray, no I/O except ``load_search_space``.
+no Ray, no I/O except ``load_search_space``; ``suggest`` draws a trial's values from a space.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 from optuna.distributions import (
     BaseDistribution,
@@ -38,6 +39,7 @@ __all__ = [
     "parse_search_space",
     "load_search_space",
     "contains",
+    "suggest",
 ]
 
 SearchSpace = dict[str, BaseDistribution]
@@ -194,3 +196,26 @@ def contains(distribution: BaseDistribution, value: Any) -> bool:
     if isinstance(distribution, IntDistribution) and value != int(value):
         return False
     return bool(distribution.low <= value <= distribution.high)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """The trial's value of every parameter of ``space``, in its order (enqueued values first).
+
+    Optuna's own ``suggest_*`` calls, so that enqueued parameters and the sampler work as in any
+    define-by-run objective.
+    """
+    for name, distribution in space.items():
+        if isinstance(distribution, CategoricalDistribution):
+            trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            trial.suggest_int(
+                name, distribution.low, distribution.high,
+                step=distribution.step, log=distribution.log,
+            )
+        else:
+            assert isinstance(distribution, FloatDistribution)
+            trial.suggest_float(
+                name, distribution.low, distribution.high,
+                step=distribution.step, log=distribution.log,
+            )
+    return {name: trial.params[name] for name in space}

@@ -31,7 +31,7 @@ def start_watchdog(driver_pid: int | None = None) -> subprocess.Popen[bytes]:
     """Start the watchdog of ``driver_pid`` (default: this process) in a session of its own."""
     pid = os.getpid() if driver_pid is None else driver_pid
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.ray_watchdog", str(pid)],
+        [sys.executable, "-m", "orchestrator.execution.watchdog", str(pid)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )

@@ -1,0 +1,96 @@
+"""The events a hub holds for replay: the most recent ``max_events`` stamped events, read after a cursor.
+
+The oldest events leave first, so the history is always one contiguous range of ``seq`` and a
+lost stretch can only be at its start: a reader whose cursor falls before it is told the gap.
+Pure (no lock, no I/O): the EventHub calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["History"]
+
+Event = dict[str, Any]
+
+
+class History:
+    """Stamped events (each with ``seq``, ``run_id``, ``type``) in seq order, at most ``max_events``."""
+
+    def __init__(self, max_events: int) -> None:
+        if not isinstance(max_events, int) or max_events < 1:
+            raise ValueError(f"max_events must be an int >= 1, got max_events={max_events!r}")
+        self._held: deque[Event] = deque(maxlen=max_events)
+        self.last_seq = 0  # of the last event appended, whether still held or not
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def oldest_seq(self) -> int | None:
+        return self._held[0]["seq"] if self._held else None
+
+    def append(self, event: Event) -> None:
+        """Hold ``event``, whose ``seq`` must be ``last_seq + 1``; the oldest may leave."""
+        if event["seq"] != self.last_seq + 1:
+            raise ValueError(f"seq must be {self.last_seq + 1}, got seq={event['seq']!r}")
+        self._held.append(event)
+        self.last_seq = event["seq"]
+
+    def collect(
+        self,
+        since_seq: int,
+        run_id: str | None = None,
+        types: frozenset[str] | None = None,
+        limit: int | None = None,
+        *,
+        run_first_seq: int | None = None,
+    ) -> tuple[list[Event], int, int | None]:
+        """(held events after ``since_seq``, the cursor to resume from, the gap or None).
+
+        Filtered by ``run_id`` and ``types``, at most ``limit``. The gap is the oldest held seq
+        when events right after ``since_seq`` are no longer held; with a ``run_id`` whose first
+        event (``run_first_seq``) is still held, nothing of that run was lost and there is none.
+        The cursor is ``last_seq``, or the last event's seq when ``limit`` cut the answer short.
+        """
+        if not isinstance(since_seq, int) or since_seq < 0:
+            raise ValueError(f"since_seq must be an int >= 0, got since_seq={since_seq!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got limit={limit!r}")
+        gap = None
+        oldest = self.oldest_seq
+        if oldest is not None and since_seq + 1 < oldest:
+            gap = oldest
+            if run_id is not None and run_first_seq is not None and run_first_seq >= oldest:
+                gap = None
+        events: list[Event] = []
+        for event in self.iter_from(since_seq + 1):
+            if run_id is not None and event["run_id"] != run_id:
+                continue
+            if types is not None and event["type"] not in types:
+                continue
+            events.append(event)
+            if limit is not None and len(events) >= limit:
+                return events, event["seq"], gap
+        return events, max(self.last_seq, since_seq), gap
+
+    def iter_from(self, seq: int) -> Iterator[Event]:
+        """Held events with seq >= ``seq``, oldest first, walking in from the nearer end."""
+        held = self._held
+        if not held:
+            return iter(())
+        index = max(seq - held[0]["seq"], 0)  # one contiguous range of seq
+        if index >= len(held):
+            return iter(())
+        if index <= len(held) - index:
+            return itertools.islice(held, index, None)
+        tail = list(itertools.islice(reversed(held), len(held) - index))
+        tail.reverse()
+        return iter(tail)
+
+    def of_run(self, run_id: str, first_seq: int = 0) -> Iterator[Event]:
+        """The held events of one run, scanning from its ``first_seq`` (default: everything)."""
+        return (e for e in self.iter_from(first_seq) if e["run_id"] == run_id)

@@ -1,0 +1,397 @@
+"""The EventHub: every event of every run passes through it to be ordered, stamped, held and served.
+
+``EventHub`` is a plain class, unit-tested without Ray (``events.actor`` runs it as the named Ray
+actor, DESIGN 3). Each published event is put in its producer's order, a retried fold's repeats
+dropped (``ordering``); each released event is stamped with ``run_id``, ``seq`` (per hub, 1, 2,
+3, ... without holes) and ``ts``, made JSON-safe and appended to the run's ``events.jsonl``
+exactly as it goes out on ``/ws`` (``journal``), followed by the notifications it gives rise to
+(``milestones``). The hub holds the last ``max_events`` events for replay (``history``) and
+answers long polls as soon as there is something new; a poll's ``interest`` tells producers
+which optional types some consumer delivers (``demand``).
+
+Publishing never waits for a consumer: ``publish`` is synchronous and cheap, and pollers are
+woken, never awaited. Per-run bookkeeping is kept for at most ``max_runs`` runs (the oldest
+finished run's is forgotten first); each producer buffers at most ``max_pending`` early events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from orchestrator.events.demand import Demand
+from orchestrator.events.history import History
+from orchestrator.events.journal import RunJournal, json_line
+from orchestrator.events.milestones import RunMilestones
+from orchestrator.events.ordering import Refusal, RetryFilter, RunOrdering
+from orchestrator.messages import TERMINAL_TYPES
+
+__all__ = ["EventHub", "Event", "PollReply"]
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+_FORGOTTEN_RUNS_KEPT = 1_000
+# stats(): what was published, released, dropped and why, and I/O errors of events.jsonl
+_COUNTERS = ("published", "released", "dropped_stale", "dropped_retry", "dropped_invalid",
+             "dropped_closed", "dropped_forgotten", "order_gaps_skipped", "io_errors")  # fmt: skip
+
+
+class PollReply(TypedDict):
+    """A long poll's answer: the events, the cursor to poll from next, and the gap if any."""
+
+    events: list[Event]
+    last_seq: int
+    gap: int | None
+
+
+def _ends_run(event: Event) -> bool:
+    return event["type"] in TERMINAL_TYPES or (
+        event["type"] == "hpo_trial" and event.get("state") == "study_complete"
+    )
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@dataclass
+class _Run:
+    """The hub's bookkeeping of one run."""
+
+    run_id: str
+    journal: RunJournal
+    ordering: RunOrdering[Any]
+    registered: bool = False
+    ended: bool = False
+    first_seq: int | None = None
+    retries: RetryFilter = field(default_factory=RetryFilter)
+    milestones: RunMilestones = field(default_factory=RunMilestones)
+
+
+class EventHub:
+    """Orders, de-duplicates, stamps, records and serves the events of all runs.
+
+    Thread-safe (one lock around the state). ``poll`` may be awaited from any event loop; a
+    publish from another thread wakes pollers through their loop's ``call_soon_threadsafe``.
+    Returned event dicts are the held ones: treat them as read-only.
+    """
+
+    def __init__(
+        self, *, max_events: int = 100_000, max_runs: int = 20, max_pending: int = 10_000
+    ) -> None:
+        for name, value in (("max_runs", max_runs), ("max_pending", max_pending)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
+        self._max_runs = max_runs
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._history = History(max_events)
+        self._runs: dict[str, _Run] = {}
+        self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._demand = Demand()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    def register_run(self, run_id: str, run_dir: str | None) -> None:
+        """Start recording ``run_id``; with a ``run_dir`` its events go to ``run_dir/events.jsonl``.
+
+        Registering before the run's first publish is the normal order. Events released before the
+        registration arrived (Ray may reorder the calls) are written to the file at registration.
+        Registering a run again with the same folder does nothing; with another folder it raises.
+        """
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id must be a non-empty string, got run_id={run_id!r}")
+        with self._lock:
+            if run_id in self._forgotten:
+                self._forgotten.remove(run_id)
+            run = self._runs.get(run_id)
+            if run is not None and run.registered:
+                if run.journal.run_dir != run_dir:
+                    raise ValueError(
+                        f"run {run_id!r} is already registered with "
+                        f"run_dir={run.journal.run_dir!r}, got run_dir={run_dir!r}"
+                    )
+                return
+            if run is None:
+                run = self._new_run(run_id)
+            run.registered = True
+            run.journal.run_dir = run_dir
+            if run.journal.open():
+                run.journal.write([json.dumps(e, allow_nan=False) for e in self._held_events_of(run)])
+                if run.ended:
+                    run.journal.close()
+                else:
+                    run.journal.flush()
+
+    def active_run(self) -> str | None:
+        """The most recently registered run that has not ended (no terminal event released yet)."""
+        with self._lock:
+            for run in reversed(self._runs.values()):
+                if run.registered and not run.ended:
+                    return run.run_id
+            return None
+
+    def close_producer(self, run_id: str, producer: str) -> None:
+        """Stop waiting for a dead producer's missing events.
+
+        Its buffered early events are released in pseq order (the holes between them are given
+        up), and any event it still sends afterwards is dropped (counted as ``dropped_closed``),
+        so a late straggler can never appear after events that followed it.
+        """
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return
+            released: list[Event] = []
+            for event in run.ordering.close_producer(producer):
+                self._release(run, event, released)
+            run.journal.flush()
+            self._wake_pollers(released)
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> list[Event]:
+        """Accept event number ``pseq`` of ``producer`` in ``run_id``; return what it released.
+
+        The result is empty when the event arrived early (buffered until the missing ones come),
+        was a duplicate, or was dropped as a retried fold's repeat or as invalid (not a dict with
+        a string ``type``, or not JSON-serializable once NaN/Infinity became null). An invalid
+        event still takes its place in the order, so it never stalls the events after it.
+        """
+        if not isinstance(pseq, int) or isinstance(pseq, bool) or pseq < 0:
+            raise ValueError(f"pseq must be an int >= 0, got pseq={pseq!r}")
+        if not isinstance(run_id, str) or not isinstance(producer, str):
+            raise ValueError(
+                f"run_id and producer must be strings, got run_id={run_id!r}, producer={producer!r}"
+            )
+        with self._lock:
+            released: list[Event] = []
+            run = self._accept(run_id, producer, pseq, event, released)
+            if run is not None:
+                run.journal.flush()
+            self._wake_pollers(released)
+            return released
+
+    def note_interest(self, types: Iterable[str], hold_s: float) -> None:
+        """Someone will deliver these message types for the next ``hold_s`` seconds."""
+        with self._lock:
+            self._demand.note(types, hold_s)
+
+    def wanted(self) -> frozenset[str]:
+        """The message types some consumer delivers now (see ``poll``'s ``interest``)."""
+        with self._lock:
+            return self._demand.wanted()
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._history.last_seq
+
+    def events_since(
+        self,
+        since_seq: int,
+        run_id: str | None = None,
+        types: frozenset[str] | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[Event], int | None]:
+        """Held events with ``seq > since_seq`` (optionally of one run / some types, at most
+        ``limit``), oldest first, and the gap: the oldest held seq when events right after
+        ``since_seq`` are no longer held (for ``run_id``: only if that run lost events), else None.
+        """
+        with self._lock:
+            events, _, gap = self._collect(since_seq, run_id, types, limit)
+            return events, gap
+
+    def run_events(self, run_id: str) -> list[Event]:
+        """The held events of one run, oldest first."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                return list(self._held_events_of(run))
+            return list(self._history.of_run(run_id))
+
+    async def poll(
+        self,
+        since_seq: int,
+        timeout: float,
+        run_id: str | None = None,
+        *,
+        types: frozenset[str] | None = None,
+        limit: int | None = None,
+        interest: Iterable[str] = (),
+    ) -> PollReply:
+        """Long-poll: the events after ``since_seq`` once there are any.
+
+        Returns at once when there are such events (or a gap to report), else waits up to
+        ``timeout`` seconds for one to be released and returns empty ``events`` when none came.
+        ``last_seq`` is the cursor to pass as ``since_seq`` next time: the hub's last seq, or the
+        last returned event's seq when ``limit`` cut the answer short. Never blocks a publisher.
+
+        ``interest`` names the message types this poller passes on to someone (a WebSocket
+        client, a file): it holds for the poll's ``timeout`` plus a grace (``Demand.note_poll``),
+        so a consumer that keeps polling keeps it.
+        """
+        with self._lock:
+            self._demand.note_poll(interest, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(float(timeout), 0.0)
+        while True:
+            with self._lock:
+                events, cursor, gap = self._collect(since_seq, run_id, types, limit)
+                remaining = deadline - loop.time()
+                if events or gap is not None or remaining <= 0:
+                    return {"events": events, "last_seq": cursor, "gap": gap}
+                # registered under the lock that publishers take: no wakeup can be missed
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.add(waiter)
+            since_seq = cursor  # nothing up to the cursor matched the filters
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                with self._lock:
+                    self._waiters.discard(waiter)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of what was published, released and dropped (and why), and what is held."""
+        with self._lock:
+            return {
+                **self._counts,
+                "last_seq": self._history.last_seq,
+                "held_events": len(self._history),
+                "oldest_held_seq": self._history.oldest_seq,
+                "runs": len(self._runs),
+                "active_runs": [r.run_id for r in self._runs.values() if r.registered and not r.ended],
+                "buffered": sum(r.ordering.buffered() for r in self._runs.values()),
+                "pollers": len(self._waiters),
+            }
+
+    # ---- internals (called with the lock held) --------------------------------------------
+
+    def _new_run(self, run_id: str) -> _Run:
+        run = _Run(run_id, RunJournal(run_id, None, self._io_error), RunOrdering(self._max_pending))
+        self._runs[run_id] = run
+        self._forget_old_runs()
+        return run
+
+    def _io_error(self) -> None:
+        self._counts["io_errors"] += 1
+
+    def _forget_old_runs(self) -> None:
+        """Drop the bookkeeping (not the held events) of the oldest ended runs past ``max_runs``."""
+        excess = len(self._runs) - self._max_runs
+        if excess <= 0:
+            return
+        for run in [r for r in self._runs.values() if r.ended][:excess]:
+            run.journal.close()
+            del self._runs[run.run_id]
+            self._forgotten.append(run.run_id)
+        if len(self._runs) > self._max_runs:
+            logger.warning(
+                "EventHub holds %d runs, more than max_runs=%d, because none more has ended",
+                len(self._runs), self._max_runs,
+            )  # fmt: skip
+
+    def _accept(
+        self, run_id: str, producer: str, pseq: int, event: Any, released: list[Event]
+    ) -> _Run | None:
+        self._counts["published"] += 1
+        run = self._runs.get(run_id)
+        if run is None:
+            if run_id in self._forgotten:
+                self._counts["dropped_forgotten"] += 1
+                logger.warning("dropping an event of forgotten run %r from %r", run_id, producer)
+                return None
+            run = self._new_run(run_id)
+        # a shallow copy, so stamping never touches the caller's dict
+        accepted = run.ordering.accept(producer, pseq, dict(event) if isinstance(event, dict) else event)
+        if accepted.refused is Refusal.CLOSED:
+            self._counts["dropped_closed"] += 1
+        elif accepted.refused is Refusal.STALE:
+            self._counts["dropped_stale"] += 1
+        if accepted.skipped is not None:
+            missing, resumed = accepted.skipped
+            logger.warning(
+                "producer %r of run %r: more than %d events buffered waiting for pseq %d; "
+                "skipping to %d", producer, run_id, self._max_pending, missing, resumed,
+            )  # fmt: skip
+            self._counts["order_gaps_skipped"] += 1
+        for ready in accepted.ready:
+            self._release(run, ready, released)
+        return run
+
+    def _release(self, run: _Run, event: Any, released: list[Event]) -> None:
+        """Stamp, record and write one event that is next in its producer's order."""
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            self._counts["dropped_invalid"] += 1
+            logger.error("run %r: dropping an event without a string 'type': %.200r", run.run_id, event)
+            return
+        if run.retries.is_repeat(event):
+            self._counts["dropped_retry"] += 1
+            return
+        seq = self._history.last_seq + 1
+        event["run_id"] = run.run_id
+        event["seq"] = seq
+        event["ts"] = time.time()
+        try:
+            event, line = json_line(event)
+        except (TypeError, ValueError) as e:
+            self._counts["dropped_invalid"] += 1
+            logger.error("run %r: dropping a %r event not JSON: %s", run.run_id, event["type"], e)
+            return
+        run.retries.remember(event)
+        if run.first_seq is None:
+            run.first_seq = seq
+        self._history.append(event)
+        self._counts["released"] += 1
+        released.append(event)
+        run.journal.write([line])
+        if _ends_run(event):
+            run.ended = True
+        if run.ended:  # a late event after the end reopens the file just for itself
+            run.journal.close()
+        else:
+            for derived in run.milestones.observe(event):
+                self._release(run, derived, released)
+
+    def _collect(
+        self, since_seq: int, run_id: str | None, types: frozenset[str] | None, limit: int | None
+    ) -> tuple[list[Event], int, int | None]:
+        run = self._runs.get(run_id) if run_id is not None else None
+        first_seq = None if run is None else run.first_seq
+        return self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
+
+    def _held_events_of(self, run: _Run) -> Iterator[Event]:
+        if run.first_seq is None:
+            return iter(())
+        return self._history.of_run(run.run_id, run.first_seq)
+
+    def _wake_pollers(self, released: list[Event]) -> None:
+        if not released or not self._waiters:
+            return
+        waiters, self._waiters = self._waiters, set()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for waiter in waiters:
+            loop = waiter.get_loop()
+            if loop is running:
+                _resolve(waiter)
+            else:
+                try:
+                    loop.call_soon_threadsafe(_resolve, waiter)
+                except RuntimeError:  # that poller's loop is closed
+                    pass

@@ -1,0 +1,129 @@
+"""The ``orchestrator hpo`` command: its flags, one stderr line per trial, the closing summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config import format_validation_error
+from orchestrator.errors import ConfigError
+from orchestrator.flags import add_model_flags, flag_specs, given_values
+from orchestrator.hpo.space import load_search_space
+from orchestrator.hpo.spec import HpoSpec
+from orchestrator.hpo.state import StudyState
+from orchestrator.hpo.study import run_study
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from orchestrator.cli import add_train_flags
+
+    parser = argparse.ArgumentParser(
+        prog="orchestrator hpo",
+        description="Optuna hyperparameter search over whole walk-forward CV runs, trials in "
+        "parallel on Ray. The train flags set the base config of every trial.",
+    )
+    add_train_flags(parser)
+    g = parser.add_argument_group("search")
+    add_model_flags(g, SEARCH_FLAGS)
+    g.add_argument("--search-space", help="YAML file: field -> {type, low, high, log | choices}")
+    g.add_argument("--enqueue", action="append", default=[], metavar="JSON",
+                   help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--events-out", help="write every event of the study as JSON lines")
+    parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    return parser
+
+
+# One flag per scalar HpoSpec field (today's spelling --timeout for timeout_s); the search space
+# and enqueued parameters have flags of their own, the base config has the train flags.
+SEARCH_FLAGS = flag_specs(HpoSpec, spelling={"timeout_s": "timeout"})
+
+
+def trial_line(event: dict[str, Any]) -> str | None:
+    """The console line of an ``hpo_trial`` event (None for any other event)."""
+    if event.get("type") != "hpo_trial":
+        return None
+    state, best = event["state"], event.get("best_value")
+    if state == "running":
+        return f"trial {event['trial']} started {json.dumps(event['params'])}"
+    if state == "study_complete":
+        return f"study {event['study']} complete: best trial {event['trial']} value {best}"
+    line = (
+        f"trial {event['trial']} {state} value {event.get('value')} in "
+        f"{event.get('duration_seconds') or 0:.1f}s "
+        f"[{event['trials_done']}/{event['trials_total']}] best {best}"
+    )
+    return f"{line}: {event['error']}" if event.get("error") else line
+
+
+def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
+    from orchestrator.cli import config_from_args
+
+    config = config_from_args(args)
+    values: dict[str, Any] = {**given_values(args, SEARCH_FLAGS), "enqueue": []}
+    if args.search_space:
+        load_search_space(args.search_space, config)  # a clear error before Ray starts
+        values["search_space"] = yaml.safe_load(Path(args.search_space).read_text())
+    for text in args.enqueue:
+        try:
+            values["enqueue"].append(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--enqueue expects a JSON object, got {text!r}: {err}") from err
+    try:
+        return HpoSpec.model_validate({**values, "config": config})
+    except ValidationError as err:
+        raise ConfigError(f"invalid HPO options: {format_validation_error(err)}") from err
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.console.progress import EventFileWriter
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    spec = _spec_from_args(args)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    hub = None  # executor=local: an in-process hub, and no Ray at all
+    if spec.config.executor == "ray":
+        from orchestrator.events.actor import get_or_create_hub
+        from orchestrator.execution.cluster import ensure_ray
+
+        ensure_ray(args.address)
+        hub = get_or_create_hub()
+    writer = EventFileWriter(args.events_out) if args.events_out else None
+
+    def fanout(events: list[dict[str, Any]]) -> None:
+        if not args.quiet:
+            for line in filter(None, map(trial_line, events)):
+                print(line, file=sys.stderr, flush=True)
+        if writer is not None:
+            writer(events)
+
+    try:
+        result = run_study(spec, hub=hub, listener=fanout)
+    finally:
+        if writer is not None:
+            writer.close()
+    print(f"study {result.study}: {result.state.value}, {result.trials_done} trials done "
+          f"({json.dumps(result.counts)})")
+    if result.best_trial is not None:
+        print(f"best trial {result.best_trial}: {spec.metric} = {result.best_value} "
+              f"{json.dumps(result.best_params)}")
+        print(f"best config: {result.best_config}")
+    print(f"trials: {result.trials_csv}")
+    if result.state is StudyState.CANCELLED:
+        return 130
+    if result.session_completed == 0:
+        print(f"error: no trial of this session completed ({len(result.session_trials)} run); "
+              f"each trial's reason is on its line above and in {result.trials_csv}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,183 @@
+"""What defines one HPO study session (``HpoSpec``, from CLI flags or a REST body), validated once.
+
+Also the two pure rules that follow from a spec: the metric's default direction, and the per-fold
+CPU/GPU shares under which ``parallel`` trials fit the cluster at once (``pack_resources``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.config import TrainConfig, config_from_mapping, format_validation_error
+from orchestrator.errors import ConfigError
+from orchestrator.hpo.space import (
+    DEFAULT_SEARCH_SPACE,
+    SearchSpace,
+    contains,
+    load_search_space,
+    parse_search_space,
+)
+from orchestrator.messages import EPOCH_METRIC_FIELDS
+
+__all__ = [
+    "Direction",
+    "HpoSpec",
+    "spec_from_mapping",
+    "pack_resources",
+    "default_direction",
+]
+
+Direction = Literal["minimize", "maximize"]
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def default_direction(metric: str) -> Direction | None:
+    """minimize for losses and calibration error, maximize for AUC and DirAcc, else None."""
+    if "auc" in metric.lower() or metric == "DirAcc":
+        return "maximize"
+    if metric.endswith(("nll", "bce", "brier", "loss")) or metric.startswith("ECE"):
+        return "minimize"
+    return None
+
+
+class HpoSpec(BaseModel):
+    """Everything that defines one HPO study session (the CLI flags, the POST /hpo body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study: str = Field("default", description="study name; the same name continues the study")
+    trials: int = Field(20, ge=1, le=100_000, description="trials to run in this session")
+    parallel: int = Field(1, ge=1, le=1024, description="trials at once")
+    storage: str | None = Field(
+        None,
+        description="Optuna RDB URL (sqlite:///..., postgresql://...) or a journal file path; "
+        "default <reports_dir>/hpo/<study>/study.journal",
+    )
+    metric: str = Field("val_nll", description="an epoch_metrics field, averaged over folds")
+    direction: Direction | None = Field(None, description="default: from the metric")
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SEARCH_SPACE.items()}
+    )
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field(
+        "median", description="Optuna pruner fed the trials' per-epoch metric"
+    )
+    pruner_startup_trials: int = Field(
+        4, ge=0, description="completed trials before the median pruner prunes"
+    )
+    pruner_warmup_epochs: int = Field(1, ge=0, description="epochs before a trial can be pruned")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler")
+    sampler_seed: int | None = Field(
+        None, ge=0, description="seed of the sampler (reproducible draws with --parallel 1)"
+    )
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="parameter sets to try first (skipped if already tried)"
+    )
+    timeout_s: float | None = Field(None, gt=0, description="start no trial after this many s")
+    config: TrainConfig = Field(
+        default_factory=lambda: config_from_mapping({}), description="the base run config"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "HpoSpec":
+        if not _STUDY_NAME.match(self.study):
+            raise ValueError(
+                "study must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a "
+                f"letter or digit), got study={self.study!r}"
+            )
+        if self.metric not in EPOCH_METRIC_FIELDS:
+            raise ValueError(
+                f"metric must be an epoch_metrics field ({', '.join(EPOCH_METRIC_FIELDS)}), "
+                f"got metric={self.metric!r}"
+            )
+        if self.config.executor == "local" and self.parallel != 1:
+            raise ValueError(
+                "parallel must be 1 with executor=local (trials run one at a time in this "
+                f"process, without Ray), got parallel={self.parallel}"
+            )
+        if self.direction is None:
+            inferred = default_direction(self.metric)
+            if inferred is None:
+                raise ValueError(
+                    f"direction cannot be inferred for metric={self.metric!r}; "
+                    "give direction='minimize' or 'maximize'"
+                )
+            self.direction = inferred
+        try:
+            space = parse_search_space(self.search_space, self.config)
+        except ConfigError as err:
+            raise ValueError(str(err)) from err
+        for i, params in enumerate(self.enqueue):
+            unknown = sorted(set(params) - set(space))
+            if unknown:
+                raise ValueError(f"enqueue[{i}]: {unknown} not in the search space")
+            for name, value in params.items():
+                if not contains(space[name], value):
+                    raise ValueError(
+                        f"enqueue[{i}]: {name}={value!r} is outside the search space {space[name]}"
+                    )
+        return self
+
+    @property
+    def distributions(self) -> SearchSpace:
+        return parse_search_space(self.search_space, self.config)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.config.reports_dir) / "hpo" / self.study
+
+    @property
+    def study_run_id(self) -> str:
+        """The run_id under which the study's own ``hpo_trial`` events go through the hub."""
+        return f"hpo_{self.study}"
+
+
+def spec_from_mapping(values: Mapping[str, Any]) -> HpoSpec:
+    """An ``HpoSpec`` from a flat mapping (REST body): HPO fields plus ``TrainConfig`` fields.
+
+    Train fields may also come nested under ``config``. ``search_space`` may be a mapping or a
+    path to a YAML file. Raises ``ConfigError`` naming the field.
+    """
+    hpo_fields = set(HpoSpec.model_fields) - {"config"}
+    spec_values = {k: v for k, v in values.items() if k in hpo_fields}
+    train_values = dict(values.get("config") or {})
+    train_values.update({k: v for k, v in values.items() if k not in hpo_fields and k != "config"})
+    config = config_from_mapping(train_values)
+    space = spec_values.get("search_space")
+    if isinstance(space, (str, Path)):
+        load_search_space(space, config)  # names the file when it is missing or not YAML
+        spec_values["search_space"] = yaml.safe_load(Path(space).read_text())
+    try:
+        return HpoSpec.model_validate({**spec_values, "config": config})
+    except ValidationError as err:
+        raise ConfigError(f"invalid HPO spec: {format_validation_error(err)}") from err
+
+
+def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, float]) -> dict[str, float]:
+    """Per-fold CPU/GPU shares under which ``parallel`` trials' folds all fit ``cluster`` at once.
+
+    Fold actors hold their resources while they are alive (they stay warm in the pool), so
+    ``parallel`` trials of K concurrent folds need ``parallel * K`` actors placed together.
+    Returns only the fields that must shrink (rounded down to Ray's 1e-4 resource precision).
+    """
+    per_trial = min(config.total_folds, config.max_concurrent_folds or config.total_folds)
+    slots = parallel * per_trial
+    changes: dict[str, float] = {}
+    for field_name, resource in (("cpus_per_fold", "CPU"), ("gpus_per_fold", "GPU")):
+        wanted = float(getattr(config, field_name))
+        have = float(cluster.get(resource, 0.0))
+        if wanted > 0 and have > 0 and slots * wanted > have + 1e-9:
+            share = math.floor(have / slots * 1e4) / 1e4
+            if share <= 0:
+                raise ConfigError(
+                    f"parallel={parallel} trials x {per_trial} folds do not fit {have:g} {resource}"
+                )
+            changes[field_name] = share
+    return changes

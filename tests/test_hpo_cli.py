@@ -1,0 +1,129 @@
+"""The hpo command's console lines and its options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.hpo.cli import _spec_from_args, build_parser, main, trial_line
+from tests.synthetic import random_walk_ohlcv
+
+
+def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
+    base = {"type": "hpo_trial", "study": "s", "trial": 3, "params": {"lr": 0.01},
+            "best_value": 0.5, "trials_done": 4, "trials_total": 10}
+    assert trial_line({**base, "state": "running"}) == 'trial 3 started {"lr": 0.01}'
+    assert trial_line({**base, "state": "pruned", "value": 0.9, "duration_seconds": 2.25}) == (
+        "trial 3 pruned value 0.9 in 2.2s [4/10] best 0.5"
+    )
+    assert trial_line({**base, "state": "failed", "value": None, "duration_seconds": None}) == (
+        "trial 3 failed value None in 0.0s [4/10] best 0.5"
+    )
+    assert trial_line({**base, "state": "study_complete"}) == (
+        "study s complete: best trial 3 value 0.5"
+    )
+    assert trial_line({"type": "epoch_metrics"}) is None
+
+
+def test_flags_make_the_spec() -> None:
+    args = build_parser().parse_args([
+        "--study", "s2", "--trials", "3", "--parallel", "2", "--pruner", "none", "--epochs", "4",
+        "--enqueue", '{"lr": 0.001}', "--metric", "val_auc",
+    ])
+    spec = _spec_from_args(args)
+    assert (spec.study, spec.trials, spec.parallel, spec.pruner) == ("s2", 3, 2, "none")
+    assert spec.enqueue == [{"lr": 0.001}] and spec.config.epochs == 4
+    assert spec.direction == "maximize"
+    with pytest.raises(ConfigError, match="--enqueue expects a JSON object"):
+        _spec_from_args(build_parser().parse_args(["--enqueue", "{lr"]))
+    with pytest.raises(ConfigError, match="invalid HPO options"):
+        _spec_from_args(build_parser().parse_args(["--parallel", "0"]))
+
+
+def test_a_failed_trial_line_says_why() -> None:
+    event = {"type": "hpo_trial", "study": "s", "trial": 0, "params": {}, "state": "failed",
+             "value": None, "duration_seconds": 1.0, "best_value": None, "trials_done": 1,
+             "trials_total": 2, "error": "val_auc is undefined (null) in fold 1"}
+    assert trial_line(event) == (
+        "trial 0 failed value None in 1.0s [1/2] best None: val_auc is undefined (null) in fold 1"
+    )
+
+
+def _stale_tail_csv(path: Path, n: int = 2200, stale: int = 460) -> Path:
+    """A random walk whose last ``stale`` bars repeat the last price (a halted instrument)."""
+    bars = random_walk_ohlcv(n, seed=5)
+    last = bars.iloc[n - stale - 1]
+    for column in ("open", "high", "low", "close"):
+        bars.loc[bars.index[n - stale:], column] = last["close"]
+    bars.loc[bars.index[n - stale:], "volume"] = 0.0
+    bars.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_hub(ray_session: None) -> object:
+    """The hub the command uses (its default namespace), held across this module's studies: a
+    hub dies with its last handle, and the next command must not get the dying one."""
+    from orchestrator.events.actor import get_or_create_hub
+
+    return get_or_create_hub()
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        # a validation fold with one class: the objective is undefined in every trial
+        (["--metric", "val_auc"], "val_auc is undefined (null) in fold 1"),
+        # another member of the kind: every trial's run is refused before it trains
+        (["--metric", "val_nll", "--set", "batch_size=4000"], "batch_size"),
+    ],
+)
+def test_a_study_in_which_no_trial_completes_exits_1_with_each_reason(
+    cli_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
+) -> None:
+    data = _stale_tail_csv(tmp_path / "stale_tail.csv")
+    code = main([
+        "--data", str(data), "--folds", "2", "--epochs", "2", "--trials", "2", "--parallel", "1",
+        "--pruner", "none", "--reports-dir", str(tmp_path / "r"), "--study", f"none_complete_{len(extra)}", *extra,
+    ])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("trial ") and " failed " in line]
+    assert code == 1, err
+    assert len(failed) == 2 and all(reason in line for line in failed), err
+    assert "no trial of this session completed" in err
+
+
+def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "bars.csv"
+    random_walk_ohlcv(900, seed=2).to_csv(data, index=False)
+    script = (
+        "import sys\n"
+        "from orchestrator.hpo.cli import main\n"
+        f"code = main(['--executor', 'local', '--data', {str(data)!r}, '--trials', '2', '--folds', '2',"
+        " '--epochs', '2', '--set', 'min_samples=300', '--set', 'lookback=10', '--study', 'inproc',"
+        f" '--reports-dir', {str(tmp_path / 'r')!r}, '--pruner', 'none', '--sampler', 'random'])\n"
+        "print('RAY_IMPORTED', 'ray' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RAY_IMPORTED False" in proc.stdout  # no Ray module, so no Ray process either
+    summaries = sorted((tmp_path / "r" / "hpo" / "inproc" / "runs").glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert {json.loads(p.read_text())["executor"] for p in summaries} == {"local"}
+
+
+def test_local_studies_run_one_trial_at_a_time() -> None:
+    with pytest.raises(ConfigError, match="parallel must be 1 with executor=local"):
+        _spec_from_args(build_parser().parse_args(["--executor", "local", "--parallel", "2"]))

@@ -1,0 +1,91 @@
+"""Pruning on epoch events: intermediate values, the pruner, the cancel of a pruned trial's run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+
+from orchestrator.hpo.pruning import EpochTracker, TrialPruning, make_pruner
+from orchestrator.hpo.spec import HpoSpec
+
+
+def _epoch(fold: int, epoch: int, value: float | None) -> dict[str, Any]:
+    return {"type": "epoch_metrics", "fold_id": fold, "epoch": epoch, "val_nll": value}
+
+
+def test_epoch_tracker_settles_each_epoch_once_all_folds_reported_it() -> None:
+    tracker = EpochTracker("val_nll")
+    assert tracker.observe({"type": "training_start", "total_folds": 2}) == []
+    assert tracker.observe(_epoch(0, 0, 1.0)) == []
+    assert tracker.observe(_epoch(0, 1, 0.5)) == []
+    assert tracker.observe(_epoch(1, 0, 3.0)) == [(0, 2.0)]
+    assert tracker.observe(_epoch(1, 1, None)) == [(1, 0.5)]  # undefined values are left out
+    # fold 0 stopped early: its last value carries forward once it completed
+    assert tracker.observe(_epoch(1, 2, 1.5)) == []
+    assert tracker.observe({"type": "fold_complete", "fold_id": 0}) == [(2, 1.0)]
+    assert tracker.observe({"type": "training_complete"}) == []
+
+
+def test_epoch_tracker_flushes_what_it_has_when_the_run_ends() -> None:
+    tracker = EpochTracker("val_nll")
+    tracker.observe({"type": "training_start", "total_folds": 3})
+    tracker.observe(_epoch(0, 0, 2.0))
+    tracker.observe(_epoch(0, 1, 1.0))
+    assert tracker.observe({"type": "training_error", "error": "x"}) == [(0, 2.0), (1, 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_make_pruner_follows_the_spec(name: str, kind: type) -> None:
+    assert isinstance(make_pruner(HpoSpec.model_validate({"pruner": name})), kind)
+
+
+class FakeRun:
+    def __init__(self) -> None:
+        self.cancels = 0
+
+    def request_cancel(self) -> bool:
+        self.cancels += 1
+        return True
+
+
+def _trial_events(pruning: TrialPruning, values: list[float]) -> None:
+    pruning.observe({"type": "training_start", "total_folds": 1})
+    for epoch, value in enumerate(values):
+        pruning.observe(_epoch(0, epoch, value))
+
+
+def test_a_worse_trial_is_pruned_and_its_run_cancelled() -> None:
+    study = optuna.create_study(
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
+    good = study.ask()
+    first = TrialPruning(good, "val_nll")
+    _trial_events(first, [1.0, 0.5, 0.4])
+    first.observe({"type": "training_complete"})
+    assert first.wait_ended(0) and not first.close()
+    assert study.trials[0].intermediate_values == {0: 1.0, 1: 0.5, 2: 0.4}
+    study.tell(good, 0.4)
+
+    bad = study.ask()
+    pruning = TrialPruning(bad, "val_nll")
+    run = FakeRun()
+    pruning.run = run
+    assert not pruning.wait_ended(0)
+    _trial_events(pruning, [5.0])
+    assert pruning.pruned and run.cancels == 1
+    assert study.trials[1].user_attrs["pruned_at_epoch"] == 0
+    _trial_events(pruning, [5.0, 6.0])  # later epochs are no longer reported
+    assert run.cancels == 1 and study.trials[1].intermediate_values == {0: 5.0}
+    assert pruning.close()
+    pruning.observe({"type": "training_error", "error": "cancelled"})  # after close: ignored
+    assert not pruning.wait_ended(0)

@@ -1,0 +1,69 @@
+"""The study spec: its validation, the default direction, and packing parallel trials' folds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.config import config_from_mapping
+from orchestrator.errors import ConfigError
+from orchestrator.hpo.space import DEFAULT_SEARCH_SPACE
+from orchestrator.hpo.spec import HpoSpec, default_direction, pack_resources, spec_from_mapping
+
+
+def spec(**values: Any) -> HpoSpec:
+    return HpoSpec.model_validate(values)
+
+
+def test_direction_follows_the_metric() -> None:
+    assert default_direction("val_nll") == "minimize"
+    assert default_direction("ECE") == "minimize"
+    assert default_direction("val_auc") == "maximize"
+    assert default_direction("DirAcc") == "maximize"
+    assert default_direction("PIT_KS_p") is None
+    assert spec(metric="val_auc").direction == "maximize"
+    with pytest.raises(ValueError, match="direction cannot be inferred for metric='PIT_KS_p'"):
+        spec(metric="PIT_KS_p")
+    with pytest.raises(ValueError, match="metric must be an epoch_metrics field"):
+        spec(metric="auc")
+
+
+def test_spec_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="study must be"):
+        spec(study="../etc")
+    with pytest.raises(ValueError, match=r"enqueue\[0\]: \['depth'\] not in the search space"):
+        spec(search_space={"lr": DEFAULT_SEARCH_SPACE["lr"]}, enqueue=[{"depth": 2}])
+    with pytest.raises(ValueError, match=r"enqueue\[0\]: lr=5.0 is outside"):
+        spec(enqueue=[{"lr": 5.0}])
+    flat = spec_from_mapping({"study": "s", "trials": 3, "epochs": 4, "config": {"folds": 3}})
+    assert (flat.trials, flat.config.epochs, flat.config.folds) == (3, 4, 3)
+    with pytest.raises(ConfigError, match="epochs"):
+        spec_from_mapping({"study": "s", "epochs": 0})
+
+
+def test_spec_from_mapping_reads_a_search_space_file(tmp_path: Any) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n")
+    loaded = spec_from_mapping({"study": "s", "search_space": str(path)})
+    assert list(loaded.distributions) == ["lr"]
+    with pytest.raises(ConfigError, match="search space file not found"):
+        spec_from_mapping({"study": "s", "search_space": str(tmp_path / "none.yaml")})
+
+
+def test_spec_paths_and_run_id() -> None:
+    s = spec(study="s1", config=config_from_mapping({"reports_dir": "out"}))
+    assert str(s.study_dir) == "out/hpo/s1" and s.study_run_id == "hpo_s1"
+
+
+def test_pack_resources_fits_parallel_trials_of_folds() -> None:
+    config = config_from_mapping(dict(folds=2, cpus_per_fold=1.0))
+    assert pack_resources(config, 1, {"CPU": 2.0}) == {}
+    assert pack_resources(config, 2, {"CPU": 2.0}) == {"cpus_per_fold": 0.5}
+    assert pack_resources(config, 3, {"CPU": 2.0}) == {"cpus_per_fold": 0.3333}
+    limited = config_from_mapping(dict(folds=4, max_concurrent_folds=1, cpus_per_fold=1.0))
+    assert pack_resources(limited, 2, {"CPU": 2.0}) == {}
+    gpu = config_from_mapping(dict(folds=4, gpus_per_fold=0.5, cpus_per_fold=1.0))
+    assert pack_resources(gpu, 2, {"CPU": 16.0, "GPU": 2.0}) == {"gpus_per_fold": 0.25}
+    with pytest.raises(ConfigError, match="do not fit"):
+        pack_resources(config, 100_000, {"CPU": 2.0})
