@@ -39,7 +39,7 @@
   /* A table inside a scroll box the keyboard can reach (tabindex) when it is wider than the screen. */
   function table(label, headers, rows) {
     const head = el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)));
-    const body = rows.map((cells) => el("tr", {}, cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", {}, c)))));
+    const body = rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))));
     return el("div", { class: "table-scroll", tabindex: "0", role: "region", "aria-label": label },
       el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
   }
