@@ -50,9 +50,12 @@ bench: $(STAMP)
 schema: $(STAMP)
 	$(PY) -m orchestrator schema --out docs/ws-schema.json
 
-# The seed's JavaScript client example, unchanged, in headless Chromium against a real server on
-# port 8000 (needs Chromium: `apt-get install chromium` on Debian, or CHROMIUM=/path/to/chrome).
+# In headless Chromium (needs Chromium: `apt-get install chromium` on Debian, or
+# CHROMIUM=/path/to/chrome): the dashboard and the reports during a real run, writing the
+# README's screenshots to docs/screenshots; then the seed's JavaScript client example, unchanged,
+# against a real server on port 8000.
 browser-check: $(STAMP)
+	DASHBOARD_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_dashboard_browser.py
 	$(PY) -m tests.browser.check_seed_client --out docs/results/browser-seed-client.json
 
 typecheck: $(STAMP)

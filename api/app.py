@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from api.bodies import error_response
 from orchestrator.events.stream import HubClient
 from orchestrator.events.fanout import EventPump
+from api.routes.dashboard import dashboard_router
 from api.routes.data import CandleSource, data_router, lazy_candles
 from api.routes.hpo import StudyService, hpo_router
 from api.routes.meta import api_version, meta_router
@@ -121,6 +122,7 @@ def create_app(
     if hpo is not None:
         app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir))
     app.include_router(data_router(candles or lazy_candles(settings.base_config.data)))
+    app.include_router(dashboard_router(manager, studies=hpo is not None))
     app.add_api_websocket_route("/ws", stream)
     return app
 

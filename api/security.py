@@ -3,7 +3,8 @@
 - Bind: a loopback address needs no token; any other address is refused at startup without one.
 - Token: when configured, every request (REST and the ``/ws`` upgrade) carries it as
   ``Authorization: Bearer T`` or ``?token=T``; otherwise HTTP 401 before anything else runs.
-  The OpenAPI pages (``/docs``, ``/openapi.json``) stay public: they describe, never act.
+  The OpenAPI pages (``/docs``, ``/openapi.json``) stay public: they describe, never act; so do
+  the dashboard's page and scripts (``/ui``, ``/ui/static/...``): they hold no data.
 - Origin: a request without ``Origin`` (Qt, Python, curl) is allowed; so are loopback origins
   (``http(s)://localhost:*``, ``127.x.x.x``, ``[::1]``), the server's own address and the origins
   listed with ``--allow-origin`` (``*`` allows any). Any other Origin gets HTTP 403, for REST
@@ -40,7 +41,8 @@ __all__ = [
 
 LOOPBACK_ORIGIN_REGEX = r"^https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$"
 _LOOPBACK_ORIGIN = re.compile(LOOPBACK_ORIGIN_REGEX, re.IGNORECASE)
-PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/ui"})
+PUBLIC_PREFIXES = ("/ui/static/",)
 
 
 class InsecureBindError(ValueError):
@@ -165,7 +167,7 @@ class AccessMiddleware:
     def _exempt(scope: Scope, headers: dict[str, str]) -> bool:
         if scope["type"] != "http":
             return False
-        if scope["path"] in PUBLIC_PATHS:
+        if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES):
             return True
         # a CORS preflight never carries credentials; the request that follows must
         return scope["method"] == "OPTIONS" and "access-control-request-method" in headers

@@ -28,6 +28,7 @@ from orchestrator.messages import (
     TrainingError,
     TrainingStart,
 )
+from orchestrator.report_html import write_run_report
 from orchestrator.reports import (
     aggregate_metrics,
     new_run_id,
@@ -169,6 +170,7 @@ def execute_run(
             **(extra_summary or {}),
         }
         summary_path = write_summary(folder, summary)
+        write_run_report(folder, summary)
         run.summary_path = str(summary_path)
         driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
         driver.flush()

@@ -37,6 +37,7 @@ from orchestrator.hpo.results import (
     objective_value,
     session_result,
     standing,
+    trials_frame,
     write_best_config,
     write_trials_csv,
 )
@@ -48,6 +49,7 @@ from orchestrator.events.stream import EventStream, StreamThread
 from orchestrator.hpo.backend import TrialBackend, backend_for
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
+from orchestrator.report_html import write_study_report
 from orchestrator.messages import HpoTrial
 
 __all__ = ["TrialFailed", "run_study"]
@@ -368,6 +370,11 @@ class _StudySession:
     def _write_results(self) -> None:
         assert self.study is not None
         write_trials_csv(self.spec.study_dir / "trials.csv", self.study.get_trials(deepcopy=False))
+        write_study_report(
+            self.spec.study_dir, trials_frame(self.study.get_trials(deepcopy=False)).to_dict("records"),
+            study=self.spec.study, metric=self.spec.metric, direction=str(self.spec.direction),
+            state="cancelled" if self.cancel.is_set() else None, trials_total=self.trials_total,
+        )
         best = best_trial(self.study)
         if best is not None and "config" in best.user_attrs:
             path = self.spec.study_dir / "best_config.yaml"
