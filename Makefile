@@ -49,6 +49,7 @@ bench: $(STAMP)
 
 schema: $(STAMP)
 	$(PY) -m orchestrator schema --out docs/ws-schema.json
+	$(PY) -m orchestrator schema --asyncapi --out docs/asyncapi.yaml
 
 # In headless Chromium (needs Chromium: `apt-get install chromium` on Debian, or
 # CHROMIUM=/path/to/chrome): the dashboard and the reports during a real run, writing the

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from api.routes.runs import resolve_report_path
 from api.server import RedactTokens
@@ -42,6 +43,8 @@ def test_health_and_schema(api_server: ApiServer) -> None:
     assert health["hub"]["reachable"] is True and health["version"]
     assert "active_run_id" in health
     assert httpx.get(f"{api_server.url}/ws/schema").json() == message_json_schema()
+    served = httpx.get(f"{api_server.url}/ws/asyncapi").json()
+    assert served == yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
     assert httpx.get(f"{api_server.url}/openapi.json").status_code == 200
 
 

@@ -1,4 +1,4 @@
-"""The server's own routes: ``GET /`` (health, version, hub and clients) and ``GET /ws/schema``."""
+"""The server's own routes: ``GET /`` (health, version, hub, clients) and the ``/ws`` contract documents."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from orchestrator.events.stream import HubClient
-from orchestrator.events.fanout import EventPump
 from api.routes.runs import RunService
 from api.ws.endpoint import EventStreamEndpoint
+from orchestrator.asyncapi import asyncapi_document
+from orchestrator.events.fanout import EventPump
+from orchestrator.events.stream import HubClient
 from orchestrator.messages import message_json_schema
 
 __all__ = ["api_version", "meta_router"]
@@ -43,5 +44,9 @@ def meta_router(
     @router.get("/ws/schema", summary="JSON Schema of every message sent on /ws")
     async def ws_schema() -> dict[str, Any]:
         return message_json_schema()
+
+    @router.get("/ws/asyncapi", summary="AsyncAPI 3.0 document of /ws (as docs/asyncapi.yaml)")
+    async def ws_asyncapi() -> dict[str, Any]:
+        return asyncapi_document()
 
     return router
