@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -27,14 +28,23 @@ POLL_S = 0.5
 GRACE_S = 3.0
 
 
-def start_watchdog(driver_pid: int | None = None) -> subprocess.Popen[bytes]:
-    """Start the watchdog of ``driver_pid`` (default: this process) in a session of its own."""
+def start_watchdog(driver_pid: int | None = None, ready_timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+    """Start the watchdog of ``driver_pid`` (default: this process) in a session of its own.
+
+    Returns once the watchdog has recorded the driver's descendants a first time (or after
+    ``ready_timeout_s``): a driver killed right after this call is still covered.
+    """
     pid = os.getpid() if driver_pid is None else driver_pid
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.execution.watchdog", str(pid)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )
+    assert proc.stdout is not None
+    ready = threading.Thread(target=proc.stdout.readline, daemon=True)
+    ready.start()
+    ready.join(ready_timeout_s)
+    return proc
 
 
 def _descendants(driver: psutil.Process) -> dict[int, float]:
@@ -87,8 +97,12 @@ def watch(driver_pid: int, poll_s: float = POLL_S) -> list[int]:
     except psutil.NoSuchProcess:
         return []
     recorded: dict[int, float] = {}
+    first = True
     while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
         recorded.update(_descendants(driver))
+        if first:  # start_watchdog returns now
+            print("ready", flush=True)
+            first = False
         time.sleep(poll_s)
     return reap(recorded)
 
