@@ -88,15 +88,22 @@ def test_a_killed_train_command_leaves_no_ray_process(tmp_path: Path) -> None:
         # wait until the instance is up, agents included, and the watchdog has seen them
         deadline = time.monotonic() + 120
         names: set[str] = set()
-        while time.monotonic() < deadline and not {"raylet", "ray::DashboardAgent"} <= names:
+        expected = {"raylet", "ray::DashboardAgent", "watchdog"}
+        while time.monotonic() < deadline and not expected <= names:
             time.sleep(0.5)
             names = set()
             for child in psutil.Process(driver.pid).children(recursive=True):
                 try:
-                    names.add(child.name() if child.name() == "raylet" else " ".join(child.cmdline()[:1]))
+                    line = child.cmdline()
+                    if child.name() == "raylet":
+                        names.add("raylet")
+                    elif "orchestrator.execution.watchdog" in line:
+                        names.add("watchdog")
+                    elif line:
+                        names.add(line[0])
                 except psutil.Error:
                     pass
-        assert {"raylet", "ray::DashboardAgent"} <= names, names
+        assert expected <= names, names
         time.sleep(2 * POLL_S + 0.5)
         descendants = psutil.Process(driver.pid).children(recursive=True)
     finally:

@@ -46,9 +46,9 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
     if address == "local":
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
-    ray.init(address=address, **kwargs)
     if address == "local":
-        start_watchdog()
+        start_watchdog()  # before the instance exists: it sees each of its processes appear
+    ray.init(address=address, **kwargs)
 
 
 def cluster_view() -> ClusterView:

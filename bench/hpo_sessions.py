@@ -1,0 +1,144 @@
+"""HPO sessions side by side: in-process sequential, Ray one trial at a time, Ray two at a time. Prints JSON.
+
+The method of issue 16: three ``orchestrator hpo`` sessions of ``--trials`` trials, each trial the
+default job (sp500, 5 folds, 25 epochs) with a search space that pins ``lr`` and ``hidden`` to
+their defaults, ``--sampler random --sampler-seed 1 --pruner none``, an SQLite Optuna storage:
+
+- ``local``: ``--executor local --parallel 1`` (trials one after the other in this process, no Ray);
+- ``ray_p1``: Ray ``--parallel 1`` (one trial at a time, its folds in parallel);
+- ``ray_p2``: Ray ``--parallel 2``.
+
+Each session is a fresh ``python -m orchestrator hpo`` process, as a user starts it. Trial start
+and end times are read from Optuna's own storage. "Steady" is the trials after the first wave
+(the first ``parallel`` trials, which pay actor start and first fits): ``steady_trial_seconds`` is
+their median duration and ``steady_trials_per_minute`` their count over the span from the end of
+the first wave to the last trial's end. ``session_seconds`` runs from the process launch to the
+last trial's end (Ray's start included). Sessions run in a rotated order in each repeat, and the
+medians over repeats are reported with every repeat's figures, so a change of load on the
+machine hits all three alike. Every trial must complete.
+
+Usage: python bench/hpo_sessions.py [--trials 16] [--repeats 1] [--folds 5] [--epochs 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES: dict[str, list[str]] = {
+    "local": ["--executor", "local", "--parallel", "1"],
+    "ray_p1": ["--executor", "ray", "--parallel", "1"],
+    "ray_p2": ["--executor", "ray", "--parallel", "2"],
+}
+PINNED_SPACE = (
+    "lr: {type: categorical, choices: [0.001]}\n"
+    "hidden: {type: categorical, choices: [64]}\n"
+)
+
+
+def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import optuna
+
+    folder = work / f"{mode}_{int(time.time() * 1000)}"
+    folder.mkdir(parents=True)
+    space = folder / "space.yaml"
+    space.write_text(PINNED_SPACE)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    command = [
+        sys.executable, "-m", "orchestrator", "hpo", "--study", "bench", "--trials", str(args.trials),
+        "--data", args.data, "--folds", str(args.folds), "--epochs", str(args.epochs),
+        "--search-space", str(space), "--sampler", "random", "--sampler-seed", "1",
+        "--pruner", "none", "--storage", storage, "--reports-dir", str(folder / "reports"),
+        "--quiet", *MODES[mode],
+    ]
+    launched = time.time()
+    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} session failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = optuna.load_study(study_name="bench", storage=storage).get_trials(deepcopy=False)
+    states = {t.state.name for t in trials}
+    if states != {"COMPLETE"} or len(trials) != args.trials:
+        raise RuntimeError(f"{mode}: every trial must complete, got {states} of {len(trials)}")
+    spans = sorted(
+        (t.datetime_start.timestamp(), t.datetime_complete.timestamp())  # type: ignore[union-attr]
+        for t in trials
+    )
+    parallel = 2 if mode == "ray_p2" else 1
+    first_wave_end = max(end for _, end in spans[:parallel])
+    steady = spans[parallel:]
+    last_end = max(end for _, end in spans)
+    return {
+        "mode": mode,
+        "trials": len(trials),
+        "session_seconds": round(last_end - launched, 2),
+        "first_trial_start_seconds": round(spans[0][0] - launched, 2),
+        "steady_trial_seconds": round(statistics.median(e - s for s, e in steady), 3),
+        "steady_trials_per_minute": round(60 * len(steady) / (last_end - first_wave_end), 2),
+        "process_seconds": round(time.time() - launched, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--data", default="sp500")
+    parser.add_argument("--modes", default=",".join(MODES))
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench_hpo_sessions_") as tmp:
+        for repeat in range(args.repeats):
+            order = modes[repeat % len(modes):] + modes[: repeat % len(modes)]
+            for mode in order:
+                runs[mode].append(run_session(mode, args, Path(tmp)))
+                print(json.dumps(runs[mode][-1]), file=sys.stderr, flush=True)
+    median = {
+        m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("mode", "trials")}
+        for m, rs in runs.items()
+    }
+    ratios: dict[str, float] = {}
+    if {"local", "ray_p1"} <= set(median):
+        ratios["warm_run_local_over_ray_p1"] = round(
+            median["local"]["steady_trial_seconds"] / median["ray_p1"]["steady_trial_seconds"], 3
+        )
+    if {"local", "ray_p2"} <= set(median):
+        ratios["steady_throughput_ray_p2_over_local"] = round(
+            median["ray_p2"]["steady_trials_per_minute"] / median["local"]["steady_trials_per_minute"], 3
+        )
+        ratios["session_local_over_ray_p2"] = round(
+            median["local"]["session_seconds"] / median["ray_p2"]["session_seconds"], 3
+        )
+    print(json.dumps({
+        "benchmark": "hpo_sessions",
+        "machine": machine(("ray", "torch", "optuna")),
+        "load_average": os.getloadavg(),
+        "args": vars(args),
+        "goals": {"warm_run_local_over_ray_p1": ">= 1.75", "steady_throughput_ray_p2_over_local": ">= 1.8",
+                  "session_local_over_ray_p2": ">= 1.3"},
+        "ratios": ratios,
+        "median": median,
+        "runs": runs,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
