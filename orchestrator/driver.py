@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.config import TrainConfig
-from orchestrator.config import FoldSpec
+from orchestrator.config import FoldSpec, TrainConfig
+from orchestrator.datacache import run_data
 from orchestrator.errors import InsufficientDataError, OrchestratorError, RunCancelledError
+from orchestrator.events.publish import EventSink
 from orchestrator.execution.base import FoldExecutor, FoldJob
 from orchestrator.feasibility import check_folds, plan_feasible_folds
 from orchestrator.lifecycle import Run, RunState
@@ -37,9 +38,7 @@ from orchestrator.reports import (
     write_predictions_csv,
     write_summary,
 )
-from orchestrator.events.publish import EventSink
-from workers.data import data_fingerprint, load_ohlcv
-from workers.features import FeatureSet, FeatureWarning, build_features, scaling_warnings
+from workers.features import FeatureSet, FeatureWarning, scaling_warnings
 from workers.fold import FoldResult
 
 __all__ = ["new_run", "execute_run"]
@@ -74,8 +73,8 @@ def execute_run(
     started = time.time()
     try:
         run.transition(RunState.RUNNING)
-        frame = load_ohlcv(config.data, config.date_format)
-        features = build_features(frame, config.lookback)
+        data = run_data(config.data, config.date_format, config.lookback)
+        frame, features = data.frame, data.features
         driver.publish(DatasetReady(size=len(features), min_samples=config.min_samples))
         if len(features) < config.min_samples:
             raise InsufficientDataError(len(features), config.min_samples)
@@ -151,7 +150,7 @@ def execute_run(
             "executor": executor.name,
             "data": {
                 "source": config.data,
-                "fingerprint": data_fingerprint(frame),
+                "fingerprint": data.fingerprint,
                 "bars": len(frame),
                 "samples": len(features),
                 "first_timestamp": str(frame["timestamp"].iloc[0]),
@@ -165,6 +164,7 @@ def execute_run(
                 "training_seconds": training_seconds,
                 "total_seconds": time.time() - started,
                 "fold_train_seconds": {str(k): results[k].train_seconds for k in sorted(results)},
+                **fold_overhead(results),
             },
             "versions": package_versions(),
             **(extra_summary or {}),
@@ -233,4 +233,18 @@ def _fold_summary(
         "train_seconds": result.train_seconds,
         "device": result.device,
         "attempt": result.attempt,
+    }
+
+
+def fold_overhead(results: dict[int, FoldResult]) -> dict[str, Any]:
+    """Each fold's orchestration overhead: from its dispatch by the executor to its result back
+    in the driver (``fold_round_trip_seconds``), minus its train+evaluate compute in the worker
+    (``fold_train_seconds``); and the overhead's share of all round trips."""
+    trips = {k: r.round_trip_seconds for k, r in sorted(results.items()) if r.round_trip_seconds is not None}
+    overhead = {k: max(trip - results[k].train_seconds, 0.0) for k, trip in trips.items()}
+    total = sum(trips.values())
+    return {
+        "fold_round_trip_seconds": {str(k): v for k, v in trips.items()},
+        "fold_overhead_seconds": {str(k): v for k, v in overhead.items()},
+        "fold_overhead_fraction": sum(overhead.values()) / total if total > 0 else None,
     }

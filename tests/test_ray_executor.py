@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator import driver as driver_module
+from orchestrator import datacache
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.driver import execute_run, new_run
 from orchestrator.lifecycle import Run, RunState
@@ -236,7 +236,8 @@ def test_max_concurrent_folds_caps_the_folds_in_flight(
 
 
 def test_python_error_in_a_fold_fails_the_run_without_retry(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A NaN in one feature of the train segments makes the training loss NaN."""
 
@@ -246,7 +247,9 @@ def test_python_error_in_a_fold_fails_the_run_without_retry(
         X[100, 0] = np.nan  # early: in every fold's train segment
         return FeatureSet(features.timestamps, X, features.y, features.bar_index)
 
-    monkeypatch.setattr(driver_module, "build_features", features_with_a_nan)
+    monkeypatch.setattr(datacache, "build_features", features_with_a_nan)
+    datacache.clear()  # the bars' features may be cached from an earlier test
+    request.addfinalizer(datacache.clear)  # and the NaN ones must not serve a later one
     created, missing = pool.created, 2 - pool.idle_count()  # a kill test may have taken one
     started = RayRun(hub, RayExecutor(pool), make_config(tmp_path, bars, epochs=4, max_retries=2))
     run = started.wait()

@@ -109,6 +109,8 @@ class FoldResult:
     train_seconds: float
     device: str
     attempt: int
+    # Set by the executor: seconds from its dispatch of the fold to the result back in the driver.
+    round_trip_seconds: float | None = None
 
 
 def _device_for(config: TrainConfig) -> torch.device:

@@ -6,6 +6,9 @@ fails the run with its text, a cancel stops the fold at its next epoch.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 from orchestrator.errors import FoldFailedError, OrchestratorError, RunCancelledError
 from orchestrator.execution.base import FoldJob, ResultCallback, fold_producer
 from workers.fold import FoldContext, FoldTrainer
@@ -26,6 +29,7 @@ class LocalExecutor:
                 raise RunCancelledError(f"run {job.run_id} was cancelled")
             context = FoldContext(job.run_id, job.training_started_at)
             publisher = job.sink.publisher(job.run_id, fold_producer(spec.fold_id, 0))
+            dispatched = time.monotonic()
             try:
                 result = trainer.run(
                     job.features, spec, job.config, context, publisher,
@@ -35,7 +39,7 @@ class LocalExecutor:
                 raise
             except Exception as err:  # a Python error inside a fold fails the run with its text
                 raise FoldFailedError(spec.fold_id, f"{type(err).__name__}: {err}") from err
-            on_result(result)
+            on_result(dataclasses.replace(result, round_trip_seconds=time.monotonic() - dispatched))
 
     def shutdown(self) -> None:
         self._trainer = None

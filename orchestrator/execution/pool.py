@@ -64,6 +64,18 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._features: tuple[object, Any] | None = None  # the last FeatureSet put, its ObjectRef
+
+    def put_features(self, features: object) -> Any:
+        """The object-store copy of ``features``: put once while runs pass the same object (the
+        driver's cached run data, ``orchestrator.datacache``), so trials of a study share it."""
+        with self._lock:
+            if self._features is not None and self._features[0] is features:
+                return self._features[1]
+        ref = ray.put(features)
+        with self._lock:
+            self._features = (features, ref)
+        return ref
 
     def acquire(self, shape: ResourceShape) -> Worker:
         """An idle actor of ``shape``, else a new one (still starting: ping it before use)."""
@@ -120,6 +132,7 @@ class WorkerPool:
     def shutdown(self) -> None:
         """Kill the idle actors; actors released later are killed too."""
         self._closed.set()
+        self._features = None
         with self._lock:
             idle, self._idle = self._idle, []
         for worker in idle:

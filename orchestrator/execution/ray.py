@@ -15,6 +15,7 @@ that worked on the run is killed (``keep_workers_on_cancel`` keeps them warm).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class _FoldRun:
         try:
             if self.placement is Placement.AFTER_SCALE_UP:
                 self._announce_scale_up()
-            self.features_ref = ray.put(self.job.features)  # once per run, shared by every fold
+            self.features_ref = self.pool.put_features(self.job.features)  # shared by every fold
             while not self.scheduler.finished:
                 if self.job.cancel_event.is_set():
                     raise self.scheduler.cancel_requested().error
@@ -288,7 +289,7 @@ class _FoldRun:
             ).error from err
         self.free.append(call.worker)
         self.scheduler.succeeded(call.fold_id)
-        self.on_result(result)
+        self.on_result(dataclasses.replace(result, round_trip_seconds=time.monotonic() - call.since))
 
     # ---- the end -----------------------------------------------------------------------------
 
