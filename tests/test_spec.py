@@ -56,11 +56,14 @@ def test_spec_paths_and_run_id() -> None:
     assert str(s.study_dir) == "out/hpo/s1" and s.study_run_id == "hpo_s1"
 
 
-def test_pack_resources_fits_parallel_trials_of_folds() -> None:
-    config = config_from_mapping(dict(folds=2, cpus_per_fold=1.0))
-    assert pack_resources(config, 1, {"CPU": 2.0}) == {}
-    assert pack_resources(config, 2, {"CPU": 2.0}) == {"cpus_per_fold": 0.5}
-    assert pack_resources(config, 3, {"CPU": 2.0}) == {"cpus_per_fold": 0.3333}
+def test_pack_resources_gives_up_fold_concurrency_before_cpu() -> None:
+    config = config_from_mapping(dict(folds=5, cpus_per_fold=1.0))
+    assert pack_resources(config, 1, {"CPU": 2.0}) == {"max_concurrent_folds": 2}
+    # two trials on two cores: one fold at a time each, two warm actors, no core shared
+    assert pack_resources(config, 2, {"CPU": 2.0}) == {"max_concurrent_folds": 1}
+    assert pack_resources(config, 2, {"CPU": 16.0}) == {}
+    # more trials than cores: one fold each, the share shrunk
+    assert pack_resources(config, 3, {"CPU": 2.0}) == {"max_concurrent_folds": 1, "cpus_per_fold": 0.6666}
     limited = config_from_mapping(dict(folds=4, max_concurrent_folds=1, cpus_per_fold=1.0))
     assert pack_resources(limited, 2, {"CPU": 2.0}) == {}
     gpu = config_from_mapping(dict(folds=4, gpus_per_fold=0.5, cpus_per_fold=1.0))

@@ -160,24 +160,38 @@ def spec_from_mapping(values: Mapping[str, Any]) -> HpoSpec:
         raise ConfigError(f"invalid HPO spec: {format_validation_error(err)}") from err
 
 
-def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, float]) -> dict[str, float]:
-    """Per-fold CPU/GPU shares under which ``parallel`` trials' folds all fit ``cluster`` at once.
+def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, float]) -> dict[str, Any]:
+    """The config changes under which ``parallel`` trials' fold actors all fit ``cluster`` at once.
 
-    Fold actors hold their resources while they are alive (they stay warm in the pool), so
-    ``parallel`` trials of K concurrent folds need ``parallel * K`` actors placed together.
-    Returns only the fields that must shrink (rounded down to Ray's 1e-4 resource precision).
+    Fold actors hold their resources while they are alive (they stay warm in the pool). Trials
+    in parallel first give up fold concurrency, not CPU: on C CPUs, P trials of folds asking c
+    CPUs each run ``floor(C / (P * c))`` folds at a time (``max_concurrent_folds``), so P trials
+    keep P * that many warm actors busy, one process per core, where shrinking the share would
+    start P * folds actors on the same cores (a cold start each, and oversubscribed cores). Only
+    when not even one fold per trial fits is ``cpus_per_fold`` shrunk (one fold at a time each).
+    GPU shares are then shrunk to fit the folds that run at once: GPU folds may share a device.
+    Shares are rounded down to Ray's 1e-4 resource precision. Raises ConfigError when nothing fits.
     """
     per_trial = min(config.total_folds, config.max_concurrent_folds or config.total_folds)
-    slots = parallel * per_trial
-    changes: dict[str, float] = {}
-    for field_name, resource in (("cpus_per_fold", "CPU"), ("gpus_per_fold", "GPU")):
-        wanted = float(getattr(config, field_name))
-        have = float(cluster.get(resource, 0.0))
-        if wanted > 0 and have > 0 and slots * wanted > have + 1e-9:
-            share = math.floor(have / slots * 1e4) / 1e4
+    changes: dict[str, Any] = {}
+    cpus, have_cpus = float(config.cpus_per_fold), float(cluster.get("CPU", 0.0))
+    if cpus > 0 and have_cpus > 0:
+        fit = math.floor(have_cpus / (parallel * cpus) + 1e-9)
+        if fit < per_trial:
+            per_trial = max(fit, 1)
+            changes["max_concurrent_folds"] = per_trial
+        if fit < 1:
+            share = math.floor(have_cpus / parallel * 1e4) / 1e4
             if share <= 0:
-                raise ConfigError(
-                    f"parallel={parallel} trials x {per_trial} folds do not fit {have:g} {resource}"
-                )
-            changes[field_name] = share
+                raise ConfigError(f"parallel={parallel} trials do not fit {have_cpus:g} CPU")
+            changes["cpus_per_fold"] = share
+    gpus, have_gpus = float(config.gpus_per_fold), float(cluster.get("GPU", 0.0))
+    slots = parallel * per_trial
+    if gpus > 0 and have_gpus > 0 and slots * gpus > have_gpus + 1e-9:
+        share = math.floor(have_gpus / slots * 1e4) / 1e4
+        if share <= 0:
+            raise ConfigError(
+                f"parallel={parallel} trials x {per_trial} folds do not fit {have_gpus:g} GPU"
+            )
+        changes["gpus_per_fold"] = share
     return changes
