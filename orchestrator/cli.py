@@ -135,9 +135,14 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
             writer.close()
     if run.error:
         print(f"error: {run.error}", file=sys.stderr)
-        return 1
-    print(f"summary: {run.summary_path}")
-    return 0
+    else:
+        print(f"summary: {run.summary_path}")
+    code = 1 if run.error else 0
+    if config.executor == "ray":
+        from orchestrator.execution.cluster import exit_leaving_own_instance
+
+        exit_leaving_own_instance(code)  # no wait for Ray's shutdown: the watchdog stops it
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

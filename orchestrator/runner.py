@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from orchestrator.config import TrainConfig
+from orchestrator.datacache import run_data
 from orchestrator.driver import execute_run, new_run
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import EventSink, InProcessSink, Listener
@@ -64,15 +65,30 @@ def run_training(
         from orchestrator.execution.cluster import ensure_ray
         from orchestrator.execution.ray import RayExecutor
 
+        # Ray's start is mostly waiting for its processes: load the data meanwhile (the run's own
+        # load then finds it cached; a failure is left for the run to report), and start the
+        # fold actors as soon as Ray is up, so that their imports overlap the rest of the set-up.
+        prefetch = threading.Thread(target=_prefetch_data, args=(config,), daemon=True)
+        prefetch.start()
         ensure_ray(address)
+        ray_executor = RayExecutor(pool)
+        ray_executor.prestart(config)
         handle = get_or_create_hub()
-        sink, hub, executor = RaySink(handle), RayHubClient(handle), RayExecutor(pool)
+        sink, hub, executor = RaySink(handle), RayHubClient(handle), ray_executor
+        prefetch.join()
     try:
         _execute_following(run, sink, executor, hub, listener, interest)
     finally:
         if pool is None:
             executor.shutdown()
     return run
+
+
+def _prefetch_data(config: TrainConfig) -> None:
+    try:
+        run_data(config.data, config.date_format, config.lookback)
+    except Exception:  # the run loads again and reports the error as its training_error
+        pass
 
 
 def _execute_following(

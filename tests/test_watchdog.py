@@ -113,3 +113,32 @@ def test_a_killed_train_command_leaves_no_ray_process(tmp_path: Path) -> None:
     while _alive(descendants) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _alive(descendants) == []
+
+
+def test_a_train_command_that_ends_leaves_no_ray_process_behind(tmp_path: Path) -> None:
+    """The command exits without waiting for Ray's shutdown; its watchdog stops the instance."""
+    data = tmp_path / "bars.csv"
+    ar1_ohlcv(900, seed=4).to_csv(data, index=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "train", "--data", str(data), "--folds", "2",
+         "--epochs", "2", "--quiet", "--set", "min_samples=300", "--set", "lookback=10",
+         "--reports-dir", str(tmp_path / "r")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    seen: dict[int, psutil.Process] = {}
+    while driver.poll() is None:
+        try:
+            for child in psutil.Process(driver.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    out, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 0 and "summary:" in out
+    assert len(seen) >= 3  # the instance's processes (gcs, raylet, agents, ...) were seen
+    deadline = time.monotonic() + 60
+    while _alive(list(seen.values())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(list(seen.values())) == []

@@ -252,6 +252,9 @@ class FoldTrainer:
 
     def __init__(self) -> None:
         import workers.train  # noqa: F401  (torch, scipy, statsmodels: once per worker process)
+        # The optimizer's first call imports torch._dynamo (about 1.4 s on a small machine): an
+        # actor pays it when it starts, beside the driver's set-up, not inside its first fold.
+        import torch._dynamo  # noqa: F401
 
         self.pid = os.getpid()
         self._cancelled = False

@@ -90,11 +90,24 @@ class WorkerPool:
             self.created += 1
         for worker in others:
             self.discard(worker)
+        return self._start(shape)
+
+    def _start(self, shape: ResourceShape) -> Worker:
         name = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:12]}"
         actor = _trainer_class().options(
             **shape.options(), name=name, max_concurrency=2, max_restarts=0, max_task_retries=0
         ).remote()
         return Worker(actor=actor, name=name, shape=shape)
+
+    def prestart(self, shape: ResourceShape, count: int) -> int:
+        """Start actors of ``shape`` now, up to ``count`` idle ones, without waiting for them: their
+        process start and imports overlap the driver's own set-up. How many were started."""
+        with self._lock:
+            missing = max(count - sum(w.shape == shape for w in self._idle), 0)
+            self.created += missing
+        for _ in range(missing):
+            self.release(self._start(shape))
+        return missing
 
     def release(self, worker: Worker) -> None:
         """Keep a healthy actor for later runs."""

@@ -30,6 +30,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from orchestrator.config import TrainConfig
 from orchestrator.errors import OrchestratorError, RunCancelledError
 from orchestrator.execution.base import FoldJob, ResultCallback, fold_producer
 from orchestrator.execution.cluster import cluster_view, free_resources, is_placed
@@ -93,6 +94,14 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+
+    def prestart(self, config: TrainConfig) -> int:
+        """Start the fold actors a run of ``config`` will use (as many as run at once), now."""
+        shape = ResourceShape.of(config)
+        limit = concurrency_limit(
+            shape, reachable_resources(cluster_view()), config.total_folds, config.max_concurrent_folds
+        )
+        return self.pool.prestart(shape, limit)
 
     def run_folds(self, job: FoldJob, on_result: ResultCallback) -> None:
         shape = ResourceShape.of(job.config)

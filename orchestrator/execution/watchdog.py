@@ -22,29 +22,35 @@ import time
 
 import psutil
 
-__all__ = ["start_watchdog", "watch"]
+__all__ = ["start_watchdog", "wait_ready", "watch"]
 
 POLL_S = 0.5
 GRACE_S = 3.0
 
 
-def start_watchdog(driver_pid: int | None = None, ready_timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+def start_watchdog(driver_pid: int | None = None) -> subprocess.Popen[bytes]:
     """Start the watchdog of ``driver_pid`` (default: this process) in a session of its own.
 
-    Returns once the watchdog has recorded the driver's descendants a first time (or after
-    ``ready_timeout_s``): a driver killed right after this call is still covered.
+    Returns at once; ``wait_ready`` waits until it has recorded the driver's processes once.
     """
     pid = os.getpid() if driver_pid is None else driver_pid
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.execution.watchdog", str(pid)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )
-    assert proc.stdout is not None
-    ready = threading.Thread(target=proc.stdout.readline, daemon=True)
-    ready.start()
-    ready.join(ready_timeout_s)
-    return proc
+
+
+def wait_ready(watchdog: subprocess.Popen[bytes], timeout_s: float = 30.0) -> bool:
+    """Wait until the watchdog has recorded the driver's descendants a first time: from then on a
+    driver killed at once is covered. False when it did not say so within ``timeout_s``."""
+    out = watchdog.stdout
+    assert out is not None
+    said: list[bytes] = []
+    reader = threading.Thread(target=lambda: said.append(out.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return bool(said and said[0].strip() == b"ready")
 
 
 def _descendants(driver: psutil.Process) -> dict[int, float]:

@@ -120,10 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{json.dumps(result.best_params)}")
         print(f"best config: {result.best_config}")
     print(f"trials: {result.trials_csv}")
+    code = 0
     if result.state is StudyState.CANCELLED:
-        return 130
-    if result.session_completed == 0:
+        code = 130
+    elif result.session_completed == 0:
         print(f"error: no trial of this session completed ({len(result.session_trials)} run); "
               f"each trial's reason is on its line above and in {result.trials_csv}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    if hub is not None:
+        from orchestrator.execution.cluster import exit_leaving_own_instance
+
+        exit_leaving_own_instance(code)  # no wait for Ray's shutdown: the watchdog stops it
+    return code
