@@ -6,6 +6,7 @@ never sees half a file under a name that an event announced.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from orchestrator.messages import sanitize
 
@@ -64,13 +67,36 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def write_predictions_csv(folder: Path, fold_id: int, predictions: dict[str, np.ndarray]) -> Path:
     """``predictions/predictions_fold_{k}_{YYYYmmdd_HHMMSS}.csv`` with exactly the DESIGN 7 columns.
 
-    Floats are written with ``repr`` precision (pandas' default), so they round-trip exactly.
+    Floats are written at shortest round-trip precision, so they read back exactly; NaN is an
+    empty field. Arrow's CSV writer does it about 9 times faster than ``DataFrame.to_csv``
+    (0.5 s against 4.5 s for 400k rows: bench/csv_writer.py), on the driver's path after each
+    fold of a large run.
     """
     frame = pd.DataFrame({name: predictions[name] for name in PREDICTION_COLUMNS})
     frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
     path = folder / "predictions" / f"predictions_fold_{fold_id}_{stamp}.csv"
-    return atomic_write_text(path, frame.to_csv(index=False, float_format=None))
+    return atomic_write_text(path, predictions_csv_text(frame))
+
+
+def predictions_csv_text(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV text: a header row, no index, quotes only where a value needs them."""
+    # Arrow quotes every string when asked for "needed"; none of ours (ISO times, segment names)
+    # needs quotes, so they are left out unless some text really holds a separator or a quote.
+    special = r'[,"\r\n]'
+    texts = pd.Series([str(c) for c in frame.columns], dtype="string")
+    plain = not texts.str.contains(special).any() and not any(
+        frame[c].astype("string").str.contains(special).any()
+        for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
+    )
+    buffer = io.BytesIO()
+    pa_csv.write_csv(
+        pa.Table.from_pandas(frame, preserve_index=False), buffer,
+        write_options=pa_csv.WriteOptions(
+            quoting_style="none" if plain else "needed", quoting_header="none" if plain else "needed"
+        ),
+    )
+    return buffer.getvalue().decode()
 
 
 def aggregate_metrics(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
