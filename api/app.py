@@ -121,7 +121,7 @@ def create_app(
     app.include_router(runs_router(manager, hub, settings.base_config, settings.reports_dir))
     if hpo is not None:
         app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir))
-    app.include_router(data_router(candles or lazy_candles(settings.base_config.data)))
+    app.include_router(data_router(candles or lazy_candles(settings.base_config.data, settings.base_config.date_format)))
     app.include_router(dashboard_router(manager, studies=hpo is not None))
     app.add_api_websocket_route("/ws", stream)
     return app

@@ -232,7 +232,10 @@ def _data_source(
     if not args.watch_data:
         return None, None
 
-    feed = DataFeed(settings.base_config.data, Path(settings.reports_dir) / "watched")
+    feed = DataFeed(
+        settings.base_config.data, Path(settings.reports_dir) / "watched",
+        settings.base_config.date_format,
+    )
     publisher = HubPublisher(hub, DATA_FEED_RUN_ID, "watcher")
 
     def on_update(update: FeedUpdate) -> None:

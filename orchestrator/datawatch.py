@@ -23,7 +23,7 @@ import pandas as pd
 
 from orchestrator.errors import DataValidationError
 from orchestrator.messages import Candle
-from workers.data import CANONICAL_COLUMNS, load_ohlcv, validate_ohlcv
+from workers.data import CANONICAL_COLUMNS, load_ohlcv, text_date_format, validate_ohlcv
 
 __all__ = ["CandleBook", "DataFeed", "DataWatcher", "FeedUpdate", "candles_of"]
 
@@ -56,8 +56,8 @@ class CandleBook:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, source: str) -> "CandleBook":
-        return cls(load_ohlcv(source))
+    def load(cls, source: str, date_format: str | None = None) -> "CandleBook":
+        return cls(load_ohlcv(source, date_format))
 
     def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]:
         """Candles after ``since`` (exclusive ISO timestamp), at most ``limit``; and the cursor."""
@@ -78,8 +78,12 @@ class CandleBook:
 
 
 class DataFeed(CandleBook):
-    def __init__(self, path: str | Path, snapshot_dir: str | Path) -> None:
-        super().__init__(load_ohlcv(path))  # the initial file must be valid as a whole
+    def __init__(
+        self, path: str | Path, snapshot_dir: str | Path, date_format: str | None = None
+    ) -> None:
+        super().__init__(load_ohlcv(path, date_format))  # the initial file must be valid as a whole
+        # appended rows are read in the one format of the whole initial column
+        self.date_format = text_date_format(path, date_format)
         self.path = Path(path)
         self.snapshot = Path(snapshot_dir) / f"{self.path.stem}.snapshot.parquet"
         self._is_csv = self.path.suffix.lower() == ".csv"
@@ -162,7 +166,7 @@ class DataFeed(CandleBook):
     def _validated(self, raw: pd.DataFrame) -> pd.DataFrame:
         if "error" in raw.columns:
             raise DataValidationError(str(raw["error"].iloc[0]))
-        bar = validate_ohlcv(raw)[list(CANONICAL_COLUMNS)]
+        bar = validate_ohlcv(raw, self.date_format)[list(CANONICAL_COLUMNS)]
         last = self.frame["timestamp"].iloc[-1]
         if bar["timestamp"].iloc[0] <= last:
             raise DataValidationError(

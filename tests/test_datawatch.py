@@ -40,6 +40,21 @@ def test_appended_rows_become_candles_and_next_run_data(tmp_path: Path) -> None:
     assert len(snapshot) == 52 and snapshot.close.iloc[-1] == frame.close[51]
 
 
+def test_appended_day_first_rows_are_read_in_the_files_own_format(tmp_path: Path) -> None:
+    """A day-first file: an appended row dated 05/02 is 5 February, as the column says, not May."""
+    frame = random_walk_ohlcv(40, seed=9, start="2021-01-01")
+    path = tmp_path / "dayfirst.csv"
+    frame.iloc[:30].to_csv(path, index=False, date_format="%d/%m/%Y")
+    feed = DataFeed(path, tmp_path / "snap")
+    assert feed.date_format == "%d/%m/%Y"
+    row = frame.iloc[30]
+    _append(path, f"{row.timestamp:%d/%m/%Y},{row.open},{row.high},{row.low},{row.close},{row.volume}\n")
+    update = feed.poll()
+    assert update.warnings == [] and [c.timestamp for c in update.candles] == [
+        f"{row.timestamp:%Y-%m-%dT%H:%M:%SZ}"
+    ]
+
+
 def test_malformed_rows_are_skipped_with_a_warning(tmp_path: Path) -> None:
     path, frame = _csv(tmp_path)
     feed = DataFeed(path, tmp_path / "snap")

@@ -38,6 +38,7 @@ __all__ = [
     "PRICE_COLUMNS",
     "TIME_COLUMN_ALIASES",
     "infer_date_format",
+    "text_date_format",
     "load_ohlcv",
     "validate_ohlcv",
     "data_fingerprint",
@@ -66,6 +67,17 @@ def load_ohlcv(source: str | Path | pd.DataFrame, date_format: str | None = None
     else:
         raw = _read_file(Path(source))
     return validate_ohlcv(raw, date_format)
+
+
+def text_date_format(source: str | Path, date_format: str | None = None) -> str | None:
+    """The one format of ``source``'s text time column: ``date_format`` if given, else the one
+    ``infer_date_format`` finds in the whole column; None when the times are not text. Rows
+    appended to a watched file later are read with it, not guessed again row by row."""
+    raw = _read_file(Path(source))
+    found = _find_time_source(raw, _normalized_columns(raw))
+    if found is None or not pd.api.types.is_string_dtype(found[0].dtype):
+        return date_format
+    return date_format if date_format is not None else infer_date_format(found[0].astype(str), found[1])
 
 
 def validate_ohlcv(df: pd.DataFrame, date_format: str | None = None) -> pd.DataFrame:

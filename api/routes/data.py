@@ -22,7 +22,7 @@ class CandleSource(Protocol):
     def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]: ...
 
 
-def lazy_candles(source: str) -> Callable[[], CandleSource]:
+def lazy_candles(source: str, date_format: str | None = None) -> Callable[[], CandleSource]:
     """A ``CandleBook`` of ``source`` (``sp500`` or a file), loaded on the first call, then kept."""
     cache: list[CandleSource] = []
 
@@ -30,7 +30,7 @@ def lazy_candles(source: str) -> Callable[[], CandleSource]:
         from orchestrator.datawatch import CandleBook
 
         if not cache:
-            cache.append(CandleBook.load(source))
+            cache.append(CandleBook.load(source, date_format))
         return cache[0]
 
     return book
