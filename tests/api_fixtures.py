@@ -132,23 +132,34 @@ def release_idle_actors(request: pytest.FixtureRequest) -> Iterator[None]:
 # ---- clients and runs ----------------------------------------------------------------------
 
 
-async def clients_connected(app: Any, count: int, timeout: float = 60) -> None:
-    """Wait until at least ``count`` clients are past their accept on the app's /ws."""
+async def clients_connected(
+    app: Any, count: int, *, before: frozenset[Any] = frozenset(), timeout: float = 180
+) -> None:
+    """Wait until at least ``count`` clients, not counting those in ``before`` (a snapshot taken
+    with ``connections_of``), are past their accept on the app's /ws. Clients of earlier tests
+    that are still closing come and go meanwhile: they are in ``before``, so they never count."""
     connections = app.state.stream.connections
     deadline = time.monotonic() + timeout
-    while len(connections) < count:
+    while len(set(connections) - before) < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{len(connections)} of {count} clients connected after {timeout} s")
+            raise AssertionError(
+                f"{len(set(connections) - before)} of {count} clients connected after {timeout} s"
+            )
         await asyncio.sleep(0.01)
+
+
+def connections_of(app: Any) -> frozenset[Any]:
+    """The /ws connections the app holds now (for ``clients_connected(before=...)``)."""
+    return frozenset(app.state.stream.connections)
 
 
 def run_until_done(server: ApiServer, *clients: Any, **body: Any) -> tuple[str, list[Any]]:
     """Start the clients, POST /train once all are connected, gather their results."""
 
     async def main() -> tuple[str, list[Any]]:
-        already = len(server.app.state.stream.connections)
+        before = connections_of(server.app)
         tasks = [asyncio.create_task(c) for c in clients]
-        await clients_connected(server.app, already + len(clients))
+        await clients_connected(server.app, len(clients), before=before)
         async with httpx.AsyncClient(base_url=server.url) as http:
             response = await http.post("/train", json=body)
         assert response.status_code == 202, response.text

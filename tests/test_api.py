@@ -26,6 +26,7 @@ from tests.api_fixtures import (  # noqa: E402
     ApiServer,
     assert_legal_run,
     clients_connected,
+    connections_of,
     collect,
     of_run,
 )
@@ -89,9 +90,9 @@ def test_bad_input_is_refused_clearly_while_a_run_in_progress_goes_on(api_server
     """Every refusal is a JSON error naming the problem; the run started first completes whole."""
 
     async def main() -> tuple[str, list[dict[str, Any]]]:
-        already = len(api_server.app.state.stream.connections)
+        before = connections_of(api_server.app)
         client = asyncio.create_task(collect(api_server.ws_url))
-        await clients_connected(api_server.app, already + 1)
+        await clients_connected(api_server.app, 1, before=before)
         async with httpx.AsyncClient(base_url=api_server.url) as http:
             started = await http.post("/train", json={"epochs": 25})
             assert started.status_code == 202
@@ -236,9 +237,9 @@ def test_missing_columns_end_the_run_with_a_training_error(api_server: ApiServer
     random_walk_ohlcv(800, seed=5).drop(columns="volume").to_csv(path, index=False)
 
     async def main() -> tuple[str, list[dict[str, Any]]]:
-        already = len(api_server.app.state.stream.connections)
+        before = connections_of(api_server.app)
         client = asyncio.create_task(collect(api_server.ws_url))
-        await clients_connected(api_server.app, already + 1)
+        await clients_connected(api_server.app, 1, before=before)
         async with httpx.AsyncClient(base_url=api_server.url) as http:
             response = await http.post("/train", json={"data": str(path)})
         return response.json()["run_id"], await client

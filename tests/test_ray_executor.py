@@ -174,9 +174,10 @@ def test_two_folds_train_at_the_same_time(
     hub: Any, pool: WorkerPool, bars: str, tmp_path: Path
 ) -> None:
     # Overlap is proven from the events: each fold's first epoch comes before the other's last.
-    # Enough epochs (and no early stop) that the two folds' start skew, seconds on a loaded
-    # machine, cannot separate them.
-    epochs = 30
+    # Enough epochs (and no early stop) that the two folds' start skew cannot separate them: it
+    # was 0.65 s with two test suites beside this one (load average 28), where 30 epochs of a
+    # fold took 0.6 s; 150 take about 3 s alone.
+    epochs = 150
     started = RayRun(
         hub, RayExecutor(pool), make_config(tmp_path, bars, epochs=epochs, patience=epochs)
     )

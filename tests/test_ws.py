@@ -30,6 +30,7 @@ from tests.api_fixtures import (  # noqa: E402
     assert_legal_run,
     assert_schema_valid,
     clients_connected,
+    connections_of,
     collect,
     of_run,
     run_until_done,
@@ -250,12 +251,13 @@ def test_types_subscription_default_excludes_heavy_types_and_selection_gets_only
 
     async def main() -> list[list[dict[str, Any]]]:
         base = f"{api_server.ws_url}?run_id={run_id}"
+        before = connections_of(api_server.app)
         clients = [
             asyncio.create_task(collect(base)),
             asyncio.create_task(collect(f"{base}&types=batch_progress,training_error")),
             asyncio.create_task(collect(f"{base}&types=all")),
         ]
-        await clients_connected(api_server.app, len(clients))
+        await clients_connected(api_server.app, len(clients), before=before)
         await asyncio.to_thread(publish_mixed, api_server, run_id)
         return list(await asyncio.gather(*clients))
 
@@ -378,7 +380,9 @@ def test_foreign_origin_is_refused_403_before_the_upgrade_loopback_and_listed_pa
     assert uvicorn_errors == []
 
 
-def test_token_is_required_on_ws_by_header_or_query(api_server: ApiServer) -> None:
+def test_token_is_required_on_ws_by_header_or_query(
+    api_server: ApiServer, uvicorn_errors: list[str]
+) -> None:
     with api_server.another_server(token="s3cret") as server:
 
         async def status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -394,6 +398,7 @@ def test_token_is_required_on_ws_by_header_or_query(api_server: ApiServer) -> No
         assert asyncio.run(status(server.ws_url, {"Authorization": "Bearer wrong"})) == 401
         assert asyncio.run(status(f"{server.ws_url}?token=s3cret")) == 101
         assert asyncio.run(status(server.ws_url, {"Authorization": "Bearer s3cret"})) == 101
+    assert uvicorn_errors == []  # three deliberate 401s, none of them an error in the log
 
 
 def test_server_shutdown_closes_clients_4001_with_where_to_resume(api_server: ApiServer) -> None:

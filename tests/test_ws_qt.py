@@ -19,6 +19,7 @@ from tests.api_fixtures import (  # noqa: E402
     assert_legal_run,
     assert_schema_valid,
     clients_connected,
+    connections_of,
     collect,
 )
 
@@ -83,9 +84,9 @@ def test_qwebsocket_receives_the_same_run_as_a_websockets_client(
         assert qt.stdout.readline().strip() == "connected"
 
         async def main() -> tuple[str, list[dict[str, Any]]]:
-            already = len(api_server.app.state.stream.connections)  # Qt's among them
+            before = connections_of(api_server.app)  # Qt's among them
             client = asyncio.create_task(collect(api_server.ws_url))
-            await clients_connected(api_server.app, already + 1)
+            await clients_connected(api_server.app, 1, before=before)
             async with httpx.AsyncClient(base_url=api_server.url) as http:
                 response = await http.post("/train", json={})
             return response.json()["run_id"], await client
