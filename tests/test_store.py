@@ -108,7 +108,7 @@ def test_runs_are_listed_newest_first_in_pages(store: JobStore) -> None:
         store.list_runs(before="unknown")
     with pytest.raises(ValueError, match="limit"):
         store.list_runs(limit=1001)
-    assert store.unfinished_runs() == [f"r{i:02d}" for i in range(12)]
+    assert store.unfinished_runs() == [(f"r{i:02d}", f"reports/r{i:02d}", "me") for i in range(12)]
 
 
 def test_recording_a_run_twice_keeps_the_first_row(store: JobStore) -> None:

@@ -28,7 +28,27 @@ _HUB_READY_TIMEOUT_S = 120.0
 class _HubActor(EventHub):
     """The EventHub as a Ray actor. ``poll`` is async, so Ray makes it an async actor: every
     method runs on the actor's one event loop (sync methods included), so pollers await while
-    publishes proceed, and ``max_concurrency`` bounds how many calls are in flight."""
+    publishes proceed, and ``max_concurrency`` bounds how many calls are in flight.
+
+    With a ``store_url`` the hub takes the job store's lease, writes its journal there and
+    continues its ``seq``; runs the store still had unfinished are marked interrupted."""
+
+    def __init__(self, store_url: str | None = None, **hub_kwargs: Any) -> None:
+        from orchestrator.events.recorder import mark_interrupted, open_recorder
+
+        self._store = None if store_url is None else open_recorder(store_url)
+        super().__init__(recorder=self._store, **hub_kwargs)
+        if self._store is not None:
+            mark_interrupted(self, self._store.store)
+
+    def flush_store(self, timeout: float = 10.0) -> bool:
+        """Wait until every released event is in the job store (True at once without one)."""
+        return self._store is None or self._store.flush(timeout)
+
+    def close_store(self) -> None:
+        """Write what is queued and give the store's lease up (the hub then records nothing more)."""
+        if self._store is not None:
+            self._store.close()
 
     def publish_remote(self, run_id: str, producer: str, pseq: int, event: Event) -> int:
         """``publish`` for a remote producer (``HubPublisher``): returns how many events it
@@ -49,14 +69,17 @@ class _HubActor(EventHub):
         }
 
 
-def get_or_create_hub(namespace: str = NAMESPACE, **hub_kwargs: Any) -> ActorHandle[Any]:
-    """The namespace's hub actor, created on first call (``hub_kwargs`` go to ``EventHub``).
+def get_or_create_hub(
+    namespace: str = NAMESPACE, *, detached: bool = False, **hub_kwargs: Any
+) -> ActorHandle[Any]:
+    """The namespace's hub actor, created on first call (``hub_kwargs`` go to ``_HubActor``).
 
     Needs ``ray.init`` done. The hub is pinned (hard node affinity) to the node of the calling
     driver, which is the head node in our deployments (the API / CLI process runs there). It
-    takes no CPU (``num_cpus=0``) so it never holds back a fold. It is not detached: it belongs
-    to the driver that created it and dies with it; a later driver creates a fresh hub (seq
-    restarts at 1). When the hub exists already, ``hub_kwargs`` are ignored.
+    takes no CPU (``num_cpus=0``) so it never holds back a fold. Not ``detached``, it belongs
+    to the driver that created it and dies with it; ``detached`` (``serve --address``), it lives
+    as long as the Ray cluster, and a later driver reattaches to it. When the hub exists
+    already, ``hub_kwargs`` are ignored.
 
     Returns once the hub answers. A hub whose last handle has just been dropped is being
     destroyed, yet ``get_if_exists`` may still hand it out: then a fresh one is created.
@@ -70,6 +93,7 @@ def get_or_create_hub(namespace: str = NAMESPACE, **hub_kwargs: Any) -> ActorHan
         name=HUB_NAME,
         namespace=namespace,
         get_if_exists=True,
+        lifetime="detached" if detached else None,
         num_cpus=0,
         max_concurrency=1000,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=driver_node, soft=False),

@@ -136,12 +136,12 @@ class JobStore:
                 ))  # fmt: skip
             return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
 
-    def unfinished_runs(self) -> list[str]:
-        """Runs whose row is not in a terminal state, oldest first."""
-        query = (select(runs.c.run_id).where(runs.c.state.in_(UNFINISHED_STATES))
-                 .order_by(runs.c.created_at))  # fmt: skip
+    def unfinished_runs(self) -> list[tuple[str, str | None, str | None]]:
+        """(run_id, run_dir, owner) of the runs whose row is not in a terminal state, oldest first."""
+        query = (select(runs.c.run_id, runs.c.run_dir, runs.c.owner)
+                 .where(runs.c.state.in_(UNFINISHED_STATES)).order_by(runs.c.created_at))  # fmt: skip
         with self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+            return [(row.run_id, row.run_dir, row.owner) for row in conn.execute(query)]
 
     # ---- the lease ------------------------------------------------------------------------
 
