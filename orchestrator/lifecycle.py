@@ -21,16 +21,18 @@ class RunState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its lease owner (the process or Ray instance running it) is gone
 
 
 RUN_STATES = StateTable(
     "run",
     {
-        RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED},
-        RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED},
+        RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
+        RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
         RunState.COMPLETED: (),
         RunState.FAILED: (),
         RunState.CANCELLED: (),
+        RunState.INTERRUPTED: (),
     },
 )
 TERMINAL_STATES = RUN_STATES.terminal

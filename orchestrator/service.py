@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import TrainConfig
@@ -18,7 +19,7 @@ from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
 
-__all__ = ["RunManager", "RunConflictError", "UnknownRunError"]
+__all__ = ["RunManager", "RunConflictError", "UnknownRunError", "store_row"]
 
 
 class RunConflictError(OrchestratorError):
@@ -29,12 +30,27 @@ class UnknownRunError(OrchestratorError):
     """No run with this id is known."""
 
 
-class RunManager:
-    """Starts, tracks and cancels runs. One active run at a time unless ``max_active`` says more."""
+def store_row(run: Run, priority: int = 0) -> dict[str, Any]:
+    """The run as a new row of the job store's runs table (``EventHub.record_run``)."""
+    return {
+        "run_id": run.run_id, "state": run.state.value, "config": run.config.model_dump_json(),
+        "priority": priority, "created_at": run.created_at, "run_dir": run.run_dir,
+    }  # fmt: skip
 
-    def __init__(self, sink: Any, *, pool: Any | None = None, max_active: int = 1, keep: int = 200) -> None:
+
+class RunManager:
+    """Starts, tracks and cancels runs. One active run at a time unless ``max_active`` says more.
+
+    ``record`` (the hub's ``record_run``) adds each submitted run to the job store, before the
+    run's first event, so the store lists it with its config."""
+
+    def __init__(
+        self, sink: Any, *, pool: Any | None = None, max_active: int = 1, keep: int = 200,
+        record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.sink = sink
         self.pool = pool
+        self.record = record
         self.max_active = max_active
         self._keep = keep
         self._runs: OrderedDict[str, Run] = OrderedDict()
@@ -63,6 +79,8 @@ class RunManager:
             run = new_run(config)
             self._runs[run.run_id] = run
             self._trim()
+        if self.record is not None:
+            self.record(store_row(run))
         thread = threading.Thread(
             target=self._execute, args=(run, extra_summary), name=f"run-{run.run_id}", daemon=True
         )

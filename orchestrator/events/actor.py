@@ -15,7 +15,7 @@ from orchestrator.events.hub import Event, EventHub
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
-__all__ = ["HUB_NAME", "NAMESPACE", "get_or_create_hub", "get_hub"]
+__all__ = ["HUB_NAME", "NAMESPACE", "get_or_create_hub", "get_hub", "hub_for_store"]
 
 HUB_NAME = "event_hub"
 NAMESPACE = "forecast-orchestrator"
@@ -44,6 +44,12 @@ class _HubActor(EventHub):
     def flush_store(self, timeout: float = 10.0) -> bool:
         """Wait until every released event is in the job store (True at once without one)."""
         return self._store is None or self._store.flush(timeout)
+
+    def store_info(self) -> dict[str, str] | None:
+        """The job store this hub writes (``url``) and its lease ``owner``, or None."""
+        if self._store is None:
+            return None
+        return {"url": self._store.store.url, "owner": self._store.owner}
 
     def close_store(self) -> None:
         """Write what is queued and give the store's lease up (the hub then records nothing more)."""
@@ -116,3 +122,43 @@ def get_hub(namespace: str = NAMESPACE) -> ActorHandle[Any]:
     import ray
 
     return ray.get_actor(HUB_NAME, namespace=namespace)
+
+
+def hub_for_store(store_url: str, *, detached: bool, namespace: str = NAMESPACE) -> ActorHandle[Any]:
+    """The namespace's hub writing the job store at ``store_url``: the running one (a detached hub
+    that outlived its server: reattach), else a new one that takes the store's lease.
+
+    Raises ``StoreError`` when the running hub writes another store (or none), and
+    ``LeaseHeldError`` naming the holder when another live writer holds the store.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    from orchestrator.errors import StoreError
+    from orchestrator.store import JobStore
+    from orchestrator.store.engine import describe
+    from orchestrator.store.lease import refuse_if_held
+
+    running: Any = None
+    try:
+        running = get_hub(namespace)
+    except ValueError:
+        pass
+    if running is not None:
+        info = cast("dict[str, str] | None", ray.get(running.store_info.remote()))
+        if info is None or info["url"] != store_url:
+            where = "no job store" if info is None else f"the job store {describe(info['url'])}"
+            raise StoreError(f"the event hub running in Ray namespace {namespace!r} writes {where}, "
+                             f"not {describe(store_url)}; pass its --db or stop it")  # fmt: skip
+        return cast("ActorHandle[Any]", running)
+    store = JobStore.open(store_url)
+    try:
+        refuse_if_held(store.lease_holder())
+    finally:
+        store.close()
+    try:
+        return get_or_create_hub(namespace, detached=detached, store_url=store_url)
+    except RayActorError as err:
+        reason = [line for line in str(err).splitlines() if "Error:" in line][-1:] or [str(err)]
+        raise StoreError(f"the event hub could not open the job store {describe(store_url)}: "
+                         f"{reason[0].strip()}") from None

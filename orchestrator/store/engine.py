@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import ensure_schema
 
-__all__ = ["DB_ENV", "DB_FILE", "BUSY_TIMEOUT_MS", "default_url", "describe", "open_engine"]
+__all__ = ["DB_ENV", "DB_FILE", "BUSY_TIMEOUT_MS", "absolute_url", "default_url", "describe", "open_engine"]
 
 DB_ENV = "ORCHESTRATOR_DB"
 DB_FILE = "orchestrator.db"
@@ -34,6 +34,16 @@ def default_url(reports_dir: str | os.PathLike[str]) -> str:
     if from_env:
         return from_env
     return f"sqlite:///{Path(reports_dir).resolve() / DB_FILE}"
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a relative SQLite file made absolute (the hub may run in another folder)."""
+    parsed = _parse(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:") or os.path.isabs(database):  # fmt: skip
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
 
 
 def describe(url: str | URL) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, and_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.lifecycle import TERMINAL_STATES, RunState
 from orchestrator.store import lease as leases
 from orchestrator.store.engine import describe, open_engine
 from orchestrator.store.runs import merge_metrics, patches_for, snapshot_of_row
@@ -24,7 +25,7 @@ __all__ = ["JobStore", "RUNS_PAGE_DEFAULT", "RUNS_PAGE_MAX", "UNFINISHED_STATES"
 
 RUNS_PAGE_DEFAULT = 100
 RUNS_PAGE_MAX = 1000
-UNFINISHED_STATES = ("pending", "running")
+UNFINISHED_STATES = tuple(s.value for s in RunState if s not in TERMINAL_STATES)
 
 Event = dict[str, Any]
 

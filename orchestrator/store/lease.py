@@ -23,7 +23,8 @@ from orchestrator.errors import StoreError
 from orchestrator.store.schema import lease
 
 __all__ = ["LEASE_TTL_S", "HEARTBEAT_S", "LeaseHeldError", "Owner", "Holder", "holder_gone",
-           "acquire", "read_holder", "heartbeat", "release", "pid_alive"]  # fmt: skip
+           "acquire", "read_holder", "heartbeat", "release", "pid_alive",
+           "refuse_if_held"]  # fmt: skip
 
 LEASE_TTL_S = 30.0
 HEARTBEAT_S = 5.0
@@ -100,6 +101,16 @@ def _describe(holder: Holder, now: float) -> str:
             f"holding since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.acquired_at))})")
 
 
+def refuse_if_held(holder: Holder | None, now: float | None = None, ttl_s: float = LEASE_TTL_S) -> None:
+    """``LeaseHeldError`` naming the holder when a live writer holds the lease."""
+    now = time.time() if now is None else now
+    if holder is not None and holder.owner and not holder_gone(holder, now, ttl_s):
+        raise LeaseHeldError(
+            f"the job store is in use by another writer: {_describe(holder, now)}. Stop it, send "
+            "the work to the server that holds it (POST /train, POST /hpo), or use another --db"
+        )
+
+
 def acquire(conn: Connection, owner: str, now: float | None = None,
             ttl_s: float = LEASE_TTL_S) -> Holder | None:
     """Take the lease for ``owner``; return the previous holder when it was gone (its runs are to
@@ -121,11 +132,7 @@ def acquire(conn: Connection, owner: str, now: float | None = None,
     if holder.owner == owner:
         heartbeat(conn, owner, now)
         return None
-    if holder.owner and not holder_gone(holder, now, ttl_s):
-        raise LeaseHeldError(
-            f"the job store is in use by another writer: {_describe(holder, now)}. Stop it, point "
-            "this command at the running server (its /train and /hpo routes), or use another --db"
-        )
+    refuse_if_held(holder, now, ttl_s)
     swapped = conn.execute(
         update(lease)
         .where(lease.c.name == _ROW, lease.c.owner == holder.owner,

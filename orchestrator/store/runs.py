@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.lifecycle import RunState
 from orchestrator.messages import ENVELOPE_FIELDS
 
 __all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row",
@@ -39,10 +40,10 @@ class RunPatch:
 def ended_state(error: str) -> str:
     """The terminal state a ``training_error`` message stands for."""
     if error.startswith(INTERRUPTED_PREFIX):
-        return "interrupted"
+        return RunState.INTERRUPTED.value
     if _CANCELLED_MARK in error:
-        return "cancelled"
-    return "failed"
+        return RunState.CANCELLED.value
+    return RunState.FAILED.value
 
 
 def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
@@ -56,9 +57,9 @@ def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
         patch = patches.setdefault(run_id, RunPatch())
         ts = event.get("ts")
         if kind == "training_start":
-            patch.values.update(state="running", started_at=ts, folds_total=event.get("total_folds", 0))
+            patch.values.update(state=RunState.RUNNING.value, started_at=ts, folds_total=event.get("total_folds", 0))
         elif kind == "training_complete":
-            patch.values.update(state="completed", ended_at=ts, summary_path=event.get("summary_path"))
+            patch.values.update(state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path"))
         elif kind == "training_error":
             error = str(event.get("error", ""))
             patch.values.update(state=ended_state(error), ended_at=ts, error=error)
