@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray.get(hub.record_run.remote(row))
 
     manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record)
-    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir)
+    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url)
     watcher, book = _data_source(args, hub, settings)
     if watcher is not None:
         # runs started while the file is watched train on its validated snapshot
@@ -348,15 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _open_store(db: str | None, reports_dir: str) -> tuple[str, JobStore]:
     """The job store's URL (absolute) and the store, opened to check it before Ray starts."""
-    from orchestrator.store import DB_ENV, JobStore, default_url
-    from orchestrator.store.engine import absolute_url
+    from orchestrator.store import JobStore
+    from orchestrator.store.engine import resolve_store_url
 
-    from orchestrator.errors import StoreError
-
-    if not db and not os.environ.get(DB_ENV):  # the default file lives in the reports root
-        try:
-            Path(reports_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(f"cannot create the reports folder {reports_dir}: {err.strerror}") from None
-    url = absolute_url(db or default_url(reports_dir))
+    url = resolve_store_url(db, reports_dir)
     return url, JobStore.open(url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orchestrator.config import TrainConfig
@@ -20,6 +21,7 @@ from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubCl
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
+from orchestrator.service import store_row
 
 if TYPE_CHECKING:
     from orchestrator.execution.pool import WorkerPool
@@ -40,6 +42,7 @@ def run_training(
     address: str | None = None,
     pool: WorkerPool | None = None,
     interest: frozenset[str] = frozenset(),
+    store_url: str | None = None,
 ) -> Run:
     """Train one run to the end and return it; ``listener`` sees every event as it is released.
 
@@ -49,13 +52,23 @@ def run_training(
 
     On Ray, ``pool`` keeps fold actors warm for the caller's later runs (the caller shuts it
     down); without one, a pool is made for this run and its actors are released at the end.
+
+    ``store_url``: the job store this run is recorded in, whose lease the command's hub takes
+    (``LeaseHeldError`` naming the holder while a server or another command writes it).
     """
     run = new_run(config)
     sink: EventSink
     hub: HubClient
     executor: FoldExecutor
+    close_store: Callable[[], None] = lambda: None
     if config.executor == "local":
         local_hub = EventHub()
+        if store_url is not None:
+            from orchestrator.events.recorder import hub_on_store
+
+            local_hub, recorder = hub_on_store(store_url)
+            close_store = recorder.close
+            local_hub.record_run(store_row(run))
         sink, hub, executor = InProcessSink(local_hub), LocalHubClient(local_hub), LocalExecutor()
     else:
         from orchestrator.events.actor import get_or_create_hub
@@ -65,13 +78,23 @@ def run_training(
         from orchestrator.execution.ray import RayExecutor
 
         ensure_ray(address)
-        handle = get_or_create_hub()
+        if store_url is None:
+            handle = get_or_create_hub()
+        else:
+            import ray
+
+            from orchestrator.events.actor import hub_for_store
+
+            handle = hub_for_store(store_url, detached=False, reattach=False)
+            ray.get(handle.record_run.remote(store_row(run)))
+            close_store = lambda: ray.get(handle.close_store.remote())  # noqa: E731
         sink, hub, executor = RaySink(handle), RayHubClient(handle), RayExecutor(pool)
     try:
         _execute_following(run, sink, executor, hub, listener, interest)
     finally:
         if pool is None:
             executor.shutdown()
+        close_store()
     return run
 
 

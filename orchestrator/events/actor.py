@@ -6,6 +6,8 @@ in ``get_or_create_hub``, so the same class runs in-process in a unit test.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
 __all__ = ["HUB_NAME", "NAMESPACE", "get_or_create_hub", "get_hub", "hub_for_store"]
+
+log = logging.getLogger(__name__)
 
 HUB_NAME = "event_hub"
 NAMESPACE = "forecast-orchestrator"
@@ -124,12 +128,15 @@ def get_hub(namespace: str = NAMESPACE) -> ActorHandle[Any]:
     return ray.get_actor(HUB_NAME, namespace=namespace)
 
 
-def hub_for_store(store_url: str, *, detached: bool, namespace: str = NAMESPACE) -> ActorHandle[Any]:
+def hub_for_store(
+    store_url: str, *, detached: bool, reattach: bool = True, namespace: str = NAMESPACE
+) -> ActorHandle[Any]:
     """The namespace's hub writing the job store at ``store_url``: the running one (a detached hub
-    that outlived its server: reattach), else a new one that takes the store's lease.
+    that outlived its server) if ``reattach``, else a new one that takes the store's lease.
 
     Raises ``StoreError`` when the running hub writes another store (or none), and
-    ``LeaseHeldError`` naming the holder when another live writer holds the store.
+    ``LeaseHeldError`` naming the holder when another live writer holds the store (the running
+    hub itself when not ``reattach``: a ``train`` command beside a server).
     """
     import ray
     from ray.exceptions import RayActorError
@@ -137,7 +144,7 @@ def hub_for_store(store_url: str, *, detached: bool, namespace: str = NAMESPACE)
     from orchestrator.errors import StoreError
     from orchestrator.store import JobStore
     from orchestrator.store.engine import describe
-    from orchestrator.store.lease import refuse_if_held
+    from orchestrator.store.lease import LeaseHeldError, refuse_if_held
 
     running: Any = None
     try:
@@ -146,16 +153,24 @@ def hub_for_store(store_url: str, *, detached: bool, namespace: str = NAMESPACE)
         pass
     if running is not None:
         info = cast("dict[str, str] | None", ray.get(running.store_info.remote()))
+        if info is None and not reattach:  # this driver's own hub, made without a store: use it
+            with contextlib.closing(JobStore.open(store_url)) as store:
+                refuse_if_held(store.lease_holder())
+            log.warning("the event hub of namespace %r writes no job store: this command's events "
+                        "are not recorded in %s", namespace, describe(store_url))  # fmt: skip
+            return cast("ActorHandle[Any]", running)
         if info is None or info["url"] != store_url:
             where = "no job store" if info is None else f"the job store {describe(info['url'])}"
             raise StoreError(f"the event hub running in Ray namespace {namespace!r} writes {where}, "
                              f"not {describe(store_url)}; pass its --db or stop it")  # fmt: skip
+        if not reattach:
+            raise LeaseHeldError(
+                f"the job store {describe(store_url)} is in use by the event hub of a server "
+                f"({info['owner']}); send this work to it (POST /train, POST /hpo) or use another --db"
+            )
         return cast("ActorHandle[Any]", running)
-    store = JobStore.open(store_url)
-    try:
+    with contextlib.closing(JobStore.open(store_url)) as store:
         refuse_if_held(store.lease_holder())
-    finally:
-        store.close()
     try:
         return get_or_create_hub(namespace, detached=detached, store_url=store_url)
     except RayActorError as err:

@@ -20,7 +20,7 @@ from orchestrator.store import JobStore, Owner
 from orchestrator.store.lease import HEARTBEAT_S, Holder
 from orchestrator.store.runs import INTERRUPTED_PREFIX
 
-__all__ = ["StoreRecorder", "open_recorder", "mark_interrupted"]
+__all__ = ["StoreRecorder", "open_recorder", "mark_interrupted", "hub_on_store"]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +201,12 @@ def mark_interrupted(hub: EventHub, store: JobStore) -> list[str]:
     if marked:
         log.warning("marked %d run(s) of %s interrupted: %s", len(marked), store.where, ", ".join(marked))
     return marked
+
+
+def hub_on_store(store_url: str, **hub_kwargs: Any) -> tuple[EventHub, StoreRecorder]:
+    """An in-process hub writing the store at ``store_url`` (its lease taken, orphans marked);
+    close the recorder when done."""
+    recorder = open_recorder(store_url)
+    hub = EventHub(recorder=recorder, **hub_kwargs)
+    mark_interrupted(hub, recorder.store)
+    return hub, recorder

@@ -45,6 +45,9 @@ def journal_storage(path: Path) -> JournalStorage:
 
 def open_storage(spec: HpoSpec) -> str | BaseStorage:
     """An RDB URL as is; otherwise an Optuna journal file (default in the study folder)."""
+    if spec.storage and spec.storage.startswith("sqlite:"):
+        # the job store writes the same file: wait for its lock rather than fail at once
+        return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"connect_args": {"timeout": 30}})
     if spec.storage and "://" in spec.storage:
         return spec.storage
     path = Path(spec.storage) if spec.storage else spec.study_dir / "study.journal"

@@ -19,7 +19,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import ensure_schema
 
-__all__ = ["DB_ENV", "DB_FILE", "BUSY_TIMEOUT_MS", "absolute_url", "default_url", "describe", "open_engine"]
+__all__ = ["DB_ENV", "DB_FILE", "BUSY_TIMEOUT_MS", "absolute_url", "default_url", "describe", "open_engine",
+           "resolve_store_url"]
 
 DB_ENV = "ORCHESTRATOR_DB"
 DB_FILE = "orchestrator.db"
@@ -44,6 +45,18 @@ def absolute_url(url: str) -> str:
             or database.startswith("file:") or os.path.isabs(database):  # fmt: skip
         return url
     return parsed.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
+
+
+def resolve_store_url(db: str | None, reports_dir: str | os.PathLike[str]) -> str:
+    """The store a command uses: ``db``, else ``$ORCHESTRATOR_DB``, else the SQLite file under
+    ``reports_dir`` (created if missing); SQLite files made absolute. ``StoreError`` when the
+    reports folder cannot be created."""
+    if not db and not os.environ.get(DB_ENV):
+        try:
+            Path(reports_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the reports folder {reports_dir}: {err.strerror}") from None
+    return absolute_url(db or default_url(reports_dir))
 
 
 def describe(url: str | URL) -> str:
