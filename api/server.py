@@ -297,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ray.get(hub.record_run.remote(row))
 
-    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record)
+    from orchestrator.events.actor import NAMESPACE
+
+    # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
+    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record,
+                         coordinate_in=NAMESPACE if on_cluster else None)
     hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url)
     watcher, book = _data_source(args, hub, settings)
     if watcher is not None:

@@ -12,7 +12,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.messages import ENVELOPE_FIELDS
 from orchestrator.states import StateTable
 
-__all__ = ["RunState", "Run", "TERMINAL_STATES"]
+__all__ = ["RunState", "Run", "TERMINAL_STATES", "INTERRUPTED_PREFIX", "ended_state"]
 
 
 class RunState(str, enum.Enum):
@@ -36,6 +36,19 @@ RUN_STATES = StateTable(
     },
 )
 TERMINAL_STATES = RUN_STATES.terminal
+
+# A training_error whose message starts so ends its run as interrupted (its writer was gone).
+INTERRUPTED_PREFIX = "interrupted: "
+_CANCELLED_MARK = " was cancelled"  # RunCancelledError's messages
+
+
+def ended_state(error: str) -> RunState:
+    """The terminal state a ``training_error`` message stands for."""
+    if error.startswith(INTERRUPTED_PREFIX):
+        return RunState.INTERRUPTED
+    if _CANCELLED_MARK in error:
+        return RunState.CANCELLED
+    return RunState.FAILED
 
 
 @dataclass
@@ -90,6 +103,21 @@ class Run:
                 self.latest_metrics[event["fold_id"]] = {
                     k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
                 }
+
+    def follow(self, event: dict[str, Any]) -> None:
+        """For a run executed elsewhere (a coordinator in the cluster): its state from its events."""
+        kind = event.get("type")
+        if kind == "training_start" and self.state is RunState.PENDING:
+            self.transition(RunState.RUNNING)
+        elif kind == "training_complete" and not self.done:
+            self.summary_path = event.get("summary_path")
+            self.transition(RunState.COMPLETED)
+        elif kind == "training_error" and not self.done:
+            error = str(event.get("error", ""))
+            self.transition(ended_state(error), error=error)
+        elif kind == "fold_complete":
+            with self._lock:
+                self.folds_done += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

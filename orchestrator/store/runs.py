@@ -13,14 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.lifecycle import RunState
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, RunState, ended_state
 from orchestrator.messages import ENVELOPE_FIELDS
 
 __all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row",
            "ended_state"]  # fmt: skip
 
-INTERRUPTED_PREFIX = "interrupted: "
-_CANCELLED_MARK = " was cancelled"
 
 Event = dict[str, Any]
 
@@ -35,15 +33,6 @@ class RunPatch:
 
     def add(self, column: str, n: int = 1) -> None:
         self.increments[column] = self.increments.get(column, 0) + n
-
-
-def ended_state(error: str) -> str:
-    """The terminal state a ``training_error`` message stands for."""
-    if error.startswith(INTERRUPTED_PREFIX):
-        return RunState.INTERRUPTED.value
-    if _CANCELLED_MARK in error:
-        return RunState.CANCELLED.value
-    return RunState.FAILED.value
 
 
 def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
@@ -62,7 +51,7 @@ def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
             patch.values.update(state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path"))
         elif kind == "training_error":
             error = str(event.get("error", ""))
-            patch.values.update(state=ended_state(error), ended_at=ts, error=error)
+            patch.values.update(state=ended_state(error).value, ended_at=ts, error=error)
         elif kind == "fold_complete":
             patch.add("folds_done")
         elif kind == "epoch_metrics":
