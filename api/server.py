@@ -297,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ray.get(hub.record_run.remote(row))
 
+    from orchestrator.coordinator import reattach_runs
     from orchestrator.events.actor import NAMESPACE
 
     # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
@@ -309,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = base.model_copy(update={"data": str(watcher.feed.snapshot)})
         settings = replace(settings, base_config=base)
     app = create_app(RayHubClient(hub), manager, settings, hpo=hpo, candles=book, store=store)
+
+    def reattach() -> None:  # runs an earlier server process started go on: follow them again
+        reattach_runs(store, manager, hub, NAMESPACE)
 
     def train_on_start() -> None:
         run = manager.submit(base)
@@ -326,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_compression=args.ws_compression,
             log_level=args.log_level,
         ),
-        on_started=[train_on_start] if args.train_on_start else [],
+        on_started=[
+            *([reattach] if on_cluster else []), *([train_on_start] if args.train_on_start else []),
+        ],
     )
     print(
         f"serving http://{args.host}:{args.port} (events: ws://{args.host}:{args.port}/ws; "

@@ -17,12 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.lifecycle import Run
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run
 
-__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator"]
+if TYPE_CHECKING:
+    from orchestrator.service import RunManager
+    from orchestrator.store import JobStore
+
+__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator",
+           "reattach_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +106,43 @@ def find_coordinator(run_id: str, namespace: str) -> Any | None:
         return ray.get_actor(COORDINATOR_PREFIX + run_id, namespace=namespace)
     except ValueError:
         return None
+
+
+def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str) -> list[str]:
+    """After a restart on a cluster: follow each unfinished run of the store whose coordinator
+    still runs, and end the others as interrupted (their coordinator, or the process that ran
+    them, is gone). Call it once this server follows the hub: a followed run's mirror is rebuilt
+    from the hub's events (the store's beyond its memory), replayed again after adoption for
+    what came meanwhile (a mirror takes an event twice without counting it twice).
+    Returns the runs followed again."""
+    import ray
+
+    followed = []
+    for run_id, run_dir, owner in store.unfinished_runs():
+        snapshot = store.get_run(run_id)
+        handle = find_coordinator(run_id, namespace)
+        if handle is None or snapshot is None:
+            ray.get(hub.publish.remote(run_id, "reattach", 0, {
+                "type": "training_error",
+                "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
+            }))  # fmt: skip
+            continue
+        run = Run(run_id=run_id, config=TrainConfig.model_validate(snapshot["config"]),
+                  run_dir=run_dir or snapshot["run_dir"], created_at=snapshot["created_at"])  # fmt: skip
+        since = _replay(run, hub, 0)
+        manager.adopt(run, handle)
+        _replay(run, hub, since)
+        followed.append(run_id)
+    if followed:
+        log.warning("following %d run(s) again: %s", len(followed), ", ".join(followed))
+    return followed
+
+
+def _replay(run: Run, hub: Any, since: int) -> int:
+    import ray
+
+    events, _ = ray.get(hub.events_since.remote(since, run.run_id, None, None))
+    for event in events:
+        run.observe(event)
+        run.follow(event)
+    return int(events[-1]["seq"]) if events else since

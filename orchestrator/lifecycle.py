@@ -68,6 +68,7 @@ class Run:
     epochs_done: int = 0
     latest_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     _epochs_seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    _folds_seen: set[Any] = field(default_factory=set, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -116,8 +117,9 @@ class Run:
             error = str(event.get("error", ""))
             self.transition(ended_state(error), error=error)
         elif kind == "fold_complete":
-            with self._lock:
-                self.folds_done += 1
+            with self._lock:  # an event seen twice (a replay meeting the live stream) counts once
+                self._folds_seen.add(event.get("fold_id"))
+                self.folds_done = len(self._folds_seen)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

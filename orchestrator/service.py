@@ -127,6 +127,13 @@ class RunManager:
             if state in TERMINAL_STATES:
                 run.transition(state, error=final.get("error"))
 
+    def adopt(self, run: Run, coordinator: Any) -> None:
+        """Follow a run whose coordinator an earlier server process started (after a restart):
+        ``run`` is its mirror, rebuilt from its stored events; cancel goes to ``coordinator``."""
+        with self._lock:
+            self._runs[run.run_id] = run
+            self._coordinators[run.run_id] = coordinator
+
     def get(self, run_id: str) -> Run:
         with self._lock:
             run = self._runs.get(run_id)

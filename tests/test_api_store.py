@@ -23,8 +23,10 @@ from orchestrator.events.publish import InProcessSink
 from orchestrator.events.recorder import StoreRecorder, open_recorder
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.service import RunManager
-from tests.api_fixtures import collect
 from tests.synthetic import ar1_ohlcv
+
+pytest.register_assert_rewrite("tests.api_fixtures")
+from tests.api_fixtures import collect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"min_samples": 500, "lookback": 10, "folds": 2, "epochs": 2, "patience": 10_000, "executor": "local"}

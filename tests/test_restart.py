@@ -138,8 +138,8 @@ class Serve:
         self.log.close()
 
 
-def _train(serve: Serve, epochs: int) -> str:
-    response = httpx.post(serve.url + "/train", json={"epochs": epochs}, timeout=30)
+def _train(serve: Serve, epochs: int, **fields: Any) -> str:
+    response = httpx.post(serve.url + "/train", json={"epochs": epochs, **fields}, timeout=30)
     assert response.status_code == 202, response.text
     return str(response.json()["run_id"])
 
@@ -172,16 +172,19 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
         earlier = _train(first, 2)
         done = asyncio.run(_follow(f"ws://127.0.0.1:{port}/ws?run_id={earlier}", None))
         assert done[-1]["type"] == "training_complete", done[-1]
-        run_id = _train(first, EPOCHS)
+        run_id = _train(first, EPOCHS, batch_size=8)  # small steps: still training after the restart
         before = asyncio.run(_follow(f"ws://127.0.0.1:{port}/ws?run_id={run_id}", 3))
         first.proc.send_signal(signal.SIGKILL)  # kill -9 of the API process, mid-run
         first.proc.wait(30)
+        killed_at = time.time()
     finally:
         first.stop()
     last_seq = before[-1]["seq"]
 
     second = Serve(cluster, port, reports, data)
+    back_at = time.time()
     try:
+        on_return = httpx.get(f"{second.url}/runs/{run_id}", timeout=10).json()["state"]
         after = asyncio.run(_follow(f"ws://127.0.0.1:{port}/ws?run_id={run_id}&since={last_seq}", None))
         listed = [r["run_id"] for r in httpx.get(second.url + "/runs", timeout=10).json()["runs"]]
         snapshot = httpx.get(f"{second.url}/runs/{run_id}", timeout=10).json()
@@ -202,4 +205,8 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
     finally:
         store.close()
     assert listed[:2] == [run_id, earlier]
+    assert on_return in ("running", "completed")  # never interrupted: its coordinator went on
     assert snapshot["state"] == "completed"
+    assert snapshot["progress"]["epochs_done"] == FOLDS * EPOCHS and snapshot["progress"]["folds_done"] == FOLDS
+    print(f"state when the new server answered: {on_return}; killed at {killed_at:.1f}, back at "
+          f"{back_at:.1f}, run ended at {after[-1]['ts']:.1f}, first epoch at {before[0]['ts']:.1f}")
