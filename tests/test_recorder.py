@@ -153,3 +153,23 @@ def test_a_store_that_cannot_be_written_keeps_the_events_queued_in_order(
     assert recorder.flush(15)
     assert [e["seq"] for e in recorder.store.events_since(0)] == list(range(1, 21))
     assert recorder.stats()["write_errors"] == 2
+
+
+def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None:
+    old = StoreRecorder(JobStore.open(url), _dead_owner())
+    old.start()
+    hub = EventHub(recorder=old)
+    hub.record_run(_row("lost"))
+    hub.publish("lost", "driver", 0, {"type": "dataset_ready", "size": 9, "min_samples": 1})
+    hub.publish("lost", "driver", 1, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2})
+    assert old.flush()
+
+    recorder = open_recorder(url)
+    restarted = EventHub(recorder=recorder)
+    mark_interrupted(restarted, recorder.store)  # the run is known to this hub from seq 3 on
+    events, gap = restarted.events_since(0, "lost")
+    assert gap is None
+    assert [e["type"] for e in events] == ["dataset_ready", "training_start", "training_error"]
+    assert [e["seq"] for e in restarted.events_since(2, "lost")[0]] == [3]
+    recorder.close()
+    old.store.close()

@@ -26,6 +26,9 @@ class History:
             raise ValueError(f"max_events must be an int >= 1, got max_events={max_events!r}")
         self._held: deque[Event] = deque(maxlen=max_events)
         self.last_seq = last_seq  # of the last event appended, whether still held or not
+        # the events up to it were never held here: a run's first held seq does not prove that
+        # none of its events came before (a run the store had, marked interrupted by a new hub)
+        self.start_seq = last_seq
 
     def __len__(self) -> int:
         return len(self._held)

@@ -370,7 +370,7 @@ class EventHub:
         self, since_seq: int, run_id: str | None, types: frozenset[str] | None, limit: int | None
     ) -> tuple[list[Event], int, int | None]:
         run = self._runs.get(run_id) if run_id is not None else None
-        first_seq = None if run is None else run.first_seq
+        first_seq = None if run is None or since_seq < self._history.start_seq else run.first_seq
         events, cursor, gap = self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
         if gap is None or self._recorder is None:
             return events, cursor, gap
