@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,9 @@ from api.security import LOOPBACK_ORIGIN_REGEX, AccessMiddleware, AccessPolicy
 from api.ws.connection import CloseCode
 from api.ws.endpoint import ClientSlots, EventStreamEndpoint
 from orchestrator.config import TrainConfig
+
+if TYPE_CHECKING:
+    from orchestrator.store import JobStore
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -72,9 +76,11 @@ def create_app(
     *,
     hpo: StudyService | None = None,
     candles: Callable[[], CandleSource] | None = None,
+    store: JobStore | None = None,
 ) -> FastAPI:
     """The app. ``hpo`` (an ``HpoService``) adds ``/hpo``; ``candles`` returns the ``CandleBook`` behind
-    ``/data/candles`` (default: the base config's data, loaded on first request)."""
+    ``/data/candles`` (default: the base config's data, loaded on first request); ``store``, the
+    job store, makes ``GET /runs...`` answer for every run it holds, not only this process's."""
     settings = settings or ApiSettings()
     policy = AccessPolicy.build(settings.token, settings.allow_origins, settings.own_origins)
     pump = EventPump(hub, observe=manager.observe, poll_timeout_s=settings.poll_timeout_s)
@@ -118,7 +124,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     app.include_router(meta_router(hub, manager, pump, stream))
-    app.include_router(runs_router(manager, hub, settings.base_config, settings.reports_dir))
+    app.include_router(runs_router(manager, hub, settings.base_config, settings.reports_dir, store))
     if hpo is not None:
         app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir))
     app.include_router(data_router(candles or lazy_candles(settings.base_config.data, settings.base_config.date_format)))

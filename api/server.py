@@ -35,6 +35,7 @@ from api.ws.connection import CloseCode
 
 if TYPE_CHECKING:
     from orchestrator.datawatch import CandleBook, DataWatcher
+    from orchestrator.store import JobStore
 
 __all__ = ["main", "build_parser", "Server", "BackgroundServer", "RedactTokens", "uvicorn_config"]
 
@@ -199,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-origin", action="append", default=[], metavar="ORIGIN",
         help="also accept this browser Origin, e.g. https://dash.example.com (repeatable; '*' any)",
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance); "
+                        "on a cluster the event hub is detached and outlives this process")
+    parser.add_argument("--db", help="the job store: a SQLAlchemy URL (default: $ORCHESTRATOR_DB, else "
+                        "the SQLite file orchestrator.db under --reports-dir)")
     parser.add_argument("--train-on-start", action="store_true",
                         help="start a run with the run flags once the server is listening")
     parser.add_argument("--max-clients", type=int, default=200, help="/ws client cap (default 200)")
@@ -268,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_clients=args.max_clients,
             client_queue_events=args.client_queue,
         )
+        store_url, store = _open_store(args.db, base.reports_dir)
     except (InsecureBindError, OrchestratorError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -276,21 +281,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.events.publish import RaySink
-    from orchestrator.events.actor import get_or_create_hub
+    from orchestrator.events.actor import hub_for_store
     from orchestrator.service import RunManager
 
     from orchestrator.hpo import HpoService
 
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     ensure_ray(args.address)
-    hub = get_or_create_hub()
-    manager = RunManager(RaySink(hub), pool=WorkerPool())
-    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir)
+    try:
+        hub = hub_for_store(store_url, detached=on_cluster)
+    except OrchestratorError as err:
+        store.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def record(row: dict[str, Any]) -> None:
+        import ray
+
+        ray.get(hub.record_run.remote(row))
+
+    from orchestrator.coordinator import reattach_runs
+    from orchestrator.events.actor import NAMESPACE
+
+    # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
+    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record,
+                         coordinate_in=NAMESPACE if on_cluster else None)
+    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url)
     watcher, book = _data_source(args, hub, settings)
     if watcher is not None:
         # runs started while the file is watched train on its validated snapshot
         base = base.model_copy(update={"data": str(watcher.feed.snapshot)})
         settings = replace(settings, base_config=base)
-    app = create_app(RayHubClient(hub), manager, settings, hpo=hpo, candles=book)
+    app = create_app(RayHubClient(hub), manager, settings, hpo=hpo, candles=book, store=store)
+
+    def reattach() -> None:  # runs an earlier server process started go on: follow them again
+        reattach_runs(store, manager, hub, NAMESPACE)
 
     def train_on_start() -> None:
         run = manager.submit(base)
@@ -308,7 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ws_compression=args.ws_compression,
             log_level=args.log_level,
         ),
-        on_started=[train_on_start] if args.train_on_start else [],
+        on_started=[
+            *([reattach] if on_cluster else []), *([train_on_start] if args.train_on_start else []),
+        ],
     )
     print(
         f"serving http://{args.host}:{args.port} (events: ws://{args.host}:{args.port}/ws; "
@@ -324,4 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             watcher.stop()
         hpo.shutdown()
         manager.shutdown()
+        if not on_cluster:  # the hub dies with this process: its last events first, then the lease
+            import ray
+
+            ray.get(hub.close_store.remote())
+        store.close()
     return 0 if server.started else 1
+
+
+def _open_store(db: str | None, reports_dir: str) -> tuple[str, JobStore]:
+    """The job store's URL (absolute) and the store, opened to check it before Ray starts."""
+    from orchestrator.store import JobStore
+    from orchestrator.store.engine import resolve_store_url
+
+    url = resolve_store_url(db, reports_dir)
+    return url, JobStore.open(url)

@@ -9,7 +9,10 @@ process's GIL. Both sides read ``time.monotonic()`` (CLOCK_MONOTONIC, one clock 
     .venv/bin/python bench/event_stream.py [--events 300] [--rate 100] [--clients 1,10,100]
 
 Prints one JSON object: machine, latency with 1 client (p50/p99/max, ms) and, per client count,
-events lost (must be 0) and latency percentiles, split at the hub (its ``ts`` stamp).
+events lost (must be 0) and latency percentiles, split at the hub (its ``ts`` stamp). The whole
+measurement runs twice in one process, with the job store off and on (a hub writing a SQLite
+store in a temporary folder), with the ratio of their hub-to-client p99 (target <= 1.3), and
+the store's sustained write rate (events per second through a hub's recorder, in process).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +170,9 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=1000,
                         help="events of the 1-client latency run (default 1000)")
     parser.add_argument("--compression", action="store_true", help="permessage-deflate on")
+    parser.add_argument("--store", default="off,on", help="job store modes to measure (default off,on)")
+    parser.add_argument("--sustained-events", type=int, default=50_000,
+                        help="events of the store's sustained write measurement (default 50000)")
     parser.add_argument("--client", nargs=3, metavar=("URL", "N", "EVENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -183,30 +190,80 @@ def main() -> None:
 
     load_before = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
-    hub = get_or_create_hub(namespace=NAMESPACE)
-    manager = RunManager(RaySink(hub))
-    app = create_app(RayHubClient(hub), manager, ApiSettings(reports_dir=str(ROOT / "reports")))
-    try:
-        with BackgroundServer(app, ws_compression=args.compression) as server:
-            latency = scenario(server, hub, 1, args.latency_events, args.rate)
-            fanout = [
-                scenario(server, hub, int(n), args.events, args.rate)
-                for n in args.clients.split(",")
-            ]
-    finally:
-        manager.shutdown()
-        ray.shutdown()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        store_url = f"sqlite:///{folder}/orchestrator.db"
+        try:
+            for mode in args.store.split(","):
+                options: dict[str, Any] = {"store_url": store_url} if mode == "on" else {}
+                hub = get_or_create_hub(namespace=f"{NAMESPACE}-{mode}", **options)
+                manager = RunManager(RaySink(hub))
+                app = create_app(RayHubClient(hub), manager, ApiSettings(reports_dir=str(ROOT / "reports")))
+                try:
+                    with BackgroundServer(app, ws_compression=args.compression) as server:
+                        latency = scenario(server, hub, 1, args.latency_events, args.rate)
+                        fanout = [
+                            scenario(server, hub, int(n), args.events, args.rate)
+                            for n in args.clients.split(",")
+                        ]
+                    if mode == "on":
+                        ray.get(hub.flush_store.remote(60))
+                        latency["stored_events"] = _stored_events(store_url)
+                finally:
+                    manager.shutdown()
+                    ray.kill(hub)
+                results[mode] = {"latency_1_client": latency, "fanout": fanout}
+        finally:
+            ray.shutdown()
+        sustained = store_throughput(f"sqlite:///{folder}/sustained.db", args.sustained_events)
+    comparison = None
+    if "on" in results and "off" in results:
+        p99 = {m: results[m]["latency_1_client"]["hub_to_client"]["p99_ms"] for m in ("off", "on")}
+        comparison = {"hub_to_client_p99_ms": p99, "ratio_on_to_off": round(p99["on"] / p99["off"], 3)}
     print(json.dumps({
         "benchmark": "event_stream",
-        "machine": machine(("ray", "uvicorn", "websockets", "fastapi")),
+        "machine": machine(("ray", "uvicorn", "websockets", "fastapi", "sqlalchemy")),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "path": "producer (Ray task) -> EventHub actor -> pump long-poll -> per-client queue "
         "-> uvicorn -> websockets client",
         "permessage_deflate": args.compression,
-        "latency_1_client": latency,
-        "fanout": fanout,
+        "store": {"comparison": comparison, "sustained": sustained},
+        **{f"store_{mode}": result for mode, result in results.items()},
     }, indent=2))
 
+
+def _stored_events(url: str) -> int:
+    from orchestrator.store import JobStore
+
+    store = JobStore.open(url)
+    try:
+        return store.last_seq()
+    finally:
+        store.close()
+
+
+def store_throughput(url: str, events: int) -> dict[str, Any]:
+    """Events per second a hub's recorder writes to the store when publishing never pauses."""
+    from orchestrator.events.hub import EventHub
+    from orchestrator.events.recorder import open_recorder
+
+    recorder = open_recorder(url)
+    hub = EventHub(recorder=recorder, max_events=1000)
+    row = {"fold_id": 0, "train_loss": 0.1, "val_loss": 0.2, "val_auc": 0.51, "val_nll": 1.0,
+           "ECE": 0.02, "PIT_KS_p": 0.3}  # fmt: skip
+    started = time.perf_counter()
+    for i in range(events):
+        hub.publish("sustained", "bench", i, {"type": "epoch_metrics", "epoch": i, **row})
+    published = time.perf_counter() - started
+    assert recorder.flush(600)
+    elapsed = time.perf_counter() - started
+    stats = recorder.stats()
+    recorder.close()
+    return {
+        "events": events, "publish_seconds": round(published, 3), "written_seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed), "batches": stats["batches"],
+        "mean_batch": round(events / max(stats["batches"], 1), 1),
+    }
 
 if __name__ == "__main__":
     main()

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run one CV training headless, with progress bars")
     add_train_flags(train)
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    train.add_argument("--db", help="the job store the run is recorded in: a SQLAlchemy URL (default: "
+                       "$ORCHESTRATOR_DB, else orchestrator.db under --reports-dir); refused while "
+                       "a server writes it")
     train.add_argument("--events-out", help="write every event as sent on /ws to this JSON-lines file")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
@@ -115,6 +118,7 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.console.progress import EventFileWriter, ProgressView
     from orchestrator.runner import run_training
+    from orchestrator.store.engine import resolve_store_url
 
     config = config_from_args(args)
     view = ProgressView(enabled=not args.quiet)
@@ -128,7 +132,10 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         # the events file is the run's full record: it wants the live detail too
         interest = frozenset(MESSAGE_TYPES) if writer else frozenset()
-        run = run_training(config, listener=fanout, address=args.address, interest=interest)
+        store_url = resolve_store_url(args.db, config.reports_dir)
+        run = run_training(
+            config, listener=fanout, address=args.address, interest=interest, store_url=store_url
+        )
     finally:
         view.close()
         if writer:

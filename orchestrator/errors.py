@@ -15,6 +15,7 @@ __all__ = [
     "FoldFailedError",
     "RunCancelledError",
     "IllegalTransitionError",
+    "StoreError",
 ]
 
 
@@ -56,3 +57,7 @@ class RunCancelledError(OrchestratorError):
 
 class IllegalTransitionError(OrchestratorError):
     """A state machine was asked for a transition it does not allow."""
+
+
+class StoreError(OrchestratorError):
+    """The job store cannot be used (unreachable, malformed, corrupt, locked, too new, read-only)."""

@@ -12,7 +12,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.messages import ENVELOPE_FIELDS
 from orchestrator.states import StateTable
 
-__all__ = ["RunState", "Run", "TERMINAL_STATES"]
+__all__ = ["RunState", "Run", "TERMINAL_STATES", "INTERRUPTED_PREFIX", "ended_state"]
 
 
 class RunState(str, enum.Enum):
@@ -21,19 +21,34 @@ class RunState(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its lease owner (the process or Ray instance running it) is gone
 
 
 RUN_STATES = StateTable(
     "run",
     {
-        RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED},
-        RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED},
+        RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
+        RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
         RunState.COMPLETED: (),
         RunState.FAILED: (),
         RunState.CANCELLED: (),
+        RunState.INTERRUPTED: (),
     },
 )
 TERMINAL_STATES = RUN_STATES.terminal
+
+# A training_error whose message starts so ends its run as interrupted (its writer was gone).
+INTERRUPTED_PREFIX = "interrupted: "
+_CANCELLED_MARK = " was cancelled"  # RunCancelledError's messages
+
+
+def ended_state(error: str) -> RunState:
+    """The terminal state a ``training_error`` message stands for."""
+    if error.startswith(INTERRUPTED_PREFIX):
+        return RunState.INTERRUPTED
+    if _CANCELLED_MARK in error:
+        return RunState.CANCELLED
+    return RunState.FAILED
 
 
 @dataclass
@@ -53,6 +68,7 @@ class Run:
     epochs_done: int = 0
     latest_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     _epochs_seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    _folds_seen: set[Any] = field(default_factory=set, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,6 +104,22 @@ class Run:
                 self.latest_metrics[event["fold_id"]] = {
                     k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
                 }
+
+    def follow(self, event: dict[str, Any]) -> None:
+        """For a run executed elsewhere (a coordinator in the cluster): its state from its events."""
+        kind = event.get("type")
+        if kind == "training_start" and self.state is RunState.PENDING:
+            self.transition(RunState.RUNNING)
+        elif kind == "training_complete" and not self.done:
+            self.summary_path = event.get("summary_path")
+            self.transition(RunState.COMPLETED)
+        elif kind == "training_error" and not self.done:
+            error = str(event.get("error", ""))
+            self.transition(ended_state(error), error=error)
+        elif kind == "fold_complete":
+            with self._lock:  # an event seen twice (a replay meeting the live stream) counts once
+                self._folds_seen.add(event.get("fold_id"))
+                self.folds_done = len(self._folds_seen)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

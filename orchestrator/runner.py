@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orchestrator.config import TrainConfig
@@ -21,6 +22,7 @@ from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubCl
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
+from orchestrator.service import store_row
 
 if TYPE_CHECKING:
     from orchestrator.execution.pool import WorkerPool
@@ -41,6 +43,7 @@ def run_training(
     address: str | None = None,
     pool: WorkerPool | None = None,
     interest: frozenset[str] = frozenset(),
+    store_url: str | None = None,
 ) -> Run:
     """Train one run to the end and return it; ``listener`` sees every event as it is released.
 
@@ -50,13 +53,23 @@ def run_training(
 
     On Ray, ``pool`` keeps fold actors warm for the caller's later runs (the caller shuts it
     down); without one, a pool is made for this run and its actors are released at the end.
+
+    ``store_url``: the job store this run is recorded in, whose lease the command's hub takes
+    (``LeaseHeldError`` naming the holder while a server or another command writes it).
     """
     run = new_run(config)
     sink: EventSink
     hub: HubClient
     executor: FoldExecutor
+    close_store: Callable[[], None] = lambda: None
     if config.executor == "local":
         local_hub = EventHub()
+        if store_url is not None:
+            from orchestrator.events.recorder import hub_on_store
+
+            local_hub, recorder = hub_on_store(store_url)
+            close_store = recorder.close
+            local_hub.record_run(store_row(run))
         sink, hub, executor = InProcessSink(local_hub), LocalHubClient(local_hub), LocalExecutor()
     else:
         from orchestrator.events.actor import get_or_create_hub
@@ -67,13 +80,22 @@ def run_training(
 
         # Ray's start is mostly waiting for its processes: load the data meanwhile (the run's own
         # load then finds it cached; a failure is left for the run to report), and start the
-        # fold actors as soon as Ray is up, so that their imports overlap the rest of the set-up.
+        # fold actors once Ray and the hub are up, so that their imports overlap the rest.
         prefetch = threading.Thread(target=_prefetch_data, args=(config,), daemon=True)
         prefetch.start()
         ensure_ray(address)
+        if store_url is None:
+            handle = get_or_create_hub()
+        else:
+            import ray
+
+            from orchestrator.events.actor import hub_for_store
+
+            handle = hub_for_store(store_url, detached=False, reattach=False)
+            ray.get(handle.record_run.remote(store_row(run)))
+            close_store = lambda: ray.get(handle.close_store.remote())  # noqa: E731
         ray_executor = RayExecutor(pool)
         ray_executor.prestart(config)
-        handle = get_or_create_hub()
         sink, hub, executor = RaySink(handle), RayHubClient(handle), ray_executor
         prefetch.join()
     try:
@@ -81,6 +103,7 @@ def run_training(
     finally:
         if pool is None:
             executor.shutdown()
+        close_store()
     return run
 
 

@@ -61,3 +61,12 @@ def test_appends_must_continue_the_seq_and_arguments_are_checked() -> None:
         history.collect(0, limit=0)
     with pytest.raises(ValueError, match="max_events=0"):
         History(0)
+
+
+def test_a_history_continuing_a_store_reports_everything_before_it_as_a_gap() -> None:
+    history = History(5, last_seq=40)
+    assert history.collect(40) == ([], 40, None)
+    assert history.collect(12) == ([], 40, 41)  # seq 13..40 are not held
+    history.append({"seq": 41, "run_id": "r", "type": "x"})
+    events, cursor, gap = history.collect(39)
+    assert [e["seq"] for e in events] == [41] and cursor == 41 and gap == 41

@@ -43,3 +43,27 @@ def test_run_transitions_go_through_the_table() -> None:
     assert run.done and run.ended_at is not None
     with pytest.raises(IllegalTransitionError, match="run r1: cannot go to running from completed: expected pending"):
         run.transition(RunState.RUNNING)
+
+
+def test_interrupted_is_a_terminal_run_state_reached_from_pending_or_running() -> None:
+    from orchestrator.lifecycle import TERMINAL_STATES
+
+    assert RunState.INTERRUPTED in TERMINAL_STATES
+    run = Run("r2", TrainConfig(), "/tmp/r2")
+    run.transition(RunState.RUNNING)
+    run.transition(RunState.INTERRUPTED, error="interrupted: gone")
+    assert run.done and run.error == "interrupted: gone"
+    with pytest.raises(IllegalTransitionError, match="expected pending or running"):
+        run.transition(RunState.INTERRUPTED)
+
+
+def test_a_run_executed_elsewhere_follows_its_lifecycle_from_its_events() -> None:
+    run = Run("r3", TrainConfig(), "/tmp/r3")
+    run.follow({"type": "training_start", "run_id": "r3"})
+    assert run.state is RunState.RUNNING
+    run.follow({"type": "fold_complete", "run_id": "r3", "fold_id": 0})
+    run.follow({"type": "training_complete", "run_id": "r3", "summary_path": "s.json"})
+    assert run.snapshot()["state"] == "completed" and run.summary_path == "s.json" and run.folds_done == 1
+    cancelled = Run("r4", TrainConfig(), "/tmp/r4")
+    cancelled.follow({"type": "training_error", "run_id": "r4", "error": "run r4 was cancelled"})
+    assert cancelled.state is RunState.CANCELLED and cancelled.error == "run r4 was cancelled"

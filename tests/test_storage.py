@@ -91,6 +91,7 @@ def test_killed_study_resumes_where_it_stopped(
         "--reports-dir", str(tmp_path), "--study", "resume", "--pruner", "none",
         "--sampler-seed", "0", "--parallel", "1", "--quiet",
         "--address", ray.get_runtime_context().gcs_address,
+        "--storage", str(tmp_path / "hpo" / "resume" / "study.journal"),  # a journal path still works
     ]
     journal = tmp_path / "hpo" / "resume" / "study.journal"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

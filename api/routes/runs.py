@@ -1,7 +1,9 @@
 """The run routes: ``POST /train``, ``GET /runs...`` (state, summary, events), cancel, and report files.
 
 The routes know the runs only through ``RunService`` (``orchestrator.service.RunManager``
-implements it) and the hub only through ``HubClient``.
+implements it), the hub only through ``HubClient``, and the job store (``JobStore``), when the
+server has one, as the source of every run it ever recorded: runs this process started are
+answered from their live state, the others (earlier processes, reattached runs) from the store.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
@@ -20,10 +23,13 @@ from orchestrator.events.hub import Event
 from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
+from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.service import RunConflictError, UnknownRunError
+from orchestrator.store.jobstore import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
 if TYPE_CHECKING:
     from orchestrator.lifecycle import Run
+    from orchestrator.store import JobStore
 
 __all__ = ["EVENTS_PAGE_MAX", "RunService", "resolve_report_path", "runs_router"]
 
@@ -68,11 +74,21 @@ def resolve_report_path(root: Path, relative: str) -> Path | None:
 
 
 def runs_router(
-    manager: RunService, hub: HubClient, base_config: TrainConfig, reports_dir: str
+    manager: RunService, hub: HubClient, base_config: TrainConfig, reports_dir: str,
+    store: JobStore | None = None,
 ) -> APIRouter:
     """Runs start from ``base_config`` (the server's flags), overridden field by field by the body."""
     reports_root = Path(reports_dir)
     router = APIRouter()
+
+    async def snapshot(run_id: str) -> dict[str, Any] | None:
+        """The run's snapshot: live if this process runs it, else the store's, else None."""
+        try:
+            return manager.get(run_id).snapshot()
+        except UnknownRunError:
+            if store is None:
+                return None
+            return await run_in_threadpool(store.get_run, run_id)
 
     @router.post(
         "/train",
@@ -114,19 +130,38 @@ def runs_router(
             headers={"Location": f"/runs/{run.run_id}"},
         )
 
-    @router.get("/runs", summary="Every run this server knows, oldest first")
-    async def runs() -> dict[str, Any]:
-        return {"runs": [run.snapshot() for run in manager.runs()]}
+    @router.get("/runs", summary="Runs, newest first, a page at a time (every run of the job store)")
+    async def runs(
+        limit: int = Query(RUNS_PAGE_DEFAULT, ge=1, le=RUNS_PAGE_MAX),
+        before: str | None = Query(None, description="the next page: runs created before this run"),
+    ) -> JSONResponse:
+        live = {run.run_id: run.snapshot() for run in manager.runs()}
+        if store is None:
+            page = sorted(live.values(), key=_created, reverse=True)
+            if before is not None:
+                if before not in live:
+                    return error_response(404, f"no run with run_id={before!r} (before)")
+                page = page[[r["run_id"] for r in page].index(before) + 1 :]
+        else:
+            try:
+                page = await run_in_threadpool(store.list_runs, limit, before)
+            except KeyError:
+                return error_response(404, f"no run with run_id={before!r} (before)")
+            page = [live.pop(r["run_id"], r) for r in page]
+            if before is None:  # runs started here that the store has not written yet
+                page = sorted(page + [r for r in live.values() if r["state"] not in _ENDED], key=_created, reverse=True)
+        page = page[:limit]
+        return JSONResponse({
+            "runs": page, "next_before": page[-1]["run_id"] if len(page) == limit else None,
+        })  # fmt: skip
 
     @router.get("/runs/{run_id}", summary="A run: state, progress, latest metrics, report files")
     async def get_run(run_id: str) -> JSONResponse:
-        try:
-            run = manager.get(run_id)
-        except UnknownRunError as err:
-            return error_response(404, str(err))
-        body = run.snapshot()
+        body = await snapshot(run_id)
+        if body is None:
+            return error_response(404, f"no run with run_id={run_id!r}")
         body["links"] = _links(run_id)
-        body["files"] = _report_files(reports_root, Path(run.run_dir))
+        body["files"] = _report_files(reports_root, Path(body["run_dir"] or ""))
         return JSONResponse(body)
 
     @router.post("/runs/{run_id}/cancel", status_code=202, summary="Ask a run to stop")
@@ -134,7 +169,12 @@ def runs_router(
         try:
             run = manager.get(run_id)
         except UnknownRunError as err:
-            return error_response(404, str(err))
+            stored = await snapshot(run_id)
+            if stored is None:
+                return error_response(404, str(err))
+            if stored["state"] in _ENDED:
+                return error_response(409, f"run {run_id} has already ended ({stored['state']})")
+            return error_response(409, f"run {run_id} is not run by this server process")
         if run.done:
             return error_response(409, f"run {run_id} has already ended ({run.state.value})")
         manager.cancel(run_id)
@@ -144,14 +184,13 @@ def runs_router(
 
     @router.get("/runs/{run_id}/summary", summary="The run's summary.json")
     async def summary(run_id: str) -> JSONResponse:
-        try:
-            run = manager.get(run_id)
-        except UnknownRunError as err:
-            return error_response(404, str(err))
-        path = Path(run.summary_path) if run.summary_path else None
+        body = await snapshot(run_id)
+        if body is None:
+            return error_response(404, f"no run with run_id={run_id!r}")
+        path = Path(body["summary_path"]) if body["summary_path"] else None
         if path is None or not path.is_file():
-            detail = f": {run.error}" if run.error else ""
-            return error_response(404, f"run {run_id} has no summary (state: {run.state.value}{detail})")
+            detail = f": {body['error']}" if body["error"] else ""
+            return error_response(404, f"run {run_id} has no summary (state: {body['state']}{detail})")
         return JSONResponse(json.loads(path.read_text()))
 
     @router.get("/runs/{run_id}/events", summary="The run's events after seq `since`, as sent on /ws")
@@ -160,10 +199,8 @@ def runs_router(
         since: int = Query(0, ge=0, description="return events with seq > since"),
         limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
     ) -> JSONResponse:
-        try:
-            manager.get(run_id)
-        except UnknownRunError as err:
-            return error_response(404, str(err))
+        if await snapshot(run_id) is None:
+            return error_response(404, f"no run with run_id={run_id!r}")
         events, gap = await hub.events_since(since, run_id, None, limit)
         next_since = events[-1]["seq"] if events else since
         return JSONResponse({"run_id": run_id, "events": events, "next_since": next_since, "gap": gap})
@@ -178,6 +215,13 @@ def runs_router(
         return FileResponse(resolved)
 
     return router
+
+
+_ENDED = frozenset(state.value for state in TERMINAL_STATES)
+
+
+def _created(snapshot: dict[str, Any]) -> tuple[float, str]:
+    return (float(snapshot["created_at"]), str(snapshot["run_id"]))
 
 
 def _fields_of(err: ValidationError) -> list[str]:

@@ -6,6 +6,8 @@ in ``get_or_create_hub``, so the same class runs in-process in a unit test.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +17,9 @@ from orchestrator.events.hub import Event, EventHub
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
-__all__ = ["HUB_NAME", "NAMESPACE", "get_or_create_hub", "get_hub"]
+__all__ = ["HUB_NAME", "NAMESPACE", "get_or_create_hub", "get_hub", "hub_for_store"]
+
+log = logging.getLogger(__name__)
 
 HUB_NAME = "event_hub"
 NAMESPACE = "forecast-orchestrator"
@@ -31,7 +35,33 @@ _HUB_READY_TIMEOUT_S = 120.0
 class _HubActor(EventHub):
     """The EventHub as a Ray actor. ``poll`` is async, so Ray makes it an async actor: every
     method runs on the actor's one event loop (sync methods included), so pollers await while
-    publishes proceed, and ``max_concurrency`` bounds how many calls are in flight."""
+    publishes proceed, and ``max_concurrency`` bounds how many calls are in flight.
+
+    With a ``store_url`` the hub takes the job store's lease, writes its journal there and
+    continues its ``seq``; runs the store still had unfinished are marked interrupted."""
+
+    def __init__(self, store_url: str | None = None, **hub_kwargs: Any) -> None:
+        from orchestrator.events.recorder import mark_interrupted, open_recorder
+
+        self._store = None if store_url is None else open_recorder(store_url)
+        super().__init__(recorder=self._store, **hub_kwargs)
+        if self._store is not None:
+            mark_interrupted(self, self._store.store)
+
+    def flush_store(self, timeout: float = 10.0) -> bool:
+        """Wait until every released event is in the job store (True at once without one)."""
+        return self._store is None or self._store.flush(timeout)
+
+    def store_info(self) -> dict[str, str] | None:
+        """The job store this hub writes (``url``) and its lease ``owner``, or None."""
+        if self._store is None:
+            return None
+        return {"url": self._store.store.url, "owner": self._store.owner}
+
+    def close_store(self) -> None:
+        """Write what is queued and give the store's lease up (the hub then records nothing more)."""
+        if self._store is not None:
+            self._store.close()
 
     def publish_remote(self, run_id: str, producer: str, pseq: int, event: Event) -> int:
         """``publish`` for a remote producer (``HubPublisher``): returns how many events it
@@ -52,15 +82,18 @@ class _HubActor(EventHub):
         }
 
 
-def get_or_create_hub(namespace: str = NAMESPACE, **hub_kwargs: Any) -> ActorHandle[Any]:
-    """The namespace's hub actor, created on first call (``hub_kwargs`` go to ``EventHub``).
+def get_or_create_hub(
+    namespace: str = NAMESPACE, *, detached: bool = False, **hub_kwargs: Any
+) -> ActorHandle[Any]:
+    """The namespace's hub actor, created on first call (``hub_kwargs`` go to ``_HubActor``).
 
     Needs ``ray.init`` done. The hub is pinned (hard node affinity) to the node of the calling
     driver, which is the head node in our deployments (the API / CLI process runs there). It
-    takes no CPU (``num_cpus=0``) so it never holds back a fold. It is not detached: it belongs
-    to the driver process that created it (which keeps its handle) and dies with it; a later
-    driver creates a fresh hub (seq restarts at 1). When the hub exists already, ``hub_kwargs``
-    are ignored, and an existing hub is found by name (milliseconds; creating takes 0.2-0.5 s).
+    takes no CPU (``num_cpus=0``) so it never holds back a fold. Not ``detached``, it belongs
+    to the driver that created it and dies with it; ``detached`` (``serve --address``), it lives
+    as long as the Ray cluster, and a later driver reattaches to it. When the hub exists
+    already, ``hub_kwargs`` are ignored, and an existing hub is found by name (milliseconds;
+    creating takes 0.2-0.5 s); the process that created a hub keeps a handle to it.
 
     Returns once the hub answers. A hub whose last handle has just been dropped is being
     destroyed, yet ``get_if_exists`` may still hand it out: then a fresh one is created.
@@ -80,6 +113,7 @@ def get_or_create_hub(namespace: str = NAMESPACE, **hub_kwargs: Any) -> ActorHan
         name=HUB_NAME,
         namespace=namespace,
         get_if_exists=True,
+        lifetime="detached" if detached else None,
         num_cpus=0,
         max_concurrency=1000,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=driver_node, soft=False),
@@ -103,3 +137,54 @@ def get_hub(namespace: str = NAMESPACE) -> ActorHandle[Any]:
     import ray
 
     return ray.get_actor(HUB_NAME, namespace=namespace)
+
+
+def hub_for_store(
+    store_url: str, *, detached: bool, reattach: bool = True, namespace: str = NAMESPACE
+) -> ActorHandle[Any]:
+    """The namespace's hub writing the job store at ``store_url``: the running one (a detached hub
+    that outlived its server) if ``reattach``, else a new one that takes the store's lease.
+
+    Raises ``StoreError`` when the running hub writes another store (or none), and
+    ``LeaseHeldError`` naming the holder when another live writer holds the store (the running
+    hub itself when not ``reattach``: a ``train`` command beside a server).
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    from orchestrator.errors import StoreError
+    from orchestrator.store import JobStore
+    from orchestrator.store.engine import describe
+    from orchestrator.store.lease import LeaseHeldError, refuse_if_held
+
+    running: Any = None
+    try:
+        running = get_hub(namespace)
+    except ValueError:
+        pass
+    if running is not None:
+        info = cast("dict[str, str] | None", ray.get(running.store_info.remote()))
+        if info is None and not reattach:  # this driver's own hub, made without a store: use it
+            with contextlib.closing(JobStore.open(store_url)) as store:
+                refuse_if_held(store.lease_holder())
+            log.warning("the event hub of namespace %r writes no job store: this command's events "
+                        "are not recorded in %s", namespace, describe(store_url))  # fmt: skip
+            return cast("ActorHandle[Any]", running)
+        if info is None or info["url"] != store_url:
+            where = "no job store" if info is None else f"the job store {describe(info['url'])}"
+            raise StoreError(f"the event hub running in Ray namespace {namespace!r} writes {where}, "
+                             f"not {describe(store_url)}; pass its --db or stop it")  # fmt: skip
+        if not reattach:
+            raise LeaseHeldError(
+                f"the job store {describe(store_url)} is in use by the event hub of a server "
+                f"({info['owner']}); send this work to it (POST /train, POST /hpo) or use another --db"
+            )
+        return cast("ActorHandle[Any]", running)
+    with contextlib.closing(JobStore.open(store_url)) as store:
+        refuse_if_held(store.lease_holder())
+    try:
+        return get_or_create_hub(namespace, detached=detached, store_url=store_url)
+    except RayActorError as err:
+        reason = [line for line in str(err).splitlines() if "Error:" in line][-1:] or [str(err)]
+        raise StoreError(f"the event hub could not open the job store {describe(store_url)}: "
+                         f"{reason[0].strip()}") from None

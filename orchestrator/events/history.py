@@ -20,11 +20,15 @@ Event = dict[str, Any]
 class History:
     """Stamped events (each with ``seq``, ``run_id``, ``type``) in seq order, at most ``max_events``."""
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(self, max_events: int, last_seq: int = 0) -> None:
+        """``last_seq``: the seq the events before this history's first had (a store's last)."""
         if not isinstance(max_events, int) or max_events < 1:
             raise ValueError(f"max_events must be an int >= 1, got max_events={max_events!r}")
         self._held: deque[Event] = deque(maxlen=max_events)
-        self.last_seq = 0  # of the last event appended, whether still held or not
+        self.last_seq = last_seq  # of the last event appended, whether still held or not
+        # the events up to it were never held here: a run's first held seq does not prove that
+        # none of its events came before (a run the store had, marked interrupted by a new hub)
+        self.start_seq = last_seq
 
     def __len__(self) -> int:
         return len(self._held)
@@ -52,7 +56,7 @@ class History:
         """(held events after ``since_seq``, the cursor to resume from, the gap or None).
 
         Filtered by ``run_id`` and ``types``, at most ``limit``. The gap is the oldest held seq
-        when events right after ``since_seq`` are no longer held; with a ``run_id`` whose first
+        (``last_seq + 1`` when none is) when events right after ``since_seq`` are not held; with a ``run_id`` whose first
         event (``run_first_seq``) is still held, nothing of that run was lost and there is none.
         The cursor is ``last_seq``, or the last event's seq when ``limit`` cut the answer short.
         """
@@ -60,9 +64,9 @@ class History:
             raise ValueError(f"since_seq must be an int >= 0, got since_seq={since_seq!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got limit={limit!r}")
-        gap = None
-        oldest = self.oldest_seq
-        if oldest is not None and since_seq + 1 < oldest:
+        gap: int | None = None
+        oldest: int = self._held[0]["seq"] if self._held else self.last_seq + 1
+        if since_seq + 1 < oldest:
             gap = oldest
             if run_id is not None and run_first_seq is not None and run_first_seq >= oldest:
                 gap = None

@@ -2,16 +2,12 @@
 
 ``EventHub`` is a plain class, unit-tested without Ray (``events.actor`` runs it as the named Ray
 actor, DESIGN 3). Each published event is put in its producer's order, a retried fold's repeats
-dropped (``ordering``); each released event is stamped with ``run_id``, ``seq`` (per hub, 1, 2,
-3, ... without holes) and ``ts``, made JSON-safe and appended to the run's ``events.jsonl``
-exactly as it goes out on ``/ws`` (``journal``), followed by the notifications it gives rise to
-(``milestones``). The hub holds the last ``max_events`` events for replay (``history``) and
-answers long polls as soon as there is something new; a poll's ``interest`` tells producers
-which optional types some consumer delivers (``demand``).
-
-Publishing never waits for a consumer: ``publish`` is synchronous and cheap, and pollers are
-woken, never awaited. Per-run bookkeeping is kept for at most ``max_runs`` runs (the oldest
-finished run's is forgotten first); each producer buffers at most ``max_pending`` early events.
+dropped (``ordering``); each released event is stamped with ``run_id``, ``seq`` (1, 2, 3, ...
+without holes; with a job store, continuing from its last) and ``ts``, made JSON-safe, appended
+to the run's ``events.jsonl`` exactly as it goes out on ``/ws`` (``journal``) and to the store
+(``recorder``), then followed by the notifications it gives rise to (``milestones``). The hub
+holds the last ``max_events`` events (``history``); older ones are read back from the store.
+Publishing never waits for a consumer or the store; pollers are woken, never awaited.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from orchestrator.events.demand import Demand
 from orchestrator.events.history import History
@@ -32,6 +28,9 @@ from orchestrator.events.journal import RunJournal, json_line
 from orchestrator.events.milestones import RunMilestones
 from orchestrator.events.ordering import Refusal, RetryFilter, RunOrdering
 from orchestrator.messages import TERMINAL_TYPES
+
+if TYPE_CHECKING:
+    from orchestrator.events.recorder import StoreRecorder
 
 __all__ = ["EventHub", "Event", "PollReply"]
 
@@ -87,7 +86,8 @@ class EventHub:
     """
 
     def __init__(
-        self, *, max_events: int = 100_000, max_runs: int = 20, max_pending: int = 10_000
+        self, *, max_events: int = 100_000, max_runs: int = 20, max_pending: int = 10_000,
+        recorder: StoreRecorder | None = None,
     ) -> None:
         for name, value in (("max_runs", max_runs), ("max_pending", max_pending)):
             if not isinstance(value, int) or value < 1:
@@ -95,7 +95,8 @@ class EventHub:
         self._max_runs = max_runs
         self._max_pending = max_pending
         self._lock = threading.Lock()
-        self._history = History(max_events)
+        self._recorder = recorder  # the job store's journal: seq continues from its last
+        self._history = History(max_events, 0 if recorder is None else recorder.store.last_seq())
         self._runs: dict[str, _Run] = {}
         self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
         self._waiters: set[asyncio.Future[None]] = set()
@@ -135,6 +136,12 @@ class EventHub:
                 else:
                     run.journal.flush()
 
+    def record_run(self, row: dict[str, Any]) -> None:
+        """Add a run's row (``orchestrator.store.schema.runs`` columns) to the job store, if any."""
+        if self._recorder is not None:
+            with self._lock:
+                self._recorder.record_run(row)
+
     def active_run(self) -> str | None:
         """The most recently registered run that has not ended (no terminal event released yet)."""
         with self._lock:
@@ -163,13 +170,9 @@ class EventHub:
     # ---- publishing -----------------------------------------------------------------------
 
     def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> list[Event]:
-        """Accept event number ``pseq`` of ``producer`` in ``run_id``; return what it released.
-
-        The result is empty when the event arrived early (buffered until the missing ones come),
-        was a duplicate, or was dropped as a retried fold's repeat or as invalid (not a dict with
-        a string ``type``, or not JSON-serializable once NaN/Infinity became null). An invalid
-        event still takes its place in the order, so it never stalls the events after it.
-        """
+        """Accept event number ``pseq`` of ``producer`` in ``run_id``; return what it released:
+        nothing when it came early (buffered), twice, as a retried fold's repeat or invalid (no
+        string ``type``, or not JSON once NaN became null; it still takes its place in the order)."""
         if not isinstance(pseq, int) or isinstance(pseq, bool) or pseq < 0:
             raise ValueError(f"pseq must be an int >= 0, got pseq={pseq!r}")
         if not isinstance(run_id, str) or not isinstance(producer, str):
@@ -233,17 +236,11 @@ class EventHub:
         limit: int | None = None,
         interest: Iterable[str] = (),
     ) -> PollReply:
-        """Long-poll: the events after ``since_seq`` once there are any.
-
-        Returns at once when there are such events (or a gap to report), else waits up to
-        ``timeout`` seconds for one to be released and returns empty ``events`` when none came.
-        ``last_seq`` is the cursor to pass as ``since_seq`` next time: the hub's last seq, or the
-        last returned event's seq when ``limit`` cut the answer short. Never blocks a publisher.
-
-        ``interest`` names the message types this poller passes on to someone (a WebSocket
-        client, a file): it holds for the poll's ``timeout`` plus a grace (``Demand.note_poll``),
-        so a consumer that keeps polling keeps it.
-        """
+        """Long-poll: the events after ``since_seq`` (or a gap to report) at once if there are
+        any, else the first released within ``timeout`` s (empty ``events`` if none). ``last_seq``
+        is the cursor to poll from next: the hub's last seq, or the last returned event's when
+        ``limit`` cut the answer short. ``interest``: the types this poller passes on (held for
+        ``timeout`` plus a grace, ``Demand.note_poll``)."""
         with self._lock:
             self._demand.note_poll(interest, timeout)
         loop = asyncio.get_running_loop()
@@ -276,6 +273,7 @@ class EventHub:
                 "active_runs": [r.run_id for r in self._runs.values() if r.registered and not r.ended],
                 "buffered": sum(r.ordering.buffered() for r in self._runs.values()),
                 "pollers": len(self._waiters),
+                "store": None if self._recorder is None else self._recorder.stats(),
             }
 
     # ---- internals (called with the lock held) --------------------------------------------
@@ -358,6 +356,8 @@ class EventHub:
         self._counts["released"] += 1
         released.append(event)
         run.journal.write([line])
+        if self._recorder is not None:
+            self._recorder.record(event, line)
         if _ends_run(event):
             run.ended = True
         if run.ended:  # a late event after the end reopens the file just for itself
@@ -370,8 +370,11 @@ class EventHub:
         self, since_seq: int, run_id: str | None, types: frozenset[str] | None, limit: int | None
     ) -> tuple[list[Event], int, int | None]:
         run = self._runs.get(run_id) if run_id is not None else None
-        first_seq = None if run is None else run.first_seq
-        return self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
+        first_seq = None if run is None or since_seq < self._history.start_seq else run.first_seq
+        events, cursor, gap = self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
+        if gap is None or self._recorder is None:
+            return events, cursor, gap
+        return self._recorder.backfill(since_seq, gap, run_id, types, limit, events, cursor)
 
     def _held_events_of(self, run: _Run) -> Iterator[Event]:
         if run.first_seq is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from orchestrator.hpo.space import load_search_space
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.study import run_study
+from orchestrator.store.engine import resolve_store_url
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enqueue", action="append", default=[], metavar="JSON",
                    help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--db", help="the job store (a SQLAlchemy URL; default: $ORCHESTRATOR_DB, else "
+                        "orchestrator.db under --reports-dir): the study's events, and its Optuna "
+                        "storage unless --storage says otherwise; refused while a server writes it")
     parser.add_argument("--events-out", help="write every event of the study as JSON lines")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
     return parser
@@ -92,13 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = _spec_from_args(args)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    hub = None  # executor=local: an in-process hub, and no Ray at all
+    store_url = resolve_store_url(args.db, spec.config.reports_dir)
+    if spec.storage is None:  # one database holds the runs and the studies
+        spec = spec.model_copy(update={"storage": store_url})
+    hub: Any  # executor=local: an in-process hub, and no Ray at all
     if spec.config.executor == "ray":
-        from orchestrator.events.actor import get_or_create_hub
+        import ray
+
+        from orchestrator.events.actor import hub_for_store
         from orchestrator.execution.cluster import ensure_ray
 
         ensure_ray(args.address)
-        hub = get_or_create_hub()
+        hub = hub_for_store(store_url, detached=False, reattach=False)
+        close_store: Callable[[], object] = lambda: ray.get(hub.close_store.remote())  # noqa: E731
+    else:
+        from orchestrator.events.recorder import hub_on_store
+
+        hub, recorder = hub_on_store(store_url)
+        close_store = recorder.close
     writer = EventFileWriter(args.events_out) if args.events_out else None
 
     def fanout(events: list[dict[str, Any]]) -> None:
@@ -113,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if writer is not None:
             writer.close()
+        close_store()
     print(f"study {result.study}: {result.state.value}, {result.trials_done} trials done "
           f"({json.dumps(result.counts)})")
     if result.best_trial is not None:

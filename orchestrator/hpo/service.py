@@ -109,15 +109,20 @@ class HpoService:
         pool: Any | None = None,
         listener: Listener | None = None,
         reports_dir: str = "reports",
+        default_storage: str | None = None,
     ) -> None:
         self.hub = hub
         self.pool = pool
         self.listener = listener
         self.reports_dir = reports_dir
+        # a study without its own storage goes here (the job store's database: one file for both)
+        self.default_storage = default_storage
         self._handles: dict[str, StudyHandle] = {}
         self._lock = threading.Lock()
 
     def start(self, spec: HpoSpec) -> StudyHandle:
+        if spec.storage is None and self.default_storage is not None:
+            spec = spec.model_copy(update={"storage": self.default_storage})
         with self._lock:
             current = self._handles.get(spec.study)
             if current is not None and not current.done:
@@ -172,9 +177,12 @@ class HpoService:
                 storage = open_storage(handle.spec)
             else:
                 path = Path(self.reports_dir) / "hpo" / study / "study.journal"
-                if not path.is_file():
+                if path.is_file():
+                    storage = journal_storage(path)
+                elif self.default_storage is not None:
+                    storage = self.default_storage
+                else:
                     raise UnknownStudyError(f"no study {study!r} (no {path})")
-                storage = journal_storage(path)
             try:
                 status = study_status(study, storage)
             except UnknownStudyError:

@@ -59,7 +59,8 @@ class HpoSpec(BaseModel):
     storage: str | None = Field(
         None,
         description="Optuna RDB URL (sqlite:///..., postgresql://...) or a journal file path; "
-        "default <reports_dir>/hpo/<study>/study.journal",
+        "default: the job store's database (serve's and hpo's --db; one file holds runs and "
+        "studies), else <reports_dir>/hpo/<study>/study.journal",
     )
     metric: str = Field("val_nll", description="an epoch_metrics field, averaged over folds")
     direction: Direction | None = Field(None, description="default: from the metric")

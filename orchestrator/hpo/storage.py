@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from orchestrator.errors import ConfigError
 from orchestrator.hpo.pruning import make_pruner
 from orchestrator.hpo.spec import HpoSpec
+from orchestrator.store.lease import pid_alive
 
 __all__ = [
     "COMPARABLE_FIELDS",
@@ -44,6 +45,9 @@ def journal_storage(path: Path) -> JournalStorage:
 
 def open_storage(spec: HpoSpec) -> str | BaseStorage:
     """An RDB URL as is; otherwise an Optuna journal file (default in the study folder)."""
+    if spec.storage and spec.storage.startswith("sqlite:"):
+        # the job store writes the same file: wait for its lock rather than fail at once
+        return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"connect_args": {"timeout": 30}})
     if spec.storage and "://" in spec.storage:
         return spec.storage
     path = Path(spec.storage) if spec.storage else spec.study_dir / "study.journal"
@@ -127,7 +131,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
                 study.study_name, trial.number, owner,
             )
             continue
-        if owner in LIVE_SESSIONS or (int(pid_text) != os.getpid() and _pid_alive(int(pid_text))):
+        if owner in LIVE_SESSIONS or (int(pid_text) != os.getpid() and pid_alive(int(pid_text))):
             continue
         reason = f"interrupted: the process running it ({owner}) ended before it finished"
         optuna.Trial(study, trial._trial_id).set_user_attr("error", reason)
@@ -135,13 +139,3 @@ def fail_stale_trials(study: optuna.Study) -> None:
         log.warning("study %s: trial %d %s; marked FAIL", study.study_name, trial.number, reason)
         if "retry_of" not in trial.user_attrs and trial.params:
             study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -144,7 +144,7 @@
     if (!runs.length) return el("p", { class: "muted" }, "No run yet: start one with POST /train or python -m orchestrator serve --train-on-start.");
     const queued = runs.some((r) => r.queue_position !== undefined);
     const heads = ["run", "state"].concat(queued ? ["queue"] : [], ["epochs", "started", "ended", "val AUC", "val NLL", "DirAcc", "coverage"]);
-    const rows = runs.slice().reverse().map((r) => {
+    const rows = runs.map((r) => {  // GET /runs answers newest first
       const p = r.progress || {};
       return [link("#/run/" + encodeURIComponent(r.run_id), r.run_id), badge(r.state)]
         .concat(queued ? [r.queue_position === null || r.queue_position === undefined ? "–" : String(r.queue_position)] : [])

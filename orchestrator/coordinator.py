@@ -1,0 +1,148 @@
+"""A run's coordination as a detached Ray actor: ``execute_run`` with the Ray executor, in the cluster, so the API only submits and follows.
+
+On an existing cluster (``serve --address``) each run gets a ``RunCoordinator``: a detached
+actor of the orchestrator namespace named ``run:<run_id>``, with no CPU of its own
+(``num_cpus=0``), that runs the run's driver code (``orchestrator.driver.execute_run``) with a
+``RayExecutor`` whose fold actors it owns. The API process can die (``kill -9``) and come back:
+the coordinator, its folds and the detached hub go on, and the run's events keep reaching the
+hub and its job store. When the run has ended the coordinator ends itself.
+
+``RunCoordinator`` is a plain class (``ray.remote`` is applied in ``launch_coordinator``); it
+runs in its own worker process, so it takes the submitting server's working directory, and the
+run's relative paths (data, reports) mean what they meant there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import TrainConfig
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run
+
+if TYPE_CHECKING:
+    from orchestrator.service import RunManager
+    from orchestrator.store import JobStore
+
+__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator",
+           "reattach_runs"]
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_PREFIX = "run:"
+# After its run ended, a coordinator waits this long (for a last snapshot call) before ending.
+_LINGER_S = 2.0
+
+
+class RunCoordinator:
+    """Runs one run to its end in the cluster; ``cancel`` and ``snapshot`` answer meanwhile."""
+
+    def __init__(self, run_id: str, config_json: str, run_dir: str, created_at: float,
+                 cwd: str, hub_namespace: str) -> None:  # fmt: skip
+        os.chdir(cwd)  # this process is the coordinator's alone
+        config = TrainConfig.model_validate_json(config_json)
+        self.run = Run(run_id=run_id, config=config, run_dir=run_dir, created_at=created_at)
+        self.hub_namespace = hub_namespace
+
+    def execute(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train the run to its end; its final snapshot. The coordinator ends itself afterwards."""
+        from orchestrator.driver import execute_run
+        from orchestrator.events.actor import get_hub
+        from orchestrator.events.publish import RaySink
+        from orchestrator.execution.pool import WorkerPool
+        from orchestrator.execution.ray import RayExecutor
+
+        pool = WorkerPool()
+        try:
+            execute_run(self.run, RaySink(get_hub(self.hub_namespace)), RayExecutor(pool=pool),
+                        extra_summary=extra_summary)
+        finally:
+            pool.shutdown()
+            threading.Timer(_LINGER_S, _end_this_actor).start()
+        return self.run.snapshot()
+
+    def cancel(self) -> bool:
+        return self.run.request_cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.run.snapshot()
+
+
+def _end_this_actor() -> None:
+    import ray
+
+    try:
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+    except Exception:  # never left running: the process goes either way
+        log.exception("a run coordinator could not end itself; exiting its process")
+        os._exit(0)
+
+
+def launch_coordinator(run: Run, namespace: str) -> Any:
+    """Start ``run``'s detached coordinator in ``namespace`` (its hub's) and return its handle;
+    call ``execute`` on it to train."""
+    import ray
+
+    coordinator_class = ray.remote(RunCoordinator).options(
+        name=COORDINATOR_PREFIX + run.run_id,
+        namespace=namespace,
+        lifetime="detached",
+        num_cpus=0,
+        max_concurrency=4,  # cancel and snapshot while execute runs
+        max_restarts=0,
+    )
+    return coordinator_class.remote(
+        run.run_id, run.config.model_dump_json(), run.run_dir, run.created_at, os.getcwd(), namespace
+    )
+
+
+def find_coordinator(run_id: str, namespace: str) -> Any | None:
+    """The running coordinator of ``run_id``, or None."""
+    import ray
+
+    try:
+        return ray.get_actor(COORDINATOR_PREFIX + run_id, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str) -> list[str]:
+    """After a restart on a cluster: follow each unfinished run of the store whose coordinator
+    still runs, and end the others as interrupted (their coordinator, or the process that ran
+    them, is gone). Call it once this server follows the hub: a followed run's mirror is rebuilt
+    from the hub's events (the store's beyond its memory), replayed again after adoption for
+    what came meanwhile (a mirror takes an event twice without counting it twice).
+    Returns the runs followed again."""
+    import ray
+
+    followed = []
+    for run_id, run_dir, owner in store.unfinished_runs():
+        snapshot = store.get_run(run_id)
+        handle = find_coordinator(run_id, namespace)
+        if handle is None or snapshot is None:
+            ray.get(hub.publish.remote(run_id, "reattach", 0, {
+                "type": "training_error",
+                "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
+            }))  # fmt: skip
+            continue
+        run = Run(run_id=run_id, config=TrainConfig.model_validate(snapshot["config"]),
+                  run_dir=run_dir or snapshot["run_dir"], created_at=snapshot["created_at"])  # fmt: skip
+        since = _replay(run, hub, 0)
+        manager.adopt(run, handle)
+        _replay(run, hub, since)
+        followed.append(run_id)
+    if followed:
+        log.warning("following %d run(s) again: %s", len(followed), ", ".join(followed))
+    return followed
+
+
+def _replay(run: Run, hub: Any, since: int) -> int:
+    import ray
+
+    events, _ = ray.get(hub.events_since.remote(since, run.run_id, None, None))
+    for event in events:
+        run.observe(event)
+        run.follow(event)
+    return int(events[-1]["seq"]) if events else since

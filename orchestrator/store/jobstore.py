@@ -1,0 +1,164 @@
+"""``JobStore``: the job store's reads and writes (runs, the event log, the lease) over one SQLAlchemy engine.
+
+Writes come from one writer, the serving hub (``events.recorder``), in batches: ``append`` puts a
+batch's new runs, events and row changes in one transaction. Reads (``GET /runs...``, replay
+beyond the hub's memory) may come from anywhere. Events are stored as the exact JSON sent on
+``/ws`` and read back with ``json.loads``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, or_, and_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.lifecycle import TERMINAL_STATES, RunState
+from orchestrator.store import lease as leases
+from orchestrator.store.engine import describe, open_engine
+from orchestrator.store.runs import merge_metrics, patches_for, snapshot_of_row
+from orchestrator.store.schema import events, runs
+
+__all__ = ["JobStore", "RUNS_PAGE_DEFAULT", "RUNS_PAGE_MAX", "UNFINISHED_STATES"]
+
+RUNS_PAGE_DEFAULT = 100
+RUNS_PAGE_MAX = 1000
+UNFINISHED_STATES = tuple(s.value for s in RunState if s not in TERMINAL_STATES)
+
+Event = dict[str, Any]
+
+
+class JobStore:
+    """The store behind one engine; ``url`` is kept to name it in messages and to reopen it."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> JobStore:
+        """Open (and create the tables of) the store at ``url``; ``StoreError`` if unusable."""
+        return cls(open_engine(url, create=create), url)
+
+    @property
+    def where(self) -> str:
+        return describe(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- writes (the one writer) ----------------------------------------------------------
+
+    def append(self, new_runs: Sequence[dict[str, Any]], batch: Sequence[tuple[Event, str]]) -> None:
+        """One transaction: insert ``new_runs`` (rows), the ``batch`` of (event, its JSON), and the
+        changes the events make to their runs' rows."""
+        with self.engine.begin() as conn:
+            known = set()
+            if new_runs:
+                ids = [r["run_id"] for r in new_runs]
+                known = set(conn.execute(select(runs.c.run_id).where(runs.c.run_id.in_(ids))).scalars())
+                fresh = [r for r in new_runs if r["run_id"] not in known]
+                if fresh:
+                    conn.execute(insert(runs), fresh)
+            if batch:
+                conn.execute(insert(events), [
+                    {"seq": e["seq"], "run_id": e["run_id"], "type": e["type"], "ts": e["ts"], "body": line}
+                    for e, line in batch
+                ])  # fmt: skip
+                self._patch_runs(conn, (e for e, _ in batch))
+
+    @staticmethod
+    def _patch_runs(conn: Connection, released: Iterable[Event]) -> None:
+        for run_id, patch in patches_for(released).items():
+            values: dict[str, Any] = dict(patch.values)
+            for column, n in patch.increments.items():
+                values[column] = runs.c[column] + n
+            if patch.metrics:
+                stored = conn.execute(
+                    select(runs.c.latest_metrics).where(runs.c.run_id == run_id)
+                ).scalar_one_or_none()
+                values["latest_metrics"] = merge_metrics(stored, patch.metrics)
+            if values:
+                conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
+
+    def events_since(
+        self,
+        since: int,
+        run_id: str | None = None,
+        types: frozenset[str] | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[Event]:
+        """Stored events with ``since < seq`` (``< before`` if given), oldest first, at most ``limit``."""
+        query = select(events.c.body).where(events.c.seq > since).order_by(events.c.seq)
+        if before is not None:
+            query = query.where(events.c.seq < before)
+        if run_id is not None:
+            query = query.where(events.c.run_id == run_id)
+        if types is not None:
+            query = query.where(events.c.type.in_(sorted(types)))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [json.loads(body) for body in conn.execute(query).scalars()]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's snapshot, or None when the store has no such run."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+        return None if row is None else snapshot_of_row(row)
+
+    def list_runs(self, limit: int = RUNS_PAGE_DEFAULT, before: str | None = None) -> list[dict[str, Any]]:
+        """Snapshots, newest first; ``before``: only runs created before that run (the next page).
+
+        Raises KeyError when ``before`` names no stored run.
+        """
+        if not 1 <= limit <= RUNS_PAGE_MAX:
+            raise ValueError(f"limit must be between 1 and {RUNS_PAGE_MAX}, got limit={limit}")
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            if before is not None:
+                anchor = conn.execute(
+                    select(runs.c.created_at).where(runs.c.run_id == before)
+                ).scalar_one_or_none()
+                if anchor is None:
+                    raise KeyError(before)
+                query = query.where(or_(
+                    runs.c.created_at < anchor,
+                    and_(runs.c.created_at == anchor, runs.c.run_id < before),
+                ))  # fmt: skip
+            return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
+
+    def unfinished_runs(self) -> list[tuple[str, str | None, str | None]]:
+        """(run_id, run_dir, owner) of the runs whose row is not in a terminal state, oldest first."""
+        query = (select(runs.c.run_id, runs.c.run_dir, runs.c.owner)
+                 .where(runs.c.state.in_(UNFINISHED_STATES)).order_by(runs.c.created_at))  # fmt: skip
+        with self.engine.connect() as conn:
+            return [(row.run_id, row.run_dir, row.owner) for row in conn.execute(query)]
+
+    # ---- the lease ------------------------------------------------------------------------
+
+    def acquire_lease(self, owner: str, ttl_s: float = leases.LEASE_TTL_S) -> leases.Holder | None:
+        """``lease.acquire`` in its own transaction (the previous holder if it was gone)."""
+        with self.engine.begin() as conn:
+            return leases.acquire(conn, owner, ttl_s=ttl_s)
+
+    def heartbeat(self, owner: str) -> bool:
+        with self.engine.begin() as conn:
+            return leases.heartbeat(conn, owner)
+
+    def release_lease(self, owner: str) -> None:
+        with self.engine.begin() as conn:
+            leases.release(conn, owner)
+
+    def lease_holder(self) -> leases.Holder | None:
+        with self.engine.connect() as conn:
+            return leases.read_holder(conn)

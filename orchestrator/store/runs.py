@@ -1,0 +1,99 @@
+"""What a batch of released events changes in the runs table, and a stored run row as the API's snapshot (pure).
+
+A run's row follows its own events: ``training_start`` makes it running, ``training_complete``
+completed (with its summary), ``training_error`` failed, cancelled (a cancel's message) or
+interrupted (the message the store writes for a run whose writer is gone); ``fold_complete`` and
+``epoch_metrics`` advance its progress. The snapshot has the keys of ``lifecycle.Run.snapshot``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, RunState, ended_state
+from orchestrator.messages import ENVELOPE_FIELDS
+
+__all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row",
+           "ended_state"]  # fmt: skip
+
+
+Event = dict[str, Any]
+
+
+@dataclass
+class RunPatch:
+    """The changes of one run's row: values to set, counters to add, latest metrics per fold."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    increments: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, column: str, n: int = 1) -> None:
+        self.increments[column] = self.increments.get(column, 0) + n
+
+
+def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
+    """The row changes a batch of released events makes, per run, in seq order."""
+    patches: dict[str, RunPatch] = {}
+    for event in events:
+        kind = event.get("type")
+        run_id = event.get("run_id")
+        if not isinstance(run_id, str):
+            continue
+        patch = patches.setdefault(run_id, RunPatch())
+        ts = event.get("ts")
+        if kind == "training_start":
+            patch.values.update(state=RunState.RUNNING.value, started_at=ts, folds_total=event.get("total_folds", 0))
+        elif kind == "training_complete":
+            patch.values.update(state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path"))
+        elif kind == "training_error":
+            error = str(event.get("error", ""))
+            patch.values.update(state=ended_state(error).value, ended_at=ts, error=error)
+        elif kind == "fold_complete":
+            patch.add("folds_done")
+        elif kind == "epoch_metrics":
+            patch.add("epochs_done")
+            patch.metrics[str(event.get("fold_id"))] = {
+                k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
+            }
+    return {run_id: p for run_id, p in patches.items() if p.values or p.increments or p.metrics}
+
+
+def merge_metrics(stored: str | None, latest: Mapping[str, dict[str, Any]]) -> str:
+    """The row's latest-metrics JSON with ``latest`` folds replacing the stored ones."""
+    merged: dict[str, Any] = json.loads(stored) if stored else {}
+    merged.update(latest)
+    return json.dumps(merged, allow_nan=False)
+
+
+def snapshot_of_row(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored run as ``GET /runs`` shows it (the keys of ``Run.snapshot``, plus times and priority)."""
+    config = json.loads(row["config"]) if row["config"] else {}
+    metrics = json.loads(row["latest_metrics"]) if row.get("latest_metrics") else {}
+    epochs = config.get("epochs", 0) if isinstance(config, dict) else 0
+    return {
+        "run_id": row["run_id"],
+        "state": row["state"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+        "error": row["error"],
+        "run_dir": row["run_dir"],
+        "summary_path": row["summary_path"],
+        "priority": row["priority"],
+        "progress": {
+            "folds_total": row["folds_total"],
+            "folds_done": row["folds_done"],
+            "epochs_total": row["folds_total"] * epochs,
+            "epochs_done": row["epochs_done"],
+        },
+        "latest_metrics": {k: metrics[k] for k in sorted(metrics, key=_fold_order)},
+        "config": config,
+    }
+
+
+def _fold_order(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.lstrip("-").isdigit() else (1 << 30, key)
