@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no trial of this session completed ({len(result.session_trials)} run); "
               f"each trial's reason is on its line above and in {result.trials_csv}", file=sys.stderr)
         code = 1
-    if hub is not None:
+    if spec.config.executor == "ray":
         from orchestrator.execution.cluster import exit_leaving_own_instance
 
         exit_leaving_own_instance(code)  # no wait for Ray's shutdown: the watchdog stops it
