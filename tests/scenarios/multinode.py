@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -35,11 +36,24 @@ from orchestrator.events.publish import RaySink  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main(scenario: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    # Its own dashboard port, and the state API asked at that address: with other Ray instances
+    # on the machine (a second test suite, say), the defaults (port 8265, "the latest cluster")
+    # would find someone else's.
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "dashboard_port": _free_port()},
+    )
     workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="multinode", log_to_driver=False)
+    context = ray.init(address=cluster.address, namespace="multinode", log_to_driver=False)
+    state_api = f"http://{context.dashboard_url}"
     tmp = Path(tempfile.mkdtemp())
     data = tmp / "bars.csv"
     ar1_ohlcv(1500, seed=5).to_csv(data, index=False)
@@ -65,7 +79,10 @@ def main(scenario: str) -> None:
         placement: Counter[str] = Counter()
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until all four folds have actors alive
-            alive = list_actors(filters=[("class_name", "=", "FoldTrainer"), ("state", "=", "ALIVE")])
+            alive = list_actors(
+                address=state_api,
+                filters=[("class_name", "=", "FoldTrainer"), ("state", "=", "ALIVE")],
+            )
             if len(alive) >= 4:
                 placement = Counter(a["node_id"] for a in alive)
                 break
