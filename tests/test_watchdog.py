@@ -73,17 +73,22 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-def test_a_killed_train_command_leaves_no_ray_process(tmp_path: Path) -> None:
+def _train_command(tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
+    """``orchestrator train`` on Ray in a process of its own, starting its own local instance."""
     data = tmp_path / "bars.csv"
     ar1_ohlcv(900, seed=3).to_csv(data, index=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "train", "--data", str(data), "--folds", "2",
-         "--epochs", "500", "--quiet", "--set", "min_samples=300", "--set", "lookback=10",
+         "--epochs", str(epochs), "--quiet", "--set", "min_samples=300", "--set", "lookback=10",
          "--reports-dir", str(tmp_path / "r")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
+
+
+def test_a_killed_train_command_leaves_no_ray_process(tmp_path: Path) -> None:
+    driver = _train_command(tmp_path, epochs=500)
     try:
         # wait until the instance is up, agents included, and the watchdog has seen them
         deadline = time.monotonic() + 120
@@ -117,16 +122,7 @@ def test_a_killed_train_command_leaves_no_ray_process(tmp_path: Path) -> None:
 
 def test_a_train_command_that_ends_leaves_no_ray_process_behind(tmp_path: Path) -> None:
     """The command exits without waiting for Ray's shutdown; its watchdog stops the instance."""
-    data = tmp_path / "bars.csv"
-    ar1_ohlcv(900, seed=4).to_csv(data, index=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "train", "--data", str(data), "--folds", "2",
-         "--epochs", "2", "--quiet", "--set", "min_samples=300", "--set", "lookback=10",
-         "--reports-dir", str(tmp_path / "r")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    driver = _train_command(tmp_path, epochs=2)
     seen: dict[int, psutil.Process] = {}
     while driver.poll() is None:
         try:
