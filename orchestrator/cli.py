@@ -35,6 +35,18 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="any config field, e.g. --set lr=3e-4 (repeatable; JSON values)")
 
 
+def add_command_flags(p: argparse.ArgumentParser, what: str, *, quiet: str) -> None:
+    """The flags of a command that trains by itself (``train``, ``hpo``): where, which store, the
+    events file, quiet."""
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    p.add_argument("--db", help=f"the job store {what} is recorded in: a SQLAlchemy URL (default: "
+                   "$ORCHESTRATOR_DB, else orchestrator.db under --reports-dir); refused while "
+                   "a server writes it")
+    p.add_argument("--events-out", help=f"write every event of {what} as sent on /ws to this "
+                   "JSON-lines file")
+    p.add_argument("--quiet", action="store_true", help=quiet)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then --config, then the flags given, then --set: later wins."""
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
@@ -60,12 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run one CV training headless, with progress bars")
     add_train_flags(train)
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
-    train.add_argument("--db", help="the job store the run is recorded in: a SQLAlchemy URL (default: "
-                       "$ORCHESTRATOR_DB, else orchestrator.db under --reports-dir); refused while "
-                       "a server writes it")
-    train.add_argument("--events-out", help="write every event as sent on /ws to this JSON-lines file")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_command_flags(train, "the run", quiet="no progress bars")
     train.set_defaults(func=_cmd_train)
 
     schema = sub.add_parser("schema", help="print or write the JSON Schema of every /ws message")

@@ -26,7 +26,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import add_train_flags
+    from orchestrator.cli import add_command_flags, add_train_flags
 
     parser = argparse.ArgumentParser(
         prog="orchestrator hpo",
@@ -39,12 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-space", help="YAML file: field -> {type, low, high, log | choices}")
     g.add_argument("--enqueue", action="append", default=[], metavar="JSON",
                    help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    parser.add_argument("--db", help="the job store (a SQLAlchemy URL; default: $ORCHESTRATOR_DB, else "
-                        "orchestrator.db under --reports-dir): the study's events, and its Optuna "
-                        "storage unless --storage says otherwise; refused while a server writes it")
-    parser.add_argument("--events-out", help="write every event of the study as JSON lines")
-    parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    # the study's events, and its Optuna storage unless --storage says otherwise, go to --db
+    add_command_flags(parser, "the study", quiet="no per-trial lines")
     return parser
 
 
