@@ -32,6 +32,7 @@ from api.refusals import DeliberateRefusalFilter
 from api.security import InsecureBindError, check_bind, own_origins
 from api.server_owned import owned_field_refusal
 from api.ws.connection import CloseCode
+from orchestrator.queue import DEFAULT_AGING_S
 
 if TYPE_CHECKING:
     from orchestrator.datawatch import CandleBook, DataWatcher
@@ -206,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the SQLite file orchestrator.db under --reports-dir)")
     parser.add_argument("--train-on-start", action="store_true",
                         help="start a run with the run flags once the server is listening")
+    parser.add_argument("--max-concurrent-runs", type=int, default=None, metavar="N",
+                        help="train at most N runs (and HPO trials) at once; the others wait in the "
+                        "job queue (default: as many as the cluster's resources admit)")
+    parser.add_argument("--priority-aging-s", type=float, default=DEFAULT_AGING_S, metavar="S",
+                        help="a queued run gains one priority point per S seconds it waits, so none "
+                        f"waits forever behind later higher-priority runs (default {DEFAULT_AGING_S:g}; "
+                        "0 turns aging off)")
     parser.add_argument("--max-clients", type=int, default=200, help="/ws client cap (default 200)")
     parser.add_argument("--client-queue", type=int, default=1000,
                         help="messages queued per /ws client before it is closed with 4008 (default 1000)")
@@ -255,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.cli import config_from_args
     from orchestrator.errors import OrchestratorError
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.max_concurrent_runs is not None and args.max_concurrent_runs < 1:
+        parser.error(f"--max-concurrent-runs must be >= 1, got {args.max_concurrent_runs}")
+    if args.priority_aging_s < 0:
+        parser.error(f"--priority-aging-s must be >= 0, got {args.priority_aging_s:g}")
     token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
     try:
         check_bind(args.host, token)
@@ -282,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.events.publish import RaySink
     from orchestrator.events.actor import hub_for_store
+    from orchestrator.queue import JobQueue, default_capacity
     from orchestrator.service import RunManager
 
     from orchestrator.hpo import HpoService
@@ -304,9 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.events.actor import NAMESPACE
 
     # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
-    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record,
+    queue = JobQueue(default_capacity, max_running=args.max_concurrent_runs,
+                     aging_s=args.priority_aging_s or None)
+    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record, queue=queue,
                          coordinate_in=NAMESPACE if on_cluster else None)
-    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url)
+    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url,
+                     gate=manager)
     watcher, book = _data_source(args, hub, settings)
     if watcher is not None:
         # runs started while the file is watched train on its validated snapshot
@@ -317,9 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def reattach() -> None:  # runs an earlier server process started go on: follow them again
         reattach_runs(store, manager, hub, NAMESPACE)
 
+    def requeue() -> None:  # the runs still queued in the store wait again, in their order
+        restored = manager.restore_queue(store)
+        if restored:
+            print(f"queued again from the job store: {', '.join(restored)}", file=sys.stderr)
+
     def train_on_start() -> None:
         run = manager.submit(base)
-        print(f"started run {run.run_id} (data={base.data}, folds={base.folds}, epochs={base.epochs})",
+        print(f"{run.state.value} run {run.run_id} (data={base.data}, folds={base.folds}, epochs={base.epochs})",
               file=sys.stderr)
 
     server = Server(
@@ -334,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
         ),
         on_started=[
-            *([reattach] if on_cluster else []), *([train_on_start] if args.train_on_start else []),
+            *([reattach] if on_cluster else []), requeue,
+            *([train_on_start] if args.train_on_start else []),
         ],
     )
     print(

@@ -16,6 +16,7 @@ __all__ = ["RunState", "Run", "TERMINAL_STATES", "INTERRUPTED_PREFIX", "ended_st
 
 
 class RunState(str, enum.Enum):
+    QUEUED = "queued"  # waiting in the job queue (orchestrator.queue) for its resources
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -27,6 +28,7 @@ class RunState(str, enum.Enum):
 RUN_STATES = StateTable(
     "run",
     {
+        RunState.QUEUED: {RunState.PENDING, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
         RunState.PENDING: {RunState.RUNNING, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
         RunState.RUNNING: {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED},
         RunState.COMPLETED: (),
@@ -59,6 +61,7 @@ class Run:
     config: TrainConfig
     run_dir: str
     state: RunState = RunState.PENDING
+    priority: int = 0  # the job queue's order: higher first (-100..100)
     created_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     error: str | None = None
@@ -131,6 +134,8 @@ class Run:
                 "error": self.error,
                 "run_dir": self.run_dir,
                 "summary_path": self.summary_path,
+                "priority": self.priority,
+                "queue_position": None,
                 "progress": {
                     "folds_total": self.folds_total,
                     "folds_done": self.folds_done,

@@ -1,13 +1,16 @@
-"""Runs started by the server (and scripts): a registry, one background thread per run.
+"""Runs started by the server (and scripts): queued, admitted by resources, one background thread per running run.
 
-The API's routes are a few lines around this class. A run's work happens in ``execute_run`` on a
-thread; the Ray executors of all runs share one ``WorkerPool`` so fold actors stay warm between
-runs (and HPO trials).
+The API's routes are a few lines around this class. ``submit`` records a run in the job store as
+``queued`` and puts it in the ``JobQueue`` (``orchestrator.queue``); when the queue admits it, the
+run's work happens in ``execute_run`` on a thread. HPO trials wait in the same queue
+(``wait_turn``/``done``). The Ray executors of all runs share one ``WorkerPool`` so fold actors
+stay warm between runs (and HPO trials).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -17,46 +20,52 @@ from orchestrator.driver import execute_run, new_run
 from orchestrator.errors import OrchestratorError
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
-from orchestrator.lifecycle import TERMINAL_STATES, Run, RunState
+from orchestrator.execution.placement import ResourceShape
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState
+from orchestrator.messages import TrainingError
+from orchestrator.queue import JobQueue, ask_of, default_capacity
 
-__all__ = ["RunManager", "RunConflictError", "UnknownRunError", "store_row"]
+__all__ = ["RunManager", "UnknownRunError", "store_row", "QUEUED_CANCEL_MESSAGE"]
 
-
-class RunConflictError(OrchestratorError):
-    """Another run is active and the manager runs one at a time."""
+# The training_error of a run cancelled before it started (" was cancelled": lifecycle.ended_state).
+QUEUED_CANCEL_MESSAGE = "run {run_id} was cancelled while queued (it never started)"
+# How often a trial waiting in the queue looks at its cancel switch.
+_TURN_POLL_S = 0.2
 
 
 class UnknownRunError(OrchestratorError):
     """No run with this id is known."""
 
 
-def store_row(run: Run, priority: int = 0) -> dict[str, Any]:
+def store_row(run: Run, priority: int | None = None) -> dict[str, Any]:
     """The run as a new row of the job store's runs table (``EventHub.record_run``)."""
     return {
         "run_id": run.run_id, "state": run.state.value, "config": run.config.model_dump_json(),
-        "priority": priority, "created_at": run.created_at, "run_dir": run.run_dir,
+        "priority": run.priority if priority is None else priority, "created_at": run.created_at,
+        "run_dir": run.run_dir,
     }  # fmt: skip
 
 
 class RunManager:
-    """Starts, tracks and cancels runs. One active run at a time unless ``max_active`` says more.
+    """Queues, starts, tracks and cancels runs; as many train at once as the queue admits.
 
-    ``record`` (the hub's ``record_run``) adds each submitted run to the job store, before the
-    run's first event, so the store lists it with its config. With ``coordinate_in`` (a Ray
-    namespace: ``serve`` on an existing cluster) a Ray run is driven by a detached coordinator
-    actor there (``orchestrator.coordinator``); this process only follows it (``observe``), and
-    ``shutdown`` leaves it running."""
+    ``queue``: the ``JobQueue`` (default: one over the Ray cluster if Ray is up, else this
+    machine, no cap on running runs). ``record`` (the hub's ``record_run``) adds each submitted
+    run to the job store, before the run's first event, so the store lists it with its config and
+    priority. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
+    run is driven by a detached coordinator actor there (``orchestrator.coordinator``); this
+    process only follows it (``observe``), and ``shutdown`` leaves it running."""
 
     def __init__(
-        self, sink: Any, *, pool: Any | None = None, max_active: int = 1, keep: int = 200,
+        self, sink: Any, *, pool: Any | None = None, keep: int = 200, queue: JobQueue | None = None,
         record: Callable[[dict[str, Any]], None] | None = None, coordinate_in: str | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
         self.record = record
         self.coordinate_in = coordinate_in
+        self.queue = queue if queue is not None else JobQueue(default_capacity)
         self._coordinators: dict[str, Any] = {}
-        self.max_active = max_active
         self._keep = keep
         self._runs: OrderedDict[str, Run] = OrderedDict()
         self._threads: dict[str, threading.Thread] = {}
@@ -70,47 +79,136 @@ class RunManager:
         return RayExecutor(pool=self.pool)
 
     def active(self) -> list[Run]:
+        """The runs admitted and not ended (queued runs are in ``queued``)."""
         with self._lock:
-            return [run for run in self._runs.values() if not run.done]
+            return [run for run in self._runs.values() if not run.done and run.state is not RunState.QUEUED]
 
-    def submit(self, config: TrainConfig, *, extra_summary: dict[str, Any] | None = None) -> Run:
+    def queued(self) -> list[Run]:
+        """The queued runs in queue order."""
+        order = self.queue.queued_ids()
         with self._lock:
-            busy = [run.run_id for run in self._runs.values() if not run.done]
-            if len(busy) >= self.max_active:
-                raise RunConflictError(
-                    f"run {busy[0]} is still active; cancel it (POST /runs/{busy[0]}/cancel) or "
-                    "wait for it to end before starting another"
-                )
-            run = new_run(config)
+            return [self._runs[run_id] for run_id in order if run_id in self._runs]
+
+    def queue_position(self, run_id: str) -> int | None:
+        return self.queue.position(run_id)
+
+    def describe_queue(self) -> dict[str, Any]:
+        """``GET /queue``: ``JobQueue.describe``."""
+        return self.queue.describe()
+
+    def submit(
+        self, config: TrainConfig, *, priority: int = 0, extra_summary: dict[str, Any] | None = None
+    ) -> Run:
+        """Queue a run (it may start before this returns). ``ConfigError`` when no node could
+        ever hold one of its folds."""
+        ask = ask_of(config)
+        self.queue.check(ask)
+        run = new_run(config)
+        run.priority = priority
+        run.state = RunState.QUEUED
+        return self._enqueue(run, self._starter(run, extra_summary))
+
+    def _enqueue(self, run: Run, on_admit: Callable[[int], None], *, kind: str = "run",
+                 study: str | None = None, record: bool = True) -> Run:  # fmt: skip
+        with self._lock:
             self._runs[run.run_id] = run
             self._trim()
-        if self.record is not None:
+        if record and self.record is not None:
             self.record(store_row(run))
-        thread = threading.Thread(
-            target=self._execute, args=(run, extra_summary), name=f"run-{run.run_id}", daemon=True
-        )
-        self._threads[run.run_id] = thread
-        thread.start()
+        self.queue.put(run.run_id, run.priority, ask_of(run.config), on_admit,
+                       submitted_at=run.created_at, kind=kind, study=study)  # fmt: skip
         return run
+
+    def _admitted(self, run: Run, slots: int) -> None:
+        """The queue admitted ``run`` with ``slots`` folds in flight at most."""
+        if slots < (run.config.max_concurrent_folds or run.config.total_folds):
+            run.config = run.config.model_copy(update={"max_concurrent_folds": slots})
+        run.transition(RunState.PENDING)
+
+    def _starter(self, run: Run, extra_summary: dict[str, Any] | None = None) -> Callable[[int], None]:
+        """What the queue calls when it admits ``run``: start its thread."""
+
+        def start(slots: int) -> None:
+            thread = threading.Thread(
+                target=self._execute, args=(run, extra_summary), name=f"run-{run.run_id}", daemon=True
+            )
+            self._threads[run.run_id] = thread  # before the run leaves QUEUED: ``wait`` joins it
+            self._admitted(run, slots)
+            thread.start()
+
+        return start
+
+    # ---- HPO trials: runs executed by their study's threads, admitted by the same queue --------
+
+    def wait_turn(self, run: Run, *, study: str, cancel: threading.Event | None = None) -> bool:
+        """Queue a trial's ``run`` (state PENDING or QUEUED, ``run.priority`` set) and block until
+        the queue admits it (True) or it is cancelled while queued (``run.request_cancel``,
+        ``cancel`` or ``POST /runs/{id}/cancel``: False, the run ended ``cancelled``). Call
+        ``done(run)`` once it has run."""
+        self.queue.check(ask_of(run.config))
+        admitted = threading.Event()
+        run.state = RunState.QUEUED
+
+        def on_admit(slots: int) -> None:
+            self._admitted(run, slots)
+            admitted.set()
+
+        self._enqueue(run, on_admit, kind="trial", study=study)
+        while not admitted.wait(_TURN_POLL_S):
+            if run.done:  # cancelled through the API
+                return False
+            stop = run.cancel_requested.is_set() or (cancel is not None and cancel.is_set())
+            if stop and self._cancel_queued(run):
+                return False
+        return True
+
+    def done(self, run: Run) -> None:
+        """A run admitted through ``wait_turn`` has ended: what it held is free."""
+        self.queue.release(run.run_id)
+
+    def restore_queue(self, store: Any) -> list[str]:
+        """After a restart: queue again the runs the job store has ``queued`` (their order, priority
+        and submit time kept); queued HPO trials, whose study session ended with the old process,
+        end ``interrupted``. Returns the runs queued again."""
+        restored = []
+        for row in store.queued_runs():
+            run = Run(run_id=row["run_id"], config=TrainConfig.model_validate(row["config"]),
+                      run_dir=row["run_dir"], created_at=row["created_at"], priority=row["priority"],
+                      state=RunState.QUEUED)  # fmt: skip
+            if run.run_id.startswith("hpo_"):
+                self._publish_end(run, f"{INTERRUPTED_PREFIX}its study's session ended with the server "
+                                  "before the trial started; resume the study (POST /hpo) to run it")
+                continue
+            self._enqueue(run, self._starter(run), record=False)
+            restored.append(run.run_id)
+        return restored
 
     def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
         if self.coordinate_in is not None and run.config.executor == "ray":
             self._execute_in_cluster(run, extra_summary)
             return
-        executor = self._executor_for(run.config)
         try:
-            execute_run(run, self.sink, executor, extra_summary=extra_summary)
+            executor = self._executor_for(run.config)
+            try:
+                execute_run(run, self.sink, executor, extra_summary=extra_summary)
+            finally:
+                if isinstance(executor, LocalExecutor):
+                    executor.shutdown()
         finally:
-            if isinstance(executor, LocalExecutor):
-                executor.shutdown()
+            self.queue.release(run.run_id)
 
     def _execute_in_cluster(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
-        import ray
-
         from orchestrator.coordinator import launch_coordinator
 
         assert self.coordinate_in is not None
-        handle = launch_coordinator(run, self.coordinate_in)
+        try:
+            self._drive_in_cluster(run, extra_summary, launch_coordinator(run, self.coordinate_in))
+        finally:
+            self.queue.release(run.run_id)
+
+    def _drive_in_cluster(self, run: Run, extra_summary: dict[str, Any] | None, handle: Any) -> None:
+        import ray
+
         with self._lock:
             self._coordinators[run.run_id] = handle
         if run.cancel_requested.is_set():
@@ -133,6 +231,9 @@ class RunManager:
         with self._lock:
             self._runs[run.run_id] = run
             self._coordinators[run.run_id] = coordinator
+        # what it holds counts against the queue: at most its cap, or all its folds
+        slots = run.config.max_concurrent_folds or run.config.total_folds
+        self.queue.hold(run.run_id, ResourceShape.of(run.config), slots)
 
     def get(self, run_id: str) -> Run:
         with self._lock:
@@ -155,23 +256,57 @@ class RunManager:
             run.observe(event)
             if run_id in self._coordinators:
                 run.follow(event)
+                if run.done:  # an adopted run's end is known from its events only
+                    self.queue.release(run_id)
 
     def cancel(self, run_id: str) -> Run:
+        """Stop a run: a queued one ends ``cancelled`` at once, a running one at its next epoch."""
         run = self.get(run_id)
+        if self._cancel_queued(run):
+            return run
         run.request_cancel()
         handle = self._coordinators.get(run_id)
         if handle is not None:
             handle.cancel.remote()
         return run
 
+    def _cancel_queued(self, run: Run) -> bool:
+        """Take ``run`` out of the queue and end it ``cancelled``; False when it was not queued."""
+        if not self.queue.remove(run.run_id):
+            return False
+        run.request_cancel()
+        self._publish_end(run, QUEUED_CANCEL_MESSAGE.format(run_id=run.run_id))
+        return True
+
+    def _publish_end(self, run: Run, error: str) -> None:
+        """End a run that never started with its one ``training_error`` event (the store's row
+        follows it) and its terminal state."""
+        from orchestrator.lifecycle import ended_state
+
+        self.sink.register_run(run.run_id, run.run_dir)
+        publisher = self.sink.publisher(run.run_id, "queue")
+        publisher.publish(TrainingError(error=error))
+        publisher.flush(timeout=10.0)
+        if not run.done:
+            run.transition(ended_state(error), error=error)
+
     def wait(self, run_id: str, timeout: float | None = None) -> Run:
+        """Wait for the run to end (a queued run: to start, then end), at most ``timeout`` s."""
+        run = self.get(run_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while run.state is RunState.QUEUED:
+            if deadline is not None and time.monotonic() >= deadline:
+                return run
+            time.sleep(0.05)
         thread = self._threads.get(run_id)
         if thread is not None:
-            thread.join(timeout)
-        return self.get(run_id)
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return run
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Cancel this process's runs and wait for them; runs of coordinators go on."""
+        """Cancel this process's runs and wait for them; runs of coordinators go on, and queued
+        runs stay queued in the job store (the next server admits them)."""
+        self.queue.close()
         local = [run for run in self.active() if run.run_id not in self._coordinators]
         for run in local:
             run.request_cancel()

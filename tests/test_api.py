@@ -250,7 +250,8 @@ def test_missing_columns_end_the_run_with_a_training_error(api_server: ApiServer
 
 
 # Last in the module: a cancel takes the run's fold actors down with it (the next run starts cold).
-def test_a_second_run_is_refused_409_and_a_cancel_ends_the_first(api_server: ApiServer) -> None:
+def test_a_second_run_waits_in_the_queue_and_cancels_end_both(api_server: ApiServer) -> None:
+    # the first run's two folds hold both CPUs of the test's Ray instance: the second one waits
     run_id = api_server.post_train(epochs=400)
 
     async def watch_until_cancelled() -> list[dict[str, Any]]:
@@ -259,15 +260,27 @@ def test_a_second_run_is_refused_409_and_a_cancel_ends_the_first(api_server: Api
     async def main() -> list[dict[str, Any]]:
         client = asyncio.create_task(watch_until_cancelled())
         async with httpx.AsyncClient(base_url=api_server.url) as http:
-            conflict = await http.post("/train", json={})
-            assert conflict.status_code == 409
-            assert conflict.json()["active_run_id"] == run_id and run_id in conflict.json()["error"]
+            second = await http.post("/train", json={"priority": 3})
+            assert second.status_code == 202, second.text
+            queued = second.json()
+            assert (queued["status"], queued["queue_position"], queued["priority"]) == ("queued", 1, 3)
+            waiting = (await http.get("/queue")).json()["queue"]
+            assert [(w["run_id"], w["position"]) for w in waiting] == [(queued["run_id"], 1)]
+            assert "CPU" in waiting[0]["reason"]
+            dropped = await http.post(f"/runs/{queued['run_id']}/cancel")
+            assert dropped.status_code == 202 and dropped.json()["status"] == "cancelled"
+            again = await http.post(f"/runs/{queued['run_id']}/cancel")
+            assert again.status_code == 409 and "cancelled" in again.json()["error"]
+            assert (await http.get("/queue")).json()["queue"] == []
             for _ in range(200):  # until it trains
                 if (await http.get(f"/runs/{run_id}")).json()["progress"]["epochs_done"] > 0:
                     break
                 await asyncio.sleep(0.05)
             cancel = await http.post(f"/runs/{run_id}/cancel")
             assert cancel.status_code == 202 and cancel.json()["cancel_requested"] is True
+            ended = (await http.get(f"/runs/{queued['run_id']}/events")).json()["events"]
+        assert [e["type"] for e in ended] == ["training_error"]
+        assert "cancelled while queued" in ended[0]["error"]
         return await client
 
     messages = asyncio.run(main())

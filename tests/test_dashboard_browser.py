@@ -60,7 +60,7 @@ WITH_A_QUEUE = """(() => {
     if (String(url) !== '/runs') return response;
     const body = await response.json();
     body.runs.forEach((run) => { run.queue_position = null; });
-    body.runs.push({run_id: 'run_waiting', state: 'pending', queue_position: 1, created_at: Date.now() / 1000,
+    body.runs.push({run_id: 'run_waiting', state: 'queued', queue_position: 1, created_at: Date.now() / 1000,
                     ended_at: null, progress: {epochs_done: 0, epochs_total: 6}, latest_metrics: {}});
     return new Response(JSON.stringify(body), {status: 200, headers: {'Content-Type': 'application/json'}});
   };
@@ -169,7 +169,7 @@ def test_the_runs_list_shows_the_run_and_a_queue_column_only_once_runs_carry_a_p
     tab.navigate(f"{api_server.url}/ui")
     tab.wait_for("!!document.querySelector('#runs-table a[href=\"#/run/run_waiting\"]')", 30, "the queued run")
     queued = tab.evaluate(RUNS_LIST.replace("RUN_ID", "run_waiting"))
-    assert queued["heads"][2] == "queue" and queued["cells"][2] == "1" and queued["state"] == "pending"
+    assert queued["heads"][2] == "queue" and queued["cells"][2] == "1" and queued["state"] == "queued"
     assert tab.evaluate(RUNS_LIST.replace("RUN_ID", live_run.run_id))["cells"][2] == "–"
     assert tab.errors() == []
 

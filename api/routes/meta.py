@@ -39,6 +39,7 @@ def meta_router(
             "active_run_id": active[0].run_id if active else None,
             "hub": {"reachable": pump.healthy, "last_seq": pump.cursor, "error": pump.last_error},
             "clients": len(stream.connections),
+            "queued": [run.run_id for run in manager.queued()],
         }
 
     @router.get("/ws/schema", summary="JSON Schema of every message sent on /ws")

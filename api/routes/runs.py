@@ -24,7 +24,8 @@ from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.lifecycle import TERMINAL_STATES
-from orchestrator.service import RunConflictError, UnknownRunError
+from orchestrator.queue import PRIORITY_MAX, PRIORITY_MIN
+from orchestrator.service import UnknownRunError
 from orchestrator.store.jobstore import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
 if TYPE_CHECKING:
@@ -39,7 +40,13 @@ EVENTS_PAGE_MAX = 10_000
 class RunService(Protocol):
     """What the routes (and the pump's ``observe``) need of the run registry."""
 
-    def submit(self, config: TrainConfig) -> Run: ...
+    def submit(self, config: TrainConfig, *, priority: int = 0) -> Run: ...
+
+    def queued(self) -> list[Run]: ...
+
+    def queue_position(self, run_id: str) -> int | None: ...
+
+    def describe_queue(self) -> dict[str, Any]: ...
 
     def get(self, run_id: str) -> Run: ...
 
@@ -81,10 +88,15 @@ def runs_router(
     reports_root = Path(reports_dir)
     router = APIRouter()
 
+    def live_snapshot(run: Run) -> dict[str, Any]:
+        body = run.snapshot()
+        body["queue_position"] = manager.queue_position(run.run_id)
+        return body
+
     async def snapshot(run_id: str) -> dict[str, Any] | None:
         """The run's snapshot: live if this process runs it, else the store's, else None."""
         try:
-            return manager.get(run_id).snapshot()
+            return live_snapshot(manager.get(run_id))
         except UnknownRunError:
             if store is None:
                 return None
@@ -93,15 +105,15 @@ def runs_router(
     @router.post(
         "/train",
         status_code=202,
-        summary="Start a run (body: TrainConfig fields, all optional)",
+        summary="Queue a run (body: TrainConfig fields, all optional, and its priority)",
         openapi_extra={
             "requestBody": {
                 "required": False,
                 "content": {"application/json": {"schema": TrainConfig.model_json_schema()}},
             }
         },
-        responses={400: {"description": "malformed JSON"}, 409: {"description": "a run is active"},
-                   422: {"description": "invalid field"}},
+        responses={400: {"description": "malformed JSON"},
+                   422: {"description": "invalid field, or resources no node can ever hold"}},
     )
     async def train(request: Request) -> JSONResponse:
         values = await json_object_body(request, "config fields")
@@ -110,6 +122,13 @@ def runs_router(
         refusal = owned_field_response(values, reports_dir)
         if refusal is not None:
             return refusal
+        priority = values.pop("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not PRIORITY_MIN <= priority <= PRIORITY_MAX:  # fmt: skip
+            return error_response(
+                422, f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
+                f"first), got priority={priority!r}", fields=["priority"],
+            )
         try:
             config = config_from_mapping(values, base=base_config)
         except ConfigError as err:
@@ -120,22 +139,26 @@ def runs_router(
         if missing is not None:
             return error_response(422, missing, fields=["data"])
         try:
-            run = manager.submit(config)
-        except RunConflictError as err:
-            active = manager.active()
-            return error_response(409, str(err), active_run_id=active[0].run_id if active else None)
+            run = await run_in_threadpool(manager.submit, config, priority=priority)
+        except ConfigError as err:  # its folds' resources fit no node, live or to come
+            return error_response(422, str(err), fields=["cpus_per_fold", "gpus_per_fold", "memory_per_fold_mb"])
         return JSONResponse(
-            {"run_id": run.run_id, "status": run.state.value, "links": _links(run.run_id)},
+            {"run_id": run.run_id, "status": run.state.value, "priority": run.priority,
+             "queue_position": manager.queue_position(run.run_id), "links": _links(run.run_id)},
             status_code=202,
             headers={"Location": f"/runs/{run.run_id}"},
         )
+
+    @router.get("/queue", summary="The queued runs in order: position, priority, resources, why each waits")
+    async def queue() -> JSONResponse:
+        return JSONResponse(manager.describe_queue())
 
     @router.get("/runs", summary="Runs, newest first, a page at a time (every run of the job store)")
     async def runs(
         limit: int = Query(RUNS_PAGE_DEFAULT, ge=1, le=RUNS_PAGE_MAX),
         before: str | None = Query(None, description="the next page: runs created before this run"),
     ) -> JSONResponse:
-        live = {run.run_id: run.snapshot() for run in manager.runs()}
+        live = {run.run_id: live_snapshot(run) for run in manager.runs()}
         if store is None:
             page = sorted(live.values(), key=_created, reverse=True)
             if before is not None:
@@ -177,7 +200,7 @@ def runs_router(
             return error_response(409, f"run {run_id} is not run by this server process")
         if run.done:
             return error_response(409, f"run {run_id} has already ended ({run.state.value})")
-        manager.cancel(run_id)
+        await run_in_threadpool(manager.cancel, run_id)
         return JSONResponse(
             {"run_id": run_id, "status": run.state.value, "cancel_requested": True}, status_code=202
         )

@@ -10,14 +10,24 @@ only by the Ray backend.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import EventSink, InProcessSink
 from orchestrator.events.stream import HubClient, LocalHubClient
 from orchestrator.execution.base import FoldExecutor
+from orchestrator.lifecycle import Run
 
-__all__ = ["TrialBackend", "RayBackend", "LocalBackend", "backend_for"]
+__all__ = ["TrialBackend", "TrialGate", "RayBackend", "LocalBackend", "backend_for"]
+
+
+class TrialGate(Protocol):
+    """Where a trial's run waits for its turn (``orchestrator.service.RunManager``'s job queue)."""
+
+    def wait_turn(self, run: Run, *, study: str, cancel: threading.Event | None = None) -> bool: ...
+
+    def done(self, run: Run) -> None: ...
 
 
 class TrialBackend(Protocol):

@@ -21,6 +21,7 @@ from orchestrator.hpo.results import StudyResult, status_of
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import TERMINAL_STUDY_STATES, StudyState, study_transition
 from orchestrator.hpo.storage import journal_storage, open_storage
+from orchestrator.hpo.backend import TrialGate
 from orchestrator.hpo.study import run_study
 from orchestrator.hpo.tracking import Listener
 
@@ -99,7 +100,8 @@ class HpoService:
     """Studies on background threads, for the API: ``start``, ``status``, ``cancel``.
 
     One session per study name at a time. Trials of all studies share ``pool`` (pass the
-    RunManager's, so /train runs and trials reuse the same warm fold workers).
+    RunManager's, so /train runs and trials reuse the same warm fold workers) and, with ``gate``
+    (the RunManager), wait in its job queue next to plain runs.
     """
 
     def __init__(
@@ -110,8 +112,10 @@ class HpoService:
         listener: Listener | None = None,
         reports_dir: str = "reports",
         default_storage: str | None = None,
+        gate: TrialGate | None = None,
     ) -> None:
         self.hub = hub
+        self.gate = gate  # the server's RunManager: trials wait in its job queue
         self.pool = pool
         self.listener = listener
         self.reports_dir = reports_dir
@@ -147,7 +151,7 @@ class HpoService:
         try:
             handle.result = run_study(
                 handle.spec, hub=self.hub, pool=self.pool, listener=self.listener,
-                cancel=handle.cancel_event, on_open=opened,
+                cancel=handle.cancel_event, on_open=opened, gate=self.gate,
             )
             handle.advance(handle.result.state)
         except Exception as err:

@@ -82,6 +82,10 @@ class HpoSpec(BaseModel):
         default_factory=list, description="parameter sets to try first (skipped if already tried)"
     )
     timeout_s: float | None = Field(None, gt=0, description="start no trial after this many s")
+    priority: int = Field(
+        0, ge=-100, le=100, strict=True,
+        description="on a server, every trial waits in the job queue with this priority (higher first)",
+    )
     config: TrainConfig = Field(
         default_factory=lambda: config_from_mapping({}), description="the base run config"
     )

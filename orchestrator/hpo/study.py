@@ -46,13 +46,14 @@ from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
 from orchestrator.events.stream import EventStream, StreamThread
-from orchestrator.hpo.backend import TrialBackend, backend_for
+from orchestrator.execution.base import FoldExecutor
+from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.report_html import write_study_report
 from orchestrator.messages import HpoTrial
 
-__all__ = ["TrialFailed", "run_study"]
+__all__ = ["TrialFailed", "TrialGate", "run_study"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def run_study(
     cancel: threading.Event | None = None,
     reuse_workers: bool = True,
     on_open: Callable[[optuna.Study, int], None] | None = None,
+    gate: TrialGate | None = None,
 ) -> StudyResult:
     """Run ``spec.trials`` trials of the study to the end and return how it ended.
 
@@ -99,9 +101,11 @@ def run_study(
     setting ``cancel`` stops starting trials and cancels the running ones (told FAIL).
     ``reuse_workers=False`` gives each trial a fresh pool (the cold baseline of the benchmark).
     ``on_open`` gets the opened study and the session's ``trials_total`` before the first trial.
+    ``gate``: each trial's run waits there for its turn (a server's job queue, with
+    ``spec.priority``) before it trains.
     """
     backend = backend_for(spec.config.executor, hub, pool, reuse_workers)
-    session = _StudySession(spec, backend, listener, cancel or threading.Event())
+    session = _StudySession(spec, backend, listener, cancel or threading.Event(), gate)
     return session.run(on_open)
 
 
@@ -109,9 +113,11 @@ class _StudySession:
     """Set up, ``study.optimize``, close: the objective, its callback and the study's events."""
 
     def __init__(
-        self, spec: HpoSpec, backend: TrialBackend, listener: Listener | None, cancel: threading.Event
+        self, spec: HpoSpec, backend: TrialBackend, listener: Listener | None, cancel: threading.Event,
+        gate: TrialGate | None = None,
     ) -> None:
         self.spec = spec
+        self.gate = gate
         self.backend = backend
         self.cancel = cancel
         self.session = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -234,7 +240,7 @@ class _StudySession:
         try:
             config = config_from_mapping(params, base=self.base)
             trial.set_user_attr("config", config.model_dump(mode="json"))
-            run = Run(run_id=run_id, config=config, run_dir=run_dir)
+            run = Run(run_id=run_id, config=config, run_dir=run_dir, priority=self.spec.priority)
             self._execute(trial.number, params, run, pruning)
         except ConfigError as err:  # an invalid parameter combination
             error = str(err)
@@ -246,8 +252,6 @@ class _StudySession:
         return self._conclude(trial, run, pruned, error)
 
     def _execute(self, number: int, params: dict[str, Any], run: Run, pruning: TrialPruning) -> None:
-        from orchestrator.driver import execute_run
-
         pruning.run = run
         executor = self.backend.executor()
         with self._lock:
@@ -256,25 +260,36 @@ class _StudySession:
             run.request_cancel()
         self.events.route(run.run_id, pruning.observe)
         try:
-            execute_run(
-                run,
-                self.backend.sink,
-                executor,
-                hpo_trial=number,
-                extra_summary={"hpo": {
-                    "study": self.spec.study,
-                    "trial": number,
-                    "params": params,
-                    "metric": self.spec.metric,
-                    "direction": self.spec.direction,
-                }},
-            )
+            if self.gate is not None and not self.gate.wait_turn(run, study=self.spec.study, cancel=self.cancel):
+                return  # cancelled while queued: the run ended cancelled
+            try:
+                self._train(number, params, run, executor)
+            finally:
+                if self.gate is not None:
+                    self.gate.done(run)
             pruning.wait_ended(_DRAIN_TIMEOUT_S)
         finally:
             self.events.unroute(run.run_id)
             with self._lock:
                 del self._runs[number]
             self.backend.end_trial(executor)
+
+    def _train(self, number: int, params: dict[str, Any], run: Run, executor: FoldExecutor) -> None:
+        from orchestrator.driver import execute_run
+
+        execute_run(
+            run,
+            self.backend.sink,
+            executor,
+            hpo_trial=number,
+            extra_summary={"hpo": {
+                "study": self.spec.study,
+                "trial": number,
+                "params": params,
+                "metric": self.spec.metric,
+                "direction": self.spec.direction,
+            }},
+        )
 
     def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
         """The one place a trial's outcome is decided; Optuna turns the exceptions into states."""

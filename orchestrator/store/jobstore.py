@@ -25,7 +25,8 @@ __all__ = ["JobStore", "RUNS_PAGE_DEFAULT", "RUNS_PAGE_MAX", "UNFINISHED_STATES"
 
 RUNS_PAGE_DEFAULT = 100
 RUNS_PAGE_MAX = 1000
-UNFINISHED_STATES = tuple(s.value for s in RunState if s not in TERMINAL_STATES)
+# Runs that started and have not ended; queued runs wait for a server to admit them.
+UNFINISHED_STATES = tuple(s.value for s in RunState if s not in TERMINAL_STATES and s is not RunState.QUEUED)
 
 Event = dict[str, Any]
 
@@ -138,11 +139,19 @@ class JobStore:
             return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
 
     def unfinished_runs(self) -> list[tuple[str, str | None, str | None]]:
-        """(run_id, run_dir, owner) of the runs whose row is not in a terminal state, oldest first."""
+        """(run_id, run_dir, owner) of the runs that started and have not ended, oldest first
+        (queued runs are not among them: ``queued_runs``)."""
         query = (select(runs.c.run_id, runs.c.run_dir, runs.c.owner)
                  .where(runs.c.state.in_(UNFINISHED_STATES)).order_by(runs.c.created_at))  # fmt: skip
         with self.engine.connect() as conn:
             return [(row.run_id, row.run_dir, row.owner) for row in conn.execute(query)]
+
+    def queued_runs(self) -> list[dict[str, Any]]:
+        """The snapshots of the queued runs, in the order they were submitted."""
+        query = (select(runs).where(runs.c.state == RunState.QUEUED.value)
+                 .order_by(runs.c.created_at, runs.c.run_id))  # fmt: skip
+        with self.engine.connect() as conn:
+            return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
 
     # ---- the lease ------------------------------------------------------------------------
 

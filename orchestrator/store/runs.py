@@ -84,6 +84,7 @@ def snapshot_of_row(row: Mapping[Any, Any]) -> dict[str, Any]:
         "run_dir": row["run_dir"],
         "summary_path": row["summary_path"],
         "priority": row["priority"],
+        "queue_position": None,
         "progress": {
             "folds_total": row["folds_total"],
             "folds_done": row["folds_done"],

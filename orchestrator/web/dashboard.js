@@ -142,7 +142,7 @@
 
   function runsTable(runs) {
     if (!runs.length) return el("p", { class: "muted" }, "No run yet: start one with POST /train or python -m orchestrator serve --train-on-start.");
-    const queued = runs.some((r) => r.queue_position !== undefined);
+    const queued = runs.some((r) => r.queue_position !== undefined && r.queue_position !== null);  // a run waits
     const heads = ["run", "state"].concat(queued ? ["queue"] : [], ["epochs", "started", "ended", "val AUC", "val NLL", "DirAcc", "coverage"]);
     const rows = runs.map((r) => {  // GET /runs answers newest first
       const p = r.progress || {};

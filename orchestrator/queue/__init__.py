@@ -1,0 +1,39 @@
+"""The job queue: runs wait for the cluster's resources in priority order (``policy``), held and admitted by ``JobQueue``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from orchestrator.config import TrainConfig
+from orchestrator.execution.placement import ClusterView, ResourceShape
+from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, QueueEntry
+from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
+
+__all__ = ["Ask", "DEFAULT_AGING_S", "JobQueue", "PRIORITY_MAX", "PRIORITY_MIN", "QueueEntry", "ask_of",
+           "default_capacity", "machine_view"]  # fmt: skip
+
+
+def ask_of(config: TrainConfig) -> Ask:
+    """What a run of ``config`` asks of the queue: an in-process run (``executor: local``) trains
+    one fold at a time on this machine."""
+    cap = 1 if config.executor == "local" else config.max_concurrent_folds
+    return Ask(ResourceShape.of(config), config.total_folds, cap)
+
+
+def machine_view() -> ClusterView:
+    """This machine as a one-node cluster: its CPUs and memory (no GPU is counted)."""
+    import psutil
+
+    return ClusterView(({"CPU": float(os.cpu_count() or 1), "GPU": 0.0,
+                         "memory": float(psutil.virtual_memory().total)},))  # fmt: skip
+
+
+def default_capacity() -> ClusterView:
+    """The Ray cluster's view (live nodes, autoscaler node types) when Ray is up, else this machine."""
+    ray = sys.modules.get("ray")  # never imported for this: an in-process server does without Ray
+    if ray is not None and ray.is_initialized():
+        from orchestrator.execution.cluster import cluster_view
+
+        return cluster_view()
+    return machine_view()

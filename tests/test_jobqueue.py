@@ -1,0 +1,112 @@
+"""``JobQueue`` over a fixed cluster view (no Ray): admission calls, release, cancel, describe, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.execution.placement import ClusterView, NodeGroup, ResourceShape
+from orchestrator.queue import Ask, JobQueue
+
+CPU1 = ResourceShape(1.0, 0.0, None)
+
+
+def two_cpus() -> ClusterView:
+    return ClusterView(({"CPU": 2.0, "GPU": 0.0},))
+
+
+class Started:
+    """Records the admissions, in call order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, run_id: str) -> Callable[[int], None]:
+        return lambda slots: self.calls.append((run_id, slots))
+
+
+def test_runs_start_as_resources_free_up_in_priority_order() -> None:
+    queue = JobQueue(two_cpus, aging_s=None)
+    started = Started()
+    for i, (run_id, priority) in enumerate([("a", 0), ("b", 0), ("c", 0), ("d", 0)]):
+        queue.put(run_id, priority, Ask(CPU1, 5, 1), started(run_id), submitted_at=float(i))
+    queue.put("urgent", 5, Ask(CPU1, 5, 1), started("urgent"), submitted_at=9.0)
+    assert started.calls == [("a", 1), ("b", 1)]
+    assert queue.queued_ids() == ["urgent", "c", "d"]
+    assert [queue.position(r) for r in ("urgent", "c", "d", "a")] == [1, 2, 3, None]
+    queue.release("a")
+    assert started.calls[-1] == ("urgent", 1)
+    queue.release("a")  # twice: nothing more
+    assert len(started.calls) == 3
+    assert queue.remove("c") is True and queue.remove("c") is False
+    queue.release("b")
+    assert started.calls[-1] == ("d", 1)
+    assert queue.queued_ids() == [] and sorted(queue.running_ids()) == ["d", "urgent"]
+    queue.close()
+
+
+def test_a_run_asks_for_all_its_folds_when_the_cluster_is_free() -> None:
+    queue = JobQueue(two_cpus, aging_s=None)
+    started = Started()
+    queue.put("wide", 0, Ask(CPU1, 5, None), started("wide"))
+    queue.put("next", 0, Ask(CPU1, 5, None), started("next"))
+    assert started.calls == [("wide", 2)]
+    body = queue.describe()
+    assert [q["run_id"] for q in body["queue"]] == ["next"]
+    assert body["queue"][0]["reason"] == "waiting for CPU: a fold needs cpus_per_fold=1, 0 CPU free"
+    assert body["queue"][0]["resources"] == {
+        "cpus_per_fold": 1.0, "gpus_per_fold": 0.0, "memory_per_fold_mb": None, "folds": 5,
+        "max_concurrent_folds": None,
+    }  # fmt: skip
+    assert body["running"] == [{"run_id": "wide", "slots": 2, "holds": {"CPU": 2.0, "GPU": 0.0, "memory": 0.0}}]
+    assert body["capacity"]["free"]["CPU"] == 0.0
+    queue.close()
+
+
+def test_the_cap_on_running_runs_applies() -> None:
+    queue = JobQueue(lambda: ClusterView(({"CPU": 16.0},)), max_running=1, aging_s=None)
+    started = Started()
+    queue.put("a", 0, Ask(CPU1, 2, 1), started("a"))
+    queue.put("b", 0, Ask(CPU1, 2, 1), started("b"))
+    assert started.calls == [("a", 1)]
+    assert queue.describe()["queue"][0]["reason"].startswith("--max-concurrent-runs=1")
+    queue.close()
+
+
+def test_a_run_held_from_before_a_restart_counts() -> None:
+    queue = JobQueue(two_cpus, aging_s=None)
+    queue.hold("adopted", CPU1, 2)
+    started = Started()
+    queue.put("a", 0, Ask(CPU1, 1, 1), started("a"))
+    assert started.calls == []
+    queue.release("adopted")
+    assert started.calls == [("a", 1)]
+    queue.close()
+
+
+def test_an_autoscaler_node_type_counts_for_admission_and_for_the_check() -> None:
+    view = ClusterView(({"CPU": 2.0},), (NodeGroup("gpu.1x", {"CPU": 4.0, "GPU": 1.0}, 2),))
+    queue = JobQueue(lambda: view, aging_s=None)
+    gpu = Ask(ResourceShape(1.0, 1.0, None), 5, None)
+    queue.check(gpu)
+    started = Started()
+    queue.put("gpu-run", 0, gpu, started("gpu-run"))
+    assert started.calls == [("gpu-run", 2)]  # two GPU nodes can still be added
+    with pytest.raises(ConfigError) as refused:
+        queue.check(Ask(ResourceShape(1.0, 4.0, None), 5, None))
+    text = str(refused.value)
+    assert "the largest node (node type gpu.1x) has CPU 4, GPU 1" in text and "gpus_per_fold=4" in text
+    queue.close()
+
+
+def test_a_failing_start_gives_its_resources_back() -> None:
+    queue = JobQueue(two_cpus, aging_s=None)
+
+    def broken(slots: int) -> None:
+        raise RuntimeError("no thread")
+
+    queue.put("bad", 0, Ask(CPU1, 2, 2), broken)
+    assert queue.running_ids() == []
+    queue.close()

@@ -1,0 +1,82 @@
+"""The job queue on a real server over the session's 2-CPU Ray instance (issue 13's acceptance).
+
+Runs of one CPU per fold and one fold at a time: two train at once, the others wait; a
+priority-5 run submitted while two priority-0 runs wait starts before both; every run completes
+with its own events in order; ``GET /queue`` and ``GET /runs`` show the order at each stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api_fixtures import ApiServer, assert_legal_run
+
+pytest_plugins = ["tests.api_fixtures"]
+pytestmark = pytest.mark.usefixtures("release_idle_actors")
+
+ONE_CPU_ONE_FOLD = {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 15}
+
+
+def submit(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = http.post("/train", json={**ONE_CPU_ONE_FOLD, **body})
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def queue_order(http: httpx.Client) -> list[str]:
+    body = http.get("/queue").json()
+    assert [entry["position"] for entry in body["queue"]] == list(range(1, len(body["queue"]) + 1))
+    return [entry["run_id"] for entry in body["queue"]]
+
+
+def positions(http: httpx.Client, run_ids: list[str]) -> dict[str, int | None]:
+    listed = {r["run_id"]: r for r in http.get("/runs", params={"limit": 50}).json()["runs"]}
+    return {run_id: listed[run_id]["queue_position"] for run_id in run_ids}
+
+
+def events_of(http: httpx.Client, run_id: str) -> list[dict[str, Any]]:
+    return list(http.get(f"/runs/{run_id}/events", params={"limit": 10_000}).json()["events"])
+
+
+def span(events: list[dict[str, Any]]) -> tuple[float, float]:
+    return events[0]["ts"], events[-1]["ts"]
+
+
+def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(api_server: ApiServer) -> None:
+    with httpx.Client(base_url=api_server.url, timeout=30) as http:
+        first, second, third = (submit(http) for _ in range(3))
+        assert [first["status"], second["status"]] != ["queued", "queued"]
+        assert first["queue_position"] is None and second["queue_position"] is None
+        assert (third["status"], third["queue_position"]) == ("queued", 1)
+        a, b, c = first["run_id"], second["run_id"], third["run_id"]
+        assert queue_order(http) == [c]
+        d = submit(http)["run_id"]
+        assert queue_order(http) == [c, d]
+        urgent = submit(http, priority=5)
+        p = urgent["run_id"]
+        assert (urgent["status"], urgent["queue_position"], urgent["priority"]) == ("queued", 1, 5)
+        assert queue_order(http) == [p, c, d]
+        assert positions(http, [a, b, p, c, d]) == {a: None, b: None, p: 1, c: 2, d: 3}
+        reasons = {e["run_id"]: e["reason"] for e in http.get("/queue").json()["queue"]}
+        assert reasons[p].startswith("waiting for CPU")
+        status = http.get("/").json()
+        assert status["queued"] == [p, c, d]
+
+        for run_id in (a, b, p, c, d):
+            assert api_server.wait_done(run_id, timeout=240)["state"] == "completed"
+        assert queue_order(http) == []
+        runs = {run_id: events_of(http, run_id) for run_id in (a, b, p, c, d)}
+
+    for events in runs.values():
+        assert_legal_run(events, folds=2, epochs=ONE_CPU_ONE_FOLD["epochs"])
+    # the first two trained at the same time: each one's epochs fall inside the other's span
+    (a0, a1), (b0, b1) = span(runs[a]), span(runs[b])
+    assert a0 < b1 and b0 < a1
+    # the priority run started when the first of them ended, before the two that waited longer
+    starts = {run_id: events[0]["ts"] for run_id, events in runs.items()}
+    assert starts[p] >= min(a1, b1)
+    assert starts[p] < starts[c] < starts[d]
+    assert starts[c] >= max(a1, b1) or starts[c] >= span(runs[p])[1]
