@@ -314,6 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ray.get(hub.record_run.remote(row))
 
+    def record_admission(run_id: str) -> None:
+        import ray
+
+        ray.get(hub.admit_run.remote(run_id))
+
     from orchestrator.coordinator import reattach_runs
     from orchestrator.events.actor import NAMESPACE
 
@@ -321,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     queue = JobQueue(default_capacity, max_running=args.max_concurrent_runs,
                      aging_s=args.priority_aging_s or None)
     manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record, queue=queue,
+                         record_admission=record_admission,
                          coordinate_in=NAMESPACE if on_cluster else None)
     hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url,
                      gate=manager)

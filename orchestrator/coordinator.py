@@ -37,17 +37,21 @@ _LINGER_S = 2.0
 
 
 class RunCoordinator:
-    """Runs one run to its end in the cluster; ``cancel`` and ``snapshot`` answer meanwhile."""
+    """Runs one run to its end in the cluster, from its constructor on (a thread), so that the
+    run goes on even when the server that launched it dies before asking for anything;
+    ``result``, ``cancel`` and ``snapshot`` answer meanwhile."""
 
     def __init__(self, run_id: str, config_json: str, run_dir: str, created_at: float,
-                 cwd: str, hub_namespace: str) -> None:  # fmt: skip
+                 cwd: str, hub_namespace: str, extra_summary: dict[str, Any] | None = None) -> None:  # fmt: skip
         os.chdir(cwd)  # this process is the coordinator's alone
         config = TrainConfig.model_validate_json(config_json)
         self.run = Run(run_id=run_id, config=config, run_dir=run_dir, created_at=created_at)
         self.hub_namespace = hub_namespace
+        self._ended = threading.Event()
+        threading.Thread(target=self._execute, args=(extra_summary,), name=f"run-{run_id}", daemon=True).start()
 
-    def execute(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Train the run to its end; its final snapshot. The coordinator ends itself afterwards."""
+    def _execute(self, extra_summary: dict[str, Any] | None) -> None:
+        """Train the run to its end; the coordinator ends itself afterwards."""
         from orchestrator.driver import execute_run
         from orchestrator.events.actor import get_hub
         from orchestrator.events.publish import RaySink
@@ -60,7 +64,12 @@ class RunCoordinator:
                         extra_summary=extra_summary)
         finally:
             pool.shutdown()
+            self._ended.set()
             threading.Timer(_LINGER_S, _end_this_actor).start()
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the run's end; its final snapshot."""
+        self._ended.wait()
         return self.run.snapshot()
 
     def cancel(self) -> bool:
@@ -80,9 +89,9 @@ def _end_this_actor() -> None:
         os._exit(0)
 
 
-def launch_coordinator(run: Run, namespace: str) -> Any:
-    """Start ``run``'s detached coordinator in ``namespace`` (its hub's) and return its handle;
-    call ``execute`` on it to train."""
+def launch_coordinator(run: Run, namespace: str, extra_summary: dict[str, Any] | None = None) -> Any:
+    """Start ``run``'s detached coordinator in ``namespace`` (its hub's), which trains the run at
+    once, and return its handle (``result`` waits for the end)."""
     import ray
 
     coordinator_class = ray.remote(RunCoordinator).options(
@@ -90,11 +99,12 @@ def launch_coordinator(run: Run, namespace: str) -> Any:
         namespace=namespace,
         lifetime="detached",
         num_cpus=0,
-        max_concurrency=4,  # cancel and snapshot while execute runs
+        max_concurrency=4,  # result, cancel and snapshot answer while the run trains
         max_restarts=0,
     )
     return coordinator_class.remote(
-        run.run_id, run.config.model_dump_json(), run.run_dir, run.created_at, os.getcwd(), namespace
+        run.run_id, run.config.model_dump_json(), run.run_dir, run.created_at, os.getcwd(), namespace,
+        extra_summary,
     )
 
 

@@ -52,17 +52,20 @@ class RunManager:
     ``queue``: the ``JobQueue`` (default: one over the Ray cluster if Ray is up, else this
     machine, no cap on running runs). ``record`` (the hub's ``record_run``) adds each submitted
     run to the job store, before the run's first event, so the store lists it with its config and
-    priority. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
+    priority; ``record_admission`` (the hub's ``admit_run``) marks its row ``pending`` when the
+    queue lets it start, so a restart queues again only what never started. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
     run is driven by a detached coordinator actor there (``orchestrator.coordinator``); this
     process only follows it (``observe``), and ``shutdown`` leaves it running."""
 
     def __init__(
         self, sink: Any, *, pool: Any | None = None, keep: int = 200, queue: JobQueue | None = None,
         record: Callable[[dict[str, Any]], None] | None = None, coordinate_in: str | None = None,
+        record_admission: Callable[[str], None] | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
         self.record = record
+        self.record_admission = record_admission
         self.coordinate_in = coordinate_in
         self.queue = queue if queue is not None else JobQueue(default_capacity)
         self._coordinators: dict[str, Any] = {}
@@ -121,6 +124,8 @@ class RunManager:
 
     def _admitted(self, run: Run, slots: int) -> None:
         """The queue admitted ``run`` with ``slots`` folds in flight at most."""
+        if self.record_admission is not None:
+            self.record_admission(run.run_id)
         if slots < (run.config.max_concurrent_folds or run.config.total_folds):
             run.config = run.config.model_copy(update={"max_concurrent_folds": slots})
         run.transition(RunState.PENDING)
@@ -202,11 +207,11 @@ class RunManager:
 
         assert self.coordinate_in is not None
         try:
-            self._drive_in_cluster(run, extra_summary, launch_coordinator(run, self.coordinate_in))
+            self._drive_in_cluster(run, launch_coordinator(run, self.coordinate_in, extra_summary))
         finally:
             self.queue.release(run.run_id)
 
-    def _drive_in_cluster(self, run: Run, extra_summary: dict[str, Any] | None, handle: Any) -> None:
+    def _drive_in_cluster(self, run: Run, handle: Any) -> None:
         import ray
 
         with self._lock:
@@ -214,7 +219,7 @@ class RunManager:
         if run.cancel_requested.is_set():
             handle.cancel.remote()
         try:
-            final: dict[str, Any] = ray.get(handle.execute.remote(extra_summary))
+            final: dict[str, Any] = ray.get(handle.result.remote())
         except Exception as err:  # the coordinator died: its run cannot go on
             final = {"state": "failed", "error": f"the run's coordinator died: {err}", "summary_path": None}
         if not run.done:  # its events may not all have come through the hub yet

@@ -210,3 +210,41 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
     assert snapshot["progress"]["epochs_done"] == FOLDS * EPOCHS and snapshot["progress"]["folds_done"] == FOLDS
     print(f"state when the new server answered: {on_return}; killed at {killed_at:.1f}, back at "
           f"{back_at:.1f}, run ended at {after[-1]['ts']:.1f}, first epoch at {before[0]['ts']:.1f}")
+
+
+def _queue(serve: Serve) -> list[tuple[str, int]]:
+    body = httpx.get(serve.url + "/queue", timeout=10).json()
+    return [(entry["run_id"], entry["priority"]) for entry in body["queue"]]
+
+
+def test_the_queue_outlives_a_killed_api_process_in_its_order(cluster: str, tmp_path: Path) -> None:
+    data = tmp_path / "bars.csv"
+    ar1_ohlcv(2400, seed=7).to_csv(data, index=False)
+    reports = tmp_path / "reports"
+    port = _free_ports(1)[0]
+    first = Serve(cluster, port, reports, data)
+    try:
+        busy = _train(first, 400, batch_size=8)  # two folds on the cluster's two CPUs
+        later = _train(first, 3)
+        sooner = _train(first, 3, priority=3)
+        assert _queue(first) == [(sooner, 3), (later, 0)]
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+    finally:
+        first.stop()
+
+    second = Serve(cluster, port, reports, data)
+    try:
+        assert _queue(second) == [(sooner, 3), (later, 0)]  # from the store, the running run still held
+        assert httpx.get(f"{second.url}/runs/{later}", timeout=10).json()["queue_position"] == 2
+        assert httpx.post(f"{second.url}/runs/{busy}/cancel", timeout=10).status_code == 202
+        ends = {}
+        for run_id in (sooner, later):
+            events = asyncio.run(_follow(f"ws://127.0.0.1:{port}/ws?run_id={run_id}", None))
+            assert events[-1]["type"] == "training_complete", events[-1]
+            ends[run_id] = events
+        states = {r: httpx.get(f"{second.url}/runs/{r}", timeout=10).json()["state"] for r in (busy, sooner, later)}
+    finally:
+        second.stop()
+    assert states == {busy: "cancelled", sooner: "completed", later: "completed"}
+    assert ends[sooner][0]["ts"] < ends[later][0]["ts"]  # the higher priority started first

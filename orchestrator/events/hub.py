@@ -142,6 +142,12 @@ class EventHub:
             with self._lock:
                 self._recorder.record_run(row)
 
+    def admit_run(self, run_id: str) -> None:
+        """The job queue let a queued run start: its row in the job store becomes ``pending``."""
+        if self._recorder is not None:
+            with self._lock:
+                self._recorder.admit_run(run_id)
+
     def active_run(self) -> str | None:
         """The most recently registered run that has not ended (no terminal event released yet)."""
         with self._lock:

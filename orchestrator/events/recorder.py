@@ -40,6 +40,7 @@ class StoreRecorder:
         self._cond = threading.Condition()
         self._events: list[tuple[Event, str]] = []
         self._runs: list[dict[str, Any]] = []
+        self._admitted: list[str] = []  # queued runs the job queue let start
         self._queued = 0  # events ever queued
         self._written = 0  # events ever written
         self._counts = {"batches": 0, "write_errors": 0, "lease_lost": 0}
@@ -66,6 +67,11 @@ class StoreRecorder:
     def record_run(self, row: dict[str, Any]) -> None:
         with self._cond:
             self._runs.append({**row, "owner": self.owner})
+            self._cond.notify()
+
+    def admit_run(self, run_id: str) -> None:
+        with self._cond:
+            self._admitted.append(run_id)
             self._cond.notify()
 
     # ---- reads ----------------------------------------------------------------------------
@@ -103,7 +109,7 @@ class StoreRecorder:
         with self._cond:
             target = self._queued
             self._cond.notify()
-            while self._written < target or self._runs:
+            while self._written < target or self._runs or self._admitted:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
@@ -132,12 +138,12 @@ class StoreRecorder:
             with self._cond:
                 if not self._closing and len(self._events) < self._max_batch:
                     self._cond.wait(delay)
-                if self._closing and not self._events and not self._runs:
+                if self._closing and not self._events and not self._runs and not self._admitted:
                     return
-                runs, batch = list(self._runs), self._events[: self._max_batch]
-            if runs or batch:
+                runs, batch, admitted = list(self._runs), self._events[: self._max_batch], list(self._admitted)
+            if runs or batch or admitted:
                 try:
-                    self.store.append(runs, batch)
+                    self.store.append(runs, batch, admitted)
                 except Exception as err:
                     with self._cond:
                         self._counts["write_errors"] += 1
@@ -148,6 +154,7 @@ class StoreRecorder:
                 delay = self._interval
                 with self._cond:
                     del self._runs[: len(runs)]
+                    del self._admitted[: len(admitted)]
                     del self._events[: len(batch)]
                     self._written += len(batch)
                     self._counts["batches"] += 1

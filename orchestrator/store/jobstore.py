@@ -52,9 +52,13 @@ class JobStore:
 
     # ---- writes (the one writer) ----------------------------------------------------------
 
-    def append(self, new_runs: Sequence[dict[str, Any]], batch: Sequence[tuple[Event, str]]) -> None:
-        """One transaction: insert ``new_runs`` (rows), the ``batch`` of (event, its JSON), and the
-        changes the events make to their runs' rows."""
+    def append(
+        self, new_runs: Sequence[dict[str, Any]], batch: Sequence[tuple[Event, str]],
+        admitted: Sequence[str] = (),
+    ) -> None:
+        """One transaction: insert ``new_runs`` (rows), mark the ``admitted`` queued runs
+        ``pending`` (the job queue let them start), insert the ``batch`` of (event, its JSON) and
+        make the changes the events make to their runs' rows."""
         with self.engine.begin() as conn:
             known = set()
             if new_runs:
@@ -63,6 +67,10 @@ class JobStore:
                 fresh = [r for r in new_runs if r["run_id"] not in known]
                 if fresh:
                     conn.execute(insert(runs), fresh)
+            if admitted:
+                conn.execute(update(runs).where(runs.c.run_id.in_(list(admitted)),
+                                                runs.c.state == RunState.QUEUED.value)
+                             .values(state=RunState.PENDING.value))  # fmt: skip
             if batch:
                 conn.execute(insert(events), [
                     {"seq": e["seq"], "run_id": e["run_id"], "type": e["type"], "ts": e["ts"], "body": line}
