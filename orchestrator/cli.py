@@ -1,4 +1,4 @@
-"""``python -m orchestrator`` / ``orchestrator``: train, serve, watch, hpo, schema."""
+"""``python -m orchestrator`` / ``orchestrator``: train, serve, watch, hpo, submit, runs, cancel, schema."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from orchestrator.config import TrainConfig, config_from_mapping, load_config_fi
 from orchestrator.errors import OrchestratorError
 from orchestrator.flags import add_model_flags, flag_specs, given_values
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "given_config_values"]
 
 # Ray >= 2.59 enables token auth by default; a local single-user instance runs without it
 # unless the user configured otherwise.
@@ -49,6 +49,16 @@ def add_command_flags(p: argparse.ArgumentParser, what: str, *, quiet: str) -> N
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then --config, then the flags given, then --set: later wins."""
+    return config_from_mapping(given_config_values(args))
+
+
+def given_config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The run fields the user gave: --config, then the flags given, then --set (later wins).
+
+    Unvalidated (``submit`` sends them to a server, whose own defaults fill the rest). Raises
+    ``OrchestratorError`` for a ``--set`` without ``=`` and ``ConfigError`` for an unreadable
+    config file.
+    """
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
     values.update(given_values(args, TRAIN_FLAGS))
     for item in args.set:
@@ -59,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             values[key.strip()] = raw
-    return config_from_mapping(values)
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,20 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Subcommands whose parsers live beside their implementation (imported only when used).
+# Subcommands whose parsers live beside their implementation (imported only when used):
+# "module" runs module.main(argv), "module:function" module.function(argv).
 _LATER_COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "serve the REST API and the /ws event stream", "api.server"),
     ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.console.watch"),
-    ("hpo", "Optuna hyperparameter search over whole CV runs", "orchestrator.hpo.cli"),
+    ("hpo", "Optuna hyperparameter search over whole CV runs (here, or on a server with --url)",
+     "orchestrator.hpo.cli"),
+    ("submit", "submit a run to a server's queue (POST /train); --watch follows it",
+     "orchestrator.console.jobs:submit_main"),
+    ("runs", "a server's runs and its queue, as tables", "orchestrator.console.jobs:runs_main"),
+    ("cancel", "cancel a queued or running run on a server", "orchestrator.console.jobs:cancel_main"),
 ]
 
 
-def _delegate(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
+def _delegate(target: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    module, _, function = target.partition(":")
+
     def run(args: argparse.Namespace, rest: list[str]) -> int:
         import importlib
 
         mod = importlib.import_module(module)
-        return int(mod.main(rest))
+        return int(getattr(mod, function or "main")(rest))
 
     return run
 

@@ -109,6 +109,17 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
         ray.kill(hub)
 
 
+def bars_and_store(tmp: Path, run: dict[str, Any], seed: int) -> tuple[TrainConfig, str]:
+    """For a server without Ray: 1200 synthetic bars in ``tmp``, a reports folder, the base
+    config of its runs (``run``'s fields on those bars) and its job store's URL (SQLite)."""
+    data = tmp / "bars.csv"
+    ar1_ohlcv(1200, seed=seed).to_csv(data, index=False)
+    reports = tmp / "reports"
+    reports.mkdir()
+    base = config_from_mapping({**run, "data": str(data), "reports_dir": str(reports)})
+    return base, f"sqlite:///{reports / 'orchestrator.db'}"
+
+
 _RUNNING: list[ApiServer] = []  # the session's server, once a test asked for it
 API_TEST_MODULES = frozenset({"test_api.py", "test_api_extras.py", "test_watch.py", "test_ws.py", "test_ws_qt.py"})
 

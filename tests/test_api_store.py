@@ -17,16 +17,14 @@ import pytest
 
 from api.app import ApiSettings, create_app
 from api.server import BackgroundServer
-from orchestrator.config import config_from_mapping
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import InProcessSink
 from orchestrator.events.recorder import StoreRecorder, open_recorder
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.service import RunManager
-from tests.synthetic import ar1_ohlcv
 
 pytest.register_assert_rewrite("tests.api_fixtures")
-from tests.api_fixtures import collect  # noqa: E402
+from tests.api_fixtures import bars_and_store, collect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"min_samples": 500, "lookback": 10, "folds": 2, "epochs": 2, "patience": 10_000, "executor": "local"}
@@ -58,13 +56,8 @@ def _serve(url: str, reports: Path, base: Any) -> Served:
 @pytest.fixture(scope="module")
 def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, list[str], list[dict[str, Any]]]]:
     """Two runs trained by a first server process, then a second one on the same store."""
-    tmp = tmp_path_factory.mktemp("store-api")
-    data = tmp / "bars.csv"
-    ar1_ohlcv(1200, seed=5).to_csv(data, index=False)
-    reports = tmp / "reports"
-    reports.mkdir()
-    url = f"sqlite:///{reports / 'orchestrator.db'}"
-    base = config_from_mapping({**RUN, "data": str(data), "reports_dir": str(reports)})
+    base, url = bars_and_store(tmp_path_factory.mktemp("store-api"), RUN, seed=5)
+    reports = Path(base.reports_dir)
     first = _serve(url, reports, base)
     run_ids = []
     for _ in range(2):

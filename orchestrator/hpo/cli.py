@@ -1,4 +1,7 @@
-"""The ``orchestrator hpo`` command: its flags, one stderr line per trial, the closing summary."""
+"""The ``orchestrator hpo`` command: its flags, one stderr line per trial, the closing summary.
+
+With ``--url`` the study runs on that server instead (``orchestrator.hpo.remote``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.config import format_validation_error
+from orchestrator.console.remote import add_server_flags
 from orchestrator.errors import ConfigError
 from orchestrator.flags import add_model_flags, flag_specs, given_values
 from orchestrator.hpo.space import load_search_space
@@ -41,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
     # the study's events, and its Optuna storage unless --storage says otherwise, go to --db
     add_command_flags(parser, "the study", quiet="no per-trial lines")
+    add_server_flags(parser, url_default=None, url_help="run the study on this server (POST /hpo) "
+                     "instead of here: the flags given are sent, the server's defaults fill the rest")
+    parser.add_argument("--detach", action="store_true",
+                        help="with --url: print the study's name and exit, without following it")
     return parser
 
 
@@ -66,19 +74,36 @@ def trial_line(event: dict[str, Any]) -> str | None:
     return f"{line}: {event['error']}" if event.get("error") else line
 
 
-def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
-    from orchestrator.cli import config_from_args
-
-    config = config_from_args(args)
-    values: dict[str, Any] = {**given_values(args, SEARCH_FLAGS), "enqueue": []}
+def search_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The HPO fields the user gave: the search flags, ``--search-space``'s mapping (read here,
+    checked by ``HpoSpec``), ``--enqueue``'s objects. Raises ``ConfigError`` for a missing or
+    non-YAML space file and for an ``--enqueue`` that is not JSON."""
+    values: dict[str, Any] = given_values(args, SEARCH_FLAGS)
     if args.search_space:
-        load_search_space(args.search_space, config)  # a clear error before Ray starts
-        values["search_space"] = yaml.safe_load(Path(args.search_space).read_text())
+        path = Path(args.search_space)
+        if not path.is_file():
+            raise ConfigError(f"search space file not found: {path}")
+        try:
+            values["search_space"] = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"search space file {path} is not valid YAML: {err}") from err
+    if args.enqueue:
+        values["enqueue"] = []
     for text in args.enqueue:
         try:
             values["enqueue"].append(json.loads(text))
         except json.JSONDecodeError as err:
             raise ConfigError(f"--enqueue expects a JSON object, got {text!r}: {err}") from err
+    return values
+
+
+def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
+    from orchestrator.cli import config_from_args
+
+    config = config_from_args(args)
+    if args.search_space:
+        load_search_space(args.search_space, config)  # a clear error before Ray starts
+    values = search_values(args)
     try:
         return HpoSpec.model_validate({**values, "config": config})
     except ValidationError as err:
@@ -89,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.console.progress import EventFileWriter
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.url is not None:
+        from orchestrator.hpo.remote import run_on_server
+
+        return run_on_server(args, search_values(args))
+    if args.detach:
+        raise ConfigError("--detach goes with --url (a study run here ends with the command)")
     spec = _spec_from_args(args)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -175,6 +175,10 @@ class HpoService:
             handle = self._handles.get(study)
         if handle is not None and handle.study is not None:
             status = status_of(handle.study)
+        elif handle is not None and not handle.done:
+            # its thread is opening the storage: a second opener of a new SQLite database races
+            # it to create Optuna's tables ("table studies already exists" fails the study)
+            status = {"study": study, "trials": [], "best": None, "trials_done": 0}
         else:
             storage: str | BaseStorage
             if handle is not None:
