@@ -99,14 +99,6 @@ def wait_state(served: Served, run_id: str, states: set[str], timeout: float = 1
         time.sleep(0.1)
 
 
-def has_queue(served: Served) -> bool:
-    return get(served, "/queue").status_code != 404
-
-
-def needs_queue(served: Served) -> None:
-    if not has_queue(served):
-        pytest.skip("needs GET /queue (lead's queue): several runs at once, priority in the body")
-
 
 # ---- without a server --------------------------------------------------------------------------
 
@@ -166,7 +158,7 @@ def test_a_priority_out_of_range_is_refused_before_anything_is_posted(
     for argv in (["--priority", "101"], ["--set", "priority=-101"], ["--set", 'priority="high"']):
         code, out, err = cli(capsys, "submit", "--url", nowhere, *argv)
         assert code == 2 and out == ""
-        assert "error: priority must be an integer from -100 to 100, got priority=" in err, err
+        assert "error: priority must be an integer from -100 to 100 (higher first), got priority=" in err, err
 
 
 def test_an_unreachable_server_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,7 +194,7 @@ def test_submit_sends_only_the_fields_given_and_runs_shows_the_run(
     assert code == 0
     row = next(line.split() for line in out.splitlines() if line.startswith(run_id))
     # every snapshot has a priority once the queue is in (today's live snapshots have none)
-    assert row[1:5] == ["completed", "-", "0" if has_queue(served) else "-", "4/4"]
+    assert row[1:5] == ["completed", "-", "0", "4/4"]
     code, out, _ = cli(capsys, "runs", "--url", served.url, "--json", "--limit", "1")
     assert code == 0 and httpx.Response(200, content=out).json()["runs"][0]["run_id"] == run_id
 
@@ -255,7 +247,6 @@ def test_cancel_a_running_run_then_again_once_it_has_ended(
 def test_queued_runs_in_runs_and_cancel_while_queued(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    needs_queue(served)
     # each run's one fold at a time asks for every CPU of this machine: one run trains at a time
     whole_machine = ["--cpus-per-fold", str(os.cpu_count() or 1)]
     ids = []

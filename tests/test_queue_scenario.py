@@ -37,6 +37,18 @@ def positions(http: httpx.Client, run_ids: list[str]) -> dict[str, int | None]:
     return {run_id: listed[run_id]["queue_position"] for run_id in run_ids}
 
 
+def cli_queue(capsys: pytest.CaptureFixture[str], url: str) -> list[str]:
+    """The run ids of ``orchestrator runs``'s queue table, in its order."""
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    assert main(["runs", "--url", url]) == 0
+    out = capsys.readouterr().out
+    if "\n\nqueue: " not in out:
+        return []
+    return [line.split()[1] for line in out.split("\n\nqueue: ")[1].splitlines()[2:] if line.strip()]
+
+
 def events_of(http: httpx.Client, run_id: str) -> list[dict[str, Any]]:
     return list(http.get(f"/runs/{run_id}/events", params={"limit": 10_000}).json()["events"])
 
@@ -45,20 +57,22 @@ def span(events: list[dict[str, Any]]) -> tuple[float, float]:
     return events[0]["ts"], events[-1]["ts"]
 
 
-def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(api_server: ApiServer) -> None:
+def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
+    api_server: ApiServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     with httpx.Client(base_url=api_server.url, timeout=30) as http:
         first, second, third = (submit(http) for _ in range(3))
         assert [first["status"], second["status"]] != ["queued", "queued"]
         assert first["queue_position"] is None and second["queue_position"] is None
         assert (third["status"], third["queue_position"]) == ("queued", 1)
         a, b, c = first["run_id"], second["run_id"], third["run_id"]
-        assert queue_order(http) == [c]
+        assert queue_order(http) == [c] == cli_queue(capsys, api_server.url)
         d = submit(http)["run_id"]
-        assert queue_order(http) == [c, d]
+        assert queue_order(http) == [c, d] == cli_queue(capsys, api_server.url)
         urgent = submit(http, priority=5)
         p = urgent["run_id"]
         assert (urgent["status"], urgent["queue_position"], urgent["priority"]) == ("queued", 1, 5)
-        assert queue_order(http) == [p, c, d]
+        assert queue_order(http) == [p, c, d] == cli_queue(capsys, api_server.url)
         assert positions(http, [a, b, p, c, d]) == {a: None, b: None, p: 1, c: 2, d: 3}
         reasons = {e["run_id"]: e["reason"] for e in http.get("/queue").json()["queue"]}
         assert reasons[p].startswith("waiting for CPU")
@@ -67,7 +81,7 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(api_server: Ap
 
         for run_id in (a, b, p, c, d):
             assert api_server.wait_done(run_id, timeout=240)["state"] == "completed"
-        assert queue_order(http) == []
+        assert queue_order(http) == [] == cli_queue(capsys, api_server.url)
         runs = {run_id: events_of(http, run_id) for run_id in (a, b, p, c, d)}
 
     for events in runs.values():

@@ -24,7 +24,7 @@ from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.lifecycle import TERMINAL_STATES
-from orchestrator.queue import PRIORITY_MAX, PRIORITY_MIN
+from orchestrator.queue import check_priority
 from orchestrator.service import UnknownRunError
 from orchestrator.store.jobstore import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
@@ -122,13 +122,10 @@ def runs_router(
         refusal = owned_field_response(values, reports_dir)
         if refusal is not None:
             return refusal
-        priority = values.pop("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) \
-                or not PRIORITY_MIN <= priority <= PRIORITY_MAX:  # fmt: skip
-            return error_response(
-                422, f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
-                f"first), got priority={priority!r}", fields=["priority"],
-            )
+        try:
+            priority = check_priority(values.pop("priority", 0))
+        except ConfigError as err:
+            return error_response(422, str(err), fields=["priority"])
         try:
             config = config_from_mapping(values, base=base_config)
         except ConfigError as err:

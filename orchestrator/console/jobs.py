@@ -21,10 +21,9 @@ from urllib.parse import quote
 
 from orchestrator.console.remote import Server, ServerError, add_server_flags
 from orchestrator.errors import ConfigError
+from orchestrator.queue import PRIORITY_MAX, PRIORITY_MIN, check_priority
 
 __all__ = [
-    "PRIORITY_MAX",
-    "PRIORITY_MIN",
     "cancel_main",
     "queue_table",
     "runs_main",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 # The range POST /train accepts (higher first); checked here too, so a typo is named before posting.
-PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 
 # ---- submit ------------------------------------------------------------------------------------
@@ -75,15 +73,6 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
     if "priority" in body:
         check_priority(body["priority"])
     return body
-
-
-def check_priority(value: Any) -> int:
-    """``value`` as a priority; raises ``ConfigError`` naming it unless an int in the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise ConfigError(
-            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got priority={value!r}"
-        )
-    return value
 
 
 def admission_line(answer: dict[str, Any]) -> str:

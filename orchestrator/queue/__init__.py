@@ -6,12 +6,22 @@ import os
 import sys
 
 from orchestrator.config import TrainConfig
+from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape
 from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, QueueEntry
 from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
 
 __all__ = ["Ask", "DEFAULT_AGING_S", "JobQueue", "PRIORITY_MAX", "PRIORITY_MIN", "QueueEntry", "ask_of",
-           "default_capacity", "machine_view"]  # fmt: skip
+           "check_priority", "default_capacity", "machine_view"]  # fmt: skip
+
+
+def check_priority(value: object) -> int:
+    """``value`` as a run's priority; ``ConfigError`` naming it unless an integer from
+    ``PRIORITY_MIN`` to ``PRIORITY_MAX`` (a bool or a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ConfigError(f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
+                          f"first), got priority={value!r}")  # fmt: skip
+    return value
 
 
 def ask_of(config: TrainConfig) -> Ask:
