@@ -87,6 +87,7 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     from orchestrator.events.actor import get_or_create_hub
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.events.publish import RaySink
+    from orchestrator.hpo import HpoService
     from orchestrator.service import RunManager
 
     tmp = tmp_path_factory.mktemp("api")
@@ -96,8 +97,10 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     base = config_from_mapping({**RUN_DEFAULTS, "data": str(data_csv), "reports_dir": str(reports)})
     hub = get_or_create_hub(namespace=HUB_NAMESPACE)
     manager = RunManager(RaySink(hub), pool=WorkerPool())
+    # studies' trials wait in the manager's queue next to plain runs, on its warm workers
+    hpo = HpoService(hub, pool=manager.pool, reports_dir=str(reports), gate=manager)
     settings = ApiSettings(reports_dir=str(reports), base_config=base, close_timeout_s=3.0)
-    app = create_app(RayHubClient(hub), manager, settings)
+    app = create_app(RayHubClient(hub), manager, settings, hpo=hpo)
     server = BackgroundServer(app).start()
     _RUNNING.append(ApiServer(server, app, hub, manager, reports, str(data_csv), base))
     try:
@@ -105,6 +108,7 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         _RUNNING.clear()
         server.stop()
+        hpo.shutdown()
         manager.shutdown()
         ray.kill(hub)
 

@@ -83,6 +83,13 @@ BAD_BODIES = [
     (b'{"data": "/no/such/bars.csv"}', 422, "no such file", "data"),
     (b'{"reports_dir": "/tmp/elsewhere"}', 422, "reports_dir: set by the server", "reports_dir"),
     (b'{"executor": "local"}', 422, "executor", "executor"),
+    (b'{"priority": "high"}', 422, "priority must be an integer from -100 to 100 (higher first), got priority='high'", "priority"),
+    (b'{"priority": 101}', 422, "got priority=101", "priority"),
+    (b'{"priority": 1.5}', 422, "got priority=1.5", "priority"),
+    (b'{"priority": true}', 422, "got priority=True", "priority"),
+    (b'{"cpus_per_fold": 64}', 422, "the largest node (live node) has CPU 2, GPU 0; no node of the Ray "
+     "cluster can host a fold with cpus_per_fold=64", "cpus_per_fold"),
+    (b'{"gpus_per_fold": 1}', 422, "can host a fold with cpus_per_fold=1, gpus_per_fold=1", "gpus_per_fold"),
 ]
 
 
@@ -111,6 +118,9 @@ def test_bad_input_is_refused_clearly_while_a_run_in_progress_goes_on(api_server
             foreign = await http.get("/", headers={"Origin": "http://evil.example"})
             assert foreign.status_code == 403 and "evil.example" in foreign.json()["error"]
             assert (await http.get("/runs/no-such-run")).status_code == 404
+            unknown = await http.post("/runs/no-such-run/cancel")
+            assert unknown.status_code == 404 and "no-such-run" in unknown.json()["error"]
+            assert (await http.get("/queue")).json()["queue"] == []  # nothing refused was queued
             assert (await http.get("/runs/x/events", params={"since": -1})).json()["fields"] == ["since"]
             assert (await http.get("/nowhere")).json() == {"error": "Not Found"}
         return started.json()["run_id"], await client

@@ -101,3 +101,21 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
     assert len(notices) == 1 and "gpu.1x" in notices[0]["message"], notices
     assert events[-1]["type"] == "training_error" and events[-1]["error"] == run.error
     assert pool.idle_count() == 0  # the actors that never got a place were not kept
+
+
+def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(reported_gpu_node_type: None) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.queue import JobQueue, ask_of, default_capacity
+
+    queue = JobQueue(default_capacity, aging_s=None)
+    started: list[tuple[str, int]] = []
+    gpu_run = config_from_mapping({"gpus_per_fold": 1, "folds": 5})
+    queue.check(ask_of(gpu_run))  # no live node has a GPU; the reported node type has one
+    queue.put("gpu-run", 0, ask_of(gpu_run), lambda slots: started.append(("gpu-run", slots)))
+    assert started == [("gpu-run", 2)]  # two gpu.1x nodes may still be added, a GPU each
+    queue.put("gpu-run-2", 0, ask_of(gpu_run), lambda slots: started.append(("gpu-run-2", slots)))
+    assert started == [("gpu-run", 2)]
+    assert queue.describe()["queue"][0]["reason"] == "waiting for GPU: a fold needs gpus_per_fold=1, 0 GPU free"
+    with pytest.raises(ConfigError, match=r"the largest node \(node type gpu.1x\) has CPU 2, GPU 1"):
+        queue.check(ask_of(config_from_mapping({"gpus_per_fold": 2})))
+    queue.close()

@@ -7,6 +7,7 @@ with its own events in order; ``GET /queue`` and ``GET /runs`` show the order at
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -94,3 +95,42 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
     assert starts[p] >= min(a1, b1)
     assert starts[p] < starts[c] < starts[d]
     assert starts[c] >= max(a1, b1) or starts[c] >= span(runs[p])[1]
+
+
+def test_a_study_s_trials_wait_in_the_queue_and_interleave_with_a_plain_run(api_server: ApiServer) -> None:
+    with httpx.Client(base_url=api_server.url, timeout=30) as http:
+        wide = submit(http, max_concurrent_folds=2, epochs=40)  # both CPUs: what follows waits
+        study = http.post("/hpo", json={
+            "study": "queued-study", "trials": 2, "parallel": 1, "pruner": "none", "sampler": "random",
+            "sampler_seed": 1, "priority": 2, "search_space": {"lr": {"type": "categorical", "choices": [0.001]}},
+            "config": {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 15},
+        })  # fmt: skip
+        assert study.status_code == 202, study.text
+        plain = submit(http)["run_id"]
+        for _ in range(200):  # until the first trial is in the queue
+            waiting = http.get("/queue").json()["queue"]
+            if any(entry["kind"] == "trial" for entry in waiting):
+                break
+            time.sleep(0.05)
+        trial = waiting[0]
+        assert (trial["kind"], trial["study"], trial["priority"]) == ("trial", "queued-study", 2)
+        assert [entry["run_id"] for entry in waiting] == [trial["run_id"], plain]  # priority 2 first
+        listed = {r["run_id"]: r for r in http.get("/runs").json()["runs"]}
+        assert listed[trial["run_id"]]["state"] == "queued" and listed[trial["run_id"]]["queue_position"] == 1
+
+        assert api_server.wait_done(wide["run_id"], timeout=240)["state"] == "completed"
+        assert api_server.wait_done(plain, timeout=240)["state"] == "completed"
+        for _ in range(600):
+            status = http.get("/hpo/queued-study").json()
+            if status["state"] not in ("pending", "running"):
+                break
+            time.sleep(0.2)
+        assert status["state"] == "completed" and status["trials_done"] == 2, status
+        trial_runs = [t["run_id"] for t in status["trials"]]
+        events = {run_id: events_of(http, run_id) for run_id in [plain, *trial_runs]}
+    for run_id, got in events.items():
+        assert_legal_run(got, folds=2, epochs=15)
+    # the plain run trained beside the trials, on the other CPU
+    p0, p1 = span(events[plain])
+    trial_spans = [span(events[r]) for r in trial_runs]
+    assert any(t0 < p1 and p0 < t1 for t0, t1 in trial_spans)
