@@ -63,6 +63,7 @@ class Run:
     state: RunState = RunState.PENDING
     priority: int = 0  # the job queue's order: higher first (-100..100)
     created_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # when it started running (the store: its training_start)
     ended_at: float | None = None
     error: str | None = None
     summary_path: str | None = None
@@ -78,6 +79,8 @@ class Run:
     def transition(self, new: RunState, error: str | None = None) -> None:
         with self._lock:
             self.state = RUN_STATES.check(self.state, new, f"run {self.run_id}")
+            if new is RunState.RUNNING and self.started_at is None:
+                self.started_at = time.time()
             if new in TERMINAL_STATES:
                 self.ended_at = time.time()
                 self.error = error
@@ -130,6 +133,7 @@ class Run:
                 "run_id": self.run_id,
                 "state": self.state.value,
                 "created_at": self.created_at,
+                "started_at": self.started_at,
                 "ended_at": self.ended_at,
                 "error": self.error,
                 "run_dir": self.run_dir,
