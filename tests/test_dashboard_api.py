@@ -30,7 +30,7 @@ def test_the_page_is_at_ui_and_the_root_stays_json(api_server: ApiServer) -> Non
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sources and all(s.startswith(("/ui/static/", "#", "data:")) for s in sources), sources
-    assert 'data-features=""' in page.text  # this server has no /hpo: no studies section
+    assert 'data-features="hpo"' in page.text  # this server serves /hpo: the page lists studies
     for accept in ("*/*", "text/html,application/xhtml+xml,*/*;q=0.8"):  # curl, a browser
         root = httpx.get(f"{api_server.url}/", headers={"Accept": accept})
         assert root.headers["content-type"] == "application/json" and root.json()["status"] == "ok"

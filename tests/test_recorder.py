@@ -142,10 +142,10 @@ def test_a_store_that_cannot_be_written_keeps_the_events_queued_in_order(
     real_append = recorder.store.append
     failures = iter([True, True])
 
-    def flaky(runs: Any, batch: Any) -> None:
+    def flaky(runs: Any, batch: Any, admitted: Any = ()) -> None:
         if next(failures, False):
             raise OSError("disk unplugged")
-        real_append(runs, batch)
+        real_append(runs, batch, admitted)
 
     monkeypatch.setattr(recorder.store, "append", flaky)
     for pseq in range(20):

@@ -53,7 +53,7 @@ def test_interrupted_is_a_terminal_run_state_reached_from_pending_or_running() -
     run.transition(RunState.RUNNING)
     run.transition(RunState.INTERRUPTED, error="interrupted: gone")
     assert run.done and run.error == "interrupted: gone"
-    with pytest.raises(IllegalTransitionError, match="expected pending or running"):
+    with pytest.raises(IllegalTransitionError, match="expected pending or queued or running"):
         run.transition(RunState.INTERRUPTED)
 
 
@@ -67,3 +67,16 @@ def test_a_run_executed_elsewhere_follows_its_lifecycle_from_its_events() -> Non
     cancelled = Run("r4", TrainConfig(), "/tmp/r4")
     cancelled.follow({"type": "training_error", "run_id": "r4", "error": "run r4 was cancelled"})
     assert cancelled.state is RunState.CANCELLED and cancelled.error == "run r4 was cancelled"
+
+
+def test_a_queued_run_starts_through_pending_or_ends_without_starting() -> None:
+    run = Run("q", TrainConfig(), "/tmp/q", state=RunState.QUEUED)
+    with pytest.raises(IllegalTransitionError, match="cannot go to running from queued"):
+        run.transition(RunState.RUNNING)
+    run.transition(RunState.PENDING)
+    run.transition(RunState.RUNNING)
+    assert run.started_at is not None and run.snapshot()["started_at"] == run.started_at
+    cancelled = Run("c", TrainConfig(), "/tmp/c", state=RunState.QUEUED)
+    assert cancelled.request_cancel() is True
+    cancelled.transition(RunState.CANCELLED, error="run c was cancelled while queued (it never started)")
+    assert cancelled.done and cancelled.started_at is None

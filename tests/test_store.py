@@ -241,3 +241,19 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(tmp_path / "o.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_queued_runs_come_back_in_order_and_an_admitted_one_is_no_longer_queued(store: JobStore) -> None:
+    rows = [{**_run(f"q{i}", 10.0 - i), "state": "queued", "priority": i} for i in range(3)]
+    store.append(rows, [])
+    assert [(r["run_id"], r["priority"], r["queue_position"]) for r in store.queued_runs()] == [
+        ("q2", 2, None), ("q1", 1, None), ("q0", 0, None)
+    ]  # submit order (created_at), not priority: the queue orders them again
+    assert store.unfinished_runs() == []  # queued runs never started: nothing to mark interrupted
+    store.append([], [_event(1, "q1", "training_start", total_folds=2)], admitted=["q2", "q1"])
+    assert store.get_run("q2")["state"] == "pending"  # type: ignore[index]
+    assert store.get_run("q1")["state"] == "running"  # type: ignore[index]
+    store.append([], [], admitted=["q1"])  # an admission arriving late changes nothing
+    assert store.get_run("q1")["state"] == "running"  # type: ignore[index]
+    assert [r["run_id"] for r in store.queued_runs()] == ["q0"]
+    assert [r[0] for r in store.unfinished_runs()] == ["q2", "q1"]
