@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.execution.placement import ClusterView, fold_placement, reachable_resources
+from orchestrator.execution.placement import ClusterView, ResourceShape, fold_placement, reachable_resources
 from orchestrator.queue.policy import (
     Admission, Ask, Holding, Waiting, effective_priority, fold_need, free_resources, plan_admissions,
 )  # fmt: skip
@@ -97,7 +97,7 @@ class JobQueue:
         self._start_ticker()
         self.admit()
 
-    def hold(self, run_id: str, shape: Any, slots: int) -> None:
+    def hold(self, run_id: str, shape: ResourceShape, slots: int) -> None:
         """Count a run that started outside the queue (a run followed again after a restart)."""
         with self._lock:
             self._holdings[run_id] = Holding(run_id, shape, slots)
