@@ -288,3 +288,29 @@ def test_longest_fold_is_launched_first() -> None:
                       policy=RetryPolicy(max_retries=1, placement_timeout_s=60.0),
                       shape=scheduler(folds=1).shape)
     assert [d.fold_id for d in s.launches()] == [2, 3]
+
+
+def test_the_launch_order_lets_the_last_fold_end_soonest() -> None:
+    import itertools
+
+    from orchestrator.config import FoldSpec, Segment
+    from orchestrator.execution.scheduler import _makespan, fold_cost, launch_order, longest_first
+
+    def spec(fold_id: int, train: int) -> FoldSpec:
+        return FoldSpec(fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40))
+
+    # five near-equal expanding-window folds on two workers (the 1M-row benchmark's shape)
+    specs = [spec(i, train) for i, train in enumerate([160, 190, 220, 220, 250])]
+    cost = {s.fold_id: fold_cost(s) for s in specs}
+    assert cost == {0: 510, 1: 600, 2: 690, 3: 690, 4: 780}
+    lpt, best = longest_first(specs), launch_order(specs, 2)
+    assert lpt == [4, 2, 3, 1, 0] and _makespan(lpt, cost, 2) == 1890
+    # the best two-worker split: one worker takes 780 and 690, the other 690, 600 and 510
+    optimum = min(max(sum(cost[f] for f in group), sum(cost.values()) - sum(cost[f] for f in group))
+                  for n in range(6) for group in itertools.combinations(cost, n))
+    assert _makespan(best, cost, 2) == optimum == 1800
+    assert sorted(best) == [0, 1, 2, 3, 4] and best[0] == 4
+    # nothing to gain: one worker, as many workers as folds, or too many folds to try every order
+    assert launch_order(specs, 1) == lpt and launch_order(specs, 5) == lpt
+    many = [spec(i, 100 + 10 * i) for i in range(9)]
+    assert launch_order(many, 2) == longest_first(many)

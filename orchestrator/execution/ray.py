@@ -49,7 +49,7 @@ from orchestrator.execution.scheduler import (
     FoldScheduler,
     RetryPolicy,
     Train,
-    longest_first,
+    launch_order,
 )
 from orchestrator.messages import Notification
 from workers.fold import FoldContext
@@ -144,10 +144,11 @@ class _FoldRun:
         self.placement = placement
         self.on_result = on_result
         self.specs = {spec.fold_id: spec for spec in job.specs}
+        capacity = self._capacity(view)
         self.scheduler = FoldScheduler(
             job.run_id,
-            longest_first(job.specs),
-            limit=self._capacity(view),
+            launch_order(job.specs, capacity),
+            limit=capacity,
             policy=RetryPolicy(self.config.max_retries, self.config.placement_timeout_s),
             shape=shape,
             scale_up=scale_up_types(shape, view),

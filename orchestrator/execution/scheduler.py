@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import enum
 import functools
+import heapq
+import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.config import FoldSpec
@@ -43,6 +45,8 @@ __all__ = [
     "FoldAttempt",
     "RetryPolicy",
     "FoldScheduler",
+    "fold_cost",
+    "launch_order",
     "longest_first",
     "Launch",
     "Train",
@@ -166,17 +170,51 @@ class EndRun:
     error: OrchestratorError
 
 
+def fold_cost(spec: FoldSpec) -> int:
+    """A fold's epoch cost in forward-pass units: about 3 per train sample (forward and the
+    backward pass, about twice a forward) and 1 per calibration or validation sample."""
+    return 3 * len(spec.train) + len(spec.calibration) + len(spec.validation)
+
+
 def longest_first(specs: Iterable[FoldSpec]) -> list[int]:
-    """Fold ids in the order to launch them: the most samples per epoch first (ties: lower id).
+    """Fold ids by cost, the most first (ties: lower id): list scheduling's LPT order. With
+    expanding windows the last fold is the largest; launched last it would train alone after
+    the others (a wave of one)."""
+    return [spec.fold_id for spec in sorted(specs, key=lambda s: (-fold_cost(s), s.fold_id))]
 
-    Longest processing time first: with expanding windows the last fold is the largest, and
-    launched last it would train alone after the others (a wave of one). An epoch's cost is
-    about proportional to its samples: gradient steps on train, forward passes on the rest.
+
+# Up to this many folds every launch order is tried; beyond, longest first.
+_EXHAUSTIVE_FOLDS = 7
+
+
+def launch_order(specs: Iterable[FoldSpec], workers: int) -> list[int]:
+    """The order to launch folds in so that, each worker taking the next fold when it frees up,
+    the last fold ends soonest (the makespan, with ``fold_cost`` as each fold's time).
+
+    Longest first is not always best: five folds of costs 8, 7, 7, 6, 5 on 2 workers end at 19 in
+    that order, at 18 in the order 8, 7, 6, 7, 5 (one worker takes 8 and 7, the other 7, 6 and 5).
+    Up to 7 folds every order is tried (longest first wins ties); beyond, longest first. Cost:
+    Graham, "Bounds on multiprocessing timing anomalies" (1969) for list scheduling and LPT.
     """
-    def cost(spec: FoldSpec) -> int:
-        return len(spec.train) + len(spec.calibration) + len(spec.validation)
+    specs = list(specs)
+    lpt = longest_first(specs)
+    if workers <= 1 or len(specs) <= workers or len(specs) > _EXHAUSTIVE_FOLDS:
+        return lpt
+    cost = {spec.fold_id: fold_cost(spec) for spec in specs}
+    best, best_span = lpt, _makespan(lpt, cost, workers)
+    for order in itertools.permutations(lpt):
+        span = _makespan(order, cost, workers)
+        if span < best_span:
+            best, best_span = list(order), span
+    return best
 
-    return [spec.fold_id for spec in sorted(specs, key=lambda s: (-cost(s), s.fold_id))]
+
+def _makespan(order: Sequence[int], cost: Mapping[int, int], workers: int) -> int:
+    """When the last fold ends if each of ``workers`` takes the next fold of ``order`` when free."""
+    free = [0] * workers
+    for fold_id in order:
+        heapq.heapreplace(free, free[0] + cost[fold_id])
+    return max(free)
 
 
 class FoldScheduler:
