@@ -38,15 +38,18 @@ def test_follower_follows_the_first_run_and_exits_with_its_outcome() -> None:
     follower = RunFollower()
     assert follower.accept(event(1, "dataset_ready"))
     assert not follower.accept(event(2, "epoch_metrics", run_id="B"))  # another run
-    assert not follower.accept(event(2, "dataset_ready"))  # a duplicate seq is never shown twice
-    assert follower.last_seq == 2
+    assert not follower.accept(event(1, "dataset_ready"))  # a duplicate seq is never shown twice
+    assert follower.accept(event(3, "notification", run_id="data_feed"))  # names no run to follow
+    assert follower.run_id == "A" and follower.last_seq == 3
     assert follower.exit_code(event(3, "training_complete", run_id="B")) is None
     assert follower.exit_code(event(4, "training_error")) == EXIT_ERROR
     keep = RunFollower(keep_going=True)
     keep.accept(event(1, "training_start"))
     assert keep.exit_code(event(2, "training_complete")) is None and keep.run_id is None
-    keep.accept(event(3, "training_start", run_id="C"))
+    # the server replays the next run from its start: its seqs are below the last one received
+    assert keep.accept(event(1, "training_start", run_id="C")) and keep.last_seq == 1
     assert keep.run_id == "C" and keep.finished == [("A", "training_complete")]
+    assert not keep.accept(event(1, "training_start", run_id="C"))
     named = RunFollower(run_id="Z")
     assert not named.accept(event(1, "training_start"))
     assert named.exit_code(event(2, "training_complete", run_id="Z")) == EXIT_COMPLETE
