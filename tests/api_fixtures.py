@@ -24,6 +24,7 @@ from api.app import ApiSettings, create_app
 from api.server import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events.stream import RayHubClient
+from orchestrator.messages import CORE_TYPES
 from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 
@@ -229,6 +230,12 @@ def start_two_runs(
         return first_id, server.post_train(**second)
     finally:
         manager.max_active = before
+
+
+def recorded(server: ApiServer, run_id: str) -> list[dict[str, Any]]:
+    """The run's events as the server recorded them, of the types a client gets by default."""
+    reply = httpx.get(f"{server.url}/runs/{run_id}/events", params={"limit": 10_000}, timeout=30)
+    return [e for e in reply.json()["events"] if e["type"] in CORE_TYPES]
 
 
 def two_runs_done(server: ApiServer, first: str, second: str) -> None:

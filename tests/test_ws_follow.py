@@ -12,8 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.messages import CORE_TYPES
-
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import (  # noqa: E402
     FIRST_OF_TWO,
@@ -26,6 +24,7 @@ from tests.api_fixtures import (  # noqa: E402
     collect_until_ended,
     connections_of,
     of_run,
+    recorded,
     start_two_runs,
     two_runs_done,
 )
@@ -33,12 +32,6 @@ from tests.test_watch import watch_while  # noqa: E402
 
 pytest_plugins = ["tests.api_fixtures"]
 pytestmark = pytest.mark.usefixtures("release_idle_actors")
-
-
-def recorded(server: ApiServer, run_id: str) -> list[dict[str, Any]]:
-    """The run's events as the server recorded them, of the types a client gets by default."""
-    reply = httpx.get(f"{server.url}/runs/{run_id}/events", params={"limit": 10_000}, timeout=30)
-    return [e for e in reply.json()["events"] if e["type"] in CORE_TYPES]
 
 
 async def status_while_both_run(server: ApiServer, first: str) -> dict[str, Any]:
