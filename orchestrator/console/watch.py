@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
-    parser.add_argument("--run-id", help="follow this run (default: the active or next run)")
+    parser.add_argument("--run-id", help="follow this run (default: the oldest running run, or the next to start)")
     parser.add_argument("--types", help="message types to receive, comma-separated (default: the server's)")
     parser.add_argument("--keep-going", action="store_true", help="do not exit when a run ends")
     parser.add_argument("--events-out", help="also write every event received to this JSON-lines file")
