@@ -111,14 +111,19 @@ def _query_schema() -> dict[str, Any]:
             "since": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "Resume after this `seq`, with no gap and no duplicate; where the "
-                "hub's history no longer covers it, a `history_gap` message says so first. "
-                "Without it, a client first receives the active run's events so far.",
+                "description": "Resume after the message with this `seq` (the last one "
+                "received), with no gap and no duplicate; where the hub's history no longer "
+                "covers it, a `history_gap` message says so first. Without it, a client first "
+                "receives the followed run's events so far (or, with `run_id=*`, every event "
+                "since the oldest running run began).",
             },
             "run_id": {
                 "type": "string",
-                "pattern": RUN_ID_PATTERN,
-                "description": "Only the events of this run (and server messages without a run).",
+                "pattern": "^[*]$|" + RUN_ID_PATTERN,
+                "description": "Only the events of this run (and server messages without a run); "
+                "`*`: every run's, interleaved. Without it, the client follows one run at a "
+                "time: the oldest running run, then the next (docs/api.md); other streams "
+                "(`chart_update`, `hpo_trial`) reach it as they come.",
             },
             "types": {
                 "type": "string",

@@ -39,6 +39,8 @@ __all__ = [
     "CORE_TYPES",
     "HEAVY_TYPES",
     "TERMINAL_TYPES",
+    "RUN_TYPES",
+    "START_TYPES",
     "ENVELOPE_FIELDS",
     "without_envelope",
     "MESSAGE_MODELS",
@@ -266,6 +268,13 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {_type_of(m): m for m in _union_mem
 MESSAGE_TYPES: tuple[str, ...] = tuple(MESSAGE_MODELS)
 # A run's last event: exactly one of these ends every run.
 TERMINAL_TYPES = frozenset({_type_of(TrainingComplete), _type_of(TrainingError)})
+# A training run's own lifecycle: a /ws client that names no run gets these for the run it follows.
+RUN_TYPES = frozenset(_type_of(m) for m in (
+    DatasetReady, TrainingStart, EpochMetrics, BatchProgress, FoldComplete, PredictionDelta,
+    TrainingComplete, TrainingError,
+))  # fmt: skip
+# The first of these a run releases starts it; it runs until its terminal event (docs/api.md, /ws).
+START_TYPES = frozenset({_type_of(DatasetReady), _type_of(TrainingStart)})
 # Live detail sent only to clients that ask for it by name (``?types=``).
 HEAVY_TYPES = frozenset({_type_of(BatchProgress), _type_of(PredictionDelta), _type_of(ChartUpdate)})
 # What a client that names no types receives.

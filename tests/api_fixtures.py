@@ -24,6 +24,7 @@ from api.app import ApiSettings, create_app
 from api.server import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events.stream import RayHubClient
+from orchestrator.messages import CORE_TYPES
 from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 
@@ -125,7 +126,10 @@ def bars_and_store(tmp: Path, run: dict[str, Any], seed: int) -> tuple[TrainConf
 
 
 _RUNNING: list[ApiServer] = []  # the session's server, once a test asked for it
-API_TEST_MODULES = frozenset({"test_api.py", "test_api_extras.py", "test_watch.py", "test_ws.py", "test_ws_qt.py"})
+API_TEST_MODULES = frozenset({
+    "test_api.py", "test_api_extras.py", "test_watch.py", "test_ws.py", "test_ws_follow.py",
+    "test_ws_qt.py", "test_browser_seed_client.py",
+})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +207,76 @@ async def collect(
                     break
                 if message["type"] in until and (run_id is None or message.get("run_id") == run_id):
                     break
+    return messages
+
+
+# Two runs that train side by side on the session's 2 CPUs: one fold at a time each, the second
+# six times longer, so it is still training when the first ends (``two_runs_done`` checks it).
+FIRST_OF_TWO: dict[str, Any] = {"epochs": 10, "max_concurrent_folds": 1, "cpus_per_fold": 1}
+SECOND_OF_TWO: dict[str, Any] = {"epochs": 60, "max_concurrent_folds": 1, "cpus_per_fold": 1}
+
+
+@pytest.fixture
+def two_warm_workers(api_server: ApiServer) -> ApiServer:
+    """The server, with two fold actors warm in its pool, so that two runs started together
+    train together (a cold actor takes longer to start than these short runs take to train)."""
+    api_server.wait_done(api_server.post_train(epochs=1, max_concurrent_folds=2, cpus_per_fold=1))
+    return api_server
+
+
+def start_two_runs(
+    server: ApiServer,
+    first: dict[str, Any] = FIRST_OF_TWO,
+    second: dict[str, Any] = SECOND_OF_TWO,
+    timeout: float = 120,
+) -> tuple[str, str]:
+    """Start two runs that train at the same time (one CPU each: the job queue admits both on the
+    session's two): the second is posted once the first is running (``GET /`` lists it), so the
+    first is the oldest."""
+    manager = server.manager
+    first_id = server.post_train(**first)
+    deadline = time.monotonic() + timeout
+    while first_id not in httpx.get(f"{server.url}/", timeout=10).json()["running"]:
+        assert not manager.get(first_id).done, f"run {first_id} ended before it ran"
+        assert time.monotonic() < deadline, f"run {first_id} not running after {timeout} s"
+        time.sleep(0.05)
+    second_id = server.post_train(**second)
+    assert manager.get(second_id).state.value != "queued", "the second run was queued, not started"
+    return first_id, second_id
+
+
+def recorded(server: ApiServer, run_id: str) -> list[dict[str, Any]]:
+    """The run's events as the server recorded them, of the types a client gets by default."""
+    reply = httpx.get(f"{server.url}/runs/{run_id}/events", params={"limit": 10_000}, timeout=30)
+    return [e for e in reply.json()["events"] if e["type"] in CORE_TYPES]
+
+
+def two_runs_done(server: ApiServer, first: str, second: str) -> None:
+    """Wait for both runs to end; fail unless they trained at once, the first ending first
+    (the second started before the first ended, and ended after it)."""
+    server.wait_done(first), server.wait_done(second)
+    seqs = {}
+    for run_id in (first, second):
+        events = httpx.get(f"{server.url}/runs/{run_id}/events", timeout=30).json()["events"]
+        seqs[run_id] = (events[0]["seq"], events[-1]["seq"])
+    assert seqs[second][0] < seqs[first][1] < seqs[second][1], (
+        f"the two runs did not overlap with the first ending first (first, last seq: {seqs}); "
+        "the machine may be too loaded for this scenario"
+    )
+
+
+async def collect_until_ended(url: str, runs: int = 2, timeout: float = 120) -> list[dict[str, Any]]:
+    """Messages from ``url`` until ``runs`` terminal events (of different runs) have come."""
+    messages: list[dict[str, Any]] = []
+    ended: set[str] = set()
+    async with websockets.connect(url, proxy=None) as ws:
+        async with asyncio.timeout(timeout):
+            async for text in ws:
+                messages.append(json.loads(text))
+                if messages[-1]["type"] in TERMINAL:
+                    ended.add(messages[-1]["run_id"])
+                    if len(ended) >= runs:
+                        break
     return messages
 
 

@@ -133,6 +133,7 @@ def test_server_channel_and_query_bindings(document: dict[str, Any]) -> None:
     assert list(query["properties"]) == ["since", "run_id", "types", "token"]
     run_id = re.compile(query["properties"]["run_id"]["pattern"])
     assert run_id.match("run_20260101_120000_ab12cd") and not run_id.match("a b")
+    assert run_id.match("*") and not run_id.match("**")
     assert jsonschema.Draft7Validator(query).is_valid({"since": 3, "types": "all"})
     assert not jsonschema.Draft7Validator(query).is_valid({"since": -1})
 

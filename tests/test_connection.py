@@ -20,6 +20,7 @@ from api.ws.connection import (
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.events.hub import EventHub
+from orchestrator.messages import MESSAGE_TYPES
 
 
 def test_close_reason_fits_a_close_frame() -> None:
@@ -139,3 +140,136 @@ def test_since_past_the_hubs_head_sends_a_history_gap_then_waits_for_live_events
     assert sent[0]["oldest_available"] == 1 and "seq" not in sent[0]
     assert len(sent) == 1  # run "none" has no events
     assert conn.state is ClientState.LIVE and conn.resume_from == 3
+
+
+# ---- a client that names no run: one run at a time (api.ws.follow) --------------------------
+
+Label = str
+START = {"type": "training_start", "use_cv": True, "total_folds": 1, "total_epochs": 100}
+# (run, event, label): A and B train at once, with the data feed and a study beside them
+SCENARIO: list[tuple[str, dict[str, object], Label]] = [
+    ("A", {"type": "dataset_ready", "size": 9, "min_samples": 1}, "A-ready"),
+    ("A", START, "A-start"),
+    ("data_feed", {"type": "chart_update", "candles": []}, "candles-1"),
+    ("B", {"type": "dataset_ready", "size": 9, "min_samples": 1}, "B-ready"),
+    ("A", {"type": "epoch_metrics", "fold_id": 0, "epoch": 0}, "A-e0"),
+    ("B", START, "B-start"),
+    ("B", {"type": "epoch_metrics", "fold_id": 0, "epoch": 0}, "B-e0"),
+    ("A", {"type": "notification", "level": "info", "kind": "k", "message": ""}, "A-note"),
+    ("B", {"type": "notification", "level": "info", "kind": "k", "message": ""}, "B-note"),
+    ("hpo_s", {"type": "hpo_trial", "study": "s", "trial": 0, "state": "running"}, "trial-0"),
+    ("data_feed", {"type": "notification", "level": "warning", "kind": "data_row_skipped",
+                   "message": ""}, "feed-note"),
+    ("A", {"type": "epoch_metrics", "fold_id": 0, "epoch": 1}, "A-e1"),
+    ("B", {"type": "epoch_metrics", "fold_id": 0, "epoch": 1}, "B-e1"),
+    ("A", {"type": "training_complete", "folds_completed": 1, "summary_path": "s"}, "A-done"),
+    ("B", {"type": "epoch_metrics", "fold_id": 0, "epoch": 2}, "B-e2"),
+    ("C", {"type": "training_error", "error": "cancelled while queued"}, "C-error"),
+    ("B", {"type": "training_complete", "folds_completed": 1, "summary_path": "s"}, "B-done"),
+    ("D", {"type": "training_error", "error": "refused at data load"}, "D-error"),
+    ("data_feed", {"type": "chart_update", "candles": []}, "candles-2"),
+    ("E", {"type": "dataset_ready", "size": 9, "min_samples": 1}, "E-ready"),
+    ("E", {"type": "training_error", "error": "boom"}, "E-error"),
+]  # fmt: skip
+# What a client connected from the start gets: A (others' events left out), A's end, B's history
+# up to there, B live, the lone end of D while nothing runs, then E; the shared streams as they come.
+FOLLOWED = [
+    "A-ready", "A-start", "candles-1", "A-e0", "A-note", "trial-0", "feed-note", "A-e1", "A-done",
+    "B-ready", "B-start", "B-e0", "B-note", "B-e1",
+    "B-e2", "B-done", "D-error", "candles-2", "E-ready", "E-error",
+]  # fmt: skip
+
+
+class Feed:
+    """A hub and the pump's part: each released event offered to the live connections."""
+
+    def __init__(self) -> None:
+        self.hub = EventHub()
+        self.live: list[ClientConnection] = []
+        self._pseq: dict[str, int] = {}
+
+    def emit(self, run_id: str, event: dict[str, object], label: Label) -> None:
+        pseq = self._pseq.get(run_id, 0)
+        self._pseq[run_id] = pseq + 1
+        for released in self.hub.publish(run_id, "p", pseq, {**event, "label": label}):
+            for conn in self.live:
+                conn.offer(encode_event(released))
+
+    async def connect(self, subscription: Subscription, sent: list[dict[str, object]]) -> asyncio.Task[None]:
+        async def send_text(text: str) -> None:
+            sent.append(json.loads(text))
+
+        conn = ClientConnection(subscription, LocalHubClient(self.hub), send_text, name="c")
+        conn.transition(ClientState.REPLAYING)
+        self.live.append(conn)
+        task = asyncio.create_task(conn.stream())
+        await _settle()
+        return task
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _labels(sent: list[dict[str, object]]) -> list[object]:
+    return [m.get("label") for m in sent]
+
+
+def _play(subscriptions: dict[int, Subscription]) -> tuple[Feed, dict[int, list[dict[str, object]]]]:
+    """Play the scenario; the client ``subscriptions[i]`` connects before its event ``i``."""
+
+    async def main() -> tuple[Feed, dict[int, list[dict[str, object]]]]:
+        feed = Feed()
+        sent: dict[int, list[dict[str, object]]] = {i: [] for i in subscriptions}
+        tasks = []
+        for i, (run_id, event, label) in enumerate(SCENARIO):
+            if i in subscriptions:
+                tasks.append(await feed.connect(subscriptions[i], sent[i]))
+            feed.emit(run_id, event, label)
+            await _settle()
+        for task in tasks:
+            task.cancel()
+        return feed, sent
+
+    return asyncio.run(main())
+
+
+def test_a_client_naming_no_run_follows_the_oldest_running_run_then_the_next() -> None:
+    everything = Subscription(types=frozenset(MESSAGE_TYPES))
+    epochs_only = Subscription(types=frozenset({"epoch_metrics"}))
+    _, sent = _play({0: everything, 7: everything, 0 + 1: epochs_only, 14: everything})
+    assert _labels(sent[0]) == FOLLOWED
+    # joining while A and B train: A's history, then on as the first client
+    assert _labels(sent[7]) == ["A-ready", "A-start", "A-e0"] + FOLLOWED[FOLLOWED.index("A-note"):]
+    # the switch happens on A's end even when the client does not take that type
+    assert _labels(sent[1]) == ["A-e0", "A-e1", "B-e0", "B-e1", "B-e2"]
+    # joining after A ended: B (the oldest running now) from its start
+    assert _labels(sent[14]) == ["B-ready", "B-start", "B-e0", "B-note", "B-e1"] + FOLLOWED[
+        FOLLOWED.index("B-e2"):
+    ]
+
+
+def test_resuming_after_any_message_gives_exactly_the_rest() -> None:
+    everything = Subscription(types=frozenset(MESSAGE_TYPES))
+    feed, sent = _play({0: everything})
+    full = sent[0]
+
+    async def resume(since: int) -> list[dict[str, object]]:
+        rest: list[dict[str, object]] = []
+        task = await feed.connect(Subscription(since=since, types=everything.types), rest)
+        task.cancel()
+        return rest
+
+    for k, message in enumerate(full):
+        seq = message["seq"]
+        assert isinstance(seq, int)
+        rest = asyncio.run(resume(seq))
+        assert _labels(rest) == _labels(full[k + 1:]), f"since={seq} ({message['label']})"
+
+
+def test_run_id_star_streams_every_run_from_the_oldest_running_runs_start() -> None:
+    star = Subscription(run_id="*", types=frozenset(MESSAGE_TYPES))
+    _, sent = _play({0: star, 7: star})
+    assert _labels(sent[0]) == [label for _, _, label in SCENARIO]
+    assert _labels(sent[7]) == [label for _, _, label in SCENARIO]  # A started at the first event

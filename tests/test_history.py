@@ -29,6 +29,8 @@ def test_collect_after_a_cursor_with_filters_and_limit() -> None:
     events, cursor, _ = history.collect(0, limit=2)
     assert seqs(events) == [1, 2] and cursor == 2  # cut short: resume after the last one
     assert history.collect(9) == ([], 9, None)  # a cursor past the end stays where it is
+    # a run's scan starts at its first event (told here as 4: the "b" at 2 is not looked at)
+    assert seqs(history.collect(0, run_id="b", run_first_seq=4)[0]) == [4]
 
 
 def test_oldest_leave_first_and_a_lost_stretch_is_a_gap() -> None:

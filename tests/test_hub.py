@@ -205,19 +205,24 @@ def test_close_producer_releases_what_it_buffered_and_drops_stragglers() -> None
     assert hub.stats()["buffered"] == 0
 
 
-def test_active_run_lifecycle(tmp_path: Path) -> None:
+def test_running_runs_are_those_started_and_not_ended_oldest_start_first(tmp_path: Path) -> None:
     hub = EventHub()
-    assert hub.active_run() is None
+    assert hub.running_runs() == []
     hub.register_run("a", None)
-    assert hub.active_run() == "a"
-    hub.publish("stray", "driver", 0, note(0))  # published but never registered
-    assert hub.active_run() == "a"
     hub.register_run("b", str(tmp_path))
-    assert hub.active_run() == "b"
-    hub.publish("b", "driver", 0, {"type": "training_error", "error": "boom"})
-    assert hub.active_run() == "a"
-    hub.publish("a", "driver", 0, complete())
-    assert hub.active_run() is None
+    assert hub.running_runs() == []  # registered, not started: loading its data
+    hub.publish("b", "driver", 0, {"type": "dataset_ready", "size": 10, "min_samples": 5})  # seq 1
+    hub.publish("stray", "driver", 0, note(0))  # seq 2: a run that never starts
+    hub.publish("a", "driver", 0, {"type": "training_start", "use_cv": True,
+                                   "total_folds": 2, "total_epochs": 3})  # seq 3
+    hub.publish("c", "driver", 0, {"type": "training_error", "error": "no data"})  # 4: never ran
+    assert hub.running_runs() == ["b", "a"]  # by the seq of their start, not registration
+    hub.publish("b", "driver", 1, {"type": "training_error", "error": "boom"})  # seq 5
+    assert hub.running_runs() == ["a"]
+    assert hub.running_runs(at=4) == ["b", "a"] and hub.running_runs(at=2) == ["b"]
+    assert hub.running_runs(at=0) == []
+    hub.publish("a", "driver", 1, complete())  # seq 6
+    assert hub.running_runs() == [] and hub.running_runs(at=5) == ["a"]
     with pytest.raises(ValueError, match="already registered"):
         hub.register_run("b", None)
 

@@ -210,13 +210,13 @@ def test_the_local_client_reads_the_hub() -> None:
     async def scenario() -> tuple[Any, ...]:
         return (
             await client.last_seq(),
-            await client.active_run(),
+            await client.running_runs(),
             await client.events_since(1),
             (await client.poll(0, 0, limit=1))["last_seq"],
         )
 
     last, active, (events, gap), cursor = run(scenario)
-    assert last == 2 and active == "r" and gap is None and cursor == 1
+    assert last == 2 and active == [] and gap is None and cursor == 1
     assert [e["seq"] for e in events] == [2]
     assert client.ray_connected() is False
 

@@ -58,3 +58,20 @@ def test_wants_filters_by_run_and_type_and_lets_control_messages_through() -> No
     assert one_run.wants(_item("history_gap", "A", seq=None))
     assert not one_run.wants(_item("history_gap", "B", seq=None))
     assert default.wants(_item("history_gap", "B", seq=None))
+
+
+def test_run_id_star_takes_every_run_and_no_run_id_also_takes_each_runs_start_and_end() -> None:
+    star = Subscription.from_query({"run_id": "*", "types": "epoch_metrics"})
+    assert star.run_id == "*" and star.one_run is None and not star.follows
+    assert star.wants(_item("epoch_metrics", "A")) and star.wants(_item("epoch_metrics", "B"))
+    assert not star.wants(_item("training_complete", "A"))
+    assert star.wants(_item("history_gap", "B", seq=None))
+    follows = Subscription.from_query({"types": "epoch_metrics"})
+    assert follows.follows and follows.one_run is None
+    # the sender needs to see runs start and end to switch, whatever the client's types
+    for kind in ("dataset_ready", "training_start", "training_complete", "training_error"):
+        assert follows.wants(_item(kind, "B")), kind
+    assert not follows.wants(_item("notification", "B"))
+    assert Subscription(run_id="A").one_run == "A"
+    with pytest.raises(SubscriptionError, match=r"or \*, got '\*\*'"):
+        Subscription.from_query({"run_id": "**"})

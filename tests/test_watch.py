@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -38,15 +38,18 @@ def test_follower_follows_the_first_run_and_exits_with_its_outcome() -> None:
     follower = RunFollower()
     assert follower.accept(event(1, "dataset_ready"))
     assert not follower.accept(event(2, "epoch_metrics", run_id="B"))  # another run
-    assert not follower.accept(event(2, "dataset_ready"))  # a duplicate seq is never shown twice
-    assert follower.last_seq == 2
+    assert not follower.accept(event(1, "dataset_ready"))  # a duplicate seq is never shown twice
+    assert follower.accept(event(3, "notification", run_id="data_feed"))  # names no run to follow
+    assert follower.run_id == "A" and follower.last_seq == 3
     assert follower.exit_code(event(3, "training_complete", run_id="B")) is None
     assert follower.exit_code(event(4, "training_error")) == EXIT_ERROR
     keep = RunFollower(keep_going=True)
     keep.accept(event(1, "training_start"))
     assert keep.exit_code(event(2, "training_complete")) is None and keep.run_id is None
-    keep.accept(event(3, "training_start", run_id="C"))
+    # the server replays the next run from its start: its seqs are below the last one received
+    assert keep.accept(event(1, "training_start", run_id="C")) and keep.last_seq == 1
     assert keep.run_id == "C" and keep.finished == [("A", "training_complete")]
+    assert not keep.accept(event(1, "training_start", run_id="C"))
     named = RunFollower(run_id="Z")
     assert not named.accept(event(1, "training_start"))
     assert named.exit_code(event(2, "training_complete", run_id="Z")) == EXIT_COMPLETE
@@ -128,6 +131,23 @@ def wait_for_line(process: subprocess.Popen[str], needle: str) -> list[str]:
     raise AssertionError(f"watch ended before printing {needle!r}: {''.join(lines)}")
 
 
+T = TypeVar("T")
+
+
+def watch_while(url: str, start: Callable[[], T], *args: str) -> tuple[T, int, str]:
+    """Run ``watch url args``; once it is connected, ``start()`` (the runs it is to see); wait
+    for it to exit. Returns what ``start`` returned, the exit code and what watch printed."""
+    watch = start_watch(url, *args)
+    try:
+        head = wait_for_line(watch, "connected to")
+        started = start()
+        _, rest = watch.communicate(timeout=120)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    return started, watch.returncode, "".join(head) + rest
+
+
 @pytest.fixture
 def proxy(api_server: ApiServer) -> Iterator[DroppingProxy]:
     p = DroppingProxy((api_server.server.host, api_server.server.port), cut_after=3000)
@@ -139,16 +159,11 @@ def test_watch_reconnects_with_since_and_exits_0_at_training_complete(
     api_server: ApiServer, proxy: DroppingProxy, tmp_path: Path
 ) -> None:
     events_out = tmp_path / "events.jsonl"
-    watch = start_watch(f"ws://127.0.0.1:{proxy.port}/ws", "--events-out", str(events_out))
-    try:
-        head = wait_for_line(watch, "connected to")
-        run_id = api_server.post_train(epochs=8)
-        _, rest = watch.communicate(timeout=120)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-    output = "".join(head) + rest
-    assert watch.returncode == 0, output
+    run_id, code, output = watch_while(
+        f"ws://127.0.0.1:{proxy.port}/ws", lambda: api_server.post_train(epochs=8),
+        "--events-out", str(events_out),
+    )  # fmt: skip
+    assert code == 0, output
     assert proxy.connections >= 2 and "resuming after seq" in output
     assert "training complete" in output
     events = [json.loads(line) for line in events_out.read_text().splitlines()]
@@ -159,16 +174,11 @@ def test_watch_reconnects_with_since_and_exits_0_at_training_complete(
 
 
 def test_watch_exits_1_when_the_run_fails(api_server: ApiServer) -> None:
-    watch = start_watch(api_server.ws_url, "--quiet")
-    try:
-        head = wait_for_line(watch, "connected to")
-        run_id = api_server.post_train(min_samples=100_000)
-        _, rest = watch.communicate(timeout=120)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-    assert watch.returncode == EXIT_ERROR, "".join(head) + rest
-    assert "fewer than min_samples=100000" in rest
+    run_id, code, output = watch_while(
+        api_server.ws_url, lambda: api_server.post_train(min_samples=100_000), "--quiet"
+    )
+    assert code == EXIT_ERROR, output
+    assert "fewer than min_samples=100000" in output
     api_server.wait_done(run_id)
 
 

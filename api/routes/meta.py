@@ -1,7 +1,9 @@
-"""The server's own routes: ``GET /`` (health, version, hub, clients) and the ``/ws`` contract documents."""
+"""The server's own routes: ``GET /`` (health, version, running runs, hub, clients) and the ``/ws`` contract documents."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from importlib import metadata
 from typing import Any
 
@@ -16,6 +18,9 @@ from orchestrator.messages import message_json_schema
 
 __all__ = ["api_version", "meta_router"]
 
+log = logging.getLogger(__name__)
+RUNNING_TIMEOUT_S = 2.0  # health answers at once even when the hub does not
+
 
 def api_version() -> str:
     try:
@@ -29,14 +34,25 @@ def meta_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/", summary="Health: status, Ray connection, active run, version")
+    async def running() -> list[str]:
+        """The runs running now, oldest first, by the rule a /ws client follows them by (the
+        hub's); while the hub does not answer, this server's unfinished runs, oldest first."""
+        if pump.healthy:
+            try:
+                return await asyncio.wait_for(hub.running_runs(), RUNNING_TIMEOUT_S)
+            except Exception as err:  # health must answer: say what we know here
+                log.warning("GET /: the hub did not say which runs are running: %s", err)
+        return [run.run_id for run in manager.active()]
+
+    @router.get("/", summary="Health: status, Ray connection, running runs, version")
     async def health() -> dict[str, Any]:
-        active = manager.active()
+        ids = await running()
         return {
             "status": "ok",
             "version": api_version(),
             "ray_connected": hub.ray_connected(),
-            "active_run_id": active[0].run_id if active else None,
+            "active_run_id": ids[0] if ids else None,
+            "running": ids,
             "hub": {"reachable": pump.healthy, "last_seq": pump.cursor, "error": pump.last_error},
             "clients": len(stream.connections),
             "queued": [run.run_id for run in manager.queued()],

@@ -10,7 +10,10 @@ A connection's life (illegal transitions raise ``IllegalClientTransition``)::
 - REPLAYING: accepted and registered with the pump, so live events already queue up; the
   history the client asked for is sent first, straight from the hub.
 - LIVE: the sender drains the queue. Anything with ``seq`` at or below what the client already
-  has (the replay overlaps the queue) is skipped: no gap, no duplicate.
+  has (the replay overlaps the queue) is skipped: no gap, no duplicate. A client that names no
+  run follows one at a time (``api.ws.follow``): the sender judges each event as it takes it,
+  and when the followed run has ended it replays the next one's history up to that moment
+  before it goes on with the queue (which holds only later events: nothing is sent twice).
 - CLOSING: a close was decided (queue overflow, server shutdown, client gone); CLOSED at the end.
 
 ``send_text`` is passed in, so a test drives a connection with a plain coroutine and no server.
@@ -22,12 +25,13 @@ import asyncio
 import enum
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from orchestrator.events.stream import HubClient
+from orchestrator.events.stream import Event, HubClient
 from orchestrator.events.fanout import Outgoing, encode_control, encode_event
-from api.ws.subscription import Subscription
+from api.ws.follow import RunFollow, Verdict
+from api.ws.subscription import FOLLOW_CONTROL_TYPES, Subscription
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.messages import HistoryGap
 from orchestrator.states import StateTable
@@ -128,8 +132,9 @@ class CloseRequest:
 class ClientConnection:
     """One subscriber: replays what it asked for, then sends the live events the pump offers.
 
-    ``resume_from`` is the seq up to which the client has everything it subscribed to: the
-    ``since`` to reconnect with.
+    ``resume_from`` is the ``since`` to reconnect with: the seq up to which the client has
+    everything it subscribed to (for a following client: of the last message sent, or of the
+    moment it connected while no run was running).
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class ClientConnection:
         self.state = ClientState.CONNECTING
         self.resume_from: int | None = subscription.since
         self._floor = 0  # events with seq <= floor are already sent or not wanted
+        self._follow = RunFollow() if subscription.follows else None
         self.close_request: CloseRequest | None = None
         self.closing = asyncio.Event()
 
@@ -206,7 +212,10 @@ class ClientConnection:
             item = await self._queue.get()
             if item.seq is not None and item.seq <= self._floor:
                 continue
-            await self._send(item)
+            if self._follow is None:
+                await self._send(item)
+            else:
+                await self._follow_item(item)
 
     async def send_pong(self) -> None:
         await self._send_text(PONG_TEXT)
@@ -215,14 +224,17 @@ class ClientConnection:
         await self._send_text(item.text)
         if item.seq is not None:
             # the write happened (a cancel can only land before it): the client has this seq
-            self._floor = item.seq
+            self._floor = max(self._floor, item.seq)
             self.resume_from = item.seq
 
     async def _replay(self) -> None:
         sub = self.subscription
         head = await self.hub.last_seq()
         if sub.since is not None and sub.since <= head:
-            await self._send_history(sub.since, sub.run_id)
+            if self._follow is None:
+                await self._send_history(sub.since)
+            else:
+                await self._resume_following(sub.since, head)
             return
         if sub.since is not None:  # beyond the hub's last seq: the server restarted since
             oldest_events, _ = await self.hub.events_since(0, None, None, 1)
@@ -231,26 +243,37 @@ class ClientConnection:
                 sub.since,
                 oldest,
                 f"since={sub.since} is past the server's last seq {head} "
-                "(the server restarted); replaying the active run instead",
-                sub.run_id,
+                "(the server restarted); replaying as for a new client instead",
             )
-        run_id = sub.run_id or await self.hub.active_run()
-        if run_id is None:  # nothing running: live events only, from what follows ``head``
-            self._floor = head
-            self.resume_from = head
-            return
-        await self._send_history(0, run_id)
+        if self._follow is not None:
+            await self._start_following(head)
+        elif sub.one_run is not None:
+            await self._send_history(0)
+        else:  # every run: everything since the oldest running run began
+            running = await self.hub.running_runs(head)
+            first, _ = await self.hub.events_since(0, running[0], None, 1) if running else ([], None)
+            await self._send_history(min(head, first[0]["seq"] - 1) if first else head)
 
-    async def _send_history(self, since: int, run_id: str | None) -> None:
-        """Send the held events after ``since`` (of ``run_id``), page by page, straight from the
-        hub; a ``history_gap`` first when the hub no longer holds all of them."""
-        cursor = since
+    async def _send_history(self, since: int) -> None:
+        """Send every held event after ``since`` that the client subscribed to, oldest first."""
         head = await self.hub.last_seq()  # the pages cover at least this far
+        async for event in self._history(since, self.subscription.one_run, self.types):
+            if event["seq"] > self._floor:
+                await self._send(encode_event(event))
+        # everything up to the hub's head is sent or not wanted
+        self._floor = max(self._floor, head)
+        self.resume_from = self._floor
+
+    async def _history(
+        self, since: int, run_id: str | None, types: frozenset[str], until: int | None = None
+    ) -> AsyncIterator[Event]:
+        """The held events after ``since`` (of ``run_id``, of ``types``, up to seq ``until``), page
+        by page, straight from the hub; a ``history_gap`` is sent first when the hub no longer
+        holds all of them."""
+        cursor = since
         first_page = True
         while True:
-            events, gap = await self.hub.events_since(
-                cursor, run_id, self.subscription.types, REPLAY_PAGE
-            )
+            events, gap = await self.hub.events_since(cursor, run_id, types, REPLAY_PAGE)
             if first_page and gap is not None:
                 oldest = int(gap)
                 await self._send_gap(
@@ -262,16 +285,66 @@ class ClientConnection:
                 )
             first_page = False
             for event in events:
-                if event["seq"] > self._floor:
-                    await self._send(encode_event(event))
+                if until is not None and event["seq"] > until:
+                    return
+                yield event
             if len(events) < REPLAY_PAGE:
-                break
+                return
             cursor = int(events[-1]["seq"])
-        # everything up to the hub's head is sent or not wanted
-        self._floor = max(self._floor, cursor, head)
-        self.resume_from = self._floor
 
-    async def _send_gap(self, since: int, oldest: int, message: str, run_id: str | None) -> None:
+    # ---- following one run at a time (no ?run_id=; the rule is api.ws.follow's) ----------
+
+    async def _start_following(self, head: int) -> None:
+        """A new client: the oldest run running now, from its start; else wait for the next."""
+        assert self._follow is not None
+        run_id = self._follow.enter(await self.hub.running_runs(head))
+        if run_id is None:
+            self.resume_from = head
+        else:
+            await self._replay_run(run_id, head)
+        self._floor = max(self._floor, head)
+
+    async def _resume_following(self, since: int, head: int) -> None:
+        """A client back after the message with seq ``since``: where it was, then the events
+        after ``since`` in order, as if it had never left."""
+        assert self._follow is not None
+        last = None
+        if since > 0:
+            found, _ = await self.hub.events_since(since - 1, None, None, 1)
+            last = found[0] if found and found[0]["seq"] == since else None
+        if self._follow.resume(await self.hub.running_runs(since), last):
+            assert self._follow.following is not None
+            await self._replay_run(self._follow.following, since)
+        self._floor = max(self._floor, since)
+        async for event in self._history(since, None, self.types | FOLLOW_CONTROL_TYPES):
+            await self._follow_item(encode_event(event))
+        self._floor = max(self._floor, head)
+
+    async def _follow_item(self, item: Outgoing) -> None:
+        """The next message in seq order: sent if the rule says so; after the followed run's
+        terminal event, the next run's history up to it."""
+        assert self._follow is not None
+        if item.seq is None:  # the server's own (history_gap)
+            await self._send(item)
+            return
+        verdict = self._follow.judge(item.type, item.run_id)
+        self._floor = max(self._floor, item.seq)
+        if verdict is not Verdict.SKIP and item.type in self.types:
+            await self._send(item)
+        if verdict is Verdict.END:
+            run_id = self._follow.enter(await self.hub.running_runs(item.seq))
+            if run_id is not None:
+                await self._replay_run(run_id, item.seq)
+
+    async def _replay_run(self, run_id: str, until: int) -> None:
+        """The followed run's events of the client's types up to seq ``until``, from its start
+        (they go out whatever the floor: the client skipped them when they were live)."""
+        async for event in self._history(0, run_id, self.types, until):
+            await self._send(encode_event(event))
+
+    async def _send_gap(
+        self, since: int, oldest: int, message: str, run_id: str | None = None
+    ) -> None:
         gap = HistoryGap(
             seq=None,
             requested_since=since,

@@ -1,7 +1,9 @@
 """What one ``/ws`` client asked for (``?since=``, ``?run_id=``, ``?types=``) and which messages that takes.
 
 Pure: a query mapping in, a ``Subscription`` out, or a ``SubscriptionError`` whose message names
-the parameter (it becomes the 4400 close reason).
+the parameter (it becomes the 4400 close reason). ``run_id`` is one run's id, ``*`` (every run,
+interleaved) or absent: the client follows one run at a time (``api.ws.follow``), so its queue
+takes every run's events of its types plus each run's start and end, and its sender decides.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.events.fanout import Outgoing
-from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES
+from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES, START_TYPES, TERMINAL_TYPES
 
-__all__ = ["QUERY_PARAMS", "Subscription", "SubscriptionError", "parse_types"]
+__all__ = ["ALL_RUNS", "FOLLOW_CONTROL_TYPES", "QUERY_PARAMS", "Subscription", "SubscriptionError",
+           "parse_types"]  # fmt: skip
 
 QUERY_PARAMS = ("since", "run_id", "types", "token")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ALL_RUNS = "*"  # ?run_id=*: every run's events, interleaved
+# What a following client's sender needs to see whatever its types: when runs start and end.
+FOLLOW_CONTROL_TYPES = START_TYPES | TERMINAL_TYPES
 
 
 class SubscriptionError(ValueError):
@@ -25,7 +31,7 @@ class SubscriptionError(ValueError):
 
 @dataclass(frozen=True)
 class Subscription:
-    """What one client asked for: resume point, one run, message types."""
+    """What one client asked for: resume point, one run (or ``*``, or none: follow), message types."""
 
     since: int | None = None
     run_id: str | None = None
@@ -47,19 +53,32 @@ class Subscription:
         run_id = None
         if "run_id" in params:
             run_id = params["run_id"].strip()
-            if not _RUN_ID.match(run_id):
-                raise SubscriptionError(f"run_id must be 1-128 of [A-Za-z0-9_.:-], got {run_id!r}")
+            if run_id != ALL_RUNS and not _RUN_ID.match(run_id):
+                raise SubscriptionError(
+                    f"run_id must be 1-128 of [A-Za-z0-9_.:-] or *, got {run_id!r}"
+                )
         types = CORE_TYPES
         if "types" in params:
             types = parse_types(params["types"])
         return cls(since=since, run_id=run_id, types=types)
 
+    @property
+    def follows(self) -> bool:
+        """No run named: the client follows one run at a time (``api.ws.follow``)."""
+        return self.run_id is None
+
+    @property
+    def one_run(self) -> str | None:
+        """The run id to filter the hub's events by: the named run, else None (every run)."""
+        return None if self.run_id in (None, ALL_RUNS) else self.run_id
+
     def wants(self, item: Outgoing) -> bool:
+        """Whether the client's queue takes ``item`` (a following client's sender filters again)."""
         if item.seq is None:  # server-made control messages (history_gap) go to everyone
-            return self.run_id is None or item.run_id in (None, self.run_id)
-        if self.run_id is not None and item.run_id != self.run_id:
+            return self.one_run is None or item.run_id in (None, self.run_id)
+        if self.one_run is not None and item.run_id != self.one_run:
             return False
-        return item.type in self.types
+        return item.type in self.types or (self.follows and item.type in FOLLOW_CONTROL_TYPES)
 
 
 def parse_types(raw: str) -> frozenset[str]:

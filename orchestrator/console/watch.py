@@ -1,11 +1,13 @@
 """``python -m orchestrator watch [URL]``: follow a run on a server's ``/ws`` in the terminal.
 
 Per-fold progress bars with the key metrics (``orchestrator.console.progress.ProgressView``). After a
-disconnect it reconnects with ``?since=<last seq received>``, so no event is missed or shown
-twice. It follows the run that is active when it connects (or the next one to start, or the one
-named by ``--run-id``) and exits when that run ends: 0 on ``training_complete``, 1 on
-``training_error``, 2 when the server refuses it (bad token, Origin, query) or stays unreachable
-for ``--reconnect-timeout`` seconds.
+disconnect it reconnects with ``?since=<seq of the last event received>``, so no event is missed
+or shown twice. Without ``--run-id`` it connects without ``run_id``, so the server picks the run
+by the /ws rule (docs/api.md): the oldest running run, or the next one to start; with
+``--keep-going``, after each the next oldest (whose history comes again: seqs go back at a
+switch). It exits when the run it follows ends: 0 on ``training_complete``, 1 on
+``training_error``, 2 when the server refuses it (bad token, Origin, query) or stays
+unreachable for ``--reconnect-timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -20,39 +22,40 @@ from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from orchestrator.messages import MESSAGE_MODELS, TERMINAL_TYPES, ChartUpdate, HistoryGap, HpoTrial
+from orchestrator.messages import RUN_TYPES, TERMINAL_TYPES
 
 __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 TOKEN_ENV = "ORCHESTRATOR_TOKEN"
-# Study trials, candles and server notices belong to no training run: shown, never followed.
-RUN_EVENT_TYPES = frozenset(
-    kind for kind, model in MESSAGE_MODELS.items() if model not in (HpoTrial, ChartUpdate, HistoryGap)
-)
 # Close codes after which reconnecting cannot help (the request itself is wrong).
 FATAL_CLOSE_CODES = frozenset({4400})
 EXIT_COMPLETE, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
 
 
 class RunFollower:
-    """Which run to follow, the resume point, and when to stop. Pure: no I/O."""
+    """Which run to follow, the resume point, and when to stop. Pure: no I/O.
+
+    The server sends one run at a time (its lifecycle events, ``messages.RUN_TYPES``); the first
+    of them names the run followed. Notifications, candles and study trials are shown as they
+    come. Seqs increase within each run's stream, not across a switch to the next run."""
 
     def __init__(self, run_id: str | None = None, keep_going: bool = False) -> None:
         self.run_id = run_id
         self.keep_going = keep_going
-        self.last_seq: int | None = None
+        self.last_seq: int | None = None  # of the last event received: where to resume
         self.finished: list[tuple[str, str]] = []  # (run_id, terminal type)
+        self._last_of_run: dict[str | None, int] = {}
 
     def accept(self, event: dict[str, Any]) -> bool:
         """Record the event; True when it belongs to the followed run (or is a notice for all)."""
-        seq = event.get("seq")
+        seq, run_id = event.get("seq"), event.get("run_id")
         if isinstance(seq, int):
-            if self.last_seq is not None and seq <= self.last_seq:
+            if seq <= self._last_of_run.get(run_id, 0):
                 return False  # a duplicate cannot come from the server; never show one twice
+            self._last_of_run[run_id] = seq
             self.last_seq = seq
-        run_id = event.get("run_id")
-        if event.get("type") not in RUN_EVENT_TYPES or run_id is None:
+        if event.get("type") not in RUN_TYPES or run_id is None:
             return True
         if self.run_id is None:
             self.run_id = run_id
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
-    parser.add_argument("--run-id", help="follow this run (default: the active or next run)")
+    parser.add_argument("--run-id", help="follow this run (default: the oldest running run, or the next to start)")
     parser.add_argument("--types", help="message types to receive, comma-separated (default: the server's)")
     parser.add_argument("--keep-going", action="store_true", help="do not exit when a run ends")
     parser.add_argument("--events-out", help="also write every event received to this JSON-lines file")

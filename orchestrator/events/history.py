@@ -57,7 +57,8 @@ class History:
 
         Filtered by ``run_id`` and ``types``, at most ``limit``. The gap is the oldest held seq
         (``last_seq + 1`` when none is) when events right after ``since_seq`` are not held; with a ``run_id`` whose first
-        event (``run_first_seq``) is still held, nothing of that run was lost and there is none.
+        event (``run_first_seq``) is still held, nothing of that run was lost and there is none
+        (and the scan starts there: a run's replay does not walk the whole history).
         The cursor is ``last_seq``, or the last event's seq when ``limit`` cut the answer short.
         """
         if not isinstance(since_seq, int) or since_seq < 0:
@@ -71,7 +72,10 @@ class History:
             if run_id is not None and run_first_seq is not None and run_first_seq >= oldest:
                 gap = None
         events: list[Event] = []
-        for event in self.iter_from(since_seq + 1):
+        start = since_seq + 1
+        if run_id is not None and run_first_seq is not None:
+            start = max(start, run_first_seq)  # nothing of the run comes before its first event
+        for event in self.iter_from(start):
             if run_id is not None and event["run_id"] != run_id:
                 continue
             if types is not None and event["type"] not in types:

@@ -7,6 +7,7 @@ without holes; with a job store, continuing from its last) and ``ts``, made JSON
 to the run's ``events.jsonl`` exactly as it goes out on ``/ws`` (``journal``) and to the store
 (``recorder``), then followed by the notifications it gives rise to (``milestones``). The hub
 holds the last ``max_events`` events (``history``); older ones are read back from the store.
+Each run's start and end seqs say which runs were running at any seq (``tracked``).
 Publishing never waits for a consumer or the store; pollers are woken, never awaited.
 """
 
@@ -19,15 +20,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from orchestrator.events.demand import Demand
 from orchestrator.events.history import History
 from orchestrator.events.journal import RunJournal, json_line
-from orchestrator.events.milestones import RunMilestones
-from orchestrator.events.ordering import Refusal, RetryFilter, RunOrdering
-from orchestrator.messages import TERMINAL_TYPES
+from orchestrator.events.ordering import Refusal, RunOrdering
+from orchestrator.events.tracked import TrackedRun, running_order
 
 if TYPE_CHECKING:
     from orchestrator.events.recorder import StoreRecorder
@@ -52,29 +51,9 @@ class PollReply(TypedDict):
     gap: int | None
 
 
-def _ends_run(event: Event) -> bool:
-    return event["type"] in TERMINAL_TYPES or (
-        event["type"] == "hpo_trial" and event.get("state") == "study_complete"
-    )
-
-
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-@dataclass
-class _Run:
-    """The hub's bookkeeping of one run."""
-
-    run_id: str
-    journal: RunJournal
-    ordering: RunOrdering[Any]
-    registered: bool = False
-    ended: bool = False
-    first_seq: int | None = None
-    retries: RetryFilter = field(default_factory=RetryFilter)
-    milestones: RunMilestones = field(default_factory=RunMilestones)
 
 
 class EventHub:
@@ -97,7 +76,7 @@ class EventHub:
         self._lock = threading.Lock()
         self._recorder = recorder  # the job store's journal: seq continues from its last
         self._history = History(max_events, 0 if recorder is None else recorder.store.last_seq())
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, TrackedRun] = {}
         self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
         self._waiters: set[asyncio.Future[None]] = set()
         self._demand = Demand()
@@ -148,13 +127,11 @@ class EventHub:
             with self._lock:
                 self._recorder.admit_run(run_id)
 
-    def active_run(self) -> str | None:
-        """The most recently registered run that has not ended (no terminal event released yet)."""
+    def running_runs(self, at: int | None = None) -> list[str]:
+        """The runs running at seq ``at`` (default: now), oldest first (``tracked.running_order``);
+        ended runs forgotten past ``max_runs`` are not counted."""
         with self._lock:
-            for run in reversed(self._runs.values()):
-                if run.registered and not run.ended:
-                    return run.run_id
-            return None
+            return running_order(self._runs.values(), self._history.last_seq if at is None else at)
 
     def close_producer(self, run_id: str, producer: str) -> None:
         """Stop waiting for a dead producer's missing events.
@@ -284,8 +261,8 @@ class EventHub:
 
     # ---- internals (called with the lock held) --------------------------------------------
 
-    def _new_run(self, run_id: str) -> _Run:
-        run = _Run(run_id, RunJournal(run_id, None, self._io_error), RunOrdering(self._max_pending))
+    def _new_run(self, run_id: str) -> TrackedRun:
+        run = TrackedRun(run_id, RunJournal(run_id, None, self._io_error), RunOrdering(self._max_pending))
         self._runs[run_id] = run
         self._forget_old_runs()
         return run
@@ -310,7 +287,7 @@ class EventHub:
 
     def _accept(
         self, run_id: str, producer: str, pseq: int, event: Any, released: list[Event]
-    ) -> _Run | None:
+    ) -> TrackedRun | None:
         self._counts["published"] += 1
         run = self._runs.get(run_id)
         if run is None:
@@ -336,7 +313,7 @@ class EventHub:
             self._release(run, ready, released)
         return run
 
-    def _release(self, run: _Run, event: Any, released: list[Event]) -> None:
+    def _release(self, run: TrackedRun, event: Any, released: list[Event]) -> None:
         """Stamp, record and write one event that is next in its producer's order."""
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             self._counts["dropped_invalid"] += 1
@@ -356,16 +333,13 @@ class EventHub:
             logger.error("run %r: dropping a %r event not JSON: %s", run.run_id, event["type"], e)
             return
         run.retries.remember(event)
-        if run.first_seq is None:
-            run.first_seq = seq
+        run.released(event)
         self._history.append(event)
         self._counts["released"] += 1
         released.append(event)
         run.journal.write([line])
         if self._recorder is not None:
             self._recorder.record(event, line)
-        if _ends_run(event):
-            run.ended = True
         if run.ended:  # a late event after the end reopens the file just for itself
             run.journal.close()
         else:
@@ -382,7 +356,7 @@ class EventHub:
             return events, cursor, gap
         return self._recorder.backfill(since_seq, gap, run_id, types, limit, events, cursor)
 
-    def _held_events_of(self, run: _Run) -> Iterator[Event]:
+    def _held_events_of(self, run: TrackedRun) -> Iterator[Event]:
         if run.first_seq is None:
             return iter(())
         return self._history.of_run(run.run_id, run.first_seq)

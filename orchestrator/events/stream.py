@@ -77,8 +77,9 @@ class HubClient:
     async def last_seq(self) -> int:
         return int(await self._call("last_seq"))
 
-    async def active_run(self) -> str | None:
-        return cast("str | None", await self._call("active_run"))
+    async def running_runs(self, at: int | None = None) -> list[str]:
+        """Ids of the runs running at seq ``at`` (default: now), oldest first (``EventHub.running_runs``)."""
+        return list(await self._call("running_runs", at))
 
 
 class RayHubClient(HubClient):

@@ -66,11 +66,16 @@ def seed_source() -> str:
     return (HERE / "seed_client.js").read_text()
 
 
-def all_types_source(types: list[str]) -> str:
+def seed_source_at(url: str) -> str:
+    """The example with one change: it opens ``url`` instead of ``SEED_URL``."""
     code = seed_source()
     if code.count(f"'{SEED_URL}'") != 1:
         raise RuntimeError(f"the example no longer opens '{SEED_URL}' exactly once")
-    return code.replace(f"'{SEED_URL}'", f"'{SEED_URL}?types={','.join(types)}'")
+    return code.replace(f"'{SEED_URL}'", f"'{url}'")
+
+
+def all_types_source(types: list[str]) -> str:
+    return seed_source_at(f"{SEED_URL}?types={','.join(types)}")
 
 
 # -- the pages ------------------------------------------------------------------------------------
@@ -130,7 +135,8 @@ class DevToolsPage:
 
     def __init__(self, ws_url: str, log: PageLog) -> None:
         self.log = log
-        self._ws = connect(ws_url, max_size=None, open_timeout=30)
+        # entered as a context manager: websockets deprecates iterating a bare connection
+        self._ws = connect(ws_url, max_size=None, open_timeout=30).__enter__()
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -273,13 +279,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def run_state(base: str, run_id: str) -> dict[str, Any]:
-    return httpx.get(f"{base}/runs/{run_id}", timeout=10).json()
+    return dict(httpx.get(f"{base}/runs/{run_id}", timeout=10).json())
 
 
 def finished_run(base: str, body: dict[str, Any]) -> str:
     started = httpx.post(f"{base}/train", json=body, timeout=30)
     started.raise_for_status()
-    run_id = started.json()["run_id"]
+    run_id = str(started.json()["run_id"])
     terminal = ("completed", "failed", "cancelled")
     wait_for(lambda: run_state(base, run_id)["state"] in terminal, 300, f"run {run_id}")
     return run_id
@@ -419,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         tab.close()
         gap_only = {"history_gap"}  # sent only when a client's resume point fell out of the buffer
         core_expected = set(MESSAGE_TYPES) - HEAVY_TYPES - gap_only | {"pong"}
-        report = {
+        report: dict[str, Any] = {
             "browser": subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip(),
             "seconds": round(time.monotonic() - started, 1),
             "driven": done,
