@@ -79,6 +79,13 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
         assert reasons[p].startswith("waiting for CPU")
         status = http.get("/").json()
         assert status["queued"] == [p, c, d]
+        for _ in range(200):  # both admitted runs show as running once their data is loaded
+            status = http.get("/").json()
+            if len(status["running"]) == 2:
+                break
+            time.sleep(0.05)
+        assert set(status["running"]) == {a, b} and status["active_run_id"] == status["running"][0]
+        assert status["queued"] == [p, c, d]
 
         for run_id in (a, b, p, c, d):
             assert api_server.wait_done(run_id, timeout=240)["state"] == "completed"
