@@ -314,10 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ray.get(hub.record_run.remote(row))
 
-    def record_admission(run_id: str) -> None:
+    def record_admission(run_id: str, config_json: str) -> None:
         import ray
 
-        ray.get(hub.admit_run.remote(run_id))
+        ray.get(hub.admit_run.remote(run_id, config_json))
 
     from orchestrator.coordinator import reattach_runs
     from orchestrator.events.actor import NAMESPACE

@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState
 
 if TYPE_CHECKING:
     from orchestrator.service import RunManager
@@ -62,6 +62,10 @@ class RunCoordinator:
         try:
             execute_run(self.run, RaySink(get_hub(self.hub_namespace)), RayExecutor(pool=pool),
                         extra_summary=extra_summary)
+        except Exception as err:  # before the run could start (the hub gone): it fails, said so
+            log.exception("run %s: its coordinator could not run it", self.run.run_id)
+            if not self.run.done:
+                self.run.transition(RunState.FAILED, error=f"the run's coordinator failed: {err}")
         finally:
             pool.shutdown()
             self._ended.set()

@@ -46,9 +46,10 @@ __all__ = ["new_run", "execute_run"]
 log = logging.getLogger(__name__)
 
 
-def new_run(config: TrainConfig, run_id: str | None = None) -> Run:
+def new_run(config: TrainConfig, run_id: str | None = None, **fields: Any) -> Run:
+    """A new run of ``config`` in its folder under the reports root; ``fields``: more ``Run`` fields."""
     run_id = run_id or new_run_id()
-    return Run(run_id=run_id, config=config, run_dir=str(run_dir(config.reports_dir, run_id)))
+    return Run(run_id=run_id, config=config, run_dir=str(run_dir(config.reports_dir, run_id)), **fields)
 
 
 def _error_text(err: BaseException) -> str:

@@ -9,6 +9,7 @@ stay warm between runs (and HPO trials).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -17,15 +18,18 @@ from typing import Any
 
 from orchestrator.config import TrainConfig
 from orchestrator.driver import execute_run, new_run
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.execution.placement import ResourceShape
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState, ended_state
 from orchestrator.messages import TrainingError
 from orchestrator.queue import JobQueue, ask_of, default_capacity
+from orchestrator.queue.jobqueue import JobKind
 
 __all__ = ["RunManager", "UnknownRunError", "store_row", "QUEUED_CANCEL_MESSAGE"]
+
+log = logging.getLogger(__name__)
 
 # The training_error of a run cancelled before it started (" was cancelled": lifecycle.ended_state).
 QUEUED_CANCEL_MESSAGE = "run {run_id} was cancelled while queued (it never started)"
@@ -52,15 +56,16 @@ class RunManager:
     ``queue``: the ``JobQueue`` (default: one over the Ray cluster if Ray is up, else this
     machine, no cap on running runs). ``record`` (the hub's ``record_run``) adds each submitted
     run to the job store, before the run's first event, so the store lists it with its config and
-    priority; ``record_admission`` (the hub's ``admit_run``) marks its row ``pending`` when the
-    queue lets it start, so a restart queues again only what never started. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
+    priority; ``record_admission`` (the hub's ``admit_run``) marks its row ``pending``, with the
+    config it was admitted with, when the queue lets it start, so a restart queues again only
+    what never started. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
     run is driven by a detached coordinator actor there (``orchestrator.coordinator``); this
     process only follows it (``observe``), and ``shutdown`` leaves it running."""
 
     def __init__(
         self, sink: Any, *, pool: Any | None = None, keep: int = 200, queue: JobQueue | None = None,
         record: Callable[[dict[str, Any]], None] | None = None, coordinate_in: str | None = None,
-        record_admission: Callable[[str], None] | None = None,
+        record_admission: Callable[[str, str], None] | None = None,
     ) -> None:
         self.sink = sink
         self.pool = pool
@@ -102,57 +107,58 @@ class RunManager:
     def submit(
         self, config: TrainConfig, *, priority: int = 0, extra_summary: dict[str, Any] | None = None
     ) -> Run:
-        """Queue a run (it may start before this returns). ``ConfigError`` when no node could
-        ever hold one of its folds."""
-        ask = ask_of(config)
-        self.queue.check(ask)
-        run = new_run(config)
-        run.priority = priority
-        run.state = RunState.QUEUED
+        """Queue a run (it may start before this returns). ``ResourceError`` (a ``ConfigError``)
+        when no node could ever hold one of its folds."""
+        self.queue.check(ask_of(config))
+        run = new_run(config, priority=priority, state=RunState.QUEUED)
         return self._enqueue(run, self._starter(run, extra_summary))
 
-    def _enqueue(self, run: Run, on_admit: Callable[[int], None], *, kind: str = "run",
-                 study: str | None = None, record: bool = True) -> Run:  # fmt: skip
+    def _enqueue(self, run: Run, on_admit: Callable[[int], None], *, kind: JobKind = "run",
+                 study: str | None = None, record: bool = True, admit: bool = True) -> Run:  # fmt: skip
+        if record and self.record is not None:
+            self.record(store_row(run))
         with self._lock:
             self._runs[run.run_id] = run
             self._trim()
-        if record and self.record is not None:
-            self.record(store_row(run))
         self.queue.put(run.run_id, run.priority, ask_of(run.config), on_admit,
-                       submitted_at=run.created_at, kind=kind, study=study)  # fmt: skip
+                       submitted_at=run.created_at, kind=kind, study=study, admit=admit)  # fmt: skip
         return run
 
     def _admitted(self, run: Run, slots: int) -> None:
-        """The queue admitted ``run`` with ``slots`` folds in flight at most."""
-        if self.record_admission is not None:
-            self.record_admission(run.run_id)
-        if slots < (run.config.max_concurrent_folds or run.config.total_folds):
-            run.config = run.config.model_copy(update={"max_concurrent_folds": slots})
-        run.transition(RunState.PENDING)
+        """The queue admitted ``run`` with ``slots`` folds in flight at most; a failure here ends
+        the run ``failed`` (the queue then gives its slots back)."""
+        try:
+            if slots < (run.config.max_concurrent_folds or run.config.total_folds):
+                run.config = run.config.model_copy(update={"max_concurrent_folds": slots})
+            if self.record_admission is not None:
+                self.record_admission(run.run_id, run.config.model_dump_json())
+            run.transition(RunState.PENDING)
+        except Exception as err:
+            self._end_unstarted(run, f"run {run.run_id} could not start: {type(err).__name__}: {err}")
+            raise
 
     def _starter(self, run: Run, extra_summary: dict[str, Any] | None = None) -> Callable[[int], None]:
         """What the queue calls when it admits ``run``: start its thread."""
 
         def start(slots: int) -> None:
+            self._admitted(run, slots)
             thread = threading.Thread(
                 target=self._execute, args=(run, extra_summary), name=f"run-{run.run_id}", daemon=True
             )
-            self._threads[run.run_id] = thread  # before the run leaves QUEUED: ``wait`` joins it
-            self._admitted(run, slots)
             thread.start()
+            self._threads[run.run_id] = thread
 
         return start
 
     # ---- HPO trials: runs executed by their study's threads, admitted by the same queue --------
 
     def wait_turn(self, run: Run, *, study: str, cancel: threading.Event | None = None) -> bool:
-        """Queue a trial's ``run`` (state PENDING or QUEUED, ``run.priority`` set) and block until
-        the queue admits it (True) or it is cancelled while queued (``run.request_cancel``,
-        ``cancel`` or ``POST /runs/{id}/cancel``: False, the run ended ``cancelled``). Call
-        ``done(run)`` once it has run."""
+        """Queue a trial's ``run`` (state QUEUED, ``run.priority`` set) and block until the queue
+        admits it (True) or it ends while queued: cancelled (``run.request_cancel``, ``cancel`` or
+        ``POST /runs/{id}/cancel``) or failed to start (False). Call ``done(run)`` once it has run.
+        ``ResourceError`` when no node could ever hold one of its folds."""
         self.queue.check(ask_of(run.config))
         admitted = threading.Event()
-        run.state = RunState.QUEUED
 
         def on_admit(slots: int) -> None:
             self._admitted(run, slots)
@@ -160,7 +166,7 @@ class RunManager:
 
         self._enqueue(run, on_admit, kind="trial", study=study)
         while not admitted.wait(_TURN_POLL_S):
-            if run.done:  # cancelled through the API
+            if run.done:  # cancelled through the API, or it could not start
                 return False
             stop = run.cancel_requested.is_set() or (cancel is not None and cancel.is_set())
             if stop and self._cancel_queued(run):
@@ -173,19 +179,36 @@ class RunManager:
 
     def restore_queue(self, store: Any) -> list[str]:
         """After a restart: queue again the runs the job store has ``queued`` (their order, priority
-        and submit time kept); queued HPO trials, whose study session ended with the old process,
-        end ``interrupted``. Returns the runs queued again."""
+        and submit time kept; one admission pass once all are back). A queued HPO trial, whose study
+        session ended with the old process, ends ``interrupted``; a row that cannot run (a config
+        this version refuses, resources no node of this cluster holds) ends ``failed`` naming why.
+        Returns the runs queued again."""
         restored = []
         for row in store.queued_runs():
-            run = Run(run_id=row["run_id"], config=TrainConfig.model_validate(row["config"]),
-                      run_dir=row["run_dir"], created_at=row["created_at"], priority=row["priority"],
-                      state=RunState.QUEUED)  # fmt: skip
-            if run.run_id.startswith("hpo_"):
-                self._publish_end(run, f"{INTERRUPTED_PREFIX}its study's session ended with the server "
-                                  "before the trial started; resume the study (POST /hpo) to run it")
+            try:
+                config = TrainConfig.model_validate(row["config"])
+                problem = None
+            except ValueError as err:
+                config = TrainConfig()
+                problem = f"run {row['run_id']} cannot be queued again: its stored config is refused: {err}"
+            run = Run(run_id=row["run_id"], config=config, run_dir=row["run_dir"] or "",
+                      created_at=row["created_at"], priority=row["priority"], state=RunState.QUEUED)  # fmt: skip
+            if problem is None and run.run_id.startswith("hpo_"):
+                problem = (f"{INTERRUPTED_PREFIX}its study's session ended with the server before the "
+                           "trial started; resume the study (POST /hpo) to run it")  # fmt: skip
+            if problem is None:
+                try:
+                    self.queue.check(ask_of(run.config))
+                except ConfigError as err:
+                    problem = f"run {run.run_id} cannot be queued again: {err}"
+            if problem is not None:
+                with self._lock:
+                    self._runs[run.run_id] = run
+                self._end_unstarted(run, problem)
                 continue
-            self._enqueue(run, self._starter(run), record=False)
+            self._enqueue(run, self._starter(run), record=False, admit=False)
             restored.append(run.run_id)
+        self.queue.admit()
         return restored
 
     def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
@@ -236,9 +259,27 @@ class RunManager:
         with self._lock:
             self._runs[run.run_id] = run
             self._coordinators[run.run_id] = coordinator
-        # what it holds counts against the queue: at most its cap, or all its folds
+        if run.done:
+            return
+        # what it holds counts against the queue until its coordinator ends: its admitted cap
         slots = run.config.max_concurrent_folds or run.config.total_folds
         self.queue.hold(run.run_id, ResourceShape.of(run.config), slots)
+        thread = threading.Thread(target=self._watch_adopted, args=(run, coordinator),
+                                  name=f"adopted-{run.run_id}", daemon=True)  # fmt: skip
+        thread.start()
+        self._threads[run.run_id] = thread
+
+    def _watch_adopted(self, run: Run, coordinator: Any) -> None:
+        """Wait for an adopted run's coordinator to end (its events end the run's state), then
+        give back what it held."""
+        import ray
+
+        try:
+            ray.get(coordinator.result.remote())
+        except Exception:  # already gone: its events (or their absence) tell the rest
+            pass
+        finally:
+            self.queue.release(run.run_id)
 
     def get(self, run_id: str) -> Run:
         with self._lock:
@@ -261,8 +302,6 @@ class RunManager:
             run.observe(event)
             if run_id in self._coordinators:
                 run.follow(event)
-                if run.done:  # an adopted run's end is known from its events only
-                    self.queue.release(run_id)
 
     def cancel(self, run_id: str) -> Run:
         """Stop a run: a queued one ends ``cancelled`` at once, a running one at its next epoch."""
@@ -280,18 +319,19 @@ class RunManager:
         if not self.queue.remove(run.run_id):
             return False
         run.request_cancel()
-        self._publish_end(run, QUEUED_CANCEL_MESSAGE.format(run_id=run.run_id))
+        self._end_unstarted(run, QUEUED_CANCEL_MESSAGE.format(run_id=run.run_id))
         return True
 
-    def _publish_end(self, run: Run, error: str) -> None:
+    def _end_unstarted(self, run: Run, error: str) -> None:
         """End a run that never started with its one ``training_error`` event (the store's row
-        follows it) and its terminal state."""
-        from orchestrator.lifecycle import ended_state
-
-        self.sink.register_run(run.run_id, run.run_dir)
-        publisher = self.sink.publisher(run.run_id, "queue")
-        publisher.publish(TrainingError(error=error))
-        publisher.flush(timeout=10.0)
+        follows it) and its terminal state (the state even when the event cannot be sent)."""
+        try:
+            self.sink.register_run(run.run_id, run.run_dir)
+            publisher = self.sink.publisher(run.run_id, "queue")
+            publisher.publish(TrainingError(error=error))
+            publisher.flush(timeout=10.0)
+        except Exception:
+            log.exception("run %s: its training_error could not be sent (%s)", run.run_id, error)
         if not run.done:
             run.transition(ended_state(error), error=error)
 
@@ -299,11 +339,10 @@ class RunManager:
         """Wait for the run to end (a queued run: to start, then end), at most ``timeout`` s."""
         run = self.get(run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while run.state is RunState.QUEUED:
+        while (thread := self._threads.get(run_id)) is None and not run.done:
             if deadline is not None and time.monotonic() >= deadline:
                 return run
             time.sleep(0.05)
-        thread = self._threads.get(run_id)
         if thread is not None:
             thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         return run

@@ -87,9 +87,10 @@ BAD_BODIES = [
     (b'{"priority": 101}', 422, "got priority=101", "priority"),
     (b'{"priority": 1.5}', 422, "got priority=1.5", "priority"),
     (b'{"priority": true}', 422, "got priority=True", "priority"),
-    (b'{"cpus_per_fold": 64}', 422, "the largest node (live node) has CPU 2, GPU 0; no node of the Ray "
-     "cluster can host a fold with cpus_per_fold=64", "cpus_per_fold"),
-    (b'{"gpus_per_fold": 1}', 422, "can host a fold with cpus_per_fold=1, gpus_per_fold=1", "gpus_per_fold"),
+    (b'{"cpus_per_fold": 64}', 422, "cpus_per_fold: the node with the most CPU (live node) has CPU 2, "
+     "GPU 0; no node of the Ray cluster can host a fold with cpus_per_fold=64", "cpus_per_fold"),
+    (b'{"gpus_per_fold": 1}', 422, "gpus_per_fold: the node with the most GPU (live node) has CPU 2, GPU 0",
+     "gpus_per_fold"),
 ]
 
 

@@ -116,6 +116,6 @@ def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(reporte
     queue.put("gpu-run-2", 0, ask_of(gpu_run), lambda slots: started.append(("gpu-run-2", slots)))
     assert started == [("gpu-run", 2)]
     assert queue.describe()["queue"][0]["reason"] == "waiting for GPU: a fold needs gpus_per_fold=1, 0 GPU free"
-    with pytest.raises(ConfigError, match=r"the largest node \(node type gpu.1x\) has CPU 2, GPU 1"):
+    with pytest.raises(ConfigError, match=r"the node with the most GPU \(node type gpu.1x\) has CPU 2, GPU 1"):
         queue.check(ask_of(config_from_mapping({"gpus_per_fold": 2})))
     queue.close()

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, NodeGroup, ResourceShape
-from orchestrator.queue import Ask, JobQueue
+from orchestrator.queue import Ask, JobQueue, ResourceError
 
 CPU1 = ResourceShape(1.0, 0.0, None)
 
@@ -28,7 +28,7 @@ class Started:
 
 
 def test_runs_start_as_resources_free_up_in_priority_order() -> None:
-    queue = JobQueue(two_cpus, aging_s=None)
+    queue = JobQueue(two_cpus, aging_s=None, tick_s=3600)
     started = Started()
     for i, (run_id, priority) in enumerate([("a", 0), ("b", 0), ("c", 0), ("d", 0)]):
         queue.put(run_id, priority, Ask(CPU1, 5, 1), started(run_id), submitted_at=float(i))
@@ -48,7 +48,7 @@ def test_runs_start_as_resources_free_up_in_priority_order() -> None:
 
 
 def test_a_run_asks_for_all_its_folds_when_the_cluster_is_free() -> None:
-    queue = JobQueue(two_cpus, aging_s=None)
+    queue = JobQueue(two_cpus, aging_s=None, tick_s=3600)
     started = Started()
     queue.put("wide", 0, Ask(CPU1, 5, None), started("wide"))
     queue.put("next", 0, Ask(CPU1, 5, None), started("next"))
@@ -66,7 +66,7 @@ def test_a_run_asks_for_all_its_folds_when_the_cluster_is_free() -> None:
 
 
 def test_the_cap_on_running_runs_applies() -> None:
-    queue = JobQueue(lambda: ClusterView(({"CPU": 16.0},)), max_running=1, aging_s=None)
+    queue = JobQueue(lambda: ClusterView(({"CPU": 16.0},)), max_running=1, aging_s=None, tick_s=3600)
     started = Started()
     queue.put("a", 0, Ask(CPU1, 2, 1), started("a"))
     queue.put("b", 0, Ask(CPU1, 2, 1), started("b"))
@@ -76,7 +76,7 @@ def test_the_cap_on_running_runs_applies() -> None:
 
 
 def test_a_run_held_from_before_a_restart_counts() -> None:
-    queue = JobQueue(two_cpus, aging_s=None)
+    queue = JobQueue(two_cpus, aging_s=None, tick_s=3600)
     queue.hold("adopted", CPU1, 2)
     started = Started()
     queue.put("a", 0, Ask(CPU1, 1, 1), started("a"))
@@ -88,7 +88,7 @@ def test_a_run_held_from_before_a_restart_counts() -> None:
 
 def test_an_autoscaler_node_type_counts_for_admission_and_for_the_check() -> None:
     view = ClusterView(({"CPU": 2.0},), (NodeGroup("gpu.1x", {"CPU": 4.0, "GPU": 1.0}, 2),))
-    queue = JobQueue(lambda: view, aging_s=None)
+    queue = JobQueue(lambda: view, aging_s=None, tick_s=3600)
     gpu = Ask(ResourceShape(1.0, 1.0, None), 5, None)
     queue.check(gpu)
     started = Started()
@@ -97,16 +97,39 @@ def test_an_autoscaler_node_type_counts_for_admission_and_for_the_check() -> Non
     with pytest.raises(ConfigError) as refused:
         queue.check(Ask(ResourceShape(1.0, 4.0, None), 5, None))
     text = str(refused.value)
-    assert "the largest node (node type gpu.1x) has CPU 4, GPU 1" in text and "gpus_per_fold=4" in text
+    assert isinstance(refused.value, ResourceError) and refused.value.field == "gpus_per_fold"
+    assert text.startswith("gpus_per_fold: the node with the most GPU (node type gpu.1x) has CPU 4, GPU 1")
+    assert "gpus_per_fold=4" in text
     queue.close()
 
 
 def test_a_failing_start_gives_its_resources_back() -> None:
-    queue = JobQueue(two_cpus, aging_s=None)
+    queue = JobQueue(two_cpus, aging_s=None, tick_s=3600)
 
     def broken(slots: int) -> None:
         raise RuntimeError("no thread")
 
     queue.put("bad", 0, Ask(CPU1, 2, 2), broken)
     assert queue.running_ids() == []
+    queue.close()
+
+
+def test_a_closed_queue_admits_nothing_more() -> None:
+    queue = JobQueue(two_cpus, aging_s=None, tick_s=3600)
+    started = Started()
+    queue.put("a", 0, Ask(CPU1, 5, None), started("a"))
+    queue.put("b", 0, Ask(CPU1, 5, None), started("b"))
+    queue.close()  # a server shutting down: b stays queued (in the store) for the next server
+    queue.release("a")
+    assert started.calls == [("a", 2)] and queue.queued_ids() == ["b"]
+
+
+def test_runs_put_without_a_pass_are_admitted_in_priority_order_by_the_next_one() -> None:
+    queue = JobQueue(lambda: ClusterView(({"CPU": 1.0},)), aging_s=None, tick_s=3600)
+    started = Started()
+    queue.put("older", 0, Ask(CPU1, 2, 1), started("older"), submitted_at=1.0, admit=False)
+    queue.put("urgent", 3, Ask(CPU1, 2, 1), started("urgent"), submitted_at=2.0, admit=False)
+    assert started.calls == [] and queue.queued_ids() == ["older", "urgent"]  # listed at once
+    queue.admit()
+    assert started.calls == [("urgent", 1)] and queue.queued_ids() == ["older"]
     queue.close()

@@ -55,14 +55,17 @@ def events_of(http: httpx.Client, run_id: str) -> list[dict[str, Any]]:
 
 
 def span(events: list[dict[str, Any]]) -> tuple[float, float]:
-    return events[0]["ts"], events[-1]["ts"]
+    """When the run's first and last epochs ended."""
+    epochs = [e["ts"] for e in events if e["type"] == "epoch_metrics"]
+    return epochs[0], epochs[-1]
 
 
 def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
     api_server: ApiServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with httpx.Client(base_url=api_server.url, timeout=30) as http:
-        first, second, third = (submit(http) for _ in range(3))
+        # the second twice as long as the first: the two free their CPUs at distinct times
+        first, second, third = submit(http), submit(http, epochs=30), submit(http)
         assert [first["status"], second["status"]] != ["queued", "queued"]
         assert first["queue_position"] is None and second["queue_position"] is None
         assert (third["status"], third["queue_position"]) == ("queued", 1)
@@ -92,13 +95,13 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
         assert queue_order(http) == [] == cli_queue(capsys, api_server.url)
         runs = {run_id: events_of(http, run_id) for run_id in (a, b, p, c, d)}
 
-    for events in runs.values():
-        assert_legal_run(events, folds=2, epochs=ONE_CPU_ONE_FOLD["epochs"])
+    for run_id, events in runs.items():
+        assert_legal_run(events, folds=2, epochs=30 if run_id == b else ONE_CPU_ONE_FOLD["epochs"])
     # the first two trained at the same time: each one's epochs fall inside the other's span
     (a0, a1), (b0, b1) = span(runs[a]), span(runs[b])
     assert a0 < b1 and b0 < a1
     # the priority run started when the first of them ended, before the two that waited longer
-    starts = {run_id: events[0]["ts"] for run_id, events in runs.items()}
+    starts = {run_id: events[0]["ts"] for run_id, events in runs.items()}  # dataset_ready
     assert starts[p] >= min(a1, b1)
     assert starts[p] < starts[c] < starts[d]
     assert starts[c] >= max(a1, b1) or starts[c] >= span(runs[p])[1]
@@ -106,7 +109,7 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
 
 def test_a_study_s_trials_wait_in_the_queue_and_interleave_with_a_plain_run(api_server: ApiServer) -> None:
     with httpx.Client(base_url=api_server.url, timeout=30) as http:
-        wide = submit(http, max_concurrent_folds=2, epochs=40)  # both CPUs: what follows waits
+        wide = submit(http, max_concurrent_folds=2, epochs=100)  # both CPUs: what follows waits
         study = http.post("/hpo", json={
             "study": "queued-study", "trials": 2, "parallel": 1, "pruner": "none", "sampler": "random",
             "sampler_seed": 1, "priority": 2, "search_space": {"lr": {"type": "categorical", "choices": [0.001]}},

@@ -250,10 +250,12 @@ def test_queued_runs_come_back_in_order_and_an_admitted_one_is_no_longer_queued(
         ("q2", 2, None), ("q1", 1, None), ("q0", 0, None)
     ]  # submit order (created_at), not priority: the queue orders them again
     assert store.unfinished_runs() == []  # queued runs never started: nothing to mark interrupted
-    store.append([], [_event(1, "q1", "training_start", total_folds=2)], admitted=["q2", "q1"])
-    assert store.get_run("q2")["state"] == "pending"  # type: ignore[index]
+    store.append([], [_event(1, "q1", "training_start", total_folds=2)], admitted=[("q2", '{"epochs": 3, "max_concurrent_folds": 1}'), ("q1", "{}")])
+    admitted = store.get_run("q2")
+    assert admitted is not None and admitted["state"] == "pending"
+    assert admitted["config"]["max_concurrent_folds"] == 1  # the config it was admitted with
     assert store.get_run("q1")["state"] == "running"  # type: ignore[index]
-    store.append([], [], admitted=["q1"])  # an admission arriving late changes nothing
+    store.append([], [], admitted=[("q1", "{}")])  # an admission arriving late changes nothing
     assert store.get_run("q1")["state"] == "running"  # type: ignore[index]
     assert [r["run_id"] for r in store.queued_runs()] == ["q0"]
     assert [r[0] for r in store.unfinished_runs()] == ["q2", "q1"]

@@ -24,7 +24,7 @@ from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.lifecycle import TERMINAL_STATES
-from orchestrator.queue import check_priority
+from orchestrator.queue import ResourceError, check_priority
 from orchestrator.service import UnknownRunError
 from orchestrator.store.jobstore import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
@@ -137,8 +137,8 @@ def runs_router(
             return error_response(422, missing, fields=["data"])
         try:
             run = await run_in_threadpool(manager.submit, config, priority=priority)
-        except ConfigError as err:  # its folds' resources fit no node, live or to come
-            return error_response(422, str(err), fields=["cpus_per_fold", "gpus_per_fold", "memory_per_fold_mb"])
+        except ResourceError as err:  # its folds' resources fit no node, live or to come
+            return error_response(422, str(err), fields=[err.field])
         return JSONResponse(
             {"run_id": run.run_id, "status": run.state.value, "priority": run.priority,
              "queue_position": manager.queue_position(run.run_id), "links": _links(run.run_id)},

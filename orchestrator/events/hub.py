@@ -121,11 +121,12 @@ class EventHub:
             with self._lock:
                 self._recorder.record_run(row)
 
-    def admit_run(self, run_id: str) -> None:
-        """The job queue let a queued run start: its row in the job store becomes ``pending``."""
+    def admit_run(self, run_id: str, config_json: str) -> None:
+        """The job queue let a queued run start: its row in the job store becomes ``pending``
+        with the config it was admitted with (its fold concurrency as admitted)."""
         if self._recorder is not None:
             with self._lock:
-                self._recorder.admit_run(run_id)
+                self._recorder.admit_run(run_id, config_json)
 
     def running_runs(self, at: int | None = None) -> list[str]:
         """The runs running at seq ``at`` (default: now), oldest first (``tracked.running_order``);

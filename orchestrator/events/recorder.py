@@ -40,7 +40,7 @@ class StoreRecorder:
         self._cond = threading.Condition()
         self._events: list[tuple[Event, str]] = []
         self._runs: list[dict[str, Any]] = []
-        self._admitted: list[str] = []  # queued runs the job queue let start
+        self._admitted: list[tuple[str, str]] = []  # (run_id, admitted config) the queue let start
         self._queued = 0  # events ever queued
         self._written = 0  # events ever written
         self._counts = {"batches": 0, "write_errors": 0, "lease_lost": 0}
@@ -69,9 +69,9 @@ class StoreRecorder:
             self._runs.append({**row, "owner": self.owner})
             self._cond.notify()
 
-    def admit_run(self, run_id: str) -> None:
+    def admit_run(self, run_id: str, config_json: str) -> None:
         with self._cond:
-            self._admitted.append(run_id)
+            self._admitted.append((run_id, config_json))
             self._cond.notify()
 
     # ---- reads ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from orchestrator.hpo.space import (
     parse_search_space,
 )
 from orchestrator.messages import EPOCH_METRIC_FIELDS
+from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = [
     "Direction",
@@ -83,7 +84,7 @@ class HpoSpec(BaseModel):
     )
     timeout_s: float | None = Field(None, gt=0, description="start no trial after this many s")
     priority: int = Field(
-        0, ge=-100, le=100, strict=True,
+        0, ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True,
         description="on a server, every trial waits in the job queue with this priority (higher first)",
     )
     config: TrainConfig = Field(

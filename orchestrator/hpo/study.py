@@ -240,7 +240,8 @@ class _StudySession:
         try:
             config = config_from_mapping(params, base=self.base)
             trial.set_user_attr("config", config.model_dump(mode="json"))
-            run = Run(run_id=run_id, config=config, run_dir=run_dir, priority=self.spec.priority)
+            run = Run(run_id=run_id, config=config, run_dir=run_dir, priority=self.spec.priority,
+                      state=RunState.PENDING if self.gate is None else RunState.QUEUED)
             self._execute(trial.number, params, run, pruning)
         except ConfigError as err:  # an invalid parameter combination
             error = str(err)

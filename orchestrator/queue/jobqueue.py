@@ -14,9 +14,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape, fold_placement, reachable_resources
@@ -24,12 +24,23 @@ from orchestrator.queue.policy import (
     Admission, Ask, Holding, Waiting, effective_priority, fold_need, free_resources, plan_admissions,
 )  # fmt: skip
 
-__all__ = ["JobQueue", "QueueEntry", "DEFAULT_AGING_S"]
+__all__ = ["JobQueue", "JobKind", "QueueEntry", "ResourceError", "DEFAULT_AGING_S"]
 
 log = logging.getLogger(__name__)
 
 # One priority point per this many seconds waited (policy.effective_priority).
 DEFAULT_AGING_S = 60.0
+
+JobKind = Literal["run", "trial"]
+
+
+class ResourceError(ConfigError):
+    """No node, live or one an autoscaler may add, could ever hold one fold; ``field`` names the
+    config field at fault (``cpus_per_fold``, ``gpus_per_fold`` or ``memory_per_fold_mb``)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -37,7 +48,7 @@ class QueueEntry:
     """A queued run: its place in the policy, what it is, and whom to tell when it starts."""
 
     waiting: Waiting
-    kind: str  # "run" or "trial"
+    kind: JobKind
     study: str | None
     on_admit: Callable[[int], None]
 
@@ -67,35 +78,39 @@ class JobQueue:
         self._arrivals = itertools.count()
         self._lock = threading.RLock()
         self._closed = threading.Event()
-        self._wake = threading.Event()
         self._ticker: threading.Thread | None = None
 
     # ---- checks ---------------------------------------------------------------------------
 
     def check(self, ask: Ask) -> None:
-        """``ConfigError`` naming the resource and the largest node when no node, live or one an
-        autoscaler may add, could ever hold one fold of ``ask``."""
+        """``ResourceError`` naming the resource and the node with the most of it when no node,
+        live or one an autoscaler may add, could ever hold one fold of ``ask``."""
         view = self.capacity()
         try:
             fold_placement(ask.shape, view)
         except ConfigError as err:
-            raise ConfigError(f"{_largest_node(view)}; {err}") from None
+            field, key = _missing(ask.shape, view)
+            raise ResourceError(f"{field}: {_largest_node(view, key)}; {err}", field) from None
 
     # ---- changes --------------------------------------------------------------------------
 
     def put(
         self, run_id: str, priority: int, ask: Ask, on_admit: Callable[[int], None], *,
-        submitted_at: float | None = None, kind: str = "run", study: str | None = None,
+        submitted_at: float | None = None, kind: JobKind = "run", study: str | None = None,
+        admit: bool = True,
     ) -> None:
-        """Queue a run; an admission pass follows at once (``on_admit`` may run before this returns)."""
+        """Queue a run; an admission pass follows at once (``on_admit`` may run before this
+        returns) unless ``admit`` is False (queueing several at once: call ``admit()`` after)."""
         waiting = Waiting(run_id, priority, next(self._arrivals),
                           time.time() if submitted_at is None else submitted_at, ask)  # fmt: skip
         with self._lock:
             if run_id in self._entries or run_id in self._holdings:
                 raise ValueError(f"run {run_id!r} is already in the queue")
             self._entries[run_id] = QueueEntry(waiting, kind, study, on_admit)
+            self._order.append(run_id)  # listed even before a pass could read the cluster
         self._start_ticker()
-        self.admit()
+        if admit:
+            self.admit()
 
     def hold(self, run_id: str, shape: ResourceShape, slots: int) -> None:
         """Count a run that started outside the queue (a run followed again after a restart)."""
@@ -121,7 +136,10 @@ class JobQueue:
             self.admit()
 
     def admit(self) -> list[Admission]:
-        """One admission pass; the admitted runs' ``on_admit`` are called in order, outside the lock."""
+        """One admission pass; the admitted runs' ``on_admit`` are called in order, outside the
+        lock. Once the queue is closed, nothing is admitted."""
+        if self._closed.is_set():
+            return []
         try:
             totals = reachable_resources(self.capacity())
         except Exception as err:  # Ray unreachable for a moment: try again on the next tick
@@ -199,9 +217,9 @@ class JobQueue:
     # ---- the ticker -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the ticker; queued runs stay queued (in the store: the next server takes them)."""
+        """Admit nothing more and stop the ticker; queued runs stay queued (in the store: the
+        next server takes them)."""
         self._closed.set()
-        self._wake.set()
 
     def _start_ticker(self) -> None:
         with self._lock:
@@ -231,12 +249,33 @@ def _json_amounts(amounts: dict[str, float]) -> dict[str, float | None]:
     return {key: None if value == float("inf") else value for key, value in amounts.items()}
 
 
-def _largest_node(view: ClusterView) -> str:
-    """``the largest node has CPU 2, GPU 0``: the live node or autoscaler node type with the most
-    CPUs (then GPUs)."""
-    nodes = [("live node", node) for node in view.live_nodes]
+_FIELDS = {"CPU": "cpus_per_fold", "GPU": "gpus_per_fold", "memory": "memory_per_fold_mb"}
+
+
+def _nodes(view: ClusterView) -> list[tuple[str, Mapping[str, float]]]:
+    nodes: list[tuple[str, Mapping[str, float]]] = [("live node", node) for node in view.live_nodes]
     nodes += [(f"node type {g.name}", g.resources) for g in view.node_groups or () if g.max_count != 0]
+    return nodes
+
+
+def _missing(shape: ResourceShape, view: ClusterView) -> tuple[str, str]:
+    """The config field and resource no node has enough of for one fold (the first of CPU, GPU,
+    memory that no node holds alone; CPU when only their combination is missing)."""
+    need = fold_need(shape)
+    for key in ("CPU", "GPU", "memory"):
+        if need[key] > 0 and not any(node.get(key, 0.0) >= need[key] for _, node in _nodes(view)):
+            return _FIELDS[key], key
+    return _FIELDS["CPU"], "CPU"
+
+
+def _largest_node(view: ClusterView, key: str) -> str:
+    """``the node with the most GPU (node type gpu.1x) has CPU 4, GPU 1``: of the live nodes and
+    the node types an autoscaler may add, the one with the most of ``key``."""
+    nodes = _nodes(view)
     if not nodes:
         return "the cluster has no nodes"
-    name, best = max(nodes, key=lambda n: (n[1].get("CPU", 0.0), n[1].get("GPU", 0.0)))
-    return f"the largest node ({name}) has CPU {best.get('CPU', 0.0):g}, GPU {best.get('GPU', 0.0):g}"
+    name, best = max(nodes, key=lambda n: (n[1].get(key, 0.0), n[1].get("CPU", 0.0)))
+    text = f"CPU {best.get('CPU', 0.0):g}, GPU {best.get('GPU', 0.0):g}"
+    if key == "memory":
+        text += f", memory {best.get('memory', 0.0) / 2**20:g} MB"
+    return f"the node with the most {key} ({name}) has {text}"

@@ -4,9 +4,10 @@ The rule (docs/operations.md, "The job queue"):
 
 * **Order**: effective priority first (higher first), then arrival (first come, first served).
   A run's effective priority is its ``priority`` plus one point per ``aging_s`` seconds it has
-  waited, so a waiting run is never passed forever: after ``(p_max - p) * aging_s`` seconds it
-  ranks with any run submitted later at the highest priority ``p_max`` and, having arrived first,
-  ahead of them.
+  waited, so a waiting run is never passed forever: a run submitted more than
+  ``(p_max - p) * aging_s`` seconds after it ranks behind it even at the highest priority
+  ``p_max`` (equal effective priority goes to the earlier arrival), so only the runs submitted
+  within that window can pass it. Without aging (``aging_s`` None) there is no such bound.
 * **Admission**: a run starts when the resources of at least one of its folds are free (the
   cluster's totals, counting the node types an autoscaler may still add, minus what the running
   runs hold) and the cap on running runs allows. It then holds ``slots`` folds' worth of

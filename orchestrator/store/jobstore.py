@@ -54,11 +54,12 @@ class JobStore:
 
     def append(
         self, new_runs: Sequence[dict[str, Any]], batch: Sequence[tuple[Event, str]],
-        admitted: Sequence[str] = (),
+        admitted: Sequence[tuple[str, str]] = (),
     ) -> None:
         """One transaction: insert ``new_runs`` (rows), mark the ``admitted`` queued runs
-        ``pending`` (the job queue let them start), insert the ``batch`` of (event, its JSON) and
-        make the changes the events make to their runs' rows."""
+        ``pending`` with the config they were admitted with ((run_id, config JSON): the job queue
+        let them start), insert the ``batch`` of (event, its JSON) and make the changes the events
+        make to their runs' rows."""
         with self.engine.begin() as conn:
             known = set()
             if new_runs:
@@ -67,10 +68,9 @@ class JobStore:
                 fresh = [r for r in new_runs if r["run_id"] not in known]
                 if fresh:
                     conn.execute(insert(runs), fresh)
-            if admitted:
-                conn.execute(update(runs).where(runs.c.run_id.in_(list(admitted)),
-                                                runs.c.state == RunState.QUEUED.value)
-                             .values(state=RunState.PENDING.value))  # fmt: skip
+            for run_id, config in admitted:
+                conn.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == RunState.QUEUED.value)
+                             .values(state=RunState.PENDING.value, config=config))  # fmt: skip
             if batch:
                 conn.execute(insert(events), [
                     {"seq": e["seq"], "run_id": e["run_id"], "type": e["type"], "ts": e["ts"], "body": line}
