@@ -52,7 +52,7 @@ from orchestrator.execution.scheduler import (
     launch_order,
 )
 from orchestrator.messages import Notification
-from workers.fold import FoldContext
+from workers.fold import FoldContext, FoldResult
 
 __all__ = ["RayExecutor"]
 
@@ -158,6 +158,7 @@ class _FoldRun:
         self.producers: list[str] = []
         self.notices = job.sink.publisher(job.run_id, "executor")
         self.features_ref: Any = None
+        self.finished: list[FoldResult] = []  # results not yet handed to on_result, in order
 
     def execute(self) -> None:
         completed = False
@@ -170,8 +171,13 @@ class _FoldRun:
                     raise self.scheduler.cancel_requested().error
                 self._move_to_free_workers()
                 for launch in self.scheduler.launches():
+                    if self.free and self.free[-1].pid is not None:
+                        # a worker of this run whose fold just returned: alive, no ping needed
+                        self._submit(self.scheduler.started(launch.fold_id), self.free.pop())
+                        continue
                     worker = self.free.pop() if self.free else self._acquire()
                     self._ping(launch.fold_id, launch.attempt, worker)
+                self._deliver()  # the driver's work on finished folds, once the next ones train
                 self._check_placement()
                 for ref in self._wait():
                     call = self.calls.pop(ref)
@@ -179,6 +185,7 @@ class _FoldRun:
                         self._on_started(ref, call)
                     else:
                         self._on_finished(ref, call)
+            self._deliver()
             completed = True
         finally:
             self._end(completed)
@@ -299,7 +306,12 @@ class _FoldRun:
             ).error from err
         self.free.append(call.worker)
         self.scheduler.succeeded(call.fold_id)
-        self.on_result(dataclasses.replace(result, round_trip_seconds=time.monotonic() - call.since))
+        self.finished.append(dataclasses.replace(result, round_trip_seconds=time.monotonic() - call.since))
+
+    def _deliver(self) -> None:
+        """Hand the finished folds' results to the driver (``on_result``: its CSV, fold_complete)."""
+        while self.finished:
+            self.on_result(self.finished.pop(0))
 
     # ---- the end -----------------------------------------------------------------------------
 
