@@ -135,3 +135,26 @@ def test_ray_publisher_follows_the_hubs_interest() -> None:
     while not publisher.wants(kind):  # later answers refresh in the background
         assert time.monotonic() < deadline, "the publisher never saw the new interest"
         time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush() -> None:
+    hub = get_or_create_hub(namespace=session_namespace())
+    run_id = "ray-batch-run"
+    ray.get(hub.register_run.remote(run_id, None), timeout=60)
+    batches_before = ray.get(hub.stats.remote(), timeout=60)["batches"]
+    publisher = HubPublisher(hub, run_id, "burst-0")
+    for i in range(200):
+        publisher.publish(note(str(i)))
+    assert publisher.flush(timeout=30) is True
+    events = ray.get(hub.run_events.remote(run_id), timeout=60)
+    assert [int(e["message"]) for e in events] == list(range(200))
+    batches = ray.get(hub.stats.remote(), timeout=60)["batches"] - batches_before
+    assert 1 <= batches < 100  # the first event went alone; the others in batches, not one call each
+    # two events back to back and no flush: the second waits for its window, then goes by itself
+    publisher.publish(note("200"))
+    publisher.publish(note("201"))
+    deadline = time.monotonic() + 30
+    while len(ray.get(hub.run_events.remote(run_id), timeout=60)) < 202:
+        assert time.monotonic() < deadline, "a batched event never reached the hub"
+        time.sleep(0.02)

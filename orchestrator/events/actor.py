@@ -69,6 +69,12 @@ class _HubActor(EventHub):
         ``prediction_delta`` back to the fold that sent it would double its cost."""
         return len(self.publish(run_id, producer, pseq, event))
 
+    def publish_batch_remote(self, run_id: str, producer: str, items: list[tuple[int, Event]]) -> int:
+        """``publish_remote`` for several (pseq, event) of one producer in one call (a
+        ``HubPublisher``'s batch): one actor call instead of one per event."""
+        self.note_batch()
+        return sum(len(self.publish(run_id, producer, pseq, event)) for pseq, event in items)
+
     def runtime_info(self) -> dict[str, Any]:
         """Where the hub runs: node id, actor id, assigned resources, pid."""
         import ray

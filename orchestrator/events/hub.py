@@ -40,7 +40,7 @@ Event = dict[str, Any]
 _FORGOTTEN_RUNS_KEPT = 1_000
 # stats(): what was published, released, dropped and why, and I/O errors of events.jsonl
 _COUNTERS = ("published", "released", "dropped_stale", "dropped_retry", "dropped_invalid",
-             "dropped_closed", "dropped_forgotten", "order_gaps_skipped", "io_errors")  # fmt: skip
+             "dropped_closed", "dropped_forgotten", "order_gaps_skipped", "io_errors", "batches")  # fmt: skip
 
 
 class PollReply(TypedDict):
@@ -244,6 +244,11 @@ class EventHub:
             finally:
                 with self._lock:
                     self._waiters.discard(waiter)
+
+    def note_batch(self) -> None:
+        """Count one call that carried a batch of events (``stats()["batches"]``)."""
+        with self._lock:
+            self._counts["batches"] += 1
 
     def stats(self) -> dict[str, Any]:
         """Counters of what was published, released and dropped (and why), and what is held."""
