@@ -75,7 +75,7 @@ class NullSink:
     def register_run(self, run_id: str, run_dir: str | None) -> None:
         pass
 
-    def publisher(self, run_id: str, producer: str) -> NullPublisher:
+    def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> NullPublisher:
         return NullPublisher(self.watched)
 
 

@@ -143,7 +143,7 @@ def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush
     run_id = "ray-batch-run"
     ray.get(hub.register_run.remote(run_id, None), timeout=60)
     batches_before = ray.get(hub.stats.remote(), timeout=60)["batches"]
-    publisher = HubPublisher(hub, run_id, "burst-0")
+    publisher = HubPublisher(hub, run_id, "burst-0", batch_window_s=0.05)
     for i in range(200):
         publisher.publish(note(str(i)))
     assert publisher.flush(timeout=30) is True

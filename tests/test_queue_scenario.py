@@ -18,7 +18,7 @@ from tests.api_fixtures import ApiServer, assert_legal_run
 pytest_plugins = ["tests.api_fixtures"]
 pytestmark = pytest.mark.usefixtures("release_idle_actors")
 
-ONE_CPU_ONE_FOLD = {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 15}
+ONE_CPU_ONE_FOLD = {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 30}
 
 
 def submit(http: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -61,11 +61,12 @@ def span(events: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
-    api_server: ApiServer, capsys: pytest.CaptureFixture[str]
+    two_warm_workers: ApiServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    api_server = two_warm_workers  # the first two runs start together on warm fold actors
     with httpx.Client(base_url=api_server.url, timeout=30) as http:
         # the second twice as long as the first: the two free their CPUs at distinct times
-        first, second, third = submit(http), submit(http, epochs=30), submit(http)
+        first, second, third = submit(http), submit(http, epochs=60), submit(http)
         assert [first["status"], second["status"]] != ["queued", "queued"]
         assert first["queue_position"] is None and second["queue_position"] is None
         assert (third["status"], third["queue_position"]) == ("queued", 1)
@@ -96,7 +97,7 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
         runs = {run_id: events_of(http, run_id) for run_id in (a, b, p, c, d)}
 
     for run_id, events in runs.items():
-        assert_legal_run(events, folds=2, epochs=30 if run_id == b else ONE_CPU_ONE_FOLD["epochs"])
+        assert_legal_run(events, folds=2, epochs=60 if run_id == b else ONE_CPU_ONE_FOLD["epochs"])
     # the first two trained at the same time: each one's epochs fall inside the other's span
     (a0, a1), (b0, b1) = span(runs[a]), span(runs[b])
     assert a0 < b1 and b0 < a1
@@ -139,8 +140,11 @@ def test_a_study_s_trials_wait_in_the_queue_and_interleave_with_a_plain_run(api_
         trial_runs = [t["run_id"] for t in status["trials"]]
         events = {run_id: events_of(http, run_id) for run_id in [plain, *trial_runs]}
     for run_id, got in events.items():
-        assert_legal_run(got, folds=2, epochs=15)
-    # the plain run trained beside the trials, on the other CPU
-    p0, p1 = span(events[plain])
-    trial_spans = [span(events[r]) for r in trial_runs]
-    assert any(t0 < p1 and p0 < t1 for t0, t1 in trial_spans)
+        assert_legal_run(got, folds=2, epochs=ONE_CPU_ONE_FOLD["epochs"] if run_id == plain else 15)
+    # the plain run trained beside a trial, on the other CPU: admitted together when the wide run
+    # ended, each started before the other ended (by seq: the hub's one order)
+    def seqs(run_id: str) -> tuple[int, int]:
+        return events[run_id][0]["seq"], events[run_id][-1]["seq"]
+
+    p0, p1 = seqs(plain)
+    assert any(t0 < p1 and p0 < t1 for t0, t1 in map(seqs, trial_runs))

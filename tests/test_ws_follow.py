@@ -76,9 +76,8 @@ def test_two_runs_at_once_a_client_naming_no_run_gets_one_whole_run_then_the_oth
     run_a, run_b = recorded(api_server, a), recorded(api_server, b)
     assert_legal_run(run_a, folds=2, epochs=FIRST_OF_TWO["epochs"])
     assert_legal_run(run_b, folds=2, epochs=SECOND_OF_TWO["epochs"])
-    # they trained at once (two_runs_done): their epochs interleave
-    epochs = [m["run_id"] for m in everything if m["type"] == "epoch_metrics"]
-    assert any(epochs[i:i + 3] == [a, b, a] for i in range(len(epochs))), "".join("ab"[r == b] for r in epochs)
+    # they trained at once: two_runs_done checked that b started before a ended (how finely
+    # their epochs interleave depends on the machine's load, and is not what this test is about)
     # no run_id: all of a, then all of b (its history up to a's end first), each exactly once
     assert follower == run_a + run_b
     assert dropper == follower  # resuming after a's end with since: b comes whole, nothing twice

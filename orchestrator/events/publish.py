@@ -42,8 +42,8 @@ Listener = Callable[[list[Event]], None]
 _DEMAND_REFRESH_S = 0.5
 # How long its first question may take before it assumes nothing is wanted.
 _DEMAND_FIRST_WAIT_S = 2.0
-# A producer's events within this many seconds of its last send go to the hub together, in one
-# actor call, at the end of that window (each call costs the hub far more than its event).
+# A batched producer's events within this many seconds of its last send go to the hub together,
+# in one actor call, at the end of that window (each call costs the hub far more than its event).
 BATCH_WINDOW_S = 0.05
 
 
@@ -67,7 +67,10 @@ class Publisher(Protocol):
 class EventSink(Protocol):
     def register_run(self, run_id: str, run_dir: str | None) -> None: ...
 
-    def publisher(self, run_id: str, producer: str) -> Publisher: ...
+    def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> Publisher:
+        """``batched``: the producer may send its events in batches (a fold: many events, none
+        that another producer's events must follow)."""
+        ...
 
 
 class LocalPublisher:
@@ -116,8 +119,8 @@ class InProcessSink:
     def register_run(self, run_id: str, run_dir: str | None) -> None:
         self.hub.register_run(run_id, run_dir)
 
-    def publisher(self, run_id: str, producer: str) -> LocalPublisher:
-        return LocalPublisher(self, run_id, producer)
+    def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> LocalPublisher:
+        return LocalPublisher(self, run_id, producer)  # synchronous: nothing to batch
 
     def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> None:
         released = self.hub.publish(run_id, producer, pseq, event)
@@ -140,7 +143,7 @@ class HubPublisher:
     _PRUNE_AT = 256  # outstanding refs that trigger dropping the acknowledged ones
     _MAX_TRACKED = 10_000  # past this, the oldest refs are no longer tracked (flush skips them)
 
-    def __init__(self, hub: ActorHandle[Any], run_id: str, producer: str) -> None:
+    def __init__(self, hub: ActorHandle[Any], run_id: str, producer: str, *, batch_window_s: float = 0.0) -> None:
         if not run_id or not producer:
             raise ValueError(
                 "run_id and producer must be non-empty, "
@@ -149,6 +152,7 @@ class HubPublisher:
         self.hub = hub
         self.run_id = run_id
         self.producer = producer
+        self.batch_window_s = batch_window_s
         self._next_pseq = 0
         self._lock = threading.Lock()
         self._outstanding: list[ObjectRef[Any]] = []
@@ -163,9 +167,12 @@ class HubPublisher:
     def publish(self, event: Event | BaseModel) -> None:
         """Send one event (a wire model or its dict) to the hub; never waits for it.
 
-        An event goes at once when the last send was at least ``BATCH_WINDOW_S`` ago; one that
-        follows closer waits, with any others, for the end of that window (a timer sends them in
-        one call), so a burst costs the hub one call per window and no event waits longer.
+        With a ``batch_window_s``, an event goes at once when the last send was at least that
+        long ago; one that follows closer waits, with any others, for the end of that window (a
+        timer sends them in one call), so a burst costs the hub one call per window and no event
+        waits longer. Only for a producer none of whose events another producer's must follow
+        (a fold: the driver's ``fold_complete`` comes after the fold's ``flush``); the driver's
+        ``training_start`` must reach the hub before the folds' first epochs, so it sends at once.
         This runs in the fold's training loop, so it does the least it can: a pure-Python
         ``sanitize`` here cost a fold more than a tenth of its time with ``prediction_delta``.
         """
@@ -174,7 +181,7 @@ class HubPublisher:
             pseq = self._next_pseq
             self._next_pseq += 1
             self._batch.append((pseq, payload))
-            wait = self._last_send + BATCH_WINDOW_S - time.monotonic()
+            wait = self._last_send + self.batch_window_s - time.monotonic()
             if wait <= 0:
                 self._send_batch()
             elif self._timer is None:
@@ -275,6 +282,7 @@ class HubPublisher:
             "run_id": self.run_id,
             "producer": self.producer,
             "next_pseq": self._next_pseq,
+            "batch_window_s": self.batch_window_s,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -282,6 +290,7 @@ class HubPublisher:
         self.run_id = state["run_id"]
         self.producer = state["producer"]
         self._next_pseq = state["next_pseq"]
+        self.batch_window_s = state["batch_window_s"]
         self._lock = threading.Lock()
         self._outstanding = []
         self._start_batching()
@@ -299,8 +308,8 @@ class RaySink:
 
         ray.get(self.hub.register_run.remote(run_id, run_dir))
 
-    def publisher(self, run_id: str, producer: str) -> HubPublisher:
-        return HubPublisher(self.hub, run_id, producer)
+    def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> HubPublisher:
+        return HubPublisher(self.hub, run_id, producer, batch_window_s=BATCH_WINDOW_S if batched else 0.0)
 
     def close_producers(
         self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0

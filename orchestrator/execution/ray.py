@@ -275,7 +275,7 @@ class _FoldRun:
         self.producers.append(producer)
         self.executor.current_pids[train.fold_id] = worker.pid or 0
         context = FoldContext(job.run_id, job.training_started_at, train.attempt)
-        publisher = job.sink.publisher(job.run_id, producer)
+        publisher = job.sink.publisher(job.run_id, producer, batched=True)
         ref = worker.actor.run.remote(
             self.features_ref, self.specs[train.fold_id], self.config, context, publisher
         )
