@@ -69,8 +69,11 @@ def _stop_group(proc: subprocess.Popen[Any]) -> None:
 @pytest.fixture
 def cluster() -> Iterator[str]:
     """A real head node (``ray start --head --block``) in its own process group, on free ports."""
-    gcs, node_manager, object_manager, client, agent_listen, agent_grpc, metrics, runtime_env = _free_ports(8)
+    ports = _free_ports(8)
+    gcs, node_manager, object_manager, client, agent_listen, agent_grpc, metrics, runtime_env = ports
     low = _free_ports(1)[0] % 20_000 + 30_000
+    while any(low <= port <= low + 200 for port in ports):  # Ray refuses a worker range over them
+        low = (low + 211 - 30_000) % 20_000 + 30_000
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are limited
     log = open(Path(temp) / "ray-start.log", "w")
     head = subprocess.Popen(
