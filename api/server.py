@@ -32,6 +32,7 @@ from api.refusals import DeliberateRefusalFilter
 from api.security import InsecureBindError, check_bind, own_origins
 from api.server_owned import owned_field_refusal
 from api.ws.connection import CloseCode
+from orchestrator.flags import TOKEN_ENV, token_or_env
 from orchestrator.queue import DEFAULT_AGING_S
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ __all__ = ["main", "build_parser", "Server", "BackgroundServer", "RedactTokens",
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "ORCHESTRATOR_TOKEN"
 DEFAULT_WS_MAX_SIZE = 4096
 # chart_update and data warnings go through the hub under this run id (never registered, so it
 # is never "the active run"; clients that subscribe to chart_update get them live).
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-concurrent-runs must be >= 1, got {args.max_concurrent_runs}")
     if args.priority_aging_s < 0:
         parser.error(f"--priority-aging-s must be >= 0, got {args.priority_aging_s:g}")
-    token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    token = token_or_env(args.token)
     try:
         check_bind(args.host, token)
         base = config_from_args(args)

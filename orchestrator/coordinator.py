@@ -32,6 +32,9 @@ __all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_c
 log = logging.getLogger(__name__)
 
 COORDINATOR_PREFIX = "run:"
+# What a run's mirror learns from (``Run.observe`` and ``Run.follow``); other types are not read.
+_FOLLOWED_TYPES = frozenset({"training_start", "epoch_metrics", "fold_complete", "training_complete",
+                             "training_error"})
 # After its run ended, a coordinator waits this long (for a last snapshot call) before ending.
 _LINGER_S = 2.0
 
@@ -155,7 +158,7 @@ def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str
 def _replay(run: Run, hub: Any, since: int) -> int:
     import ray
 
-    events, _ = ray.get(hub.events_since.remote(since, run.run_id, None, None))
+    events, _ = ray.get(hub.events_since.remote(since, run.run_id, _FOLLOWED_TYPES, None))
     for event in events:
         run.observe(event)
         run.follow(event)

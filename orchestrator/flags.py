@@ -10,6 +10,7 @@ file, which overrides the model's defaults.
 from __future__ import annotations
 
 import argparse
+import os
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-__all__ = ["FlagSpec", "flag_specs", "add_model_flags", "given_values"]
+__all__ = ["FlagSpec", "TOKEN_ENV", "flag_specs", "add_model_flags", "given_values", "token_or_env"]
+
+# Where --token (serve, watch and the commands against a server) is read from when not given.
+TOKEN_ENV = "ORCHESTRATOR_TOKEN"
+
+
+def token_or_env(given: str | None) -> str | None:
+    """``given`` (an empty string too: no token), else ``$ORCHESTRATOR_TOKEN`` if set and not empty."""
+    return given if given is not None else (os.environ.get(TOKEN_ENV) or None)
 
 _SCALARS: dict[type, str] = {int: "int", float: "float", str: "str", bool: "bool"}
 

@@ -22,7 +22,7 @@ from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubCl
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
-from orchestrator.service import store_row
+from orchestrator.store.runs import store_row
 
 if TYPE_CHECKING:
     from orchestrator.execution.pool import WorkerPool

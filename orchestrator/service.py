@@ -21,13 +21,14 @@ from orchestrator.driver import execute_run, new_run
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
-from orchestrator.execution.placement import ResourceShape
+from orchestrator.execution.placement import ClusterView, ResourceShape
 from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState, ended_state
 from orchestrator.messages import TrainingError
-from orchestrator.queue import JobQueue, ask_of, default_capacity
+from orchestrator.queue import Ask, JobQueue, ask_of, default_capacity
 from orchestrator.queue.jobqueue import JobKind
+from orchestrator.store.runs import store_row
 
-__all__ = ["RunManager", "UnknownRunError", "store_row", "QUEUED_CANCEL_MESSAGE"]
+__all__ = ["RunManager", "UnknownRunError", "QUEUED_CANCEL_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,6 @@ _TURN_POLL_S = 0.2
 
 class UnknownRunError(OrchestratorError):
     """No run with this id is known."""
-
-
-def store_row(run: Run, priority: int | None = None) -> dict[str, Any]:
-    """The run as a new row of the job store's runs table (``EventHub.record_run``)."""
-    return {
-        "run_id": run.run_id, "state": run.state.value, "config": run.config.model_dump_json(),
-        "priority": run.priority if priority is None else priority, "created_at": run.created_at,
-        "run_dir": run.run_dir,
-    }  # fmt: skip
 
 
 class RunManager:
@@ -109,19 +101,21 @@ class RunManager:
     ) -> Run:
         """Queue a run (it may start before this returns). ``ResourceError`` (a ``ConfigError``)
         when no node could ever hold one of its folds."""
-        self.queue.check(ask_of(config))
+        ask = ask_of(config)
+        view = self.queue.check(ask)
         run = new_run(config, priority=priority, state=RunState.QUEUED)
-        return self._enqueue(run, self._starter(run, extra_summary))
+        return self._enqueue(run, self._starter(run, extra_summary), ask, view=view)
 
-    def _enqueue(self, run: Run, on_admit: Callable[[int], None], *, kind: JobKind = "run",
-                 study: str | None = None, record: bool = True, admit: bool = True) -> Run:  # fmt: skip
+    def _enqueue(self, run: Run, on_admit: Callable[[int], None], ask: Ask, *, kind: JobKind = "run",
+                 study: str | None = None, record: bool = True, admit: bool = True,
+                 view: ClusterView | None = None) -> Run:  # fmt: skip
         if record and self.record is not None:
             self.record(store_row(run))
         with self._lock:
             self._runs[run.run_id] = run
             self._trim()
-        self.queue.put(run.run_id, run.priority, ask_of(run.config), on_admit,
-                       submitted_at=run.created_at, kind=kind, study=study, admit=admit)  # fmt: skip
+        self.queue.put(run.run_id, run.priority, ask, on_admit, submitted_at=run.created_at,
+                       kind=kind, study=study, admit=admit, view=view)  # fmt: skip
         return run
 
     def _admitted(self, run: Run, slots: int) -> None:
@@ -157,14 +151,15 @@ class RunManager:
         admits it (True) or it ends while queued: cancelled (``run.request_cancel``, ``cancel`` or
         ``POST /runs/{id}/cancel``) or failed to start (False). Call ``done(run)`` once it has run.
         ``ResourceError`` when no node could ever hold one of its folds."""
-        self.queue.check(ask_of(run.config))
+        ask = ask_of(run.config)
+        view = self.queue.check(ask)
         admitted = threading.Event()
 
         def on_admit(slots: int) -> None:
             self._admitted(run, slots)
             admitted.set()
 
-        self._enqueue(run, on_admit, kind="trial", study=study)
+        self._enqueue(run, on_admit, ask, kind="trial", study=study, view=view)
         while not admitted.wait(_TURN_POLL_S):
             if run.done:  # cancelled through the API, or it could not start
                 return False
@@ -184,6 +179,7 @@ class RunManager:
         this version refuses, resources no node of this cluster holds) ends ``failed`` naming why.
         Returns the runs queued again."""
         restored = []
+        view = self.queue.capacity()  # read once for every row
         for row in store.queued_runs():
             try:
                 config = TrainConfig.model_validate(row["config"])
@@ -198,7 +194,7 @@ class RunManager:
                            "trial started; resume the study (POST /hpo) to run it")  # fmt: skip
             if problem is None:
                 try:
-                    self.queue.check(ask_of(run.config))
+                    self.queue.check(ask_of(run.config), view)
                 except ConfigError as err:
                     problem = f"run {run.run_id} cannot be queued again: {err}"
             if problem is not None:
@@ -206,9 +202,9 @@ class RunManager:
                     self._runs[run.run_id] = run
                 self._end_unstarted(run, problem)
                 continue
-            self._enqueue(run, self._starter(run), record=False, admit=False)
+            self._enqueue(run, self._starter(run), ask_of(run.config), record=False, admit=False)
             restored.append(run.run_id)
-        self.queue.admit()
+        self.queue.admit(view)
         return restored
 
     def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:

@@ -150,7 +150,7 @@ def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush
     events = ray.get(hub.run_events.remote(run_id), timeout=60)
     assert [int(e["message"]) for e in events] == list(range(200))
     batches = ray.get(hub.stats.remote(), timeout=60)["batches"] - batches_before
-    assert 1 <= batches < 100  # the first event went alone; the others in batches, not one call each
+    assert 1 <= batches <= 20  # the first event went alone; 199 others in a few 50 ms windows
     # two events back to back and no flush: the second waits for its window, then goes by itself
     publisher.publish(note("200"))
     publisher.publish(note("201"))

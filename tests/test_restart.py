@@ -163,13 +163,17 @@ async def _follow(url: str, stop_after_epochs: int | None) -> list[dict[str, Any
     return got
 
 
+def _bars_and_port(tmp_path: Path) -> tuple[Path, Path, int]:
+    """The bars CSV, the reports folder and the port every ``Serve`` of one test uses."""
+    data = tmp_path / "bars.csv"
+    ar1_ohlcv(2400, seed=7).to_csv(data, index=False)
+    return data, tmp_path / "reports", _free_ports(1)[0]
+
+
 def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once(
     cluster: str, tmp_path: Path
 ) -> None:
-    data = tmp_path / "bars.csv"
-    ar1_ohlcv(2400, seed=7).to_csv(data, index=False)
-    reports = tmp_path / "reports"
-    port = _free_ports(1)[0]
+    data, reports, port = _bars_and_port(tmp_path)
     first = Serve(cluster, port, reports, data)
     try:
         earlier = _train(first, 2)
@@ -221,10 +225,7 @@ def _queue(serve: Serve) -> list[tuple[str, int]]:
 
 
 def test_the_queue_outlives_a_killed_api_process_in_its_order(cluster: str, tmp_path: Path) -> None:
-    data = tmp_path / "bars.csv"
-    ar1_ohlcv(2400, seed=7).to_csv(data, index=False)
-    reports = tmp_path / "reports"
-    port = _free_ports(1)[0]
+    data, reports, port = _bars_and_port(tmp_path)
     first = Serve(cluster, port, reports, data)
     try:
         busy = _train(first, 400, batch_size=8)  # two folds on the cluster's two CPUs

@@ -43,12 +43,18 @@ def hub() -> EventHub:
     return EventHub()
 
 
+def quiet_manager(hub: EventHub, **kwargs: Any) -> RunManager:
+    """A manager on one CPU whose admitted runs go through all of admission but train nothing."""
+    manager = RunManager(InProcessSink(hub), queue=JobQueue(one_cpu, aging_s=None, tick_s=3600), **kwargs)
+    manager._execute = lambda run, extra_summary: None  # type: ignore[method-assign]
+    return manager
+
+
 def test_a_restart_queues_every_stored_run_before_admitting_in_priority_order(
     hub: EventHub, tmp_path: Path
 ) -> None:
-    manager = RunManager(InProcessSink(hub), queue=JobQueue(one_cpu, aging_s=None, tick_s=3600))
-    started: list[str] = []
-    manager._starter = lambda run, extra=None: lambda slots: started.append(run.run_id)  # type: ignore[method-assign]
+    started: list[str] = []  # admissions, as the job store is told of them
+    manager = quiet_manager(hub, record_admission=lambda run_id, config: started.append(run_id))
     restored = manager.restore_queue(StoredQueue([
         row("older", 0, 1.0, tmp_path), row("urgent", 3, 2.0, tmp_path),
         row("hpo_s_t0001_abc", 0, 3.0, tmp_path),  # a trial: its study's session is gone
@@ -56,6 +62,7 @@ def test_a_restart_queues_every_stored_run_before_admitting_in_priority_order(
     ]))
     assert restored == ["older", "urgent"]
     assert started == ["urgent"] and manager.queue.queued_ids() == ["older"]
+    assert manager.get("urgent").state is RunState.PENDING and manager.get("older").state is RunState.QUEUED
     trial, huge = manager.get("hpo_s_t0001_abc"), manager.get("huge")
     assert trial.state is RunState.INTERRUPTED and "resume the study" in (trial.error or "")
     assert huge.state is RunState.FAILED and "cpus_per_fold" in (huge.error or "")
@@ -79,11 +86,11 @@ def test_a_run_that_cannot_be_marked_admitted_fails_and_gives_its_cpu_back(hub: 
 
 
 def test_shutdown_leaves_queued_runs_queued(hub: EventHub, tmp_path: Path) -> None:
-    manager = RunManager(InProcessSink(hub), queue=JobQueue(one_cpu, aging_s=None, tick_s=3600))
-    manager._starter = lambda run, extra=None: lambda slots: None  # type: ignore[method-assign]
+    manager = quiet_manager(hub)
     config = config_from_mapping({"folds": 2, "epochs": 1, "reports_dir": str(tmp_path)})
     first, second = manager.submit(config), manager.submit(config)
-    assert manager.queue.running_ids() == [first.run_id] and second.state is RunState.QUEUED
+    assert manager.queue.running_ids() == [first.run_id] and first.state is RunState.PENDING
+    assert second.state is RunState.QUEUED
     manager.shutdown()
     manager.queue.release(first.run_id)  # the first run's thread ending during the shutdown
     assert second.state is RunState.QUEUED and manager.queue.queued_ids() == [second.run_id]

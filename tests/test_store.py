@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy import update
 
 from orchestrator.errors import StoreError
@@ -69,9 +70,9 @@ def test_events_are_read_back_exactly_as_stored_after_any_seq(store: JobStore) -
 
 def test_a_duplicate_seq_is_refused_and_nothing_of_its_batch_is_kept(store: JobStore) -> None:
     store.append([_run("r1", 1.0)], [_event(1, "r1", "dataset_ready", size=5, min_samples=1)])
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         store.append([], [_event(2, "r1", "training_start"), _event(1, "r1", "training_start")])
-    assert store.last_seq() == 1
+    assert [e["seq"] for e in store.events_since(0)] == [1]
 
 
 def test_a_run_row_follows_its_events(store: JobStore) -> None:

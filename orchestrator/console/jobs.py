@@ -31,14 +31,11 @@ __all__ = [
     "submit_main",
 ]
 
-# The range POST /train accepts (higher first); checked here too, so a typo is named before posting.
-
-
 # ---- submit ------------------------------------------------------------------------------------
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import TRAIN_FLAGS, add_train_flags
+    from orchestrator.cli import add_train_flags
 
     parser = argparse.ArgumentParser(
         prog="orchestrator submit",
@@ -47,12 +44,10 @@ def build_submit_parser() -> argparse.ArgumentParser:
         "first line) and its status and queue position on stderr.",
     )
     add_train_flags(parser)
-    if "priority" not in {spec.field for spec in TRAIN_FLAGS}:  # a TrainConfig field has its flag
-        parser.add_argument(
-            "--priority", type=int, default=None, metavar="N",
-            help=f"queue priority, {PRIORITY_MIN}..{PRIORITY_MAX}, higher first (default: the "
-            "server's, 0)",
-        )
+    parser.add_argument(  # checked before posting too, so a typo is named at once
+        "--priority", type=int, default=None, metavar="N",
+        help=f"queue priority, {PRIORITY_MIN}..{PRIORITY_MAX}, higher first (default: the server's, 0)",
+    )
     add_server_flags(parser)
     w = parser.add_argument_group("follow")
     w.add_argument("--watch", action="store_true",

@@ -10,14 +10,13 @@ which prints it and exits 2.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from orchestrator.console.watch import TOKEN_ENV
+from orchestrator.flags import TOKEN_ENV, token_or_env
 from orchestrator.errors import ConfigError, OrchestratorError
 
 __all__ = ["DEFAULT_SERVER_URL", "Server", "ServerError", "add_server_flags"]
@@ -62,7 +61,7 @@ class Server:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--url must be http://HOST:PORT or https://..., got {args.url!r}")
-        token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+        token = token_or_env(args.token)
         return cls(url, token)
 
     @property

@@ -15,19 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from orchestrator.flags import TOKEN_ENV, token_or_env
 from orchestrator.messages import RUN_TYPES, TERMINAL_TYPES
 
 __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
-TOKEN_ENV = "ORCHESTRATOR_TOKEN"
 # Close codes after which reconnecting cannot help (the request itself is wrong).
 FATAL_CLOSE_CODES = frozenset({4400})
 EXIT_COMPLETE, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
@@ -206,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.url.startswith(("ws://", "wss://")):
         print(f"error: the URL must start with ws:// or wss://, got {args.url!r}", file=sys.stderr)
         return EXIT_REFUSED
-    token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    token = token_or_env(args.token)
     try:
         return asyncio.run(
             watch(

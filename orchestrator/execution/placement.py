@@ -29,6 +29,7 @@ __all__ = [
     "fold_placement",
     "reachable_resources",
     "concurrency_limit",
+    "folds_within",
     "placement_timeout_message",
     "node_groups_from_cluster_config",
     "node_groups_from_launcher_config",
@@ -178,20 +179,22 @@ def concurrency_limit(
 ) -> int:
     """How many folds may be in flight: what ``totals`` fit, at least 1, capped by ``n_folds``
     and ``max_concurrent``."""
-    limit = min(n_folds, _fits(totals.get("CPU", 0.0), shape.num_cpus, n_folds))
+    limit = min(n_folds, folds_within(totals.get("CPU", 0.0), shape.num_cpus, n_folds))
     if shape.num_gpus:
-        limit = min(limit, _fits(totals.get("GPU", 0.0), shape.num_gpus, n_folds))
+        limit = min(limit, folds_within(totals.get("GPU", 0.0), shape.num_gpus, n_folds))
     limit = max(1, limit)
     if max_concurrent:
         limit = min(limit, max_concurrent)
     return limit
 
 
-def _fits(total: float, per_fold: float, most: int) -> int:
+def folds_within(total: float, per_fold: float, most: int) -> int:
+    """How many folds asking ``per_fold`` of a resource ``total`` holds, at most ``most`` (all of
+    them when the fold asks none or the total has no limit)."""
     if not per_fold or math.isinf(total):
         return most
     # total / per_fold, not total // per_fold: 1.0 // 0.1 == 9.0 in floating point
-    return math.floor(total / per_fold + 1e-9)
+    return min(most, math.floor(total / per_fold + 1e-9))
 
 
 def placement_timeout_message(

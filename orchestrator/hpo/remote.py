@@ -18,12 +18,13 @@ from urllib.parse import quote
 
 from orchestrator.console.remote import Server, ServerError
 from orchestrator.errors import ConfigError
+from orchestrator.hpo.state import TERMINAL_STUDY_STATES
 
 __all__ = ["TrialLines", "run_on_server", "study_body"]
 
 # Flags about where a study runs here: on a server, its own Ray cluster and job store hold it.
 _LOCAL_ONLY = {"address": "--address", "db": "--db", "events_out": "--events-out"}
-_ENDED = frozenset({"completed", "cancelled", "failed"})
+_ENDED = frozenset(state.value for state in TERMINAL_STUDY_STATES)
 # Optuna's trial states as GET /hpo/{study} names them -> the state of an hpo_trial event.
 _EVENT_STATE = {"complete": "completed", "pruned": "pruned", "fail": "failed", "running": "running"}
 POLL_S = 1.0

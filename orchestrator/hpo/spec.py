@@ -25,6 +25,7 @@ from orchestrator.hpo.space import (
     parse_search_space,
 )
 from orchestrator.messages import EPOCH_METRIC_FIELDS
+from orchestrator.execution.placement import folds_within
 from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = [
@@ -182,7 +183,7 @@ def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, flo
     changes: dict[str, Any] = {}
     cpus, have_cpus = float(config.cpus_per_fold), float(cluster.get("CPU", 0.0))
     if cpus > 0 and have_cpus > 0:
-        fit = math.floor(have_cpus / (parallel * cpus) + 1e-9)
+        fit = folds_within(have_cpus, parallel * cpus, per_trial)
         if fit < per_trial:
             per_trial = max(fit, 1)
             changes["max_concurrent_folds"] = per_trial

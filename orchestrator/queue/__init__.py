@@ -8,10 +8,10 @@ import sys
 from orchestrator.config import TrainConfig
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape
-from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, QueueEntry, ResourceError
+from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, ResourceError
 from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
 
-__all__ = ["Ask", "DEFAULT_AGING_S", "JobQueue", "PRIORITY_MAX", "PRIORITY_MIN", "QueueEntry", "ResourceError", "ask_of",
+__all__ = ["Ask", "DEFAULT_AGING_S", "JobQueue", "PRIORITY_MAX", "PRIORITY_MIN", "ResourceError", "ask_of",
            "check_priority", "default_capacity", "machine_view"]  # fmt: skip
 
 

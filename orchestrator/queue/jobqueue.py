@@ -21,7 +21,7 @@ from typing import Any, Literal
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape, fold_placement, reachable_resources
 from orchestrator.queue.policy import (
-    Admission, Ask, Holding, Waiting, effective_priority, fold_need, free_resources, plan_admissions,
+    FOLD_FIELDS, Admission, Ask, Holding, Waiting, effective_priority, fold_need, free_resources, plan_admissions,
 )  # fmt: skip
 
 __all__ = ["JobQueue", "JobKind", "QueueEntry", "ResourceError", "DEFAULT_AGING_S"]
@@ -82,25 +82,28 @@ class JobQueue:
 
     # ---- checks ---------------------------------------------------------------------------
 
-    def check(self, ask: Ask) -> None:
+    def check(self, ask: Ask, view: ClusterView | None = None) -> ClusterView:
         """``ResourceError`` naming the resource and the node with the most of it when no node,
-        live or one an autoscaler may add, could ever hold one fold of ``ask``."""
-        view = self.capacity()
+        live or one an autoscaler may add, could ever hold one fold of ``ask``; else the cluster
+        view it checked against (``view``, or ``capacity()`` read now), for ``put`` to reuse."""
+        view = view if view is not None else self.capacity()
         try:
             fold_placement(ask.shape, view)
         except ConfigError as err:
             field, key = _missing(ask.shape, view)
             raise ResourceError(f"{field}: {_largest_node(view, key)}; {err}", field) from None
+        return view
 
     # ---- changes --------------------------------------------------------------------------
 
     def put(
         self, run_id: str, priority: int, ask: Ask, on_admit: Callable[[int], None], *,
         submitted_at: float | None = None, kind: JobKind = "run", study: str | None = None,
-        admit: bool = True,
+        admit: bool = True, view: ClusterView | None = None,
     ) -> None:
         """Queue a run; an admission pass follows at once (``on_admit`` may run before this
-        returns) unless ``admit`` is False (queueing several at once: call ``admit()`` after)."""
+        returns) unless ``admit`` is False (queueing several at once: call ``admit()`` after).
+        ``view``: the cluster as ``check`` just read it (else the pass reads it)."""
         waiting = Waiting(run_id, priority, next(self._arrivals),
                           time.time() if submitted_at is None else submitted_at, ask)  # fmt: skip
         with self._lock:
@@ -110,7 +113,7 @@ class JobQueue:
             self._order.append(run_id)  # listed even before a pass could read the cluster
         self._start_ticker()
         if admit:
-            self.admit()
+            self.admit(view)
 
     def hold(self, run_id: str, shape: ResourceShape, slots: int) -> None:
         """Count a run that started outside the queue (a run followed again after a restart)."""
@@ -135,13 +138,14 @@ class JobQueue:
         if found:
             self.admit()
 
-    def admit(self) -> list[Admission]:
-        """One admission pass; the admitted runs' ``on_admit`` are called in order, outside the
-        lock. Once the queue is closed, nothing is admitted."""
+    def admit(self, view: ClusterView | None = None) -> list[Admission]:
+        """One admission pass over ``view`` (default: ``capacity()`` read now); the admitted
+        runs' ``on_admit`` are called in order, outside the lock. Once the queue is closed,
+        nothing is admitted."""
         if self._closed.is_set():
             return []
         try:
-            totals = reachable_resources(self.capacity())
+            totals = reachable_resources(view if view is not None else self.capacity())
         except Exception as err:  # Ray unreachable for a moment: try again on the next tick
             log.warning("job queue: cannot read the cluster's resources: %s", err)
             return []
@@ -249,9 +253,6 @@ def _json_amounts(amounts: dict[str, float]) -> dict[str, float | None]:
     return {key: None if value == float("inf") else value for key, value in amounts.items()}
 
 
-_FIELDS = {"CPU": "cpus_per_fold", "GPU": "gpus_per_fold", "memory": "memory_per_fold_mb"}
-
-
 def _nodes(view: ClusterView) -> list[tuple[str, Mapping[str, float]]]:
     nodes: list[tuple[str, Mapping[str, float]]] = [("live node", node) for node in view.live_nodes]
     nodes += [(f"node type {g.name}", g.resources) for g in view.node_groups or () if g.max_count != 0]
@@ -264,8 +265,8 @@ def _missing(shape: ResourceShape, view: ClusterView) -> tuple[str, str]:
     need = fold_need(shape)
     for key in ("CPU", "GPU", "memory"):
         if need[key] > 0 and not any(node.get(key, 0.0) >= need[key] for _, node in _nodes(view)):
-            return _FIELDS[key], key
-    return _FIELDS["CPU"], "CPU"
+            return FOLD_FIELDS[key], key
+    return FOLD_FIELDS["CPU"], "CPU"
 
 
 def _largest_node(view: ClusterView, key: str) -> str:

@@ -23,19 +23,20 @@ whether a fold fits on one node at all is checked at submit (``fold_placement``)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.execution.placement import ResourceShape
+from orchestrator.execution.placement import ResourceShape, folds_within
 
-__all__ = ["Ask", "Waiting", "Holding", "Admission", "Decision", "effective_priority", "queue_order",
+__all__ = ["FOLD_FIELDS", "Ask", "Waiting", "Holding", "Admission", "Decision", "effective_priority", "queue_order",
            "fold_need", "free_resources", "fit_slots", "plan_admissions", "PRIORITY_MIN", "PRIORITY_MAX"]  # fmt: skip
 
 PRIORITY_MIN = -100
 PRIORITY_MAX = 100
 _EPS = 1e-9
 _KEYS = ("CPU", "GPU", "memory")
+# The config field that asks for each resource, per fold.
+FOLD_FIELDS = {"CPU": "cpus_per_fold", "GPU": "gpus_per_fold", "memory": "memory_per_fold_mb"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,6 @@ class Ask:
     shape: ResourceShape
     folds: int
     max_concurrent_folds: int | None = None
-
-    def describe(self) -> str:
-        cap = f", max_concurrent_folds={self.max_concurrent_folds}" if self.max_concurrent_folds else ""
-        return f"{self.folds} folds, each {self.shape.describe()}{cap}"
 
 
 @dataclass(frozen=True)
@@ -117,14 +114,9 @@ def free_resources(totals: Mapping[str, float], holdings: Sequence[Holding]) -> 
 def fit_slots(ask: Ask, free: Mapping[str, float]) -> int:
     """How many folds of ``ask`` start now: ``min(folds, max_concurrent_folds, what fits)``; 0 when
     not even one fold fits."""
-    limit = ask.folds
-    if ask.max_concurrent_folds:
-        limit = min(limit, ask.max_concurrent_folds)
+    limit = min(ask.folds, ask.max_concurrent_folds or ask.folds)
     for key, per_fold in fold_need(ask.shape).items():
-        if per_fold > 0:
-            have = free.get(key, 0.0)
-            # have / per_fold, not have // per_fold: 1.0 // 0.1 == 9.0 in floating point
-            limit = min(limit, limit if math.isinf(have) else math.floor(have / per_fold + _EPS))
+        limit = min(limit, folds_within(free.get(key, 0.0), per_fold, limit))
     return max(limit, 0)
 
 
@@ -175,13 +167,12 @@ def plan_admissions(
 
 def _short_of(ask: Ask, free: Mapping[str, float]) -> str:
     """Why not one fold of ``ask`` fits in ``free``: the first resource it lacks."""
-    names = {"CPU": "cpus_per_fold", "GPU": "gpus_per_fold", "memory": "memory_per_fold_mb"}
     for key, per_fold in fold_need(ask.shape).items():
         have = free.get(key, 0.0)
         if per_fold > have + _EPS:
             if key == "memory":
                 return (f"waiting for memory: a fold needs {per_fold / 2**20:g} MB "
-                        f"({names[key]}), {have / 2**20:g} MB are free")  # fmt: skip
+                        f"({FOLD_FIELDS[key]}), {have / 2**20:g} MB are free")  # fmt: skip
             value = ask.shape.num_cpus if key == "CPU" else ask.shape.num_gpus
-            return f"waiting for {key}: a fold needs {names[key]}={value:g}, {have:g} {key} free"
+            return f"waiting for {key}: a fold needs {FOLD_FIELDS[key]}={value:g}, {have:g} {key} free"
     return "waiting for resources"

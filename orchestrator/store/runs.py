@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, RunState, ended_state
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState, ended_state
 from orchestrator.messages import ENVELOPE_FIELDS
 
-__all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row",
+__all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row", "store_row",
            "ended_state"]  # fmt: skip
 
 
@@ -67,6 +67,14 @@ def merge_metrics(stored: str | None, latest: Mapping[str, dict[str, Any]]) -> s
     merged: dict[str, Any] = json.loads(stored) if stored else {}
     merged.update(latest)
     return json.dumps(merged, allow_nan=False)
+
+
+def store_row(run: Run) -> dict[str, Any]:
+    """The run as a new row of the runs table (``EventHub.record_run``)."""
+    return {
+        "run_id": run.run_id, "state": run.state.value, "config": run.config.model_dump_json(),
+        "priority": run.priority, "created_at": run.created_at, "run_dir": run.run_dir,
+    }  # fmt: skip
 
 
 def snapshot_of_row(row: Mapping[Any, Any]) -> dict[str, Any]:
