@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run train serve test test-all bench schema typecheck browser-check clean
+.PHONY: setup run train serve test test-all lint format bench schema typecheck browser-check clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,9 @@ train: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m orchestrator serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# CI's command (.ci/run): lint and format check, mypy --strict, then the default suite (the
+# random order of pytest-randomly; -p no:randomly, or -p randomly -p "randomly_seed=N", to pin).
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
@@ -61,6 +63,17 @@ browser-check: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict orchestrator workers api
+
+LINTED := orchestrator workers api tests bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+# Formats and sorts imports in place (what `make lint` checks).
+format: $(STAMP)
+	$(VENV)/bin/ruff check --select I --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

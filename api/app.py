@@ -21,8 +21,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from api.bodies import error_response
-from orchestrator.events.stream import HubClient
-from orchestrator.events.fanout import EventPump
 from api.routes.dashboard import dashboard_router
 from api.routes.data import CandleSource, data_router, lazy_candles
 from api.routes.hpo import StudyService, hpo_router
@@ -32,6 +30,8 @@ from api.security import LOOPBACK_ORIGIN_REGEX, AccessMiddleware, AccessPolicy
 from api.ws.connection import CloseCode
 from api.ws.endpoint import ClientSlots, EventStreamEndpoint
 from orchestrator.config import TrainConfig
+from orchestrator.events.fanout import EventPump
+from orchestrator.events.stream import HubClient
 
 if TYPE_CHECKING:
     from orchestrator.store import JobStore
@@ -127,7 +127,9 @@ def create_app(
     app.include_router(runs_router(manager, hub, settings.base_config, settings.reports_dir, store))
     if hpo is not None:
         app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir))
-    app.include_router(data_router(candles or lazy_candles(settings.base_config.data, settings.base_config.date_format)))
+    app.include_router(
+        data_router(candles or lazy_candles(settings.base_config.data, settings.base_config.date_format))
+    )
     app.include_router(dashboard_router(manager, studies=hpo is not None))
     app.add_api_websocket_route("/ws", stream)
     return app

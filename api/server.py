@@ -198,36 +198,74 @@ def build_parser() -> argparse.ArgumentParser:
         "required when --host is not a loopback address",
     )
     parser.add_argument(
-        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
         help="also accept this browser Origin, e.g. https://dash.example.com (repeatable; '*' any)",
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance); "
-                        "on a cluster the event hub is detached and outlives this process")
-    parser.add_argument("--db", help="the job store: a SQLAlchemy URL (default: $ORCHESTRATOR_DB, else "
-                        "the SQLite file orchestrator.db under --reports-dir)")
-    parser.add_argument("--train-on-start", action="store_true",
-                        help="start a run with the run flags once the server is listening")
-    parser.add_argument("--max-concurrent-runs", type=int, default=None, metavar="N",
-                        help="train at most N runs (and HPO trials) at once; the others wait in the "
-                        "job queue (default: as many as the cluster's resources admit)")
-    parser.add_argument("--priority-aging-s", type=float, default=DEFAULT_AGING_S, metavar="S",
-                        help="a queued run gains one priority point per S seconds it waits, so none "
-                        f"waits forever behind later higher-priority runs (default {DEFAULT_AGING_S:g}; "
-                        "0 turns aging off)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS or a local instance); "
+        "on a cluster the event hub is detached and outlives this process",
+    )
+    parser.add_argument(
+        "--db",
+        help="the job store: a SQLAlchemy URL (default: $ORCHESTRATOR_DB, else "
+        "the SQLite file orchestrator.db under --reports-dir)",
+    )
+    parser.add_argument(
+        "--train-on-start",
+        action="store_true",
+        help="start a run with the run flags once the server is listening",
+    )
+    parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train at most N runs (and HPO trials) at once; the others wait in the "
+        "job queue (default: as many as the cluster's resources admit)",
+    )
+    parser.add_argument(
+        "--priority-aging-s",
+        type=float,
+        default=DEFAULT_AGING_S,
+        metavar="S",
+        help="a queued run gains one priority point per S seconds it waits, so none "
+        f"waits forever behind later higher-priority runs (default {DEFAULT_AGING_S:g}; "
+        "0 turns aging off)",
+    )
     parser.add_argument("--max-clients", type=int, default=200, help="/ws client cap (default 200)")
-    parser.add_argument("--client-queue", type=int, default=1000,
-                        help="messages queued per /ws client before it is closed with 4008 (default 1000)")
-    parser.add_argument("--ws-max-size", type=int, default=DEFAULT_WS_MAX_SIZE,
-                        help="largest message a client may send, bytes (default 4096; larger: close 1009)")
-    parser.add_argument("--ws-ping-interval", type=float, default=20.0,
-                        help="seconds between protocol pings (default 20)")
-    parser.add_argument("--ws-compression", action="store_true",
-                        help="offer permessage-deflate (less bandwidth, more CPU per client)")
-    parser.add_argument("--watch-data", action="store_true",
-                        help="watch the --data CSV/Parquet file: appended rows go out as chart_update "
-                        "and become part of the next run's data")
-    parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--client-queue",
+        type=int,
+        default=1000,
+        help="messages queued per /ws client before it is closed with 4008 (default 1000)",
+    )
+    parser.add_argument(
+        "--ws-max-size",
+        type=int,
+        default=DEFAULT_WS_MAX_SIZE,
+        help="largest message a client may send, bytes (default 4096; larger: close 1009)",
+    )
+    parser.add_argument(
+        "--ws-ping-interval", type=float, default=20.0, help="seconds between protocol pings (default 20)"
+    )
+    parser.add_argument(
+        "--ws-compression",
+        action="store_true",
+        help="offer permessage-deflate (less bandwidth, more CPU per client)",
+    )
+    parser.add_argument(
+        "--watch-data",
+        action="store_true",
+        help="watch the --data CSV/Parquet file: appended rows go out as chart_update "
+        "and become part of the next run's data",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     add_train_flags(parser)
     return parser
 
@@ -245,7 +283,8 @@ def _data_source(
         return None, None
 
     feed = DataFeed(
-        settings.base_config.data, Path(settings.reports_dir) / "watched",
+        settings.base_config.data,
+        Path(settings.reports_dir) / "watched",
         settings.base_config.date_format,
     )
     publisher = HubPublisher(hub, DATA_FEED_RUN_ID, "watcher")
@@ -290,15 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from orchestrator.events.actor import hub_for_store
+    from orchestrator.events.publish import RaySink
     from orchestrator.events.stream import RayHubClient
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.pool import WorkerPool
-    from orchestrator.events.publish import RaySink
-    from orchestrator.events.actor import hub_for_store
+    from orchestrator.hpo import HpoService
     from orchestrator.queue import JobQueue, default_capacity
     from orchestrator.service import RunManager
-
-    from orchestrator.hpo import HpoService
 
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     ensure_ray(args.address)
@@ -323,13 +361,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.events.actor import NAMESPACE
 
     # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
-    queue = JobQueue(default_capacity, max_running=args.max_concurrent_runs,
-                     aging_s=args.priority_aging_s or None)
-    manager = RunManager(RaySink(hub), pool=WorkerPool(), record=record, queue=queue,
-                         record_admission=record_admission,
-                         coordinate_in=NAMESPACE if on_cluster else None)
-    hpo = HpoService(hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url,
-                     gate=manager)
+    queue = JobQueue(
+        default_capacity, max_running=args.max_concurrent_runs, aging_s=args.priority_aging_s or None
+    )
+    manager = RunManager(
+        RaySink(hub),
+        pool=WorkerPool(),
+        record=record,
+        queue=queue,
+        record_admission=record_admission,
+        coordinate_in=NAMESPACE if on_cluster else None,
+    )
+    hpo = HpoService(
+        hub, pool=manager.pool, reports_dir=settings.reports_dir, default_storage=store_url, gate=manager
+    )
     watcher, book = _data_source(args, hub, settings)
     if watcher is not None:
         # runs started while the file is watched train on its validated snapshot
@@ -347,8 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def train_on_start() -> None:
         run = manager.submit(base)
-        print(f"{run.state.value} run {run.run_id} (data={base.data}, folds={base.folds}, epochs={base.epochs})",
-              file=sys.stderr)
+        print(
+            f"{run.state.value} run {run.run_id} (data={base.data}, folds={base.folds}, epochs={base.epochs})",
+            file=sys.stderr,
+        )
 
     server = Server(
         uvicorn_config(
@@ -362,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
         ),
         on_started=[
-            *([reattach] if on_cluster else []), requeue,
+            *([reattach] if on_cluster else []),
+            requeue,
             *([train_on_start] if args.train_on_start else []),
         ],
     )

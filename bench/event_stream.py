@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -77,7 +79,7 @@ async def _receive_all(url: str, n_clients: int, expected: int) -> dict[str, Any
             producer_to_hub_ms.append((message["ts"] - float(published_wall)) * 1000)
             hub_to_client_ms.append((wall_at - message["ts"]) * 1000)
         counts.append(len(seqs))
-        gaps += sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
+        gaps += sum(1 for a, b in pairwise(seqs) if b != a + 1)
     return {
         "received_per_client": {"min": min(counts), "max": max(counts)},
         "lost": n_clients * expected - sum(counts),
@@ -120,8 +122,12 @@ def produce(publisher: Any, events: int, rate: float) -> bool:
         while (now := time.monotonic()) < target:
             time.sleep(min(target - now, 0.002))
         publisher.publish(
-            {"type": "notification", "level": "info", "kind": "bench",
-             "message": f"bench {i} {time.time():.6f} {time.monotonic():.9f}"}
+            {
+                "type": "notification",
+                "level": "info",
+                "kind": "bench",
+                "message": f"bench {i} {time.time():.6f} {time.monotonic():.9f}",
+            }
         )
     publisher.publish({"type": "training_complete", "folds_completed": 0, "summary_path": "-"})
     return bool(publisher.flush(60))
@@ -135,16 +141,21 @@ def scenario(server: Any, hub: Any, n_clients: int, events: int, rate: float) ->
     run_id = f"bench-{n_clients}-{time.time_ns()}"
     ray.get(hub.register_run.remote(run_id, None))
     child = subprocess.Popen(
-        [sys.executable, __file__, "--client", f"{server.ws_url}?run_id={run_id}",
-         str(n_clients), str(events)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--client",
+            f"{server.ws_url}?run_id={run_id}",
+            str(n_clients),
+            str(events),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert child.stdout is not None
     if child.stdout.readline().strip() != "ready":
         raise RuntimeError("the client process did not connect")
-    producer = ray.remote(num_cpus=0)(produce).remote(
-        HubPublisher(hub, run_id, "bench"), events, rate
-    )
+    producer = ray.remote(num_cpus=0)(produce).remote(HubPublisher(hub, run_id, "bench"), events, rate)
     ray.get(producer, timeout=600)
     out, _ = child.communicate(timeout=300)
     summary = json.loads(out.strip().splitlines()[-1])
@@ -167,12 +178,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300, help="events per scenario (default 300)")
     parser.add_argument("--rate", type=float, default=100.0, help="events published per second")
     parser.add_argument("--clients", default="1,10,100", help="client counts for fan-out")
-    parser.add_argument("--latency-events", type=int, default=1000,
-                        help="events of the 1-client latency run (default 1000)")
+    parser.add_argument(
+        "--latency-events", type=int, default=1000, help="events of the 1-client latency run (default 1000)"
+    )
     parser.add_argument("--compression", action="store_true", help="permessage-deflate on")
     parser.add_argument("--store", default="off,on", help="job store modes to measure (default off,on)")
-    parser.add_argument("--sustained-events", type=int, default=50_000,
-                        help="events of the store's sustained write measurement (default 50000)")
+    parser.add_argument(
+        "--sustained-events",
+        type=int,
+        default=50_000,
+        help="events of the store's sustained write measurement (default 50000)",
+    )
     parser.add_argument("--client", nargs=3, metavar=("URL", "N", "EVENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -182,10 +198,10 @@ def main() -> None:
     import ray
 
     from api.app import ApiSettings, create_app
-    from orchestrator.events.stream import RayHubClient
     from api.server import BackgroundServer
     from orchestrator.events.actor import get_or_create_hub
     from orchestrator.events.publish import RaySink
+    from orchestrator.events.stream import RayHubClient
     from orchestrator.service import RunManager
 
     load_before = os.getloadavg()
@@ -220,16 +236,24 @@ def main() -> None:
     if "on" in results and "off" in results:
         p99 = {m: results[m]["latency_1_client"]["hub_to_client"]["p99_ms"] for m in ("off", "on")}
         comparison = {"hub_to_client_p99_ms": p99, "ratio_on_to_off": round(p99["on"] / p99["off"], 3)}
-    print(json.dumps({
-        "benchmark": "event_stream",
-        "machine": machine(("ray", "uvicorn", "websockets", "fastapi", "sqlalchemy")),
-        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "path": "producer (Ray task) -> EventHub actor -> pump long-poll -> per-client queue "
-        "-> uvicorn -> websockets client",
-        "permessage_deflate": args.compression,
-        "store": {"comparison": comparison, "sustained": sustained},
-        **{f"store_{mode}": result for mode, result in results.items()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "event_stream",
+                "machine": machine(("ray", "uvicorn", "websockets", "fastapi", "sqlalchemy")),
+                "load_average_1min": {
+                    "before": round(load_before[0], 2),
+                    "after": round(os.getloadavg()[0], 2),
+                },
+                "path": "producer (Ray task) -> EventHub actor -> pump long-poll -> per-client queue "
+                "-> uvicorn -> websockets client",
+                "permessage_deflate": args.compression,
+                "store": {"comparison": comparison, "sustained": sustained},
+                **{f"store_{mode}": result for mode, result in results.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 def _stored_events(url: str) -> int:
@@ -249,8 +273,15 @@ def store_throughput(url: str, events: int) -> dict[str, Any]:
 
     recorder = open_recorder(url)
     hub = EventHub(recorder=recorder, max_events=1000)
-    row = {"fold_id": 0, "train_loss": 0.1, "val_loss": 0.2, "val_auc": 0.51, "val_nll": 1.0,
-           "ECE": 0.02, "PIT_KS_p": 0.3}  # fmt: skip
+    row = {
+        "fold_id": 0,
+        "train_loss": 0.1,
+        "val_loss": 0.2,
+        "val_auc": 0.51,
+        "val_nll": 1.0,
+        "ECE": 0.02,
+        "PIT_KS_p": 0.3,
+    }
     started = time.perf_counter()
     for i in range(events):
         hub.publish("sustained", "bench", i, {"type": "epoch_metrics", "epoch": i, **row})
@@ -260,10 +291,14 @@ def store_throughput(url: str, events: int) -> dict[str, Any]:
     stats = recorder.stats()
     recorder.close()
     return {
-        "events": events, "publish_seconds": round(published, 3), "written_seconds": round(elapsed, 3),
-        "events_per_s": round(events / elapsed), "batches": stats["batches"],
+        "events": events,
+        "publish_seconds": round(published, 3),
+        "written_seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed),
+        "batches": stats["batches"],
         "mean_batch": round(events / max(stats["batches"], 1), 1),
     }
+
 
 if __name__ == "__main__":
     main()

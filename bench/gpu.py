@@ -38,10 +38,15 @@ class _NullPublisher:
 def _config(epochs: int, gpus_per_fold: float, cuda_graphs: bool = True) -> Any:
     from orchestrator.config import config_from_mapping
 
-    return config_from_mapping({
-        "epochs": epochs, "patience": epochs + 1, "gpus_per_fold": gpus_per_fold,
-        "cuda_graphs": cuda_graphs, "folds": 8,
-    })
+    return config_from_mapping(
+        {
+            "epochs": epochs,
+            "patience": epochs + 1,
+            "gpus_per_fold": gpus_per_fold,
+            "cuda_graphs": cuda_graphs,
+            "folds": 8,
+        }
+    )
 
 
 def _fold_inputs(fold_id: int, config: Any) -> tuple[Any, Any]:
@@ -72,7 +77,8 @@ def step_times(device_name: str, steps: int) -> dict[str, Any]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=(mode == "graphed"))
         step = (
             GraphedStep(model, opt, X, y, 0.01, (1.0, 1.0, 1.0), 256)
-            if mode == "graphed" else EagerStep(model, opt, X, y, 0.01, (1.0, 1.0, 1.0))
+            if mode == "graphed"
+            else EagerStep(model, opt, X, y, 0.01, (1.0, 1.0, 1.0))
         )
         order = torch.randint(0, 4000, (steps + 50, 256), generator=g).to(device)
         for i in range(50):
@@ -105,14 +111,22 @@ def _packed_worker(fold_id: int, k: int, epochs: int, device: str, barrier: Any,
     barrier.wait()
     t0 = time.perf_counter()
     result = trainer.run(features, spec, config, FoldContext("bench", time.time()), _NullPublisher())
-    queue.put({"fold": fold_id, "seconds": time.perf_counter() - t0, "device": result.device,
-               "epochs": result.epochs_run})
+    queue.put(
+        {
+            "fold": fold_id,
+            "seconds": time.perf_counter() - t0,
+            "device": result.device,
+            "epochs": result.epochs_run,
+        }
+    )
 
 
 def packed(k: int, epochs: int, device: str) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(k + 1), ctx.Queue()
-    procs = [ctx.Process(target=_packed_worker, args=(i, k, epochs, device, barrier, queue)) for i in range(k)]
+    procs = [
+        ctx.Process(target=_packed_worker, args=(i, k, epochs, device, barrier, queue)) for i in range(k)
+    ]
     for p in procs:
         p.start()
     barrier.wait()
@@ -121,8 +135,13 @@ def packed(k: int, epochs: int, device: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
-    return {"k": k, "wall_seconds": wall, "fold_seconds": sorted(r["seconds"] for r in results),
-            "device": results[0]["device"], "epochs": results[0]["epochs"]}
+    return {
+        "k": k,
+        "wall_seconds": wall,
+        "fold_seconds": sorted(r["seconds"] for r in results),
+        "device": results[0]["device"],
+        "epochs": results[0]["epochs"],
+    }
 
 
 def _cold_warm_worker(epochs: int, device: str, started_at: float, queue: Any) -> None:
@@ -139,8 +158,13 @@ def _cold_warm_worker(epochs: int, device: str, started_at: float, queue: Any) -
         t0 = time.perf_counter()
         trainer.run(features, spec, config, FoldContext("bench", time.time()), _NullPublisher())
         times.append(time.perf_counter() - t0)
-    queue.put({"cold_total_seconds": time.time() - started_at - times[1], "first_fold_seconds": times[0],
-               "warm_fold_seconds": times[1]})
+    queue.put(
+        {
+            "cold_total_seconds": time.time() - started_at - times[1],
+            "first_fold_seconds": times[0],
+            "warm_fold_seconds": times[1],
+        }
+    )
 
 
 def cold_warm(epochs: int, device: str) -> dict[str, Any]:
@@ -166,7 +190,9 @@ def main() -> None:
     report: dict[str, Any] = {
         "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
         "model": {"hidden": 64, "depth": 2, "batch_size": 256, "features": 11},
     }
     report["step"] = step_times(args.device, args.steps)

@@ -43,10 +43,7 @@ MODES: dict[str, list[str]] = {
     "ray_p1": ["--executor", "ray", "--parallel", "1"],
     "ray_p2": ["--executor", "ray", "--parallel", "2"],
 }
-PINNED_SPACE = (
-    "lr: {type: categorical, choices: [0.001]}\n"
-    "hidden: {type: categorical, choices: [64]}\n"
-)
+PINNED_SPACE = "lr: {type: categorical, choices: [0.001]}\nhidden: {type: categorical, choices: [64]}\n"
 
 
 def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -60,11 +57,34 @@ def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, An
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     command = [
-        sys.executable, "-m", "orchestrator", "hpo", "--study", "bench", "--trials", str(args.trials),
-        "--data", args.data, "--folds", str(args.folds), "--epochs", str(args.epochs),
-        "--search-space", str(space), "--sampler", "random", "--sampler-seed", "1",
-        "--pruner", "none", "--storage", storage, "--reports-dir", str(folder / "reports"),
-        "--quiet", *MODES[mode],
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "hpo",
+        "--study",
+        "bench",
+        "--trials",
+        str(args.trials),
+        "--data",
+        args.data,
+        "--folds",
+        str(args.folds),
+        "--epochs",
+        str(args.epochs),
+        "--search-space",
+        str(space),
+        "--sampler",
+        "random",
+        "--sampler-seed",
+        "1",
+        "--pruner",
+        "none",
+        "--storage",
+        storage,
+        "--reports-dir",
+        str(folder / "reports"),
+        "--quiet",
+        *MODES[mode],
     ]
     launched = time.time()
     proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
@@ -107,7 +127,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench_hpo_sessions_") as tmp:
         for repeat in range(args.repeats):
-            order = modes[repeat % len(modes):] + modes[: repeat % len(modes)]
+            order = modes[repeat % len(modes) :] + modes[: repeat % len(modes)]
             for mode in order:
                 runs[mode].append(run_session(mode, args, Path(tmp)))
                 print(json.dumps(runs[mode][-1]), file=sys.stderr, flush=True)
@@ -127,17 +147,25 @@ def main() -> None:
         ratios["session_local_over_ray_p2"] = round(
             median["local"]["session_seconds"] / median["ray_p2"]["session_seconds"], 3
         )
-    print(json.dumps({
-        "benchmark": "hpo_sessions",
-        "machine": machine(("ray", "torch", "optuna")),
-        "load_average": os.getloadavg(),
-        "args": vars(args),
-        "goals": {"warm_run_local_over_ray_p1": ">= 1.75", "steady_throughput_ray_p2_over_local": ">= 1.8",
-                  "session_local_over_ray_p2": ">= 1.3"},
-        "ratios": ratios,
-        "median": median,
-        "runs": runs,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "hpo_sessions",
+                "machine": machine(("ray", "torch", "optuna")),
+                "load_average": os.getloadavg(),
+                "args": vars(args),
+                "goals": {
+                    "warm_run_local_over_ray_p1": ">= 1.75",
+                    "steady_throughput_ray_p2_over_local": ">= 1.8",
+                    "session_local_over_ray_p2": ">= 1.3",
+                },
+                "ratios": ratios,
+                "median": median,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

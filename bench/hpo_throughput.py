@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -51,20 +52,34 @@ def trial_params(n: int, seed: int) -> list[dict[str, Any]]:
     return params
 
 
-def run_mode(args: argparse.Namespace, params: list[dict[str, Any]], warm: bool, root: Path) -> dict[str, Any]:
+def run_mode(
+    args: argparse.Namespace, params: list[dict[str, Any]], warm: bool, root: Path
+) -> dict[str, Any]:
     from orchestrator.config import config_from_mapping
     from orchestrator.hpo import HpoSpec, run_study
 
     name = f"bench_{'warm' if warm else 'cold'}_{int(time.time() * 1000)}"
-    config = config_from_mapping({
-        "data": args.data, "folds": args.folds, "epochs": args.epochs, "seed": 0,
-        "reports_dir": str(root), "cpus_per_fold": args.cpus_per_fold,
-        "placement_timeout_s": args.placement_timeout,
-    })
-    spec = HpoSpec.model_validate({
-        "study": name, "trials": len(params), "parallel": args.parallel, "pruner": "none",
-        "enqueue": params, "config": config,
-    })
+    config = config_from_mapping(
+        {
+            "data": args.data,
+            "folds": args.folds,
+            "epochs": args.epochs,
+            "seed": 0,
+            "reports_dir": str(root),
+            "cpus_per_fold": args.cpus_per_fold,
+            "placement_timeout_s": args.placement_timeout,
+        }
+    )
+    spec = HpoSpec.model_validate(
+        {
+            "study": name,
+            "trials": len(params),
+            "parallel": args.parallel,
+            "pruner": "none",
+            "enqueue": params,
+            "config": config,
+        }
+    )
     started = time.perf_counter()
     result = run_study(spec, reuse_workers=warm)
     seconds = time.perf_counter() - started
@@ -73,7 +88,7 @@ def run_mode(args: argparse.Namespace, params: list[dict[str, Any]], warm: bool,
     table = pd.read_csv(result.trials_csv).sort_values("number")
     durations = [float(d) for d in table["duration_seconds"].dropna()]
     # Past the first wave (which starts the warm pool too): what a long study sees per trial.
-    later = durations[args.parallel:]
+    later = durations[args.parallel :]
     steady = 60.0 * args.parallel / statistics.median(later) if later else None
     return {
         "seconds": seconds,
@@ -98,8 +113,12 @@ def main() -> int:
     parser.add_argument("--cpus-per-fold", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--placement-timeout", type=float, default=300.0,
-                        help="placement_timeout_s of the runs: cold actors start slowly on a busy host")
+    parser.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=300.0,
+        help="placement_timeout_s of the runs: cold actors start slowly on a busy host",
+    )
     args = parser.parse_args()
 
     import ray
@@ -137,9 +156,14 @@ def main() -> int:
             "gpus": ray.cluster_resources().get("GPU", 0),
         },
         "settings": {
-            "trials": args.trials, "parallel": args.parallel, "folds": args.folds,
-            "epochs": args.epochs, "data": args.data, "cpus_per_fold": args.cpus_per_fold,
-            "repeats": args.repeats, "pruner": "none",
+            "trials": args.trials,
+            "parallel": args.parallel,
+            "folds": args.folds,
+            "epochs": args.epochs,
+            "data": args.data,
+            "cpus_per_fold": args.cpus_per_fold,
+            "repeats": args.repeats,
+            "pruner": "none",
             "placement_timeout_s": args.placement_timeout,
         },
         "ray_start_seconds": ray_start,
@@ -148,7 +172,8 @@ def main() -> int:
         "warm_over_cold": warm["trials_per_minute"] / cold["trials_per_minute"],
         "warm_over_cold_steady": (
             warm["steady_trials_per_minute"] / cold["steady_trials_per_minute"]
-            if warm["steady_trials_per_minute"] and cold["steady_trials_per_minute"] else None
+            if warm["steady_trials_per_minute"] and cold["steady_trials_per_minute"]
+            else None
         ),
     }
     print(json.dumps(out, indent=2))

@@ -59,12 +59,14 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -80,11 +82,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--with-local", action="store_true",
-                   help="also run the job in-process (executor: local) in each repeat (slow)")
+    p.add_argument(
+        "--with-local",
+        action="store_true",
+        help="also run the job in-process (executor: local) in each repeat (slow)",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
-    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "bench_large_run",
-                   help="where the synthetic CSV is kept between invocations")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "bench_large_run",
+        help="where the synthetic CSV is kept between invocations",
+    )
     return p.parse_args(argv)
 
 
@@ -173,29 +182,33 @@ def analyse(run: Any, executor: TimedExecutor, cores: int) -> dict[str, Any]:
     dispatched = {k: arrived[k] - trips[k] for k in fits}
     pids: dict[int, int] = dict(getattr(executor.inner, "current_pids", {}))
     turn = waves(dispatched, pids)
-    train_sizes = {f["fold_id"]: f["segments"]["train"]["stop"] - f["segments"]["train"]["start"]
-                   for f in summary["folds"]}
+    train_sizes = {
+        f["fold_id"]: f["segments"]["train"]["stop"] - f["segments"]["train"]["start"]
+        for f in summary["folds"]
+    }
 
     folds = []
     for k in sorted(fits):
         ends = sorted(epoch_ends.get(k, []))
-        epoch = statistics.mean(b - a for a, b in zip(ends, ends[1:])) if len(ends) > 1 else None
+        epoch = statistics.mean(b - a for a, b in pairwise(ends)) if len(ends) > 1 else None
         first = ends[0] - dispatched[k] if ends else None
-        folds.append({
-            "fold": k,
-            "train_size": train_sizes[k],
-            "wave": turn[k],
-            "worker_pid": pids.get(k),
-            "dispatch_s": round(dispatched[k] - start, 3),
-            "result_s": round(arrived[k] - start, 3),
-            "fit_s": round(fits[k], 3),
-            "round_trip_s": round(trips[k], 3),
-            "dispatch_to_first_epoch_s": None if first is None else round(first, 3),
-            "epoch_s": None if epoch is None else round(epoch, 3),
-            "before_first_step_s": None if first is None or epoch is None else round(first - epoch, 3),
-            "last_epoch_to_result_s": round(arrived[k] - ends[-1], 3) if ends else None,
-            "result_to_fold_complete_s": round(completed[k] - arrived[k], 3) if k in completed else None,
-        })
+        folds.append(
+            {
+                "fold": k,
+                "train_size": train_sizes[k],
+                "wave": turn[k],
+                "worker_pid": pids.get(k),
+                "dispatch_s": round(dispatched[k] - start, 3),
+                "result_s": round(arrived[k] - start, 3),
+                "fit_s": round(fits[k], 3),
+                "round_trip_s": round(trips[k], 3),
+                "dispatch_to_first_epoch_s": None if first is None else round(first, 3),
+                "epoch_s": None if epoch is None else round(epoch, 3),
+                "before_first_step_s": None if first is None or epoch is None else round(first - epoch, 3),
+                "last_epoch_to_result_s": round(arrived[k] - ends[-1], 3) if ends else None,
+                "result_to_fold_complete_s": round(completed[k] - arrived[k], 3) if k in completed else None,
+            }
+        )
     stage = timings["training_seconds"]
     sum_fit = sum(fits.values())
     ideal = max(sum_fit / cores, max(fits.values()))
@@ -240,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     csv, written_s = synthetic_csv(args.rows, args.cache_dir)
     reports = tempfile.TemporaryDirectory(prefix="bench_large_run_")
-    config = config_from_mapping({
-        "data": str(csv), "folds": args.folds, "epochs": args.epochs, "executor": "ray",
-        "reports_dir": reports.name,
-    })
+    config = config_from_mapping(
+        {
+            "data": str(csv),
+            "folds": args.folds,
+            "epochs": args.epochs,
+            "executor": "ray",
+            "reports_dir": reports.name,
+        }
+    )
     started = time.perf_counter()
     data = run_data(config.data, config.date_format, config.lookback)
     load_s = time.perf_counter() - started
@@ -263,9 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_local:
         # A job without folds: the in-process trainer makes its imports (torch._dynamo) now, as
         # the actors did when they started, not inside the first run's training stage.
-        local_executor.inner.run_folds(FoldJob(
-            "warm-up", data.features, [], local_config, time.time(), InProcessSink(), threading.Event()
-        ), lambda result: None)
+        local_executor.inner.run_folds(
+            FoldJob(
+                "warm-up", data.features, [], local_config, time.time(), InProcessSink(), threading.Event()
+            ),
+            lambda result: None,
+        )
     ways: dict[str, tuple[Any, Any, Any]] = {
         "ray": (ray_executor, lambda: RaySink(hub), config),
         "local": (local_executor, lambda: InProcessSink(EventHub()), local_config),
@@ -274,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
         for rep in range(args.repeats):
-            for name in names[rep % len(names):] + names[: rep % len(names)]:
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 executor, sink, cfg = ways[name]
                 run = execute_run(new_run(cfg), sink(), executor)
                 # the in-process folds run one at a time: its stage is measured against one core
                 runs[name].append(analyse(run, executor, cores if name == "ray" else 1))
-                print(json.dumps({name: {k: runs[name][-1][k] for k in HEADLINE}}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({name: {k: runs[name][-1][k] for k in HEADLINE}}), file=sys.stderr, flush=True
+                )
     finally:
         pool.shutdown()
         ray.shutdown()
@@ -289,23 +311,40 @@ def main(argv: list[str] | None = None) -> int:
     median = {name: medians(rs) for name, rs in runs.items()}
     report = {
         "benchmark": "large_run",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python bench/large_run.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {**machine(), "load_avg_1m_before": round(load_before[0], 2),
-                    "load_avg_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": {
+            **machine(),
+            "load_avg_1m_before": round(load_before[0], 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        },
         "goal": GOAL,
-        "job": {"rows": args.rows, "samples": len(data.features), "folds": config.folds,
-                "epochs": config.epochs, "patience": config.patience, "lookback": config.lookback,
-                "batch_size": config.batch_size, "window": config.window,
-                "max_concurrent_folds": config.max_concurrent_folds, "repeats": args.repeats,
-                "csv": str(csv), "csv_bytes": csv.stat().st_size},
-        "setup_s": {"csv_written": None if written_s is None else round(written_s, 2),
-                    "data_load_and_features": round(load_s, 2),
-                    "ray_start_and_actors_up": round(ray_up_s, 2)},
+        "job": {
+            "rows": args.rows,
+            "samples": len(data.features),
+            "folds": config.folds,
+            "epochs": config.epochs,
+            "patience": config.patience,
+            "lookback": config.lookback,
+            "batch_size": config.batch_size,
+            "window": config.window,
+            "max_concurrent_folds": config.max_concurrent_folds,
+            "repeats": args.repeats,
+            "csv": str(csv),
+            "csv_bytes": csv.stat().st_size,
+        },
+        "setup_s": {
+            "csv_written": None if written_s is None else round(written_s, 2),
+            "data_load_and_features": round(load_s, 2),
+            "ray_start_and_actors_up": round(ray_up_s, 2),
+        },
         "ratio": median["ray"]["ratio"],
         "median": median,
-        "local_over_ray": (round(median["local"]["training_stage_s"] / median["ray"]["training_stage_s"], 3)
-                           if "local" in median else None),
+        "local_over_ray": (
+            round(median["local"]["training_stage_s"] / median["ray"]["training_stage_s"], 3)
+            if "local" in median
+            else None
+        ),
         "runs": runs,
     }
     text = json.dumps(report, indent=2)

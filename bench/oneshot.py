@@ -35,10 +35,27 @@ def one_run(executor: str, args: argparse.Namespace, work: Path) -> dict[str, An
     env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "train", "--executor", executor, "--quiet",
-         "--data", args.data, "--folds", str(args.folds), "--epochs", str(args.epochs),
-         "--reports-dir", str(folder / "r")],
-        cwd=folder, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "train",
+            "--executor",
+            executor,
+            "--quiet",
+            "--data",
+            args.data,
+            "--folds",
+            str(args.folds),
+            "--epochs",
+            str(args.epochs),
+            "--reports-dir",
+            str(folder / "r"),
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -64,20 +81,27 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
     with tempfile.TemporaryDirectory(prefix="bench_oneshot_") as tmp:
         for repeat in range(args.repeats):
-            for executor in (("local", "ray") if repeat % 2 == 0 else ("ray", "local")):
+            for executor in ("local", "ray") if repeat % 2 == 0 else ("ray", "local"):
                 runs[executor].append(one_run(executor, args, Path(tmp)))
                 print(json.dumps(runs[executor][-1]), file=sys.stderr, flush=True)
     best = {k: min(rs, key=lambda r: r["wall_seconds"]) for k, rs in runs.items()}
-    print(json.dumps({
-        "benchmark": "oneshot",
-        "machine": machine(),
-        "load_average": os.getloadavg(),
-        "args": vars(args),
-        "goal": "ray wall - local wall <= 4 s",
-        "ray_minus_local_wall_seconds": round(best["ray"]["wall_seconds"] - best["local"]["wall_seconds"], 2),
-        "best": best,
-        "runs": runs,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "oneshot",
+                "machine": machine(),
+                "load_average": os.getloadavg(),
+                "args": vars(args),
+                "goal": "ray wall - local wall <= 4 s",
+                "ray_minus_local_wall_seconds": round(
+                    best["ray"]["wall_seconds"] - best["local"]["wall_seconds"], 2
+                ),
+                "best": best,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -101,10 +102,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", choices=["expanding", "rolling"], default="expanding")
     p.add_argument("--repeats", type=int, default=8, help="a multiple of 4 rotates the order evenly")
     p.add_argument("--cpus-per-fold", type=float, default=1.0)
-    p.add_argument("--watched", action="store_true",
-                   help="a consumer of every message type on the hub (live prediction deltas)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other TrainConfig field, e.g. --set prediction_deltas=false")
+    p.add_argument(
+        "--watched",
+        action="store_true",
+        help="a consumer of every message type on the hub (live prediction deltas)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other TrainConfig field, e.g. --set prediction_deltas=false",
+    )
     return p.parse_args(argv)
 
 
@@ -128,31 +137,32 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import config_from_mapping
     from orchestrator.cv import plan_folds_for
     from orchestrator.driver import execute_run, new_run
+    from orchestrator.events.actor import get_or_create_hub
+    from orchestrator.events.publish import InProcessSink, RaySink
     from orchestrator.execution.base import FoldJob
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.local import LocalExecutor
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.execution.ray import RayExecutor
-    from orchestrator.events.publish import RaySink
-    from orchestrator.events.actor import get_or_create_hub
     from orchestrator.messages import MESSAGE_TYPES
-    from orchestrator.events.publish import InProcessSink
     from workers.data import load_ohlcv
     from workers.features import build_features
 
     load_before = os.getloadavg()
     reports = tempfile.mkdtemp(prefix="bench-parallel-folds-")
-    config = config_from_mapping({
-        "data": args.data,
-        "folds": args.folds,
-        "epochs": args.epochs,
-        "patience": args.epochs + 1,  # every epoch runs, in every way: the same work
-        "window": args.window,
-        "cpus_per_fold": args.cpus_per_fold,
-        "executor": "ray",
-        "reports_dir": reports,
-        **overrides(args.set),
-    })
+    config = config_from_mapping(
+        {
+            "data": args.data,
+            "folds": args.folds,
+            "epochs": args.epochs,
+            "patience": args.epochs + 1,  # every epoch runs, in every way: the same work
+            "window": args.window,
+            "cpus_per_fold": args.cpus_per_fold,
+            "executor": "ray",
+            "reports_dir": reports,
+            **overrides(args.set),
+        }
+    )
     warmup_config = config.model_copy(update={"epochs": 1, "patience": 2})
     features = build_features(load_ohlcv(config.data), config.lookback)
     specs = plan_folds_for(config, len(features))
@@ -168,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     # ---- cold starts (not part of the training stage) ---------------------------------------
     local = LocalExecutor()
     audience = frozenset(MESSAGE_TYPES) if args.watched else frozenset()
-    local_cold = timed(lambda: local.run_folds(
-        job(InProcessSink(interest=audience), "local-warmup", warmup_config), lambda r: None
-    ))
+    local_cold = timed(
+        lambda: local.run_folds(
+            job(InProcessSink(interest=audience), "local-warmup", warmup_config), lambda r: None
+        )
+    )
 
     started = time.perf_counter()
     ensure_ray()
@@ -189,18 +201,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def joblib_run(cfg: Any) -> list[Any]:
         now = time.time()
-        return list(parallel(
-            joblib.delayed(train_fold_in_worker)(features, spec, cfg, now, args.watched) for spec in specs
-        ))
+        return list(
+            parallel(
+                joblib.delayed(train_fold_in_worker)(features, spec, cfg, now, args.watched) for spec in specs
+            )
+        )
 
     joblib_cold = timed(lambda: joblib_run(warmup_config))
 
     # ---- the training stage, interleaved repetitions ----------------------------------------
     ways: dict[str, Callable[[str, list[Any]], Any]] = {
-        "local": lambda run_id, out: local.run_folds(job(InProcessSink(interest=audience), run_id), out.append),
+        "local": lambda run_id, out: local.run_folds(
+            job(InProcessSink(interest=audience), run_id), out.append
+        ),
         "ray": lambda run_id, out: executor.run_folds(job(sink, run_id), out.append),
         "joblib": lambda run_id, out: out.extend(joblib_run(config)),
-        "ray_no_events": lambda run_id, out: executor.run_folds(job(NullSink(args.watched), run_id), out.append),
+        "ray_no_events": lambda run_id, out: executor.run_folds(
+            job(NullSink(args.watched), run_id), out.append
+        ),
     }
     names = list(ways)
     runs: dict[str, list[float]] = {way: [] for way in names}
@@ -208,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.repeats):
         # Rotate the order: whatever a way leaves behind (loky workers settling, the hub still
         # writing) falls on each of the others in turn.
-        for way in names[rep % len(names):] + names[: rep % len(names)]:
+        for way in names[rep % len(names) :] + names[: rep % len(names)]:
             results: list[Any] = []
             run_id = f"bench-{way}-{rep}-{time.time_ns()}"
-            runs[way].append(timed(lambda: ways[way](run_id, results)))
+            runs[way].append(timed(lambda: ways[way](run_id, results)))  # noqa: B023 (called at once, inside the iteration)
             folds[way].append(fold_seconds(results))
     median = {way: statistics.median(times) for way, times in runs.items()}
 
@@ -223,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
     first_epoch = None
     while first_epoch is None:
-        reply = ray.get(hub.poll.remote(0, 5.0, run.run_id, types=frozenset({"epoch_metrics", "training_start"})))
+        reply = ray.get(
+            hub.poll.remote(0, 5.0, run.run_id, types=frozenset({"epoch_metrics", "training_start"}))
+        )
         kinds = {e["type"]: e["ts"] for e in reply["events"]}
         if "epoch_metrics" in kinds:
             first_epoch = kinds
@@ -248,16 +268,27 @@ def main(argv: list[str] | None = None) -> int:
     ideal = sum(local_folds.values()) / max(local_folds.values())
     report = {
         "benchmark": "parallel_folds",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python bench/parallel_folds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {**machine(("ray", "torch", "joblib")), "load_avg_1m_before": round(load_before[0], 2),
-                    "load_avg_1m_after": round(os.getloadavg()[0], 2)},
-        "job": {"data": config.data, "samples": len(features), "folds": len(specs),
-                "epochs": config.epochs, "window": config.window,
-                "cpus_per_fold": config.cpus_per_fold, "torch_threads_per_fold": threads,
-                "train_sizes": [len(s.train) for s in specs], "repeats": args.repeats,
-                "prediction_deltas": config.prediction_deltas, "watched": args.watched,
-                "batch_progress_interval_s": config.batch_progress_interval_s},
+        "machine": {
+            **machine(("ray", "torch", "joblib")),
+            "load_avg_1m_before": round(load_before[0], 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        },
+        "job": {
+            "data": config.data,
+            "samples": len(features),
+            "folds": len(specs),
+            "epochs": config.epochs,
+            "window": config.window,
+            "cpus_per_fold": config.cpus_per_fold,
+            "torch_threads_per_fold": threads,
+            "train_sizes": [len(s.train) for s in specs],
+            "repeats": args.repeats,
+            "prediction_deltas": config.prediction_deltas,
+            "watched": args.watched,
+            "batch_progress_interval_s": config.batch_progress_interval_s,
+        },
         "training_stage_s": {way: round(t, 3) for way, t in median.items()},
         "training_stage_min_s": {way: round(min(ts), 3) for way, ts in runs.items()},
         "training_stage_runs_s": {way: [round(t, 3) for t in ts] for way, ts in runs.items()},
@@ -283,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
             for way, reps in folds.items()
         },
         "stage_minus_slowest_fold_s_median": {
-            way: round(statistics.median(t - max(rep.values()) for t, rep in zip(runs[way], folds[way])), 3)
+            way: round(
+                statistics.median(
+                    t - max(rep.values()) for t, rep in zip(runs[way], folds[way], strict=True)
+                ),
+                3,
+            )
             for way in names
         },
         "cold_start_s": {

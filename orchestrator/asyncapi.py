@@ -54,7 +54,8 @@ def _rewrite_refs(node: Any) -> Any:
     if isinstance(node, dict):
         return {
             key: value.replace("#/$defs/", _SCHEMA_REFS)
-            if key == "$ref" and isinstance(value, str) else _rewrite_refs(value)
+            if key == "$ref" and isinstance(value, str)
+            else _rewrite_refs(value)
             for key, value in node.items()
         }
     if isinstance(node, list):
@@ -191,8 +192,7 @@ def asyncapi_document() -> dict[str, Any]:
                 "action": "receive",
                 "channel": channel_ref,
                 "title": "Receive server messages",
-                "summary": "Every message the server sends: events of runs, control messages "
-                "and pongs.",
+                "summary": "Every message the server sends: events of runs, control messages and pongs.",
                 "messages": message_refs(server_kinds),
             },
             "sendPing": {

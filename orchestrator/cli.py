@@ -31,19 +31,26 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run configuration (override --config, which overrides the defaults)")
     g.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
     add_model_flags(g, TRAIN_FLAGS)
-    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any config field, e.g. --set lr=3e-4 (repeatable; JSON values)")
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any config field, e.g. --set lr=3e-4 (repeatable; JSON values)",
+    )
 
 
 def add_command_flags(p: argparse.ArgumentParser, what: str, *, quiet: str) -> None:
     """The flags of a command that trains by itself (``train``, ``hpo``): where, which store, the
     events file, quiet."""
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
-    p.add_argument("--db", help=f"the job store {what} is recorded in: a SQLAlchemy URL (default: "
-                   "$ORCHESTRATOR_DB, else orchestrator.db under --reports-dir); refused while "
-                   "a server writes it")
-    p.add_argument("--events-out", help=f"write every event of {what} as sent on /ws to this "
-                   "JSON-lines file")
+    p.add_argument(
+        "--db",
+        help=f"the job store {what} is recorded in: a SQLAlchemy URL (default: "
+        "$ORCHESTRATOR_DB, else orchestrator.db under --reports-dir); refused while "
+        "a server writes it",
+    )
+    p.add_argument("--events-out", help=f"write every event of {what} as sent on /ws to this JSON-lines file")
     p.add_argument("--quiet", action="store_true", help=quiet)
 
 
@@ -103,10 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
 _LATER_COMMANDS: list[tuple[str, str, str]] = [
     ("serve", "serve the REST API and the /ws event stream", "api.server"),
     ("watch", "follow a run on a server's /ws in the terminal", "orchestrator.console.watch"),
-    ("hpo", "Optuna hyperparameter search over whole CV runs (here, or on a server with --url)",
-     "orchestrator.hpo.cli"),
-    ("submit", "submit a run to a server's queue (POST /train); --watch follows it",
-     "orchestrator.console.jobs:submit_main"),
+    (
+        "hpo",
+        "Optuna hyperparameter search over whole CV runs (here, or on a server with --url)",
+        "orchestrator.hpo.cli",
+    ),
+    (
+        "submit",
+        "submit a run to a server's queue (POST /train); --watch follows it",
+        "orchestrator.console.jobs:submit_main",
+    ),
     ("runs", "a server's runs and its queue, as tables", "orchestrator.console.jobs:runs_main"),
     ("cancel", "cancel a queued or running run on a server", "orchestrator.console.jobs:cancel_main"),
 ]
@@ -140,8 +153,8 @@ def _cmd_schema(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
-    from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.console.progress import EventFileWriter, ProgressView
+    from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.runner import run_training
     from orchestrator.store.engine import resolve_store_url
 

@@ -45,7 +45,9 @@ class TrainConfig(BaseModel):
     )
 
     # walk-forward CV (DESIGN 5)
-    use_cv: bool = Field(True, description="walk-forward CV; --no-cv gives one train/calibration/validation split")
+    use_cv: bool = Field(
+        True, description="walk-forward CV; --no-cv gives one train/calibration/validation split"
+    )
     folds: int = Field(5, ge=1, le=64, description="walk-forward CV folds")
     window: Literal["expanding", "rolling"] = Field(
         "expanding", description="train window: everything before (expanding) or a fixed length"
@@ -68,9 +70,7 @@ class TrainConfig(BaseModel):
     w_nll: float = Field(1.0, ge=0.0, description="weight of the Gaussian NLL in the loss")
     w_bce: float = Field(1.0, ge=0.0, description="weight of the BCE of p_up in the loss")
     w_brier: float = Field(1.0, ge=0.0, description="weight of the Brier score in the loss")
-    patience: int = Field(
-        10, ge=1, description="epochs without calibration-loss improvement before stopping"
-    )
+    patience: int = Field(10, ge=1, description="epochs without calibration-loss improvement before stopping")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weights and batch order")
 
     # calibration and conformal (DESIGN 6)
@@ -122,7 +122,7 @@ class TrainConfig(BaseModel):
     reports_dir: str = Field("reports", description="reports root: one folder per run")
 
     @model_validator(mode="after")
-    def _check_cv(self) -> "TrainConfig":
+    def _check_cv(self) -> TrainConfig:
         if self.use_cv and self.folds < 2:
             raise ValueError(f"folds must be >= 2 when use_cv is true, got folds={self.folds}")
         if self.w_nll + self.w_bce + self.w_brier <= 0:

@@ -26,15 +26,15 @@ if TYPE_CHECKING:
     from orchestrator.service import RunManager
     from orchestrator.store import JobStore
 
-__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator",
-           "reattach_runs"]
+__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator", "reattach_runs"]
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_PREFIX = "run:"
 # What a run's mirror learns from (``Run.observe`` and ``Run.follow``); other types are not read.
-_FOLLOWED_TYPES = frozenset({"training_start", "epoch_metrics", "fold_complete", "training_complete",
-                             "training_error"})
+_FOLLOWED_TYPES = frozenset(
+    {"training_start", "epoch_metrics", "fold_complete", "training_complete", "training_error"}
+)
 # After its run ended, a coordinator waits this long (for a last snapshot call) before ending.
 _LINGER_S = 2.0
 
@@ -44,14 +44,24 @@ class RunCoordinator:
     run goes on even when the server that launched it dies before asking for anything;
     ``result``, ``cancel`` and ``snapshot`` answer meanwhile."""
 
-    def __init__(self, run_id: str, config_json: str, run_dir: str, created_at: float,
-                 cwd: str, hub_namespace: str, extra_summary: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_id: str,
+        config_json: str,
+        run_dir: str,
+        created_at: float,
+        cwd: str,
+        hub_namespace: str,
+        extra_summary: dict[str, Any] | None = None,
+    ) -> None:
         os.chdir(cwd)  # this process is the coordinator's alone
         config = TrainConfig.model_validate_json(config_json)
         self.run = Run(run_id=run_id, config=config, run_dir=run_dir, created_at=created_at)
         self.hub_namespace = hub_namespace
         self._ended = threading.Event()
-        threading.Thread(target=self._execute, args=(extra_summary,), name=f"run-{run_id}", daemon=True).start()
+        threading.Thread(
+            target=self._execute, args=(extra_summary,), name=f"run-{run_id}", daemon=True
+        ).start()
 
     def _execute(self, extra_summary: dict[str, Any] | None) -> None:
         """Train the run to its end; the coordinator ends itself afterwards."""
@@ -63,8 +73,12 @@ class RunCoordinator:
 
         pool = WorkerPool()
         try:
-            execute_run(self.run, RaySink(get_hub(self.hub_namespace)), RayExecutor(pool=pool),
-                        extra_summary=extra_summary)
+            execute_run(
+                self.run,
+                RaySink(get_hub(self.hub_namespace)),
+                RayExecutor(pool=pool),
+                extra_summary=extra_summary,
+            )
         except Exception as err:  # before the run could start (the hub gone): it fails, said so
             log.exception("run %s: its coordinator could not run it", self.run.run_id)
             if not self.run.done:
@@ -110,7 +124,12 @@ def launch_coordinator(run: Run, namespace: str, extra_summary: dict[str, Any] |
         max_restarts=0,
     )
     return coordinator_class.remote(
-        run.run_id, run.config.model_dump_json(), run.run_dir, run.created_at, os.getcwd(), namespace,
+        run.run_id,
+        run.config.model_dump_json(),
+        run.run_dir,
+        run.created_at,
+        os.getcwd(),
+        namespace,
         extra_summary,
     )
 
@@ -139,13 +158,24 @@ def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str
         snapshot = store.get_run(run_id)
         handle = find_coordinator(run_id, namespace)
         if handle is None or snapshot is None:
-            ray.get(hub.publish.remote(run_id, "reattach", 0, {
-                "type": "training_error",
-                "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
-            }))  # fmt: skip
+            ray.get(
+                hub.publish.remote(
+                    run_id,
+                    "reattach",
+                    0,
+                    {
+                        "type": "training_error",
+                        "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
+                    },
+                )
+            )
             continue
-        run = Run(run_id=run_id, config=TrainConfig.model_validate(snapshot["config"]),
-                  run_dir=run_dir or snapshot["run_dir"], created_at=snapshot["created_at"])  # fmt: skip
+        run = Run(
+            run_id=run_id,
+            config=TrainConfig.model_validate(snapshot["config"]),
+            run_dir=run_dir or snapshot["run_dir"],
+            created_at=snapshot["created_at"],
+        )
         since = _replay(run, hub, 0)
         manager.adopt(run, handle)
         _replay(run, hub, since)

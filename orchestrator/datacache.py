@@ -78,4 +78,3 @@ def clear() -> None:
     """Forget every cached result (tests; a long-lived process that wants the memory back)."""
     with _lock:
         _cache.clear()
-

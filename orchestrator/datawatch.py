@@ -36,8 +36,14 @@ def _iso(ts: pd.Timestamp) -> str:
 
 def candles_of(frame: pd.DataFrame) -> list[Candle]:
     return [
-        Candle(timestamp=_iso(row.timestamp), open=row.open, high=row.high, low=row.low,
-               close=row.close, volume=row.volume)
+        Candle(
+            timestamp=_iso(row.timestamp),
+            open=row.open,
+            high=row.high,
+            low=row.low,
+            close=row.close,
+            volume=row.volume,
+        )
         for row in frame.itertuples(index=False)
     ]
 
@@ -56,7 +62,7 @@ class CandleBook:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, source: str, date_format: str | None = None) -> "CandleBook":
+    def load(cls, source: str, date_format: str | None = None) -> CandleBook:
         return cls(load_ohlcv(source, date_format))
 
     def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]:
@@ -78,9 +84,7 @@ class CandleBook:
 
 
 class DataFeed(CandleBook):
-    def __init__(
-        self, path: str | Path, snapshot_dir: str | Path, date_format: str | None = None
-    ) -> None:
+    def __init__(self, path: str | Path, snapshot_dir: str | Path, date_format: str | None = None) -> None:
         super().__init__(load_ohlcv(path, date_format))  # the initial file must be valid as a whole
         # appended rows are read in the one format of the whole initial column
         self.date_format = text_date_format(path, date_format)
@@ -113,7 +117,11 @@ class DataFeed(CandleBook):
             try:
                 signature = self._signature()
             except FileNotFoundError:
-                return FeedUpdate(warnings=[f"watched file {self.path} disappeared; keeping the {len(self.frame)} bars loaded"])
+                return FeedUpdate(
+                    warnings=[
+                        f"watched file {self.path} disappeared; keeping the {len(self.frame)} bars loaded"
+                    ]
+                )
             if signature == self._stat:
                 return FeedUpdate()
             self._stat = signature
@@ -153,7 +161,14 @@ class DataFeed(CandleBook):
             values = next(csv.reader(io.StringIO(line)))
             label = f"line {self._line_no}"
             if len(values) != len(self._header or []):
-                rows.append((label, pd.DataFrame({"error": [f"{len(values)} fields, header has {len(self._header or [])}"]})))
+                rows.append(
+                    (
+                        label,
+                        pd.DataFrame(
+                            {"error": [f"{len(values)} fields, header has {len(self._header or [])}"]}
+                        ),
+                    )
+                )
                 continue
             rows.append((label, pd.DataFrame([values], columns=self._header)))
         return rows
@@ -174,17 +189,20 @@ class DataFeed(CandleBook):
             )
         return bar
 
+
 class DataWatcher:
     """Polls a ``DataFeed`` on a thread and hands updates to ``on_update``."""
 
-    def __init__(self, feed: DataFeed, on_update: Callable[[FeedUpdate], None], interval_s: float = 0.2) -> None:
+    def __init__(
+        self, feed: DataFeed, on_update: Callable[[FeedUpdate], None], interval_s: float = 0.2
+    ) -> None:
         self.feed = feed
         self.on_update = on_update
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="data-watcher", daemon=True)
 
-    def start(self) -> "DataWatcher":
+    def start(self) -> DataWatcher:
         self._thread.start()
         return self
 

@@ -88,16 +88,22 @@ def execute_run(
         training_started_at = time.time()
         driver.publish(
             TrainingStart(
-                use_cv=config.use_cv, total_folds=len(specs), total_epochs=config.epochs,
+                use_cv=config.use_cv,
+                total_folds=len(specs),
+                total_epochs=config.epochs,
                 hpo_trial=hpo_trial,
             )
         )
         for fold_id, found in data_warnings.items():
             if found:
-                driver.publish(Notification(
-                    level="warning", kind="data_warning", fold_id=fold_id,
-                    message=f"fold {fold_id}: " + "; ".join(w.message for w in found),
-                ))
+                driver.publish(
+                    Notification(
+                        level="warning",
+                        kind="data_warning",
+                        fold_id=fold_id,
+                        message=f"fold {fold_id}: " + "; ".join(w.message for w in found),
+                    )
+                )
         results: dict[int, FoldResult] = {}
         paths: dict[int, str] = {}
 
@@ -112,19 +118,25 @@ def execute_run(
             )
             for kind, warning in warnings:
                 if warning:
-                    driver.publish(Notification(
-                        level="warning", kind=kind, fold_id=result.fold_id,
-                        message=f"fold {result.fold_id}: {warning}",
-                    ))
-            driver.publish(FoldComplete(
-                fold_id=result.fold_id,
-                predictions_path=str(path),
-                calibration_method=result.calibration_method,
-                calibration_warning=result.calibration_warning,
-                coverage_warning=result.coverage_warning,
-                val_auc=result.metrics.get("val_auc"),
-                best_epoch=result.best_epoch,
-            ))
+                    driver.publish(
+                        Notification(
+                            level="warning",
+                            kind=kind,
+                            fold_id=result.fold_id,
+                            message=f"fold {result.fold_id}: {warning}",
+                        )
+                    )
+            driver.publish(
+                FoldComplete(
+                    fold_id=result.fold_id,
+                    predictions_path=str(path),
+                    calibration_method=result.calibration_method,
+                    calibration_warning=result.calibration_warning,
+                    coverage_warning=result.coverage_warning,
+                    val_auc=result.metrics.get("val_auc"),
+                    best_epoch=result.best_epoch,
+                )
+            )
 
         job = FoldJob(
             run_id=run.run_id,
@@ -141,8 +153,7 @@ def execute_run(
         training_seconds = time.time() - training_started_at
 
         per_fold = [
-            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k])
-            for k in sorted(results)
+            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k]) for k in sorted(results)
         ]
         summary = {
             "run_id": run.run_id,

@@ -37,9 +37,7 @@ class InsufficientDataError(DataValidationError):
     def __init__(self, size: int, min_samples: int) -> None:
         self.size = size
         self.min_samples = min_samples
-        super().__init__(
-            f"dataset has {size} usable samples, fewer than min_samples={min_samples}"
-        )
+        super().__init__(f"dataset has {size} usable samples, fewer than min_samples={min_samples}")
 
 
 class FoldFailedError(OrchestratorError):

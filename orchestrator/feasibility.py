@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.config import TrainConfig
-from orchestrator.config import FoldSpec
+from orchestrator.config import FoldSpec, TrainConfig
 from orchestrator.cv import plan_folds_for
 from orchestrator.errors import ConfigError
 from workers.conformal import conformal_rank

@@ -29,6 +29,7 @@ def token_or_env(given: str | None) -> str | None:
     """``given`` (an empty string too: no token), else ``$ORCHESTRATOR_TOKEN`` if set and not empty."""
     return given if given is not None else (os.environ.get(TOKEN_ENV) or None)
 
+
 _SCALARS: dict[type, str] = {int: "int", float: "float", str: "str", bool: "bool"}
 
 
@@ -92,7 +93,10 @@ def add_model_flags(group: argparse._ActionsContainer, specs: Iterable[FlagSpec]
     for spec in specs:
         if spec.kind == "bool":
             group.add_argument(
-                spec.flag, dest=spec.field, action=argparse.BooleanOptionalAction, default=None,
+                spec.flag,
+                dest=spec.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=spec.help,
             )
         elif spec.kind == "choice":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -232,26 +232,25 @@ class Pong(BaseModel):
 
 
 Message = Annotated[
-    Union[
-        DatasetReady,
-        TrainingStart,
-        EpochMetrics,
-        FoldComplete,
-        TrainingComplete,
-        TrainingError,
-        PredictionDelta,
-        BatchProgress,
-        Notification,
-        HpoTrial,
-        ChartUpdate,
-        HistoryGap,
-    ],
+    DatasetReady
+    | TrainingStart
+    | EpochMetrics
+    | FoldComplete
+    | TrainingComplete
+    | TrainingError
+    | PredictionDelta
+    | BatchProgress
+    | Notification
+    | HpoTrial
+    | ChartUpdate
+    | HistoryGap,
     Field(discriminator="type"),
 ]
-ServerMessage = Annotated[Union[Message, Pong], Field(union_mode="left_to_right")]
+ServerMessage = Annotated[Message | Pong, Field(union_mode="left_to_right")]
 
 _MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
 
 def _union_members(union: Any) -> tuple[type[BaseModel], ...]:
     """The model classes of an ``Annotated[Union[...], ...]`` message union, in declared order."""
@@ -269,10 +268,19 @@ MESSAGE_TYPES: tuple[str, ...] = tuple(MESSAGE_MODELS)
 # A run's last event: exactly one of these ends every run.
 TERMINAL_TYPES = frozenset({_type_of(TrainingComplete), _type_of(TrainingError)})
 # A training run's own lifecycle: a /ws client that names no run gets these for the run it follows.
-RUN_TYPES = frozenset(_type_of(m) for m in (
-    DatasetReady, TrainingStart, EpochMetrics, BatchProgress, FoldComplete, PredictionDelta,
-    TrainingComplete, TrainingError,
-))  # fmt: skip
+RUN_TYPES = frozenset(
+    _type_of(m)
+    for m in (
+        DatasetReady,
+        TrainingStart,
+        EpochMetrics,
+        BatchProgress,
+        FoldComplete,
+        PredictionDelta,
+        TrainingComplete,
+        TrainingError,
+    )
+)
 # The first of these a run releases starts it; it runs until its terminal event (docs/api.md, /ws).
 START_TYPES = frozenset({_type_of(DatasetReady), _type_of(TrainingStart)})
 # Live detail sent only to clients that ask for it by name (``?types=``).
@@ -281,8 +289,9 @@ HEAVY_TYPES = frozenset({_type_of(BatchProgress), _type_of(PredictionDelta), _ty
 CORE_TYPES = frozenset(MESSAGE_TYPES) - HEAVY_TYPES
 
 EPOCH_METRIC_FIELDS: tuple[str, ...] = tuple(
-    name for name in EpochMetrics.model_fields if name not in _Envelope.model_fields
-    and name not in {"type", "fold_id", "epoch", "elapsed_seconds"}
+    name
+    for name in EpochMetrics.model_fields
+    if name not in _Envelope.model_fields and name not in {"type", "fold_id", "epoch", "elapsed_seconds"}
 )
 
 

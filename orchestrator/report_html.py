@@ -13,14 +13,14 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Required, TypedDict, Unpack
 
+from orchestrator.events.journal import EVENTS_FILE
 from orchestrator.messages import sanitize
 from orchestrator.reports import atomic_write_text
-from orchestrator.events.journal import EVENTS_FILE
 from orchestrator.run_files import diagnostics_of_fold, read_events
 
 __all__ = [
@@ -71,7 +71,7 @@ def _inline_script(name: str) -> str:
 
 def render_page(title: str, data: Mapping[str, Any]) -> str:
     """The report template filled in: title, style, data and scripts all inline."""
-    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     values = {
         "TITLE": title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"),
         "WRITTEN": written,
@@ -104,9 +104,7 @@ def run_report_data(run_dir: str | Path, summary: Mapping[str, Any], state: str)
     }
 
 
-def write_run_report(
-    run_dir: str | Path, summary: Mapping[str, Any], *, state: str = "completed"
-) -> Path:
+def write_run_report(run_dir: str | Path, summary: Mapping[str, Any], *, state: str = "completed") -> Path:
     """``<run_dir>/report.html`` from the summary, the run's events.jsonl and its predictions CSVs."""
     data = run_report_data(run_dir, summary, state)
     html = render_page(f"Run {data['run_id']} · report", data)
@@ -174,8 +172,13 @@ def study_status_of_rows(
         "state": labels.get("state") or state,
         "trials_done": done,
         "trials_total": max(planned or 0, len(trials)),
-        "best": None if best is None else {
-            "trial": best["number"], "value": best["value"], "params": best["params"], "run_id": best.get("run_id"),
+        "best": None
+        if best is None
+        else {
+            "trial": best["number"],
+            "value": best["value"],
+            "params": best["params"],
+            "run_id": best.get("run_id"),
         },
         "trials": trials,
     }

@@ -12,7 +12,7 @@ import os
 import platform
 import secrets
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,23 @@ __all__ = [
 ]
 
 PREDICTION_COLUMNS = (
-    "timestamp", "fold_id", "segment", "y", "mu", "sigma", "p_up_raw", "p_up_cal",
-    "conformal_lo", "conformal_hi", "conformal_p", "pit_z",
+    "timestamp",
+    "fold_id",
+    "segment",
+    "y",
+    "mu",
+    "sigma",
+    "p_up_raw",
+    "p_up_cal",
+    "conformal_lo",
+    "conformal_hi",
+    "conformal_p",
+    "pit_z",
 )
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"run_{now:%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
 
 
@@ -74,7 +84,7 @@ def write_predictions_csv(folder: Path, fold_id: int, predictions: dict[str, np.
     """
     frame = pd.DataFrame({name: predictions[name] for name in PREDICTION_COLUMNS})
     frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     path = folder / "predictions" / f"predictions_fold_{fold_id}_{stamp}.csv"
     return atomic_write_text(path, predictions_csv_text(frame))
 
@@ -87,11 +97,13 @@ def predictions_csv_text(frame: pd.DataFrame) -> str:
     texts = pd.Series([str(c) for c in frame.columns], dtype="string")
     plain = not texts.str.contains(special).any() and not any(
         frame[c].astype("string").str.contains(special).any()
-        for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
+        for c in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[c])
     )
     buffer = io.BytesIO()
     pa_csv.write_csv(
-        pa.Table.from_pandas(frame, preserve_index=False), buffer,
+        pa.Table.from_pandas(frame, preserve_index=False),
+        buffer,
         write_options=pa_csv.WriteOptions(
             quoting_style="none" if plain else "needed", quoting_header="none" if plain else "needed"
         ),
@@ -118,8 +130,20 @@ def aggregate_metrics(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, flo
 
 
 def package_versions() -> dict[str, str]:
-    names = ["forecast-orchestrator", "torch", "numpy", "pandas", "scipy", "scikit-learn",
-             "statsmodels", "ray", "optuna", "arch", "pydantic", "fastapi"]
+    names = [
+        "forecast-orchestrator",
+        "torch",
+        "numpy",
+        "pandas",
+        "scipy",
+        "scikit-learn",
+        "statsmodels",
+        "ray",
+        "optuna",
+        "arch",
+        "pydantic",
+        "fastapi",
+    ]
     versions = {"python": platform.python_version()}
     for name in names:
         try:

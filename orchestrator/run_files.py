@@ -70,4 +70,3 @@ def read_events(path: str | Path, types: Collection[str] | None = None) -> list[
             if isinstance(event, dict) and (types is None or event.get("type") in types):
                 events.append(event)
     return events
-

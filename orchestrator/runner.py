@@ -37,6 +37,10 @@ _POLL_S = 0.5
 _DRAIN_S = 30.0
 
 
+def _nothing() -> None:
+    return None
+
+
 def run_training(
     config: TrainConfig,
     listener: Listener | None = None,
@@ -61,7 +65,7 @@ def run_training(
     sink: EventSink
     hub: HubClient
     executor: FoldExecutor
-    close_store: Callable[[], None] = lambda: None
+    close_store: Callable[[], None] = _nothing
     if config.executor == "local":
         local_hub = EventHub()
         if store_url is not None:

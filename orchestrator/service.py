@@ -55,8 +55,14 @@ class RunManager:
     process only follows it (``observe``), and ``shutdown`` leaves it running."""
 
     def __init__(
-        self, sink: Any, *, pool: Any | None = None, keep: int = 200, queue: JobQueue | None = None,
-        record: Callable[[dict[str, Any]], None] | None = None, coordinate_in: str | None = None,
+        self,
+        sink: Any,
+        *,
+        pool: Any | None = None,
+        keep: int = 200,
+        queue: JobQueue | None = None,
+        record: Callable[[dict[str, Any]], None] | None = None,
+        coordinate_in: str | None = None,
         record_admission: Callable[[str, str], None] | None = None,
     ) -> None:
         self.sink = sink
@@ -106,16 +112,34 @@ class RunManager:
         run = new_run(config, priority=priority, state=RunState.QUEUED)
         return self._enqueue(run, self._starter(run, extra_summary), ask, view=view)
 
-    def _enqueue(self, run: Run, on_admit: Callable[[int], None], ask: Ask, *, kind: JobKind = "run",
-                 study: str | None = None, record: bool = True, admit: bool = True,
-                 view: ClusterView | None = None) -> Run:  # fmt: skip
+    def _enqueue(
+        self,
+        run: Run,
+        on_admit: Callable[[int], None],
+        ask: Ask,
+        *,
+        kind: JobKind = "run",
+        study: str | None = None,
+        record: bool = True,
+        admit: bool = True,
+        view: ClusterView | None = None,
+    ) -> Run:
         if record and self.record is not None:
             self.record(store_row(run))
         with self._lock:
             self._runs[run.run_id] = run
             self._trim()
-        self.queue.put(run.run_id, run.priority, ask, on_admit, submitted_at=run.created_at,
-                       kind=kind, study=study, admit=admit, view=view)  # fmt: skip
+        self.queue.put(
+            run.run_id,
+            run.priority,
+            ask,
+            on_admit,
+            submitted_at=run.created_at,
+            kind=kind,
+            study=study,
+            admit=admit,
+            view=view,
+        )
         return run
 
     def _admitted(self, run: Run, slots: int) -> None:
@@ -187,11 +211,19 @@ class RunManager:
             except ValueError as err:
                 config = TrainConfig()
                 problem = f"run {row['run_id']} cannot be queued again: its stored config is refused: {err}"
-            run = Run(run_id=row["run_id"], config=config, run_dir=row["run_dir"] or "",
-                      created_at=row["created_at"], priority=row["priority"], state=RunState.QUEUED)  # fmt: skip
+            run = Run(
+                run_id=row["run_id"],
+                config=config,
+                run_dir=row["run_dir"] or "",
+                created_at=row["created_at"],
+                priority=row["priority"],
+                state=RunState.QUEUED,
+            )
             if problem is None and run.run_id.startswith("hpo_"):
-                problem = (f"{INTERRUPTED_PREFIX}its study's session ended with the server before the "
-                           "trial started; resume the study (POST /hpo) to run it")  # fmt: skip
+                problem = (
+                    f"{INTERRUPTED_PREFIX}its study's session ended with the server before the "
+                    "trial started; resume the study (POST /hpo) to run it"
+                )
             if problem is None:
                 try:
                     self.queue.check(ask_of(run.config), view)
@@ -260,8 +292,9 @@ class RunManager:
         # what it holds counts against the queue until its coordinator ends: its admitted cap
         slots = run.config.max_concurrent_folds or run.config.total_folds
         self.queue.hold(run.run_id, ResourceShape.of(run.config), slots)
-        thread = threading.Thread(target=self._watch_adopted, args=(run, coordinator),
-                                  name=f"adopted-{run.run_id}", daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=self._watch_adopted, args=(run, coordinator), name=f"adopted-{run.run_id}", daemon=True
+        )
         thread.start()
         self._threads[run.run_id] = thread
 

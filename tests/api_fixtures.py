@@ -25,14 +25,18 @@ from api.server import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events.stream import RayHubClient
 from orchestrator.messages import CORE_TYPES
-from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
+from tests.wire import validate_wire
 
 HUB_NAMESPACE = "test-api"
 TERMINAL = ("training_complete", "training_error")
 # Small and quick: 2 folds of a 1200-bar AR(1) series; patience so large no fold stops early.
 RUN_DEFAULTS: dict[str, Any] = {
-    "min_samples": 500, "lookback": 10, "folds": 2, "epochs": 3, "patience": 10_000,
+    "min_samples": 500,
+    "lookback": 10,
+    "folds": 2,
+    "epochs": 3,
+    "patience": 10_000,
     "executor": "ray",
 }
 
@@ -86,8 +90,8 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     import ray
 
     from orchestrator.events.actor import get_or_create_hub
-    from orchestrator.execution.pool import WorkerPool
     from orchestrator.events.publish import RaySink
+    from orchestrator.execution.pool import WorkerPool
     from orchestrator.hpo import HpoService
     from orchestrator.service import RunManager
 
@@ -126,10 +130,17 @@ def bars_and_store(tmp: Path, run: dict[str, Any], seed: int) -> tuple[TrainConf
 
 
 _RUNNING: list[ApiServer] = []  # the session's server, once a test asked for it
-API_TEST_MODULES = frozenset({
-    "test_api.py", "test_api_extras.py", "test_watch.py", "test_ws.py", "test_ws_follow.py",
-    "test_ws_qt.py", "test_browser_seed_client.py",
-})  # fmt: skip
+API_TEST_MODULES = frozenset(
+    {
+        "test_api.py",
+        "test_api_extras.py",
+        "test_watch.py",
+        "test_ws.py",
+        "test_ws_follow.py",
+        "test_ws_qt.py",
+        "test_browser_seed_client.py",
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -299,5 +310,7 @@ def assert_legal_run(messages: list[dict[str, Any]], folds: int, epochs: int) ->
     for fold in range(folds):
         at = [i for i, m in enumerate(messages) if m.get("fold_id") == fold and m["type"] == "epoch_metrics"]
         assert [messages[i]["epoch"] for i in at] == list(range(epochs))
-        complete = [i for i, m in enumerate(messages) if m["type"] == "fold_complete" and m["fold_id"] == fold]
+        complete = [
+            i for i, m in enumerate(messages) if m["type"] == "fold_complete" and m["fold_id"] == fold
+        ]
         assert len(complete) == 1 and complete[0] > at[-1]

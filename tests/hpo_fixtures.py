@@ -21,7 +21,9 @@ from orchestrator.hpo import HpoSpec
 from orchestrator.messages import message_json_schema
 from tests.synthetic import ar1_ohlcv
 
-VALIDATOR = jsonschema.Draft202012Validator(message_json_schema())  # compiled once: validate() re-checks the schema
+VALIDATOR = jsonschema.Draft202012Validator(
+    message_json_schema()
+)  # compiled once: validate() re-checks the schema
 GOOD = {"lr": 3e-3, "weight_decay": 1e-4}
 
 
@@ -56,8 +58,14 @@ def hpo_pool(ray_session: None) -> Iterator[Any]:
 
 def base_config(bars: str, reports: Path, **overrides: Any) -> dict[str, Any]:
     return {
-        "data": bars, "reports_dir": str(reports), "min_samples": 300, "folds": 2, "epochs": 3,
-        "lookback": 10, "cpus_per_fold": 0.5, **overrides,
+        "data": bars,
+        "reports_dir": str(reports),
+        "min_samples": 300,
+        "folds": 2,
+        "epochs": 3,
+        "lookback": 10,
+        "cpus_per_fold": 0.5,
+        **overrides,
     }
 
 
@@ -77,10 +85,7 @@ class Collector:
             self.events.extend(events)
 
     def hpo(self, state: str | None = None) -> list[dict[str, Any]]:
-        return [
-            e for e in self.events
-            if e["type"] == "hpo_trial" and (state is None or e["state"] == state)
-        ]
+        return [e for e in self.events if e["type"] == "hpo_trial" and (state is None or e["state"] == state)]
 
     def endings(self) -> list[dict[str, Any]]:
         return [e for e in self.hpo() if e["state"] in ("complete", "pruned", "failed")]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from api.routes.runs import resolve_report_path
-from api.server import RedactTokens
 from api.security import AccessPolicy, InsecureBindError, check_bind, is_loopback_host
+from api.server import RedactTokens
 from orchestrator.messages import message_json_schema
 
 pytest.register_assert_rewrite("tests.api_fixtures")
@@ -26,8 +26,8 @@ from tests.api_fixtures import (  # noqa: E402
     ApiServer,
     assert_legal_run,
     clients_connected,
-    connections_of,
     collect,
+    connections_of,
     of_run,
 )
 from tests.synthetic import random_walk_ohlcv  # noqa: E402
@@ -83,14 +83,28 @@ BAD_BODIES = [
     (b'{"data": "/no/such/bars.csv"}', 422, "no such file", "data"),
     (b'{"reports_dir": "/tmp/elsewhere"}', 422, "reports_dir: set by the server", "reports_dir"),
     (b'{"executor": "local"}', 422, "executor", "executor"),
-    (b'{"priority": "high"}', 422, "priority must be an integer from -100 to 100 (higher first), got priority='high'", "priority"),
+    (
+        b'{"priority": "high"}',
+        422,
+        "priority must be an integer from -100 to 100 (higher first), got priority='high'",
+        "priority",
+    ),
     (b'{"priority": 101}', 422, "got priority=101", "priority"),
     (b'{"priority": 1.5}', 422, "got priority=1.5", "priority"),
     (b'{"priority": true}', 422, "got priority=True", "priority"),
-    (b'{"cpus_per_fold": 64}', 422, "cpus_per_fold: the node with the most CPU (live node) has CPU 2, "
-     "GPU 0; no node of the Ray cluster can host a fold with cpus_per_fold=64", "cpus_per_fold"),
-    (b'{"gpus_per_fold": 1}', 422, "gpus_per_fold: the node with the most GPU (live node) has CPU 2, GPU 0",
-     "gpus_per_fold"),
+    (
+        b'{"cpus_per_fold": 64}',
+        422,
+        "cpus_per_fold: the node with the most CPU (live node) has CPU 2, "
+        "GPU 0; no node of the Ray cluster can host a fold with cpus_per_fold=64",
+        "cpus_per_fold",
+    ),
+    (
+        b'{"gpus_per_fold": 1}',
+        422,
+        "gpus_per_fold: the node with the most GPU (live node) has CPU 2, GPU 0",
+        "gpus_per_fold",
+    ),
 ]
 
 
@@ -172,8 +186,17 @@ def test_resolve_report_path_refuses_everything_that_escapes(tmp_path: Path) -> 
     (root / "inner").symlink_to(root / "run")
     assert resolve_report_path(root, "run/predictions/p.csv") == (root / "run/predictions/p.csv").resolve()
     assert resolve_report_path(root, "inner/predictions/p.csv") is not None  # a link inside is fine
-    for bad in ("../secret.txt", "run/../../secret.txt", "/etc/passwd", "out/secret.txt",
-                "run\\..\\..\\secret.txt", "run//predictions/p.csv", "run", "", "run/\x00"):
+    for bad in (
+        "../secret.txt",
+        "run/../../secret.txt",
+        "/etc/passwd",
+        "out/secret.txt",
+        "run\\..\\..\\secret.txt",
+        "run//predictions/p.csv",
+        "run",
+        "",
+        "run/\x00",
+    ):
         assert resolve_report_path(root, bad) is None, bad
 
 
@@ -200,8 +223,13 @@ def test_cors_preflight_from_a_loopback_dashboard(api_server: ApiServer) -> None
 
 def test_tokens_are_masked_in_log_lines() -> None:
     record = logging.LogRecord(
-        "uvicorn.error", logging.INFO, "", 0, '%s - "WebSocket %s" 401',
-        ("127.0.0.1:5", "/ws?since=3&token=s3cret&types=all"), None,
+        "uvicorn.error",
+        logging.INFO,
+        "",
+        0,
+        '%s - "WebSocket %s" 401',
+        ("127.0.0.1:5", "/ws?since=3&token=s3cret&types=all"),
+        None,
     )
     assert RedactTokens().filter(record)
     assert record.getMessage() == '127.0.0.1:5 - "WebSocket /ws?since=3&token=***&types=all" 401'
@@ -227,7 +255,11 @@ def test_serve_refuses_a_public_bind_without_a_token() -> None:
     env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_TOKEN"}
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", "serve", "--host", "0.0.0.0", "--port", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "refusing to bind host='0.0.0.0' without a token" in done.stderr

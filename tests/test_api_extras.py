@@ -27,7 +27,9 @@ pytest_plugins = ["tests.api_fixtures"]
 pytestmark = pytest.mark.usefixtures("release_idle_actors")
 
 
-async def _read_until_quiet(url: str, manager: Any, quiet_s: float = 1.5, timeout: float = 150) -> list[dict[str, Any]]:
+async def _read_until_quiet(
+    url: str, manager: Any, quiet_s: float = 1.5, timeout: float = 150
+) -> list[dict[str, Any]]:
     """Everything a client receives until its run has ended and the stream went quiet."""
     messages: list[dict[str, Any]] = []
     async with websockets.connect(url, proxy=None) as ws:
@@ -62,7 +64,9 @@ def test_subscribed_client_gets_heavy_kinds_and_default_client_none(api_server: 
 def test_candles_page_through_the_dataset(api_server: ApiServer) -> None:
     first = httpx.get(f"{api_server.url}/data/candles", params={"limit": 700}).json()
     assert len(first["candles"]) == 700 and first["next_since"] == first["candles"][-1]["timestamp"]
-    rest = httpx.get(f"{api_server.url}/data/candles", params={"since": first["next_since"], "limit": 5000}).json()
+    rest = httpx.get(
+        f"{api_server.url}/data/candles", params={"since": first["next_since"], "limit": 5000}
+    ).json()
     assert len(first["candles"]) + len(rest["candles"]) == 1200 and rest["next_since"] is None
     bad = httpx.get(f"{api_server.url}/data/candles", params={"since": "yesterday-ish"})
     assert bad.status_code == 422 and "since" in bad.json()["error"]
@@ -80,15 +84,23 @@ def test_watched_file_rows_reach_clients_as_chart_update(api_server: ApiServer, 
     server = BackgroundServer(app).start()
     watcher.start()
     try:
+
         async def scenario() -> list[dict[str, Any]]:
-            task = asyncio.create_task(collect(
-                f"{server.ws_url}?types=chart_update,notification", until=(), count=2, timeout=30,
-            ))
+            task = asyncio.create_task(
+                collect(
+                    f"{server.ws_url}?types=chart_update,notification",
+                    until=(),
+                    count=2,
+                    timeout=30,
+                )
+            )
             await asyncio.sleep(0.5)
             row = frame.iloc[300]
             with path.open("a") as handle:
                 handle.write("not,a,valid,row,at,all\n")
-                handle.write(f"{row.timestamp:%Y-%m-%d},{row.open},{row.high},{row.low},{row.close},{row.volume}\n")
+                handle.write(
+                    f"{row.timestamp:%Y-%m-%d},{row.open},{row.high},{row.low},{row.close},{row.volume}\n"
+                )
             started = time.monotonic()
             messages = await task
             assert time.monotonic() - started < 2.0
@@ -113,15 +125,19 @@ def test_hpo_routes_start_report_and_refuse(api_server: ApiServer) -> None:
     from orchestrator.hpo import HpoService
 
     settings = ApiSettings(reports_dir=str(api_server.reports_dir), base_config=api_server.base_config)
-    service = HpoService(api_server.hub, pool=api_server.manager.pool, reports_dir=str(api_server.reports_dir))
+    service = HpoService(
+        api_server.hub, pool=api_server.manager.pool, reports_dir=str(api_server.reports_dir)
+    )
     app = create_app(RayHubClient(api_server.hub), api_server.manager, settings, hpo=service)
     with BackgroundServer(app) as server:
         body = {"study": "api-study", "trials": 2, "parallel": 1, "epochs": 2, "metric": "val_nll"}
         assert httpx.post(f"{server.url}/hpo", json={**body, "trials": -1}).status_code == 422
         assert httpx.post(f"{server.url}/hpo", content=b"{nope").status_code == 400
-        for refused, field in (({"executor": "local"}, "executor"),
-                               ({"config": {"reports_dir": "/tmp/elsewhere"}}, "reports_dir"),
-                               ({"config": [1]}, "config")):
+        for refused, field in (
+            ({"executor": "local"}, "executor"),
+            ({"config": {"reports_dir": "/tmp/elsewhere"}}, "reports_dir"),
+            ({"config": [1]}, "config"),
+        ):
             response = httpx.post(f"{server.url}/hpo", json={**body, **refused})
             assert response.status_code == 422 and response.json()["fields"] == [field], response.text
         started = httpx.post(f"{server.url}/hpo", json=body)

@@ -54,7 +54,9 @@ def _serve(url: str, reports: Path, base: Any) -> Served:
 
 
 @pytest.fixture(scope="module")
-def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, list[str], list[dict[str, Any]]]]:
+def restarted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Served, list[str], list[dict[str, Any]]]]:
     """Two runs trained by a first server process, then a second one on the same store."""
     base, url = bars_and_store(tmp_path_factory.mktemp("store-api"), RUN, seed=5)
     reports = Path(base.reports_dir)
@@ -135,14 +137,21 @@ def _serve_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env.pop("ORCHESTRATOR_DB", None)
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "serve", "--port", "0", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("db, named", [
-    ("not a url", "'not a url' is not a database URL"),
-    ("postgresql+psycopg://u:pw@127.0.0.1:1/db", "u:***@127.0.0.1:1/db"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "db, named",
+    [
+        ("not a url", "'not a url' is not a database URL"),
+        ("postgresql+psycopg://u:pw@127.0.0.1:1/db", "u:***@127.0.0.1:1/db"),
+    ],
+)
 def test_serve_refuses_a_bad_db_url_with_exit_2_and_no_traceback(tmp_path: Path, db: str, named: str) -> None:
     done = _serve_cli("--db", db, "--reports-dir", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2, done.stderr

@@ -146,8 +146,7 @@ def test_version_is_the_packages() -> None:
 def test_committed_document_is_current(document: dict[str, Any]) -> None:
     committed = (ROOT / "docs" / "asyncapi.yaml").read_text()
     assert committed == asyncapi_yaml(), (
-        "docs/asyncapi.yaml is stale: run `python -m orchestrator schema --asyncapi --out "
-        "docs/asyncapi.yaml`"
+        "docs/asyncapi.yaml is stale: run `python -m orchestrator schema --asyncapi --out docs/asyncapi.yaml`"
     )
     assert yaml.safe_load(committed) == document
     assert "&id" not in committed  # no YAML anchors: every reader sees plain mappings

@@ -52,13 +52,18 @@ def test_the_cluster_view_falls_back_to_the_launcher_config(
     monkeypatch.setattr(cluster, "LAUNCHER_CONFIG_PATH", str(missing))
     assert cluster.cluster_view().node_groups is None  # a plain local instance
     launcher = tmp_path / "ray_bootstrap_config.yaml"
-    launcher.write_text(yaml.safe_dump({
-        "max_workers": 2, "head_node_type": "head",
-        "available_node_types": {
-            "head": {"resources": {"CPU": 2}, "max_workers": 0},
-            "gpu": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2},
-        },
-    }))
+    launcher.write_text(
+        yaml.safe_dump(
+            {
+                "max_workers": 2,
+                "head_node_type": "head",
+                "available_node_types": {
+                    "head": {"resources": {"CPU": 2}, "max_workers": 0},
+                    "gpu": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 2},
+                },
+            }
+        )
+    )
     monkeypatch.setattr(cluster, "LAUNCHER_CONFIG_PATH", str(launcher))
     assert cluster.cluster_view().node_groups == (NodeGroup("gpu", {"CPU": 1, "GPU": 1}, 2),)
 
@@ -69,19 +74,29 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
     import ray
 
     from orchestrator.driver import execute_run, new_run
-    from orchestrator.lifecycle import RunState
+    from orchestrator.events.publish import RaySink
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.execution.ray import RayExecutor
-    from orchestrator.events.publish import RaySink
+    from orchestrator.lifecycle import RunState
     from tests.synthetic import ar1_ohlcv
 
     data = tmp_path / "bars.csv"
     ar1_ohlcv(800, seed=3).to_csv(data, index=False)
-    config = config_from_mapping({
-        "data": str(data), "reports_dir": str(tmp_path / "reports"), "executor": "ray",
-        "min_samples": 300, "folds": 2, "lookback": 10, "epochs": 1, "cpus_per_fold": 1,
-        "gpus_per_fold": 1, "placement_timeout_s": 1, "prediction_deltas": False,
-    })
+    config = config_from_mapping(
+        {
+            "data": str(data),
+            "reports_dir": str(tmp_path / "reports"),
+            "executor": "ray",
+            "min_samples": 300,
+            "folds": 2,
+            "lookback": 10,
+            "epochs": 1,
+            "cpus_per_fold": 1,
+            "gpus_per_fold": 1,
+            "placement_timeout_s": 1,
+            "prediction_deltas": False,
+        }
+    )
     pool = WorkerPool()
     run = new_run(config)
     try:
@@ -103,7 +118,9 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
     assert pool.idle_count() == 0  # the actors that never got a place were not kept
 
 
-def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(reported_gpu_node_type: None) -> None:
+def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(
+    reported_gpu_node_type: None,
+) -> None:
     from orchestrator.errors import ConfigError
     from orchestrator.queue import JobQueue, ask_of, default_capacity
 
@@ -115,7 +132,11 @@ def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(reporte
     assert started == [("gpu-run", 2)]  # two gpu.1x nodes may still be added, a GPU each
     queue.put("gpu-run-2", 0, ask_of(gpu_run), lambda slots: started.append(("gpu-run-2", slots)))
     assert started == [("gpu-run", 2)]
-    assert queue.describe()["queue"][0]["reason"] == "waiting for GPU: a fold needs gpus_per_fold=1, 0 GPU free"
-    with pytest.raises(ConfigError, match=r"the node with the most GPU \(node type gpu.1x\) has CPU 2, GPU 1"):
+    assert (
+        queue.describe()["queue"][0]["reason"] == "waiting for GPU: a fold needs gpus_per_fold=1, 0 GPU free"
+    )
+    with pytest.raises(
+        ConfigError, match=r"the node with the most GPU \(node type gpu.1x\) has CPU 2, GPU 1"
+    ):
         queue.check(ask_of(config_from_mapping({"gpus_per_fold": 2})))
     queue.close()

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from orchestrator.messages import EPOCH_METRIC_FIELDS, EpochMetrics
-
 from tests.browser.check_seed_client import (
     ROOT,
     SEED_URL,
@@ -71,27 +70,47 @@ def _frame(message: dict[str, object]) -> str:
 
 
 EPOCH = EpochMetrics(
-    fold_id=0, epoch=0, elapsed_seconds=1.0, val_auc=0.51, DirAcc=0.5,
-    **{name: None for name in EPOCH_METRIC_FIELDS if name not in ("fold_id", "epoch", "elapsed_seconds", "val_auc", "DirAcc")},
-).model_dump(exclude_none=False)  # fmt: skip
+    fold_id=0,
+    epoch=0,
+    elapsed_seconds=1.0,
+    val_auc=0.51,
+    DirAcc=0.5,
+    **{
+        name: None
+        for name in EPOCH_METRIC_FIELDS
+        if name not in ("fold_id", "epoch", "elapsed_seconds", "val_auc", "DirAcc")
+    },
+).model_dump(exclude_none=False)
 
 
 def test_verdict_accepts_a_clean_page_and_names_each_problem() -> None:
-    clean = PageLog("ok", frames=[_frame(EPOCH), '{"type":"pong"}'], console=[("log", "Epoch 0: AUC=0.51, DirAcc=0.5")])
+    clean = PageLog(
+        "ok", frames=[_frame(EPOCH), '{"type":"pong"}'], console=[("log", "Epoch 0: AUC=0.51, DirAcc=0.5")]
+    )
     assert judge(clean, {"epoch_metrics", "pong"}, {"chart_update"})["problems"] == []
 
     bad = PageLog(
         "bad",
-        frames=[_frame({**EPOCH, "val_auc": "high"}), _frame({"type": "surprise"}), "not json", _frame({"type": "chart_update", "candles": []})],
+        frames=[
+            _frame({**EPOCH, "val_auc": "high"}),
+            _frame({"type": "surprise"}),
+            "not json",
+            _frame({"type": "chart_update", "candles": []}),
+        ],
         console=[("log", "Epoch 0: AUC=undefined, DirAcc=0.5"), ("error", "WebSocket error: [object Event]")],
         exceptions=["TypeError: x is undefined"],
     )
     problems = "\n".join(judge(bad, {"epoch_metrics", "training_complete"}, {"chart_update"})["problems"])
     for expected in (
-        "invalid epoch_metrics", "unknown type 'surprise'", "not JSON", "uncaught exception: TypeError",
-        "console error not caused by a training_error: WebSocket error", "log line with undefined",
-        "never received training_complete", "received chart_update, which it did not ask for",
-    ):  # fmt: skip
+        "invalid epoch_metrics",
+        "unknown type 'surprise'",
+        "not JSON",
+        "uncaught exception: TypeError",
+        "console error not caused by a training_error: WebSocket error",
+        "log line with undefined",
+        "never received training_complete",
+        "received chart_update, which it did not ask for",
+    ):
         assert expected in problems, problems
 
 
@@ -111,8 +130,11 @@ def test_seed_example_in_chromium_shows_no_error(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.browser.check_seed_client", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["seed.html (unchanged)"]["exceptions"] == 0
@@ -136,9 +158,19 @@ def seed_js_console(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     lines = []
     for e in events:
         if e["type"] == "training_start":
-            lines.append(("log", f"Training started: {js_text(e['total_folds'])} folds, {js_text(e['total_epochs'])} epochs"))
+            lines.append(
+                (
+                    "log",
+                    f"Training started: {js_text(e['total_folds'])} folds, {js_text(e['total_epochs'])} epochs",
+                )
+            )
         elif e["type"] == "epoch_metrics":
-            lines.append(("log", f"Epoch {js_text(e['epoch'])}: AUC={js_text(e['val_auc'])}, DirAcc={js_text(e['DirAcc'])}"))
+            lines.append(
+                (
+                    "log",
+                    f"Epoch {js_text(e['epoch'])}: AUC={js_text(e['val_auc'])}, DirAcc={js_text(e['DirAcc'])}",
+                )
+            )
         elif e["type"] == "training_complete":
             lines.append(("log", "Training complete"))
         elif e["type"] == "training_error":
@@ -148,7 +180,14 @@ def seed_js_console(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def test_js_text_writes_numbers_as_javascript_does() -> None:
     assert [js_text(v) for v in (None, 3, 1.0, 0.5, 0.123456789, 5e-05, 1e-08, "x")] == [
-        "null", "3", "1", "0.5", "0.123456789", "0.00005", "1e-08", "x"
+        "null",
+        "3",
+        "1",
+        "0.5",
+        "0.123456789",
+        "0.00005",
+        "1e-08",
+        "x",
     ]
 
 

@@ -22,9 +22,7 @@ from workers.metrics import binary_cross_entropy, expected_calibration_error
 FloatArray = npt.NDArray[np.float64]
 
 
-def _overconfident(
-    seed: int, n: int, power: float = 3.0
-) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _overconfident(seed: int, n: int, power: float = 3.0) -> tuple[FloatArray, FloatArray, FloatArray]:
     """True probability q; the model reports sigmoid(power * logit(q)); labels ~ Bernoulli(q)."""
     rng = np.random.default_rng(seed)
     q = expit(rng.normal(0.0, 1.0, n))

@@ -61,8 +61,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     manager = RunManager(InProcessSink(hub), record=hub.record_run)
     hpo = HpoService(hub, reports_dir=base.reports_dir, default_storage=url)
     settings = ApiSettings(reports_dir=base.reports_dir, base_config=base, token=TOKEN, close_timeout_s=3.0)
-    server = BackgroundServer(create_app(LocalHubClient(hub), manager, settings, hpo=hpo,
-                                         store=JobStore.open(url))).start()
+    server = BackgroundServer(
+        create_app(LocalHubClient(hub), manager, settings, hpo=hpo, store=JobStore.open(url))
+    ).start()
     try:
         yield Served(server.url, manager, hpo)
     finally:
@@ -99,19 +100,37 @@ def wait_state(served: Served, run_id: str, states: set[str], timeout: float = 1
         time.sleep(0.1)
 
 
-
 # ---- without a server --------------------------------------------------------------------------
 
 
 def test_runs_table_marks_queued_runs_and_the_queue_table_keeps_its_order() -> None:
     now = time.mktime((2025, 3, 4, 12, 0, 0, 0, 0, -1))
     runs: list[dict[str, Any]] = [
-        {"run_id": "run_c", "state": "queued", "queue_position": 1, "priority": 5, "created_at": now,
-         "ended_at": None, "progress": {"epochs_done": 0, "epochs_total": 0}},
-        {"run_id": "run_b", "state": "running", "queue_position": None, "priority": 0,
-         "started_at": now - 65, "ended_at": None, "progress": {"epochs_done": 3, "epochs_total": 10}},
-        {"run_id": "run_a", "state": "completed", "created_at": now - 86_400 * 2,
-         "ended_at": now - 86_400, "progress": {"epochs_done": 10, "epochs_total": 10}},
+        {
+            "run_id": "run_c",
+            "state": "queued",
+            "queue_position": 1,
+            "priority": 5,
+            "created_at": now,
+            "ended_at": None,
+            "progress": {"epochs_done": 0, "epochs_total": 0},
+        },
+        {
+            "run_id": "run_b",
+            "state": "running",
+            "queue_position": None,
+            "priority": 0,
+            "started_at": now - 65,
+            "ended_at": None,
+            "progress": {"epochs_done": 3, "epochs_total": 10},
+        },
+        {
+            "run_id": "run_a",
+            "state": "completed",
+            "created_at": now - 86_400 * 2,
+            "ended_at": now - 86_400,
+            "progress": {"epochs_done": 10, "epochs_total": 10},
+        },
     ]
     lines = runs_table(runs, now=now).splitlines()
     assert lines[0].split() == ["RUN", "STATE", "QUEUE", "PRIORITY", "EPOCHS", "STARTED", "ENDED"]
@@ -120,10 +139,24 @@ def test_runs_table_marks_queued_runs_and_the_queue_table_keeps_its_order() -> N
     assert lines[3].split()[:5] == ["run_a", "completed", "-", "-", "10/10"]
     assert lines[3].split()[5:] == ["03-02", "12:00", "03-03", "12:00"]  # other days: the date
     queue = [
-        {"run_id": "run_c", "position": 1, "priority": 5, "waited_s": 3.2, "kind": "run",
-         "study": None, "reason": "needs 1 CPU, 0 free"},
-        {"run_id": "run_d", "position": 2, "priority": 0, "waited_s": 3725, "kind": "trial",
-         "study": "s1", "reason": "behind run_c"},
+        {
+            "run_id": "run_c",
+            "position": 1,
+            "priority": 5,
+            "waited_s": 3.2,
+            "kind": "run",
+            "study": None,
+            "reason": "needs 1 CPU, 0 free",
+        },
+        {
+            "run_id": "run_d",
+            "position": 2,
+            "priority": 0,
+            "waited_s": 3725,
+            "kind": "trial",
+            "study": "s1",
+            "reason": "behind run_c",
+        },
     ]
     table = queue_table(queue).splitlines()
     assert table[0].split() == ["POS", "RUN", "PRIORITY", "KIND", "WAITED", "WAITS", "FOR"]
@@ -139,8 +172,14 @@ def test_trial_lines_say_each_trial_once_with_the_running_best() -> None:
     assert lines.new_lines(status) == []
     done = [
         {**row, "state": "complete", "value": 0.5, "duration_seconds": 1.25},
-        {"number": 1, "state": "fail", "params": {}, "value": None, "duration_seconds": 2.0,
-         "error": "cancelled with the study"},
+        {
+            "number": 1,
+            "state": "fail",
+            "params": {},
+            "value": None,
+            "duration_seconds": 2.0,
+            "error": "cancelled with the study",
+        },
         {"number": 2, "state": "complete", "params": {}, "value": 0.75, "duration_seconds": 1.0},
     ]
     assert lines.new_lines({**status, "trials": done}) == [
@@ -178,8 +217,9 @@ def test_submit_sends_only_the_fields_given_and_runs_shows_the_run(
 ) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("seed: 11\nlr: 0.002\n")
-    code, out, err = cli(capsys, "submit", "--url", served.url, "--config", str(config),
-                         "--seed", "12", "--set", "hidden=8")
+    code, out, err = cli(
+        capsys, "submit", "--url", served.url, "--config", str(config), "--seed", "12", "--set", "hidden=8"
+    )
     assert code == 0, err
     run_id = out.splitlines()[0]
     assert out == f"{run_id}\n" and run_id.startswith("run_")
@@ -202,9 +242,22 @@ def test_submit_sends_only_the_fields_given_and_runs_shows_the_run(
 def test_submit_watch_prints_the_run_id_alone_and_exits_with_the_run(served: Served) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ORCHESTRATOR_TOKEN": TOKEN}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "submit", "--url", served.url, "--seed", "3",
-         "--watch", "--quiet"],
-        capture_output=True, text=True, env=env, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "submit",
+            "--url",
+            served.url,
+            "--seed",
+            "3",
+            "--watch",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip()
@@ -251,8 +304,9 @@ def test_queued_runs_in_runs_and_cancel_while_queued(
     whole_machine = ["--cpus-per-fold", str(os.cpu_count() or 1)]
     ids = []
     for priority in ("0", "0", "5"):
-        code, out, err = cli(capsys, "submit", "--url", served.url, *LONG, *whole_machine,
-                             "--priority", priority)
+        code, out, err = cli(
+            capsys, "submit", "--url", served.url, *LONG, *whole_machine, "--priority", priority
+        )
         assert code == 0, err
         ids.append(out.strip())
     try:
@@ -281,8 +335,22 @@ def test_queued_runs_in_runs_and_cancel_while_queued(
 def test_hpo_url_runs_the_study_on_the_server_and_follows_it(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = cli(capsys, "hpo", "--url", served.url, "--study", "remote1", "--trials", "2",
-                         "--pruner", "none", "--sampler-seed", "1", "--seed", "4")
+    code, out, err = cli(
+        capsys,
+        "hpo",
+        "--url",
+        served.url,
+        "--study",
+        "remote1",
+        "--trials",
+        "2",
+        "--pruner",
+        "none",
+        "--sampler-seed",
+        "1",
+        "--seed",
+        "4",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "remote1"
@@ -295,8 +363,9 @@ def test_hpo_url_runs_the_study_on_the_server_and_follows_it(
     # the run flag given went under "config", the server's base filled the rest
     assert (best_config["seed"], best_config["min_samples"], best_config["epochs"]) == (4, 500, 2)
 
-    code, out, err = cli(capsys, "hpo", "--url", served.url, "--study", "remote2", "--trials", "1",
-                         "--detach")
+    code, out, err = cli(
+        capsys, "hpo", "--url", served.url, "--study", "remote2", "--trials", "1", "--detach"
+    )
     assert code == 0 and out == "remote2\n", err
     handle = served.hpo.get("remote2")
     assert handle.wait(120) is not None and handle.state.value == "completed"

@@ -13,8 +13,8 @@ import pytest
 from orchestrator.cli import build_parser, config_from_args, main
 from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError
-from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
+from tests.wire import validate_wire
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +62,33 @@ def test_train_cli_local_end_to_end(tmp_path: Path) -> None:
     events_out = tmp_path / "ev.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "train", "--executor", "local", "--data", str(data),
-         "--folds", "2", "--epochs", "2", "--set", "min_samples=300", "--set", "lookback=10",
-         "--reports-dir", str(tmp_path / "r"), "--events-out", str(events_out)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "train",
+            "--executor",
+            "local",
+            "--data",
+            str(data),
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--set",
+            "min_samples=300",
+            "--set",
+            "lookback=10",
+            "--reports-dir",
+            str(tmp_path / "r"),
+            "--events-out",
+            str(events_out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     assert "fold 1" in proc.stderr  # progress bars are drawn on stderr
@@ -78,9 +101,23 @@ def test_train_cli_local_end_to_end(tmp_path: Path) -> None:
 def test_train_cli_missing_file_fails_readably(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "train", "--executor", "local", "--quiet",
-         "--data", str(tmp_path / "nope.csv"), "--reports-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "train",
+            "--executor",
+            "local",
+            "--quiet",
+            "--data",
+            str(tmp_path / "nope.csv"),
+            "--reports-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
     )
     assert proc.returncode == 1
     assert "nope.csv" in proc.stderr and "Traceback" not in proc.stderr

@@ -97,9 +97,7 @@ def test_pvalues_match_brute_force() -> None:
     np.testing.assert_array_equal(conformal_pvalues(cal, scores), brute)
 
 
-def _heteroscedastic(
-    rng: np.random.Generator, n: int
-) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _heteroscedastic(rng: np.random.Generator, n: int) -> tuple[FloatArray, FloatArray, FloatArray]:
     x = rng.uniform(-1.0, 1.0, n)
     mu = 0.5 * x
     sigma = 0.2 + 0.8 * np.abs(x)

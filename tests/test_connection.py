@@ -8,8 +8,6 @@ import json
 
 import pytest
 
-from orchestrator.events.stream import LocalHubClient
-from orchestrator.events.fanout import Outgoing, encode_event
 from api.ws.connection import (
     ClientConnection,
     ClientState,
@@ -19,7 +17,9 @@ from api.ws.connection import (
 )
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
+from orchestrator.events.fanout import Outgoing, encode_event
 from orchestrator.events.hub import EventHub
+from orchestrator.events.stream import LocalHubClient
 from orchestrator.messages import MESSAGE_TYPES
 
 
@@ -43,13 +43,17 @@ def _connection(max_queue: int = 1000, max_queue_bytes: int = 2**20) -> ClientCo
 def test_transitions_follow_the_table_and_a_wrong_one_names_what_was_expected() -> None:
     conn = _connection()
     assert conn.state.value == "connecting"
-    with pytest.raises(IllegalClientTransition, match="c: cannot go to live from connecting: "
-                       "expected replaying"):
+    with pytest.raises(
+        IllegalClientTransition, match="c: cannot go to live from connecting: expected replaying"
+    ):
         conn.transition(ClientState.LIVE)
     conn.transition(ClientState.REPLAYING)
     conn.transition(ClientState.LIVE)
     conn.transition(ClientState.CLOSED)
-    with pytest.raises(IllegalTransitionError, match="cannot go to closing from closed: expected connecting or live or replaying"):
+    with pytest.raises(
+        IllegalTransitionError,
+        match="cannot go to closing from closed: expected connecting or live or replaying",
+    ):
         conn.transition(ClientState.CLOSING)
     conn.request_close(CloseCode.SERVER_SHUTDOWN, "late")  # a closed client takes no decision
     assert conn.close_request is None and conn.state is ClientState.CLOSED
@@ -79,8 +83,10 @@ def test_the_queue_is_bounded_by_bytes_too() -> None:
 def test_connection_replays_then_goes_live_without_duplicates_and_closes_4008_on_overflow() -> None:
     hub = EventHub()
     hub.register_run("r", None)
-    released = [hub.publish("r", "p", i, {"type": "notification", "level": "info", "kind": "k",
-                                            "message": str(i)})[0] for i in range(5)]
+    released = [
+        hub.publish("r", "p", i, {"type": "notification", "level": "info", "kind": "k", "message": str(i)})[0]
+        for i in range(5)
+    ]
 
     async def main() -> tuple[list[int], ClientConnection]:
         sent: list[int] = []
@@ -95,14 +101,23 @@ def test_connection_replays_then_goes_live_without_duplicates_and_closes_4008_on
         task = asyncio.create_task(conn.stream())
         await asyncio.sleep(0.05)
         assert conn.state is ClientState.LIVE
-        more = [hub.publish("r", "p", i, {"type": "notification", "level": "info", "kind": "k",
-                                          "message": str(i)})[0] for i in range(5, 7)]
+        more = [
+            hub.publish(
+                "r", "p", i, {"type": "notification", "level": "info", "kind": "k", "message": str(i)}
+            )[0]
+            for i in range(5, 7)
+        ]
         for event in more:
             conn.offer(encode_event(event))
         await asyncio.sleep(0.05)
         for i in range(7, 13):  # more than the queue holds, with no chance to send
-            conn.offer(encode_event(hub.publish("r", "p", i, {"type": "notification", "level": "info",
-                                                              "kind": "k", "message": str(i)})[0]))
+            conn.offer(
+                encode_event(
+                    hub.publish(
+                        "r", "p", i, {"type": "notification", "level": "info", "kind": "k", "message": str(i)}
+                    )[0]
+                )
+            )
         task.cancel()
         return sent, conn
 
@@ -158,8 +173,11 @@ SCENARIO: list[tuple[str, dict[str, object], Label]] = [
     ("A", {"type": "notification", "level": "info", "kind": "k", "message": ""}, "A-note"),
     ("B", {"type": "notification", "level": "info", "kind": "k", "message": ""}, "B-note"),
     ("hpo_s", {"type": "hpo_trial", "study": "s", "trial": 0, "state": "running"}, "trial-0"),
-    ("data_feed", {"type": "notification", "level": "warning", "kind": "data_row_skipped",
-                   "message": ""}, "feed-note"),
+    (
+        "data_feed",
+        {"type": "notification", "level": "warning", "kind": "data_row_skipped", "message": ""},
+        "feed-note",
+    ),
     ("A", {"type": "epoch_metrics", "fold_id": 0, "epoch": 1}, "A-e1"),
     ("B", {"type": "epoch_metrics", "fold_id": 0, "epoch": 1}, "B-e1"),
     ("A", {"type": "training_complete", "folds_completed": 1, "summary_path": "s"}, "A-done"),
@@ -170,14 +188,31 @@ SCENARIO: list[tuple[str, dict[str, object], Label]] = [
     ("data_feed", {"type": "chart_update", "candles": []}, "candles-2"),
     ("E", {"type": "dataset_ready", "size": 9, "min_samples": 1}, "E-ready"),
     ("E", {"type": "training_error", "error": "boom"}, "E-error"),
-]  # fmt: skip
+]
 # What a client connected from the start gets: A (others' events left out), A's end, B's history
 # up to there, B live, the lone end of D while nothing runs, then E; the shared streams as they come.
 FOLLOWED = [
-    "A-ready", "A-start", "candles-1", "A-e0", "A-note", "trial-0", "feed-note", "A-e1", "A-done",
-    "B-ready", "B-start", "B-e0", "B-note", "B-e1",
-    "B-e2", "B-done", "D-error", "candles-2", "E-ready", "E-error",
-]  # fmt: skip
+    "A-ready",
+    "A-start",
+    "candles-1",
+    "A-e0",
+    "A-note",
+    "trial-0",
+    "feed-note",
+    "A-e1",
+    "A-done",
+    "B-ready",
+    "B-start",
+    "B-e0",
+    "B-note",
+    "B-e1",
+    "B-e2",
+    "B-done",
+    "D-error",
+    "candles-2",
+    "E-ready",
+    "E-error",
+]
 
 
 class Feed:
@@ -241,13 +276,14 @@ def test_a_client_naming_no_run_follows_the_oldest_running_run_then_the_next() -
     _, sent = _play({0: everything, 7: everything, 0 + 1: epochs_only, 14: everything})
     assert _labels(sent[0]) == FOLLOWED
     # joining while A and B train: A's history, then on as the first client
-    assert _labels(sent[7]) == ["A-ready", "A-start", "A-e0"] + FOLLOWED[FOLLOWED.index("A-note"):]
+    assert _labels(sent[7]) == ["A-ready", "A-start", "A-e0"] + FOLLOWED[FOLLOWED.index("A-note") :]
     # the switch happens on A's end even when the client does not take that type
     assert _labels(sent[1]) == ["A-e0", "A-e1", "B-e0", "B-e1", "B-e2"]
     # joining after A ended: B (the oldest running now) from its start
-    assert _labels(sent[14]) == ["B-ready", "B-start", "B-e0", "B-note", "B-e1"] + FOLLOWED[
-        FOLLOWED.index("B-e2"):
-    ]
+    assert (
+        _labels(sent[14])
+        == ["B-ready", "B-start", "B-e0", "B-note", "B-e1"] + FOLLOWED[FOLLOWED.index("B-e2") :]
+    )
 
 
 def test_resuming_after_any_message_gives_exactly_the_rest() -> None:
@@ -265,7 +301,7 @@ def test_resuming_after_any_message_gives_exactly_the_rest() -> None:
         seq = message["seq"]
         assert isinstance(seq, int)
         rest = asyncio.run(resume(seq))
-        assert _labels(rest) == _labels(full[k + 1:]), f"since={seq} ({message['label']})"
+        assert _labels(rest) == _labels(full[k + 1 :]), f"since={seq} ({message['label']})"
 
 
 def test_run_id_star_streams_every_run_from_the_oldest_running_runs_start() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from itertools import pairwise
 from typing import Literal
 
 import pytest
@@ -49,15 +50,13 @@ SETTINGS = list(
 def test_segments_are_ordered_purged_and_tile_the_tail(
     n: int, folds: int, window: Window, val_fraction: float, cal_fraction: float, gap: int
 ) -> None:
-    plan = _plan(
-        n, folds=folds, window=window, val_fraction=val_fraction, cal_fraction=cal_fraction, gap=gap
-    )
+    plan = _plan(n, folds=folds, window=window, val_fraction=val_fraction, cal_fraction=cal_fraction, gap=gap)
     assert len(plan) == folds
     _assert_walk_forward(plan, n, gap)
     v = int(n * val_fraction / folds + 1e-9)
     assert [len(f.validation) for f in plan] == [v] * folds
     assert plan[-1].validation.stop == n
-    for earlier, later in zip(plan, plan[1:]):
+    for earlier, later in pairwise(plan):
         assert earlier.validation.stop == later.validation.start  # contiguous blocks
     for fold in plan:
         val_start = fold.validation.start
@@ -75,7 +74,8 @@ def test_known_layout_by_hand() -> None:
         FoldSpec(1, train=Segment(0, 702), calibration=Segment(712, 790), validation=Segment(800, 1000)),
     ]
     assert [(len(f.train), len(f.calibration), len(f.validation)) for f in plan] == [
-        (522, 58, 200), (702, 78, 200),
+        (522, 58, 200),
+        (702, 78, 200),
     ]
 
 
@@ -92,7 +92,7 @@ def test_rolling_train_keeps_fold_zero_length_and_slides() -> None:
     assert {len(f.train) for f in rolling} == {len(expanding[0].train)}
     starts = [f.train.start for f in rolling]
     assert starts[0] == 0 and starts == sorted(starts) and starts[-1] > 0
-    for e, r in zip(expanding, rolling):  # only the train start differs
+    for e, r in zip(expanding, rolling, strict=True):  # only the train start differs
         assert e.train.stop == r.train.stop
         assert (e.calibration, e.validation) == (r.calibration, r.validation)
 
@@ -161,9 +161,7 @@ def test_segment_basics() -> None:
         ),
     ],
 )
-def test_too_little_data_names_the_numbers(
-    n: int, overrides: dict[str, object], message: str
-) -> None:
+def test_too_little_data_names_the_numbers(n: int, overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _plan(n, **overrides)
 

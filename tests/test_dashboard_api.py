@@ -22,7 +22,14 @@ pytest_plugins = ["tests.api_fixtures"]
 pytestmark = pytest.mark.usefixtures("release_idle_actors")
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ("vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "charts.js", "views.js", "dashboard.js", "dashboard.css")
+ASSETS = (
+    "vendor/uPlot.iife.min.js",
+    "vendor/uPlot.min.css",
+    "charts.js",
+    "views.js",
+    "dashboard.js",
+    "dashboard.css",
+)
 
 
 def test_the_page_is_at_ui_and_the_root_stays_json(api_server: ApiServer) -> None:
@@ -43,7 +50,14 @@ def test_scripts_and_styles_come_from_the_package(api_server: ApiServer) -> None
         assert response.content == (WEB_ROOT / name).read_bytes()
         kind = "text/css" if name.endswith(".css") else "javascript"
         assert kind in response.headers["content-type"]
-    for bad in ("../report_html.py", "..%2F..%2Fapi%2Fapp.py", "report.html", "vendor/uPlot.LICENSE", "none.js", "vendor"):
+    for bad in (
+        "../report_html.py",
+        "..%2F..%2Fapi%2Fapp.py",
+        "report.html",
+        "vendor/uPlot.LICENSE",
+        "none.js",
+        "vendor",
+    ):
         response = httpx.get(f"{api_server.url}/ui/static/{bad}")
         assert response.status_code == 404 and "error" in response.json(), bad
 
@@ -58,7 +72,9 @@ def test_the_vendored_library_is_the_pinned_npm_release() -> None:
 
 
 def test_the_package_data_ships_every_web_file() -> None:
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["orchestrator"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "orchestrator"
+    ]
     for path in WEB_ROOT.rglob("*"):
         if path.is_file() and path.name != "README.md":
             relative = path.relative_to(WEB_ROOT.parent).as_posix()
@@ -71,7 +87,9 @@ def test_with_a_token_the_page_is_public_and_the_data_is_not(api_server: ApiServ
         assert httpx.get(f"{server.url}/ui/static/dashboard.js").status_code == 200
         for path in ("/runs", "/runs/x/folds/0/diagnostics", "/"):
             assert httpx.get(f"{server.url}{path}").status_code == 401, path
-        answer = httpx.get(f"{server.url}/runs/x/folds/0/diagnostics", headers={"Authorization": "Bearer t0k"})
+        answer = httpx.get(
+            f"{server.url}/runs/x/folds/0/diagnostics", headers={"Authorization": "Bearer t0k"}
+        )
         assert answer.status_code == 404 and "x" in answer.json()["error"]
 
 

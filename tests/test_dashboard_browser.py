@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from api.app import ApiSettings, create_app
-from orchestrator.events.stream import RayHubClient
 from api.server import BackgroundServer
+from orchestrator.events.stream import RayHubClient
 from orchestrator.report_html import study_status_of_rows, write_study_report
 from tests.browser.cdp import Tab
 from tests.browser.check_seed_client import chromium, find_chromium
@@ -87,14 +87,19 @@ def tab(devtools: str) -> Iterator[Tab]:
 def screenshot(tab: Tab, folder: Path, name: str, width: int, height: int, full_page: bool = False) -> Path:
     """A PNG of the page at ``width`` (the charts follow the width first); checks its size."""
     tab.resize(width, height)
-    tab.wait_for(f"Array.from(document.querySelectorAll('.plot canvas')).every((c) => c.getBoundingClientRect().width <= {width})", 10)
+    tab.wait_for(
+        f"Array.from(document.querySelectorAll('.plot canvas')).every((c) => c.getBoundingClientRect().width <= {width})",
+        10,
+    )
     time.sleep(0.3)
     path = tab.screenshot((Path(SHOTS) if SHOTS else folder) / name, full_page=full_page)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     png_width, png_height = struct.unpack(">II", data[16:24])
     assert png_width == width and (png_height == height or full_page)
-    assert tab.evaluate("document.documentElement.scrollWidth") <= width, f"{name}: the page is wider than {width} px"
+    assert tab.evaluate("document.documentElement.scrollWidth") <= width, (
+        f"{name}: the page is wider than {width} px"
+    )
     return path
 
 
@@ -132,22 +137,33 @@ def live_run(api_server: ApiServer, devtools: str, tmp_path_factory: pytest.Temp
     try:
         tab.resize(1280, 800)
         tab.navigate(f"{api_server.url}/ui")
-        tab.wait_for("document.getElementById('live-status').dataset.state === 'live'", 30, "the runs page's /ws")
+        tab.wait_for(
+            "document.getElementById('live-status').dataset.state === 'live'", 30, "the runs page's /ws"
+        )
         run_id = api_server.post_train(epochs=EPOCHS, seed=21)
         tab.evaluate(f"location.hash = '#/run/{run_id}'")
         tab.wait_for(f"{STATE} === 'completed'", 180, "the page to show the run completed")
-        tab.wait_for(f"document.querySelectorAll('.diag-card').length === {FOLDS}", 60, "every fold's diagnostics")
+        tab.wait_for(
+            f"document.querySelectorAll('.diag-card').length === {FOLDS}", 60, "every fold's diagnostics"
+        )
         screenshot(tab, shots, "dashboard-run-1280x800.png", 1280, 800)
         screenshot(tab, shots, "dashboard-run-1280-full.png", 1280, 800, full_page=True)
         screenshot(tab, shots, "dashboard-run-480.png", 480, 900, full_page=True)
         tab.resize(1280, 800)
         tab.evaluate("location.hash = '#/'")
-        tab.wait_for(f"!!document.querySelector('#runs-table a[href=\"#/run/{run_id}\"]')", 30, "the runs list")
+        tab.wait_for(
+            f"!!document.querySelector('#runs-table a[href=\"#/run/{run_id}\"]')", 30, "the runs list"
+        )
         runs_list = tab.evaluate(RUNS_LIST.replace("RUN_ID", run_id))
         screenshot(tab, shots, "dashboard-runs-1280x800.png", 1280, 800)
         screenshot(tab, shots, "dashboard-runs-480.png", 480, 800)
-        return LiveRun(run_id, tab.evaluate("window.__dashboardTrace"), tab.errors(),
-                       Path(api_server.manager.get(run_id).run_dir), runs_list)  # fmt: skip
+        return LiveRun(
+            run_id,
+            tab.evaluate("window.__dashboardTrace"),
+            tab.errors(),
+            Path(api_server.manager.get(run_id).run_dir),
+            runs_list,
+        )
     finally:
         tab.close()
 
@@ -164,10 +180,15 @@ def test_the_runs_list_shows_the_run_and_a_queue_column_only_once_runs_carry_a_p
 ) -> None:
     listed = live_run.runs_list
     assert listed["state"] == "completed" and "queue" not in listed["heads"]
-    assert listed["heads"][:3] == ["run", "state", "epochs"] and f"{EPOCHS * FOLDS}/{EPOCHS * FOLDS}" in listed["cells"][2]
+    assert (
+        listed["heads"][:3] == ["run", "state", "epochs"]
+        and f"{EPOCHS * FOLDS}/{EPOCHS * FOLDS}" in listed["cells"][2]
+    )
     tab.call("Page.addScriptToEvaluateOnNewDocument", {"source": WITH_A_QUEUE})
     tab.navigate(f"{api_server.url}/ui")
-    tab.wait_for("!!document.querySelector('#runs-table a[href=\"#/run/run_waiting\"]')", 30, "the queued run")
+    tab.wait_for(
+        "!!document.querySelector('#runs-table a[href=\"#/run/run_waiting\"]')", 30, "the queued run"
+    )
     queued = tab.evaluate(RUNS_LIST.replace("RUN_ID", "run_waiting"))
     assert queued["heads"][2] == "queue" and queued["cells"][2] == "1" and queued["state"] == "queued"
     assert tab.evaluate(RUNS_LIST.replace("RUN_ID", live_run.run_id))["cells"][2] == "–"
@@ -187,11 +208,15 @@ def test_a_finished_run_page_replays_and_every_control_is_reachable_by_tab(
     assert tab.errors() == []
 
 
-def test_the_report_opens_from_a_file_and_makes_no_request(live_run: LiveRun, tab: Tab, tmp_path: Path) -> None:
+def test_the_report_opens_from_a_file_and_makes_no_request(
+    live_run: LiveRun, tab: Tab, tmp_path: Path
+) -> None:
     report = live_run.run_dir / "report.html"
     tab.navigate(report.as_uri())
     tab.wait_for(f"{STATE} === 'completed' && document.querySelectorAll('.diag-card').length === {FOLDS}", 30)
-    assert tab.evaluate("document.getElementById('chart-loss').dataset.foldPoints").count(f":{EPOCHS}") == FOLDS
+    assert (
+        tab.evaluate("document.getElementById('chart-loss').dataset.foldPoints").count(f":{EPOCHS}") == FOLDS
+    )
     assert tab.evaluate("document.querySelectorAll('#summary table').length") >= 2
     tab.resize(480, 900)
     tab.wait_for("document.documentElement.scrollWidth <= 480", 10, "the report to fit 480 px")
@@ -209,8 +234,12 @@ def test_with_a_token_the_page_asks_for_it_and_keeps_it_out_of_the_url(
             f"document.getElementById('token-input').value = '{TOKEN}';"
             "document.getElementById('token-form').requestSubmit()"
         )
-        tab.wait_for(f"{STATE} === 'completed' && document.querySelectorAll('.diag-card').length === {FOLDS}", 60)
-        tab.wait_for("document.getElementById('live-status').dataset.state === 'live'", 30, "/ws with the token")
+        tab.wait_for(
+            f"{STATE} === 'completed' && document.querySelectorAll('.diag-card').length === {FOLDS}", 60
+        )
+        tab.wait_for(
+            "document.getElementById('live-status').dataset.state === 'live'", 30, "/ws with the token"
+        )
         assert TOKEN not in tab.evaluate("location.href")
         assert tab.evaluate("sessionStorage.getItem('orchestrator.dashboard.token')") == TOKEN
         errors = tab.errors()
@@ -223,13 +252,24 @@ def trial_rows() -> list[dict[str, Any]]:
     rows = []
     for n, state in enumerate(states):
         value = {0: 0.61, 1: 0.58, 2: None, 3: 0.55, 5: 0.57}.get(n)
-        rows.append({
-            "number": n, "state": state, "value": value, "duration_seconds": 30.0 + n,
-            "datetime_start": f"2026-11-29T10:{2 * n:02d}:00", "datetime_complete": None if state == "running" else f"2026-11-29T10:{2 * n + 1:02d}:30",
-            "last_epoch": 2, "last_intermediate_value": 0.66 if state == "pruned" else value, "run_id": f"hpo_demo_t{n:04d}",
-            "run_state": "completed" if state == "complete" else "cancelled", "error": "RuntimeError: worker died" if state == "fail" else None,
-            "params_lr": 10 ** (-4 + n * 0.4), "params_hidden": [16, 32, 64][n % 3], "params_window": ["expanding", "rolling"][n % 2],
-        })  # fmt: skip
+        rows.append(
+            {
+                "number": n,
+                "state": state,
+                "value": value,
+                "duration_seconds": 30.0 + n,
+                "datetime_start": f"2026-11-29T10:{2 * n:02d}:00",
+                "datetime_complete": None if state == "running" else f"2026-11-29T10:{2 * n + 1:02d}:30",
+                "last_epoch": 2,
+                "last_intermediate_value": 0.66 if state == "pruned" else value,
+                "run_id": f"hpo_demo_t{n:04d}",
+                "run_state": "completed" if state == "complete" else "cancelled",
+                "error": "RuntimeError: worker died" if state == "fail" else None,
+                "params_lr": 10 ** (-4 + n * 0.4),
+                "params_hidden": [16, 32, 64][n % 3],
+                "params_window": ["expanding", "rolling"][n % 2],
+            }
+        )
     return rows
 
 
@@ -243,7 +283,15 @@ class FakeStudies:
         raise NotImplementedError
 
     def studies(self) -> list[dict[str, Any]]:
-        return [{"study": "demo", "state": "running", "started_at": time.time() - 600, "ended_at": None, "error": None}]
+        return [
+            {
+                "study": "demo",
+                "state": "running",
+                "started_at": time.time() - 600,
+                "ended_at": None,
+                "error": None,
+            }
+        ]
 
     def status(self, study: str) -> dict[str, Any]:
         return self._status
@@ -252,9 +300,13 @@ class FakeStudies:
         raise NotImplementedError
 
 
-def test_study_page_and_report_mark_pruned_and_failed_trials(api_server: ApiServer, tab: Tab, tmp_path: Path) -> None:
+def test_study_page_and_report_mark_pruned_and_failed_trials(
+    api_server: ApiServer, tab: Tab, tmp_path: Path
+) -> None:
     rows = trial_rows()
-    status = study_status_of_rows(tmp_path, rows, study="demo", metric="val_nll", direction="minimize", state="running", trials_total=8)
+    status = study_status_of_rows(
+        tmp_path, rows, study="demo", metric="val_nll", direction="minimize", state="running", trials_total=8
+    )
     settings = ApiSettings(reports_dir=str(api_server.reports_dir), base_config=api_server.base_config)
     app = create_app(RayHubClient(api_server.hub), api_server.manager, settings, hpo=FakeStudies(status))
     server = BackgroundServer(app).start()
@@ -262,7 +314,10 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(api_server: ApiServ
         tab.navigate(f"{server.url}/ui")
         tab.wait_for("!!document.querySelector('a[href=\"#/study/demo\"]')", 30, "the studies list")
         tab.evaluate("location.hash = '#/study/demo'")
-        tab.wait_for(f"document.getElementById('chart-objective') && document.getElementById('chart-objective').dataset.trials === '{len(rows)}'", 30)
+        tab.wait_for(
+            f"document.getElementById('chart-objective') && document.getElementById('chart-objective').dataset.trials === '{len(rows)}'",
+            30,
+        )
         assert tab.evaluate("document.querySelectorAll('#params figure').length") == 3
         assert tab.evaluate("document.querySelectorAll('#trials tbody tr').length") == len(rows)
         legend = tab.evaluate("document.getElementById('chart-objective').textContent")
@@ -275,10 +330,15 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(api_server: ApiServ
         assert tab.errors() == []
     finally:
         server.stop()
-    report = write_study_report(tmp_path / "study", rows, study="demo", metric="val_nll", direction="minimize")
+    report = write_study_report(
+        tmp_path / "study", rows, study="demo", metric="val_nll", direction="minimize"
+    )
     tab.requests.clear()
     tab.navigate(report.as_uri())
-    tab.wait_for(f"document.getElementById('chart-objective') && document.getElementById('chart-objective').dataset.trials === '{len(rows)}'", 30)
+    tab.wait_for(
+        f"document.getElementById('chart-objective') && document.getElementById('chart-objective').dataset.trials === '{len(rows)}'",
+        30,
+    )
     assert tab.evaluate("document.querySelectorAll('#params figure').length") == 3
     assert tab.requests == [report.as_uri()]
     assert tab.errors() == []

@@ -153,9 +153,7 @@ def _with(bars: pd.DataFrame, row: int, **values: object) -> pd.DataFrame:
 
 
 def test_missing_column_names_it_and_lists_found(bars: pd.DataFrame) -> None:
-    with pytest.raises(
-        DataValidationError, match=r"missing column\(s\) volume; columns found: .*'close'"
-    ):
+    with pytest.raises(DataValidationError, match=r"missing column\(s\) volume; columns found: .*'close'"):
         load_ohlcv(bars.drop(columns=["volume"]))
 
 
@@ -167,9 +165,7 @@ def test_missing_time_column(bars: pd.DataFrame) -> None:
 def test_unparseable_timestamp_names_row_and_value(bars: pd.DataFrame) -> None:
     bad = bars.astype({"timestamp": str})
     bad.loc[17, "timestamp"] = "not a date"
-    with pytest.raises(
-        DataValidationError, match=r"unparseable timestamp .* at row 17: 'not a date'"
-    ):
+    with pytest.raises(DataValidationError, match=r"unparseable timestamp .* at row 17: 'not a date'"):
         load_ohlcv(bad)
 
 
@@ -178,9 +174,7 @@ def test_unparseable_timestamp_in_csv(tmp_path: Path, bars: pd.DataFrame) -> Non
     bad.loc[3, "timestamp"] = "2000-13-45"
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
-    with pytest.raises(
-        DataValidationError, match=r"unparseable timestamp .* at row 3: '2000-13-45'"
-    ):
+    with pytest.raises(DataValidationError, match=r"unparseable timestamp .* at row 3: '2000-13-45'"):
         load_ohlcv(path)
 
 
@@ -205,9 +199,7 @@ def test_duplicate_timestamps_name_rows(bars: pd.DataFrame) -> None:
 def test_nan_names_column_and_row(bars: pd.DataFrame, column: str) -> None:
     bad = bars.copy()
     bad.loc[12, column] = np.nan
-    with pytest.raises(
-        DataValidationError, match=rf"column '{column}' has a missing/NaN value at row 12"
-    ):
+    with pytest.raises(DataValidationError, match=rf"column '{column}' has a missing/NaN value at row 12"):
         load_ohlcv(bad)
 
 
@@ -215,9 +207,7 @@ def test_nan_names_column_and_row(bars: pd.DataFrame, column: str) -> None:
 def test_inf_names_column_and_row(bars: pd.DataFrame, value: float) -> None:
     bad = bars.copy()
     bad.loc[5, "volume"] = value
-    with pytest.raises(
-        DataValidationError, match=r"column 'volume' has an infinite value at row 5"
-    ):
+    with pytest.raises(DataValidationError, match=r"column 'volume' has an infinite value at row 5"):
         load_ohlcv(bad)
 
 
@@ -257,9 +247,7 @@ def test_low_above_body_names_row(bars: pd.DataFrame) -> None:
 def test_negative_volume_names_row(bars: pd.DataFrame) -> None:
     bad = bars.copy()
     bad.loc[2, "volume"] = -10.0
-    with pytest.raises(
-        DataValidationError, match=r"column 'volume' has a negative value at row 2: -10.0"
-    ):
+    with pytest.raises(DataValidationError, match=r"column 'volume' has a negative value at row 2: -10.0"):
         load_ohlcv(bad)
 
 
@@ -274,24 +262,20 @@ def test_non_numeric_price_names_column_row_value(bars: pd.DataFrame) -> None:
 def test_non_numeric_in_csv(tmp_path: Path, bars: pd.DataFrame) -> None:
     path = tmp_path / "bad.csv"
     _with(bars, 14, high="n/a?").to_csv(path, index=False)
-    with pytest.raises(
-        DataValidationError, match=r"column 'high' has a non-numeric value at row 14"
-    ):
+    with pytest.raises(DataValidationError, match=r"column 'high' has a non-numeric value at row 14"):
         load_ohlcv(path)
 
 
 def test_missing_file_names_path(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.csv"
-    with pytest.raises(DataValidationError, match=rf"data file not found: .*nowhere\.csv"):
+    with pytest.raises(DataValidationError, match=r"data file not found: .*nowhere\.csv"):
         load_ohlcv(path)
 
 
 def test_unknown_extension_names_it(tmp_path: Path) -> None:
     path = tmp_path / "bars.xlsx"
     path.write_text("x")
-    with pytest.raises(
-        DataValidationError, match=r"unknown data file extension .*bars\.xlsx.*'\.xlsx'"
-    ):
+    with pytest.raises(DataValidationError, match=r"unknown data file extension .*bars\.xlsx.*'\.xlsx'"):
         load_ohlcv(path)
 
 
@@ -336,8 +320,10 @@ def test_month_first_with_dashes_times_and_two_digit_years(bars: pd.DataFrame) -
     stamps = ["01-12-15 09:30", "01-12-15 16:00", "01-13-15 09:30", "02-01-15 09:30"]
     df = load_ohlcv(_with_times(bars, stamps))
     assert list(df["timestamp"]) == [
-        pd.Timestamp("2015-01-12 09:30"), pd.Timestamp("2015-01-12 16:00"),
-        pd.Timestamp("2015-01-13 09:30"), pd.Timestamp("2015-02-01 09:30"),
+        pd.Timestamp("2015-01-12 09:30"),
+        pd.Timestamp("2015-01-12 16:00"),
+        pd.Timestamp("2015-01-13 09:30"),
+        pd.Timestamp("2015-02-01 09:30"),
     ]
 
 
@@ -345,7 +331,9 @@ def test_only_the_reading_that_keeps_times_in_order_is_used(bars: pd.DataFrame) 
     # Every value reads both ways; month-first would put 1 December before 2 January.
     df = load_ohlcv(_with_times(bars, ["12/01/2015", "01/02/2015", "02/02/2015"]))
     assert list(df["timestamp"]) == [
-        pd.Timestamp("2015-01-12"), pd.Timestamp("2015-02-01"), pd.Timestamp("2015-02-02")
+        pd.Timestamp("2015-01-12"),
+        pd.Timestamp("2015-02-01"),
+        pd.Timestamp("2015-02-02"),
     ]
 
 

@@ -34,7 +34,9 @@ def test_appended_rows_become_candles_and_next_run_data(tmp_path: Path) -> None:
     assert feed.poll().candles == []
     _append(path, _line(frame.iloc[50]) + _line(frame.iloc[51]))
     update = feed.poll()
-    assert [c.timestamp for c in update.candles] == [f"{frame.timestamp[i]:%Y-%m-%dT%H:%M:%SZ}" for i in (50, 51)]
+    assert [c.timestamp for c in update.candles] == [
+        f"{frame.timestamp[i]:%Y-%m-%dT%H:%M:%SZ}" for i in (50, 51)
+    ]
     assert update.candles[1].close == frame.close[51] and update.warnings == []
     snapshot = load_ohlcv(feed.snapshot)
     assert len(snapshot) == 52 and snapshot.close.iloc[-1] == frame.close[51]
@@ -59,7 +61,10 @@ def test_malformed_rows_are_skipped_with_a_warning(tmp_path: Path) -> None:
     path, frame = _csv(tmp_path)
     feed = DataFeed(path, tmp_path / "snap")
     bad_price = _line(frame.iloc[50]).replace(f",{frame.close[50]},", ",-1,", 1)
-    _append(path, "2001-13-45,1,2,0.5,1,10\n" + bad_price + "garbage\n" + _line(frame.iloc[49]) + _line(frame.iloc[50]))
+    _append(
+        path,
+        "2001-13-45,1,2,0.5,1,10\n" + bad_price + "garbage\n" + _line(frame.iloc[49]) + _line(frame.iloc[50]),
+    )
     update = feed.poll()
     assert len(update.warnings) == 4, update.warnings
     assert "line 52" in update.warnings[0] and "timestamp" in update.warnings[0]

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.config import TrainConfig
-from orchestrator.config import FoldSpec, Segment
+from orchestrator.config import FoldSpec, Segment, TrainConfig
 from orchestrator.cv import plan_folds_for
 from orchestrator.errors import ConfigError
 from orchestrator.feasibility import check_folds, min_calibration_size, plan_feasible_folds
@@ -26,8 +25,11 @@ def _config(**values: object) -> TrainConfig:
 def _spec(train: int, cal: int, val: int = 100, gap: int = 21) -> list[FoldSpec]:
     cal_start = train + gap
     val_start = cal_start + cal + gap
-    return [FoldSpec(0, Segment(0, train), Segment(cal_start, cal_start + cal),
-                     Segment(val_start, val_start + val))]
+    return [
+        FoldSpec(
+            0, Segment(0, train), Segment(cal_start, cal_start + cal), Segment(val_start, val_start + val)
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -62,21 +64,30 @@ def test_batch_size_larger_than_the_train_segment_is_refused() -> None:
     config = _config(batch_size=2000)
     specs = plan_folds_for(config, CASE_SAMPLES)
     assert len(specs[0].train) == 1077
-    with pytest.raises(ConfigError, match=r"batch_size=2000 is larger than fold 0's train segment "
-                                          r"of 1077 samples.*batch_size <= 1077"):
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size=2000 is larger than fold 0's train segment "
+        r"of 1077 samples.*batch_size <= 1077",
+    ):
         check_folds(config, specs)
     check_folds(_config(batch_size=1077), specs)
 
 
 def test_lookback_longer_than_the_train_segment_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"lookback=100 is longer than fold 0's train segment of "
-                                          r"80 samples"):
+    with pytest.raises(
+        ConfigError,
+        match=r"lookback=100 is longer than fold 0's train segment of "
+        r"80 samples",
+    ):
         check_folds(_config(lookback=100), _spec(train=80, cal=300, gap=101))
 
 
 def test_calibration_splits_need_two_samples_per_block() -> None:
-    with pytest.raises(ConfigError, match=r"calibration_splits=10 needs at least 20 calibration "
-                                          r"samples .* n_cal=16.*calibration_splits <= 8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"calibration_splits=10 needs at least 20 calibration "
+        r"samples .* n_cal=16.*calibration_splits <= 8",
+    ):
         check_folds(_config(calibration_splits=10, alpha=0.2), _spec(train=500, cal=16))
 
 

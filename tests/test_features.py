@@ -108,7 +108,7 @@ def test_flat_bars_and_zero_volume_stay_finite() -> None:
     bars["volume"] = 0.0  # index data often has no volume
     fs = build_features(bars, LOOKBACK)
     assert np.isfinite(fs.X).all()
-    col = dict(zip(FEATURE_NAMES, fs.X.T))
+    col = dict(zip(FEATURE_NAMES, fs.X.T, strict=True))
     flat = (fs.bar_index >= 41) & (fs.bar_index <= 70)
     np.testing.assert_array_equal(col["close_pos"][flat], 0.5)
     np.testing.assert_array_equal(col["volume_z"], 0.0)
@@ -196,12 +196,14 @@ def test_standardizer_statistics_equal_sklearn_standard_scaler() -> None:
     rng = np.random.default_rng(12)
     X_feat = build_features(ar1_ohlcv(700, seed=12), LOOKBACK).X
     n = len(X_feat)
-    X = np.column_stack([
-        X_feat,
-        np.full(n, 0.25),  # constant
-        1e3 + rng.normal(0.0, 1e-13, n),  # constant up to rounding: sklearn's rule says constant
-        rng.normal(0.0, 1e-4, n),  # small but real spread: kept
-    ])
+    X = np.column_stack(
+        [
+            X_feat,
+            np.full(n, 0.25),  # constant
+            1e3 + rng.normal(0.0, 1e-13, n),  # constant up to rounding: sklearn's rule says constant
+            rng.normal(0.0, 1e-4, n),  # small but real spread: kept
+        ]
+    )
     train, later = X[:400], X[400:]
     ours = Standardizer.fit(train)
     ref = StandardScaler().fit(train)

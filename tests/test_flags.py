@@ -31,7 +31,9 @@ def _parser(**kwargs: object) -> tuple[argparse.ArgumentParser, list]:
 def test_scalar_fields_get_flags_and_others_do_not() -> None:
     _, specs = _parser()
     assert [(s.field, s.flag, s.kind) for s in specs] == [
-        ("count", "--count", "int"), ("rate", "--rate", "float"), ("mode", "--mode", "choice"),
+        ("count", "--count", "int"),
+        ("rate", "--rate", "float"),
+        ("mode", "--mode", "choice"),
         ("on", "--on", "bool"),
     ]
     assert specs[0].help == "how many (default 3)"
@@ -48,9 +50,12 @@ def test_only_given_flags_are_values() -> None:
 
 def test_every_scalar_train_config_field_has_a_flag_with_its_description() -> None:
     flagged = {spec.field: spec for spec in TRAIN_FLAGS}
-    scalar = {name for name, info in TrainConfig.model_fields.items()
-              if info.annotation in (int, float, str, bool, int | None, float | None)
-              or getattr(info.annotation, "__origin__", None) is Literal}
+    scalar = {
+        name
+        for name, info in TrainConfig.model_fields.items()
+        if info.annotation in (int, float, str, bool, int | None, float | None)
+        or getattr(info.annotation, "__origin__", None) is Literal
+    }
     assert scalar <= set(flagged)
     for name, spec in flagged.items():
         assert TrainConfig.model_fields[name].description, f"{name} has no description"
@@ -64,4 +69,7 @@ def test_todays_spellings_are_kept() -> None:
     config = config_from_args(args)
     assert (config.use_cv, config.reports_dir, config.cpus_per_fold, config.lr) == (False, "r", 0.5, 0.01)
     assert config_from_args(build_parser().parse_args(["train", "--cv"])).use_cv is True
-    assert config_from_args(build_parser().parse_args(["train", "--no-prediction-deltas"])).prediction_deltas is False
+    assert (
+        config_from_args(build_parser().parse_args(["train", "--no-prediction-deltas"])).prediction_deltas
+        is False
+    )

@@ -38,10 +38,17 @@ class RecordingPublisher:
 
 @pytest.fixture(scope="module")
 def fold_input() -> tuple[FeatureSet, FoldSpec, TrainConfig]:
-    config = config_from_mapping({
-        "folds": 2, "epochs": 3, "lookback": 10, "hidden": 16, "batch_size": 128,
-        "batch_progress_interval_s": 0.0, "executor": "local",
-    })
+    config = config_from_mapping(
+        {
+            "folds": 2,
+            "epochs": 3,
+            "lookback": 10,
+            "hidden": 16,
+            "batch_size": 128,
+            "batch_progress_interval_s": 0.0,
+            "executor": "local",
+        }
+    )
     features = build_features(ar1_ohlcv(1200, seed=7, phi=0.3), config.lookback)
     return features, plan_folds_for(config, len(features))[1], config
 

@@ -15,8 +15,15 @@ pytest_plugins = ["tests.hpo_fixtures"]
 
 
 def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
-    base = {"type": "hpo_trial", "study": "s", "trial": 3, "params": {"lr": 0.01},
-            "best_value": 0.5, "trials_done": 4, "trials_total": 10}
+    base = {
+        "type": "hpo_trial",
+        "study": "s",
+        "trial": 3,
+        "params": {"lr": 0.01},
+        "best_value": 0.5,
+        "trials_done": 4,
+        "trials_total": 10,
+    }
     assert trial_line({**base, "state": "running"}) == 'trial 3 started {"lr": 0.01}'
     assert trial_line({**base, "state": "pruned", "value": 0.9, "duration_seconds": 2.25}) == (
         "trial 3 pruned value 0.9 in 2.2s [4/10] best 0.5"
@@ -24,17 +31,29 @@ def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
     assert trial_line({**base, "state": "failed", "value": None, "duration_seconds": None}) == (
         "trial 3 failed value None in 0.0s [4/10] best 0.5"
     )
-    assert trial_line({**base, "state": "study_complete"}) == (
-        "study s complete: best trial 3 value 0.5"
-    )
+    assert trial_line({**base, "state": "study_complete"}) == ("study s complete: best trial 3 value 0.5")
     assert trial_line({"type": "epoch_metrics"}) is None
 
 
 def test_flags_make_the_spec() -> None:
-    args = build_parser().parse_args([
-        "--study", "s2", "--trials", "3", "--parallel", "2", "--pruner", "none", "--epochs", "4",
-        "--enqueue", '{"lr": 0.001}', "--metric", "val_auc",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--study",
+            "s2",
+            "--trials",
+            "3",
+            "--parallel",
+            "2",
+            "--pruner",
+            "none",
+            "--epochs",
+            "4",
+            "--enqueue",
+            '{"lr": 0.001}',
+            "--metric",
+            "val_auc",
+        ]
+    )
     spec = _spec_from_args(args)
     assert (spec.study, spec.trials, spec.parallel, spec.pruner) == ("s2", 3, 2, "none")
     assert spec.enqueue == [{"lr": 0.001}] and spec.config.epochs == 4
@@ -46,9 +65,19 @@ def test_flags_make_the_spec() -> None:
 
 
 def test_a_failed_trial_line_says_why() -> None:
-    event = {"type": "hpo_trial", "study": "s", "trial": 0, "params": {}, "state": "failed",
-             "value": None, "duration_seconds": 1.0, "best_value": None, "trials_done": 1,
-             "trials_total": 2, "error": "val_auc is undefined (null) in fold 1"}
+    event = {
+        "type": "hpo_trial",
+        "study": "s",
+        "trial": 0,
+        "params": {},
+        "state": "failed",
+        "value": None,
+        "duration_seconds": 1.0,
+        "best_value": None,
+        "trials_done": 1,
+        "trials_total": 2,
+        "error": "val_auc is undefined (null) in fold 1",
+    }
     assert trial_line(event) == (
         "trial 0 failed value None in 1.0s [1/2] best None: val_auc is undefined (null) in fold 1"
     )
@@ -59,8 +88,8 @@ def _stale_tail_csv(path: Path, n: int = 2200, stale: int = 460) -> Path:
     bars = random_walk_ohlcv(n, seed=5)
     last = bars.iloc[n - stale - 1]
     for column in ("open", "high", "low", "close"):
-        bars.loc[bars.index[n - stale:], column] = last["close"]
-    bars.loc[bars.index[n - stale:], "volume"] = 0.0
+        bars.loc[bars.index[n - stale :], column] = last["close"]
+    bars.loc[bars.index[n - stale :], "volume"] = 0.0
     bars.to_csv(path, index=False)
     return path
 
@@ -78,10 +107,27 @@ def test_a_study_in_which_no_trial_completes_exits_1_with_each_reason(
     hpo_hub: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
 ) -> None:
     data = _stale_tail_csv(tmp_path / "stale_tail.csv")
-    code = main([
-        "--data", str(data), "--folds", "2", "--epochs", "2", "--trials", "2", "--parallel", "1",
-        "--pruner", "none", "--reports-dir", str(tmp_path / "r"), "--study", f"none_complete_{len(extra)}", *extra,
-    ])
+    code = main(
+        [
+            "--data",
+            str(data),
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--trials",
+            "2",
+            "--parallel",
+            "1",
+            "--pruner",
+            "none",
+            "--reports-dir",
+            str(tmp_path / "r"),
+            "--study",
+            f"none_complete_{len(extra)}",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if line.startswith("trial ") and " failed " in line]
     assert code == 1, err
@@ -109,8 +155,9 @@ def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Pa
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RAY_IMPORTED False" in proc.stdout  # no Ray module, so no Ray process either
     summaries = sorted((tmp_path / "r" / "hpo" / "inproc" / "runs").glob("*/summary.json"))

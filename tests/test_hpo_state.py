@@ -23,9 +23,9 @@ def test_a_session_runs_then_ends_once() -> None:
         (StudyState.RUNNING, StudyState.PENDING, "no state leads there"),
     ],
 )
-def test_an_illegal_move_names_the_expected_state(
-    current: StudyState, new: StudyState, needle: str
-) -> None:
-    with pytest.raises(IllegalTransitionError, match=f"study s: cannot go to {new.value} from {current.value}") as info:
+def test_an_illegal_move_names_the_expected_state(current: StudyState, new: StudyState, needle: str) -> None:
+    with pytest.raises(
+        IllegalTransitionError, match=f"study s: cannot go to {new.value} from {current.value}"
+    ) as info:
         study_transition("s", current, new)
     assert needle in str(info.value)

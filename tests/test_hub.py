@@ -213,8 +213,9 @@ def test_running_runs_are_those_started_and_not_ended_oldest_start_first(tmp_pat
     assert hub.running_runs() == []  # registered, not started: loading its data
     hub.publish("b", "driver", 0, {"type": "dataset_ready", "size": 10, "min_samples": 5})  # seq 1
     hub.publish("stray", "driver", 0, note(0))  # seq 2: a run that never starts
-    hub.publish("a", "driver", 0, {"type": "training_start", "use_cv": True,
-                                   "total_folds": 2, "total_epochs": 3})  # seq 3
+    hub.publish(
+        "a", "driver", 0, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 3}
+    )  # seq 3
     hub.publish("c", "driver", 0, {"type": "training_error", "error": "no data"})  # 4: never ran
     assert hub.running_runs() == ["b", "a"]  # by the seq of their start, not registration
     hub.publish("b", "driver", 1, {"type": "training_error", "error": "boom"})  # seq 5

@@ -28,11 +28,31 @@ def _serve(port: int, reports: Path, data: Path, log: Path) -> subprocess.Popen[
     while True:
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "serve", "--port", str(port),
-                 "--reports-dir", str(reports), "--data", str(data), "--folds", "2",
-                 "--set", "min_samples=500", "--set", "lookback=10", "--log-level", "warning"],
-                cwd=reports.parent, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--reports-dir",
+                    str(reports),
+                    "--data",
+                    str(data),
+                    "--folds",
+                    "2",
+                    "--set",
+                    "min_samples=500",
+                    "--set",
+                    "lookback=10",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=reports.parent,
+                env=_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-
 from typing import Any
 
 import pytest
@@ -80,10 +79,15 @@ def test_a_run_asks_for_all_its_folds_when_the_cluster_is_free(queue: JobQueue, 
     assert [q["run_id"] for q in body["queue"]] == ["next"]
     assert body["queue"][0]["reason"] == "waiting for CPU: a fold needs cpus_per_fold=1, 0 CPU free"
     assert body["queue"][0]["resources"] == {
-        "cpus_per_fold": 1.0, "gpus_per_fold": 0.0, "memory_per_fold_mb": None, "folds": 5,
+        "cpus_per_fold": 1.0,
+        "gpus_per_fold": 0.0,
+        "memory_per_fold_mb": None,
+        "folds": 5,
         "max_concurrent_folds": None,
-    }  # fmt: skip
-    assert body["running"] == [{"run_id": "wide", "slots": 2, "holds": {"CPU": 2.0, "GPU": 0.0, "memory": 0.0}}]
+    }
+    assert body["running"] == [
+        {"run_id": "wide", "slots": 2, "holds": {"CPU": 2.0, "GPU": 0.0, "memory": 0.0}}
+    ]
     assert body["capacity"]["free"]["CPU"] == 0.0
 
 

@@ -21,9 +21,9 @@ from orchestrator.driver import execute_run, new_run
 from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
-from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import run_local, write_csv
+from tests.wire import validate_wire
 from workers.deltas import DELTA_FIELDS, PredictionDeltaTracker
 
 
@@ -101,10 +101,19 @@ def test_delta_sends_only_changes_and_chunks_under_limit() -> None:
 
 def _run(tmp: Path, data: str, interest: frozenset[str]) -> tuple[Any, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    config = config_from_mapping({
-        "data": data, "reports_dir": str(tmp / "reports"), "executor": "local", "min_samples": 500,
-        "folds": 2, "epochs": 3, "lookback": 10, "batch_size": 32, "batch_progress_interval_s": 0.01,
-    })  # fmt: skip
+    config = config_from_mapping(
+        {
+            "data": data,
+            "reports_dir": str(tmp / "reports"),
+            "executor": "local",
+            "min_samples": 500,
+            "folds": 2,
+            "epochs": 3,
+            "lookback": 10,
+            "batch_size": 32,
+            "batch_progress_interval_s": 0.01,
+        }
+    )
     run = new_run(config)
     execute_run(run, InProcessSink(listener=events.extend, interest=interest), LocalExecutor())
     assert run.state is RunState.COMPLETED, run.error

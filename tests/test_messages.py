@@ -26,13 +26,34 @@ SEED_FIELDS = {
     "dataset_ready": {"type", "size", "min_samples"},
     "training_start": {"type", "use_cv", "total_folds", "total_epochs"},
     "epoch_metrics": {
-        "type", "fold_id", "epoch", "train_loss", "train_nll", "train_bce", "train_brier",
-        "val_loss", "val_nll", "val_bce", "val_brier", "val_auc", "DirAcc", "ECE",
-        "MZ_intercept", "MZ_slope", "MZ_F_p", "PIT_KS_p", "conformal_coverage",
-        "conformal_width", "elapsed_seconds",
+        "type",
+        "fold_id",
+        "epoch",
+        "train_loss",
+        "train_nll",
+        "train_bce",
+        "train_brier",
+        "val_loss",
+        "val_nll",
+        "val_bce",
+        "val_brier",
+        "val_auc",
+        "DirAcc",
+        "ECE",
+        "MZ_intercept",
+        "MZ_slope",
+        "MZ_F_p",
+        "PIT_KS_p",
+        "conformal_coverage",
+        "conformal_width",
+        "elapsed_seconds",
     },
     "fold_complete": {
-        "type", "fold_id", "predictions_path", "calibration_method", "calibration_warning",
+        "type",
+        "fold_id",
+        "predictions_path",
+        "calibration_method",
+        "calibration_warning",
         "coverage_warning",
     },
     "training_complete": {"type", "folds_completed", "summary_path"},
@@ -50,7 +71,9 @@ def test_committed_schema_is_current() -> None:
 
 def test_seed_fields_are_all_required_in_schema() -> None:
     defs = message_json_schema()["$defs"]
-    by_type = {d["properties"]["type"]["const"]: d for d in defs.values() if "type" in d.get("properties", {})}
+    by_type = {
+        d["properties"]["type"]["const"]: d for d in defs.values() if "type" in d.get("properties", {})
+    }
     for kind, fields in SEED_FIELDS.items():
         props = set(by_type[kind]["properties"])
         assert fields <= props, f"{kind} lacks {fields - props}"

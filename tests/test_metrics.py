@@ -152,9 +152,7 @@ def test_mincer_zarnowitz_matches_statsmodels(seed: int) -> None:
     assert result.f_pvalue == pytest.approx(float(ols.f_test("const = 0, x1 = 1").pvalue), rel=REL)
 
     maxlags = hac_maxlags(len(y))
-    hac = sm.OLS(y, exog).fit(
-        cov_type="HAC", cov_kwds={"maxlags": maxlags, "use_correction": True}
-    )
+    hac = sm.OLS(y, exog).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags, "use_correction": True})
     hac_test = hac.f_test("const = 0, x1 = 1")
     assert result.hac_pvalue == pytest.approx(float(hac_test.pvalue), rel=1e-8)
     assert hac_test.df_denom == len(y) - 2  # the F(2, n-2) form, not chi2(2)
@@ -213,9 +211,19 @@ def test_finite_or_none() -> None:
 
 
 EXPECTED_KEYS = {
-    "nll", "bce", "brier", "loss", "auc", "DirAcc", "ECE",
-    "MZ_intercept", "MZ_slope", "MZ_F_p", "MZ_F_p_hac", "PIT_KS_p",
-}  # fmt: skip
+    "nll",
+    "bce",
+    "brier",
+    "loss",
+    "auc",
+    "DirAcc",
+    "ECE",
+    "MZ_intercept",
+    "MZ_slope",
+    "MZ_F_p",
+    "MZ_F_p_hac",
+    "PIT_KS_p",
+}
 
 
 def test_forecast_metrics_keys_values_and_loss_weights() -> None:

@@ -52,8 +52,12 @@ def test_no_best_auc_notification_during_a_folds_epochs() -> None:
     """The case of the user report: rising per-epoch AUCs of the first folds (below 0.5 too)."""
     tracker = RunMilestones()
     tracker.observe(start(5, 100))
-    notes = [n for f in (0, 1) for i, auc in enumerate((0.43, 0.4374, 0.4394, 0.52, 0.55, 0.58))
-             for n in tracker.observe(epoch(f, i, auc))]
+    notes = [
+        n
+        for f in (0, 1)
+        for i, auc in enumerate((0.43, 0.4374, 0.4394, 0.52, 0.55, 0.58))
+        for n in tracker.observe(epoch(f, i, auc))
+    ]
     assert [n for n in notes if n["kind"] == "best_val_auc"] == []
 
 
@@ -117,7 +121,9 @@ def test_hub_derives_progress_and_best_auc_notifications() -> None:
     notes = [e for e in hub.run_events("r") if e["type"] == "notification"]
     progress = [n["message"] for n in notes if n["kind"] == "progress"]
     assert progress == [
-        "run 25% complete (1/4 epochs)", "run 50% complete (2/4 epochs)", "run 75% complete (3/4 epochs)"
+        "run 25% complete (1/4 epochs)",
+        "run 50% complete (2/4 epochs)",
+        "run 75% complete (3/4 epochs)",
     ]
     best = [n for n in notes if n["kind"] == "best_val_auc"]
     assert len(best) == 1 and best[0]["fold_id"] == 0 and "0.5300" in best[0]["message"]

@@ -14,19 +14,24 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
+from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
-from orchestrator.events.publish import InProcessSink
-from tests.wire import validate_wire
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
-
+from tests.wire import validate_wire
 
 
 def run_local(tmp_path: Path, data: str, **overrides: Any) -> tuple[Any, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     values = {
-        "data": data, "reports_dir": str(tmp_path / "reports"), "executor": "local",
-        "min_samples": 500, "folds": 2, "epochs": 4, "lookback": 10, **overrides,
+        "data": data,
+        "reports_dir": str(tmp_path / "reports"),
+        "executor": "local",
+        "min_samples": 500,
+        "folds": 2,
+        "epochs": 4,
+        "lookback": 10,
+        **overrides,
     }
     run = new_run(config_from_mapping(values))
     execute_run(run, InProcessSink(listener=events.extend), LocalExecutor())
@@ -64,8 +69,12 @@ def test_event_sequence_is_complete_and_schema_valid(ar1_run: Any) -> None:
     for fold in range(3):
         epochs = [e["epoch"] for e in events if e["type"] == "epoch_metrics" and e["fold_id"] == fold]
         assert epochs == list(range(6))
-        complete_at = next(i for i, e in enumerate(events) if e["type"] == "fold_complete" and e["fold_id"] == fold)
-        last_epoch_at = max(i for i, e in enumerate(events) if e["type"] == "epoch_metrics" and e["fold_id"] == fold)
+        complete_at = next(
+            i for i, e in enumerate(events) if e["type"] == "fold_complete" and e["fold_id"] == fold
+        )
+        last_epoch_at = max(
+            i for i, e in enumerate(events) if e["type"] == "epoch_metrics" and e["fold_id"] == fold
+        )
         assert last_epoch_at < complete_at
 
 
@@ -83,8 +92,18 @@ def test_summary_metrics_match_predictions_csv(ar1_run: Any) -> None:
     for fold in summary["folds"]:
         frame = pd.read_csv(fold["predictions_path"])
         assert list(frame.columns) == [
-            "timestamp", "fold_id", "segment", "y", "mu", "sigma", "p_up_raw", "p_up_cal",
-            "conformal_lo", "conformal_hi", "conformal_p", "pit_z",
+            "timestamp",
+            "fold_id",
+            "segment",
+            "y",
+            "mu",
+            "sigma",
+            "p_up_raw",
+            "p_up_cal",
+            "conformal_lo",
+            "conformal_hi",
+            "conformal_p",
+            "pit_z",
         ]
         val = frame[frame.segment == "validation"]
         cal = frame[frame.segment == "calibration"]
@@ -100,7 +119,11 @@ def test_summary_metrics_match_predictions_csv(ar1_run: Any) -> None:
         assert m["val_auc"] == pytest.approx(roc_auc_score(y_up, p), rel=1e-6)
         assert m["DirAcc"] == pytest.approx(np.mean((p > 0.5) == y_up), rel=1e-6)
         bins = np.minimum((p * 10).astype(int), 9)
-        ece = sum(np.mean(bins == b) * abs(y_up[bins == b].mean() - p[bins == b].mean()) for b in range(10) if np.any(bins == b))
+        ece = sum(
+            np.mean(bins == b) * abs(y_up[bins == b].mean() - p[bins == b].mean())
+            for b in range(10)
+            if np.any(bins == b)
+        )
         assert m["ECE"] == pytest.approx(ece, rel=1e-6)
         import statsmodels.api as sm
 
@@ -117,9 +140,14 @@ def test_summary_metrics_match_predictions_csv(ar1_run: Any) -> None:
         k = int(np.ceil((len(scores) + 1) * 0.9))
         assert np.allclose(val.conformal_hi - val.mu, scores[k - 1] * val.sigma, rtol=1e-9)
         assert m["ECE_cal"] == pytest.approx(
-            sum(np.mean(b2 == b) * abs(y_up[b2 == b].mean() - val.p_up_cal.to_numpy()[b2 == b].mean())
-                for b2 in [np.minimum((val.p_up_cal.to_numpy() * 10).astype(int), 9)] for b in range(10)
-                if np.any(b2 == b)), rel=1e-6)
+            sum(
+                np.mean(b2 == b) * abs(y_up[b2 == b].mean() - val.p_up_cal.to_numpy()[b2 == b].mean())
+                for b2 in [np.minimum((val.p_up_cal.to_numpy() * 10).astype(int), 9)]
+                for b in range(10)
+                if np.any(b2 == b)
+            ),
+            rel=1e-6,
+        )
         assert np.allclose(frame.pit_z, (frame.y - frame.mu) / frame.sigma, rtol=1e-9)
 
 
@@ -143,8 +171,10 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     for i in range(2):
         run, _ = run_local(tmp_path / str(i), path, epochs=2)
         summary = json.loads(Path(run.summary_path).read_text())
-        outputs.append([pd.read_csv(f["predictions_path"]).drop(columns="timestamp") for f in summary["folds"]])
-    for a, b in zip(*outputs):
+        outputs.append(
+            [pd.read_csv(f["predictions_path"]).drop(columns="timestamp") for f in summary["folds"]]
+        )
+    for a, b in zip(*outputs, strict=True):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 

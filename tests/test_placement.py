@@ -122,11 +122,13 @@ def test_reachable_resources_without_node_types_are_the_live_totals() -> None:
 
 
 def test_reachable_resources_agree_with_rays_own_computation() -> None:
-    config = cluster_config([
-        ("gpu.1x", {"CPU": 4, "GPU": 1}, 4),
-        ("gpu.4x", {"CPU": 48, "GPU": 4}, 2),
-        ("cpu", {"CPU": 16}, 0),
-    ])
+    config = cluster_config(
+        [
+            ("gpu.1x", {"CPU": 4, "GPU": 1}, 4),
+            ("gpu.4x", {"CPU": 48, "GPU": 4}, 2),
+            ("cpu", {"CPU": 16}, 0),
+        ]
+    )
     config.max_resources["CPU"] = 100
     groups, caps = node_groups_from_cluster_config(config)
     reach = reachable_resources(ClusterView((), groups, caps))

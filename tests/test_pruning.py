@@ -65,9 +65,7 @@ def _trial_events(pruning: TrialPruning, values: list[float]) -> None:
 
 
 def test_a_worse_trial_is_pruned_and_its_run_cancelled() -> None:
-    study = optuna.create_study(
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
-    )
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     good = study.ask()
     first = TrialPruning(good, "val_nll")
     _trial_events(first, [1.0, 0.5, 0.4])

@@ -6,15 +6,29 @@ import math
 
 from orchestrator.execution.placement import ResourceShape
 from orchestrator.queue.policy import (
-    Ask, Holding, Waiting, effective_priority, fit_slots, free_resources, plan_admissions, queue_order,
-)  # fmt: skip
+    Ask,
+    Holding,
+    Waiting,
+    effective_priority,
+    fit_slots,
+    free_resources,
+    plan_admissions,
+    queue_order,
+)
 
 CPU1 = ResourceShape(1.0, 0.0, None)
 GPU1 = ResourceShape(1.0, 1.0, None)
 
 
-def waiting(run_id: str, priority: int = 0, arrival: int = 0, submitted_at: float = 0.0,
-            shape: ResourceShape = CPU1, folds: int = 5, cap: int | None = 1) -> Waiting:  # fmt: skip
+def waiting(
+    run_id: str,
+    priority: int = 0,
+    arrival: int = 0,
+    submitted_at: float = 0.0,
+    shape: ResourceShape = CPU1,
+    folds: int = 5,
+    cap: int | None = 1,
+) -> Waiting:
     return Waiting(run_id, priority, arrival, submitted_at, Ask(shape, folds, cap))
 
 
@@ -69,7 +83,9 @@ def test_a_run_behind_the_head_says_so_when_it_would_fit_but_for_the_reservation
     later = waiting("later", arrival=1)
     decision = plan_admissions([head, later], [Holding("x", CPU1, 1)], {"CPU": 2.0}, now=0.0)
     assert decision.admit == []
-    assert decision.reasons["later"] == "behind run head: what is free is held for it (it is first in the queue)"
+    assert (
+        decision.reasons["later"] == "behind run head: what is free is held for it (it is first in the queue)"
+    )
 
 
 def test_aging_lets_a_waiting_run_pass_later_higher_priority_runs() -> None:
@@ -87,14 +103,20 @@ def test_aging_lets_a_waiting_run_pass_later_higher_priority_runs() -> None:
 
 
 def test_the_cap_on_running_runs_holds_everyone() -> None:
-    decision = plan_admissions([waiting("a"), waiting("b", arrival=1)], [Holding("x", CPU1, 1)],
-                               {"CPU": 8.0}, now=0.0, max_running=2)  # fmt: skip
+    decision = plan_admissions(
+        [waiting("a"), waiting("b", arrival=1)], [Holding("x", CPU1, 1)], {"CPU": 8.0}, now=0.0, max_running=2
+    )
     assert [a.run_id for a in decision.admit] == ["a"]
     assert decision.reasons["b"] == "--max-concurrent-runs=2: 2 runs are running"
 
 
 def test_memory_is_counted_in_bytes_and_reported_in_mb() -> None:
     shape = ResourceShape(1.0, 0.0, 512 * 2**20)
-    decision = plan_admissions([waiting("m", shape=shape)], [], {"CPU": 4.0, "memory": 256.0 * 2**20}, now=0.0)
+    decision = plan_admissions(
+        [waiting("m", shape=shape)], [], {"CPU": 4.0, "memory": 256.0 * 2**20}, now=0.0
+    )
     assert decision.admit == []
-    assert decision.reasons["m"] == "waiting for memory: a fold needs 512 MB (memory_per_fold_mb), 256 MB are free"
+    assert (
+        decision.reasons["m"]
+        == "waiting for memory: a fold needs 512 MB (memory_per_fold_mb), 256 MB are free"
+    )

@@ -111,11 +111,20 @@ def test_three_runs_on_two_cpus_and_a_priority_run_that_overtakes(
 def test_a_study_s_trials_wait_in_the_queue_and_interleave_with_a_plain_run(api_server: ApiServer) -> None:
     with httpx.Client(base_url=api_server.url, timeout=30) as http:
         wide = submit(http, max_concurrent_folds=2, epochs=100)  # both CPUs: what follows waits
-        study = http.post("/hpo", json={
-            "study": "queued-study", "trials": 2, "parallel": 1, "pruner": "none", "sampler": "random",
-            "sampler_seed": 1, "priority": 2, "search_space": {"lr": {"type": "categorical", "choices": [0.001]}},
-            "config": {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 15},
-        })  # fmt: skip
+        study = http.post(
+            "/hpo",
+            json={
+                "study": "queued-study",
+                "trials": 2,
+                "parallel": 1,
+                "pruner": "none",
+                "sampler": "random",
+                "sampler_seed": 1,
+                "priority": 2,
+                "search_space": {"lr": {"type": "categorical", "choices": [0.001]}},
+                "config": {"cpus_per_fold": 1, "max_concurrent_folds": 1, "epochs": 15},
+            },
+        )
         assert study.status_code == 202, study.text
         plain = submit(http)["run_id"]
         for _ in range(200):  # until the first trial is in the queue
@@ -141,6 +150,7 @@ def test_a_study_s_trials_wait_in_the_queue_and_interleave_with_a_plain_run(api_
         events = {run_id: events_of(http, run_id) for run_id in [plain, *trial_runs]}
     for run_id, got in events.items():
         assert_legal_run(got, folds=2, epochs=ONE_CPU_ONE_FOLD["epochs"] if run_id == plain else 15)
+
     # the plain run trained beside a trial, on the other CPU: admitted together when the wide run
     # ended, each started before the other ended (by seq: the hub's one order)
     def seqs(run_id: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,16 @@ import ray
 from orchestrator import datacache
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.driver import execute_run, new_run
-from orchestrator.lifecycle import Run, RunState
-from orchestrator.messages import message_json_schema
+from orchestrator.events.publish import RaySink
 from orchestrator.execution.cluster import free_resources
 from orchestrator.execution.placement import ResourceShape
 from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
-from orchestrator.events.publish import RaySink
-from workers.features import FeatureSet, build_features
+from orchestrator.lifecycle import Run, RunState
+from orchestrator.messages import message_json_schema
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
+from workers.features import FeatureSet, build_features
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -114,10 +115,7 @@ class RayRun:
         return events
 
     def epochs(self, fold_id: int) -> list[int]:
-        return [
-            e["epoch"] for e in self.events()
-            if e["type"] == "epoch_metrics" and e["fold_id"] == fold_id
-        ]
+        return [e["epoch"] for e in self.events() if e["type"] == "epoch_metrics" and e["fold_id"] == fold_id]
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -144,13 +142,12 @@ def assert_legal_stream(events: list[Event], run: Run, folds: int, epochs: int) 
         assert event["run_id"] == run.run_id
     for fold in range(folds):
         indexed = [
-            (i, e["epoch"]) for i, e in enumerate(events)
+            (i, e["epoch"])
+            for i, e in enumerate(events)
             if e["type"] == "epoch_metrics" and e["fold_id"] == fold
         ]
         assert [epoch for _, epoch in indexed] == list(range(epochs)), f"fold {fold}"
-        completes = [
-            i for i, e in enumerate(events) if e["type"] == "fold_complete" and e["fold_id"] == fold
-        ]
+        completes = [i for i, e in enumerate(events) if e["type"] == "fold_complete" and e["fold_id"] == fold]
         assert len(completes) == 1 and completes[0] > indexed[-1][0], f"fold {fold}"
 
 
@@ -170,17 +167,13 @@ def retry_notices(events: list[Event]) -> list[Event]:
 # ---- tests -----------------------------------------------------------------------------------
 
 
-def test_two_folds_train_at_the_same_time(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path
-) -> None:
+def test_two_folds_train_at_the_same_time(hub: Any, pool: WorkerPool, bars: str, tmp_path: Path) -> None:
     # Overlap is proven from the events: each fold's first epoch comes before the other's last.
     # Enough epochs (and no early stop) that the two folds' start skew cannot separate them: it
     # was 0.65 s with two test suites beside this one (load average 28), where 30 epochs of a
     # fold took 0.6 s; 150 take about 3 s alone.
     epochs = 150
-    started = RayRun(
-        hub, RayExecutor(pool), make_config(tmp_path, bars, epochs=epochs, patience=epochs)
-    )
+    started = RayRun(hub, RayExecutor(pool), make_config(tmp_path, bars, epochs=epochs, patience=epochs))
     run = started.wait()
     assert run.state is RunState.COMPLETED, run.error
     events = started.events()
@@ -188,7 +181,7 @@ def test_two_folds_train_at_the_same_time(
 
     epoch_events = [e for e in events if e["type"] == "epoch_metrics"]
     order = [e["fold_id"] for e in epoch_events]
-    switches = sum(1 for a, b in zip(order, order[1:]) if a != b)
+    switches = sum(1 for a, b in pairwise(order) if a != b)
     assert switches >= 1, f"epoch events do not interleave: {order}"
     spans = {
         fold: (
@@ -206,9 +199,7 @@ def test_two_folds_train_at_the_same_time(
     assert [f["attempt"] for f in summary["folds"]] == [0, 0]
 
 
-def test_second_run_reuses_the_warm_workers(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path
-) -> None:
+def test_second_run_reuses_the_warm_workers(hub: Any, pool: WorkerPool, bars: str, tmp_path: Path) -> None:
     executor = RayExecutor(pool)
     first = RayRun(hub, executor, make_config(tmp_path / "a", bars, epochs=2)).wait()
     assert first.state is RunState.COMPLETED, first.error
@@ -260,7 +251,11 @@ def test_max_concurrent_folds_caps_the_folds_in_flight(
 
 
 def test_python_error_in_a_fold_fails_the_run_without_retry(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    hub: Any,
+    pool: WorkerPool,
+    bars: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
     """A NaN in one feature of the train segments makes the training loss NaN."""
@@ -326,9 +321,7 @@ def test_worker_that_cannot_be_placed_fails_the_run_after_the_timeout(
         ray.kill(holder)
 
 
-def test_cancel_can_keep_the_workers_warm(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path
-) -> None:
+def test_cancel_can_keep_the_workers_warm(hub: Any, pool: WorkerPool, bars: str, tmp_path: Path) -> None:
     executor = RayExecutor(pool, keep_workers_on_cancel=True)  # how HPO prunes a trial
     started = RayRun(hub, executor, make_config(tmp_path, bars, epochs=1000))
     started.wait_until(

@@ -38,8 +38,14 @@ def _dead_owner() -> str:
 
 
 def _row(run_id: str) -> dict[str, Any]:
-    return {"run_id": run_id, "state": "pending", "config": '{"epochs": 2}', "priority": 0,
-            "created_at": 1.0, "run_dir": None}
+    return {
+        "run_id": run_id,
+        "state": "pending",
+        "config": '{"epochs": 2}',
+        "priority": 0,
+        "created_at": 1.0,
+        "run_dir": None,
+    }
 
 
 @pytest.fixture
@@ -50,7 +56,7 @@ def recorded_hub(url: str) -> Iterator[tuple[EventHub, StoreRecorder]]:
 
 
 def test_released_events_reach_the_store_exactly_as_sent_in_batches(
-    recorded_hub: tuple[EventHub, StoreRecorder]
+    recorded_hub: tuple[EventHub, StoreRecorder],
 ) -> None:
     hub, recorder = recorded_hub
     hub.record_run(_row("a"))
@@ -60,7 +66,7 @@ def test_released_events_reach_the_store_exactly_as_sent_in_batches(
     stored = recorder.store.events_since(0)
     assert [e["seq"] for e in stored] == list(range(1, 201))
     held = hub.run_events("a")
-    assert stored[-len(held):] == held  # the same JSON: what /ws sends
+    assert stored[-len(held) :] == held  # the same JSON: what /ws sends
     stats = recorder.stats()
     assert stats["written"] == 200 and stats["pending"] == 0
     assert stats["batches"] < 200  # never one transaction per event
@@ -72,7 +78,12 @@ def test_seq_continues_after_a_restart_and_every_since_is_answered_without_gap_o
     first = open_recorder(url)
     hub = EventHub(recorder=first, max_events=7)
     for pseq in range(30):
-        hub.publish("a" if pseq % 3 else "b", f"p{pseq % 3 != 0}", pseq // 3 if pseq % 3 == 0 else pseq - pseq // 3 - 1, note(pseq))
+        hub.publish(
+            "a" if pseq % 3 else "b",
+            f"p{pseq % 3 != 0}",
+            pseq // 3 if pseq % 3 == 0 else pseq - pseq // 3 - 1,
+            note(pseq),
+        )
     first.close()
 
     second = open_recorder(url)
@@ -116,7 +127,9 @@ def test_unfinished_runs_of_a_gone_writer_are_marked_interrupted(url: str) -> No
     hub = EventHub(recorder=old)
     hub.record_run(_row("lost"))
     hub.record_run(_row("done"))
-    hub.publish("lost", "driver", 0, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2})
+    hub.publish(
+        "lost", "driver", 0, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}
+    )
     hub.publish("done", "driver", 0, {"type": "training_complete", "folds_completed": 1, "summary_path": "s"})
     assert old.flush()  # and then the process "dies" without giving the lease up
 
@@ -161,7 +174,9 @@ def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None
     hub = EventHub(recorder=old)
     hub.record_run(_row("lost"))
     hub.publish("lost", "driver", 0, {"type": "dataset_ready", "size": 9, "min_samples": 1})
-    hub.publish("lost", "driver", 1, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2})
+    hub.publish(
+        "lost", "driver", 1, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}
+    )
     assert old.flush()
 
     recorder = open_recorder(url)

@@ -42,8 +42,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     for name in ("RAY_ADDRESS", "ORCHESTRATOR_DB"):
         env.pop(name, None)
     return env
@@ -77,16 +76,50 @@ def cluster() -> Iterator[str]:
     temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are limited
     log = open(Path(temp) / "ray-start.log", "w")
     head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-         "--port", str(gcs), "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
-         "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp,
-         "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-         "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_listen),
-         "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-         "--runtime-env-agent-port", str(runtime_env),
-         "--min-worker-port", str(low), "--max-worker-port", str(low + 200)],
-        env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(gcs),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "0",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            temp,
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--ray-client-server-port",
+            str(client),
+            "--dashboard-agent-listen-port",
+            str(agent_listen),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--min-worker-port",
+            str(low),
+            "--max-worker-port",
+            str(low + 200),
+        ],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"127.0.0.1:{gcs}"
     try:
         deadline = time.monotonic() + 90
@@ -112,12 +145,35 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(reports.parent / f"serve-{time.monotonic_ns()}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "serve", "--address", address, "--port", str(port),
-             "--reports-dir", str(reports), "--data", str(data), "--folds", str(FOLDS),
-             "--set", "min_samples=500", "--set", "lookback=10", "--set", "patience=10000",
-             "--log-level", "warning"],
-            cwd=reports.parent, env=_env(), stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "serve",
+                "--address",
+                address,
+                "--port",
+                str(port),
+                "--reports-dir",
+                str(reports),
+                "--data",
+                str(data),
+                "--folds",
+                str(FOLDS),
+                "--set",
+                "min_samples=500",
+                "--set",
+                "lookback=10",
+                "--set",
+                "patience=10000",
+                "--log-level",
+                "warning",
+            ],
+            cwd=reports.parent,
+            env=_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -214,9 +270,13 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
     assert listed[:2] == [run_id, earlier]
     assert on_return in ("running", "completed")  # never interrupted: its coordinator went on
     assert snapshot["state"] == "completed"
-    assert snapshot["progress"]["epochs_done"] == FOLDS * EPOCHS and snapshot["progress"]["folds_done"] == FOLDS
-    print(f"state when the new server answered: {on_return}; killed at {killed_at:.1f}, back at "
-          f"{back_at:.1f}, run ended at {after[-1]['ts']:.1f}, first epoch at {before[0]['ts']:.1f}")
+    assert (
+        snapshot["progress"]["epochs_done"] == FOLDS * EPOCHS and snapshot["progress"]["folds_done"] == FOLDS
+    )
+    print(
+        f"state when the new server answered: {on_return}; killed at {killed_at:.1f}, back at "
+        f"{back_at:.1f}, run ended at {after[-1]['ts']:.1f}, first epoch at {before[0]['ts']:.1f}"
+    )
 
 
 def _queue(serve: Serve) -> list[tuple[str, int]]:
@@ -247,7 +307,9 @@ def test_the_queue_outlives_a_killed_api_process_in_its_order(cluster: str, tmp_
             events = asyncio.run(_follow(f"ws://127.0.0.1:{port}/ws?run_id={run_id}", None))
             assert events[-1]["type"] == "training_complete", events[-1]
             ends[run_id] = events
-        states = {r: httpx.get(f"{second.url}/runs/{r}", timeout=10).json()["state"] for r in (busy, sooner, later)}
+        states = {
+            r: httpx.get(f"{second.url}/runs/{r}", timeout=10).json()["state"] for r in (busy, sooner, later)
+        }
     finally:
         second.stop()
     assert states == {busy: "cancelled", sooner: "completed", later: "completed"}

@@ -31,7 +31,8 @@ def summary(*values: float | None) -> dict[str, object]:
 def test_objective_is_the_mean_over_folds_or_says_why_not() -> None:
     assert objective_value(summary(1.0, 2.0), "val_nll") == (1.5, None)
     assert objective_value(summary(1.0, None), "val_nll") == (
-        None, "val_nll is undefined (null) in fold 1",
+        None,
+        "val_nll is undefined (null) in fold 1",
     )
     assert objective_value(summary(float("nan")), "val_nll")[0] is None
     assert objective_value(summary(), "val_nll") == (None, "the run has no folds")
@@ -83,7 +84,9 @@ def test_trials_frame_has_a_row_per_trial(tmp_path: Path) -> None:
 
 def test_best_config_is_the_trial_s_config_with_a_header(tmp_path: Path) -> None:
     study = small_study()
-    spec = HpoSpec.model_validate({"study": "s", "config": config_from_mapping({"reports_dir": str(tmp_path)})})
+    spec = HpoSpec.model_validate(
+        {"study": "s", "config": config_from_mapping({"reports_dir": str(tmp_path)})}
+    )
     path = tmp_path / "best_config.yaml"
     write_best_config(path, spec, study.best_trial)
     text = path.read_text()
@@ -98,7 +101,9 @@ def test_status_and_session_result(tmp_path: Path) -> None:
     assert status["best"]["trial"] == 3 and status["best"]["run_id"] == "run3"
     assert set(status["trials"][0]["params"]) == {"lr"} and "params_lr" not in status["trials"][0]
     json.dumps(status, allow_nan=False)
-    spec = HpoSpec.model_validate({"study": "s", "config": config_from_mapping({"reports_dir": str(tmp_path)})})
+    spec = HpoSpec.model_validate(
+        {"study": "s", "config": config_from_mapping({"reports_dir": str(tmp_path)})}
+    )
     result = session_result(study, spec, StudyState.COMPLETED, 3, [2, 3, 4])
     assert (result.trials_done, result.trials_total, result.best_trial) == (4, 4, 3)
     assert result.counts == {"complete": 2, "pruned": 1, "fail": 1, "running": 1}

@@ -32,10 +32,21 @@ class StoredQueue:
 
 
 def row(run_id: str, priority: int, created_at: float, tmp_path: Path, **config: Any) -> dict[str, Any]:
-    values = {"folds": 2, "epochs": 1, "cpus_per_fold": 1, "max_concurrent_folds": 1,
-              "reports_dir": str(tmp_path), **config}  # fmt: skip
-    return {"run_id": run_id, "priority": priority, "created_at": created_at,
-            "run_dir": str(tmp_path / run_id), "config": values}  # fmt: skip
+    values = {
+        "folds": 2,
+        "epochs": 1,
+        "cpus_per_fold": 1,
+        "max_concurrent_folds": 1,
+        "reports_dir": str(tmp_path),
+        **config,
+    }
+    return {
+        "run_id": run_id,
+        "priority": priority,
+        "created_at": created_at,
+        "run_dir": str(tmp_path / run_id),
+        "config": values,
+    }
 
 
 @pytest.fixture
@@ -55,11 +66,16 @@ def test_a_restart_queues_every_stored_run_before_admitting_in_priority_order(
 ) -> None:
     started: list[str] = []  # admissions, as the job store is told of them
     manager = quiet_manager(hub, record_admission=lambda run_id, config: started.append(run_id))
-    restored = manager.restore_queue(StoredQueue([
-        row("older", 0, 1.0, tmp_path), row("urgent", 3, 2.0, tmp_path),
-        row("hpo_s_t0001_abc", 0, 3.0, tmp_path),  # a trial: its study's session is gone
-        row("huge", 0, 4.0, tmp_path, cpus_per_fold=8),  # this cluster can never hold it
-    ]))
+    restored = manager.restore_queue(
+        StoredQueue(
+            [
+                row("older", 0, 1.0, tmp_path),
+                row("urgent", 3, 2.0, tmp_path),
+                row("hpo_s_t0001_abc", 0, 3.0, tmp_path),  # a trial: its study's session is gone
+                row("huge", 0, 4.0, tmp_path, cpus_per_fold=8),  # this cluster can never hold it
+            ]
+        )
+    )
     assert restored == ["older", "urgent"]
     assert started == ["urgent"] and manager.queue.queued_ids() == ["older"]
     assert manager.get("urgent").state is RunState.PENDING and manager.get("older").state is RunState.QUEUED
@@ -71,12 +87,15 @@ def test_a_restart_queues_every_stored_run_before_admitting_in_priority_order(
     manager.shutdown()
 
 
-def test_a_run_that_cannot_be_marked_admitted_fails_and_gives_its_cpu_back(hub: EventHub, tmp_path: Path) -> None:
+def test_a_run_that_cannot_be_marked_admitted_fails_and_gives_its_cpu_back(
+    hub: EventHub, tmp_path: Path
+) -> None:
     def store_down(run_id: str, config_json: str) -> None:
         raise ConnectionError("the hub is unreachable")
 
-    manager = RunManager(InProcessSink(hub), queue=JobQueue(one_cpu, aging_s=None, tick_s=3600),
-                         record_admission=store_down)  # fmt: skip
+    manager = RunManager(
+        InProcessSink(hub), queue=JobQueue(one_cpu, aging_s=None, tick_s=3600), record_admission=store_down
+    )
     config = config_from_mapping({"folds": 2, "epochs": 1, "executor": "local", "reports_dir": str(tmp_path)})
     run = manager.submit(config)
     assert manager.wait(run.run_id, timeout=5).state is RunState.FAILED

@@ -17,10 +17,19 @@ from tests.test_pipeline import write_csv
 
 def _config(tmp: Path, executor: str) -> Any:
     data = write_csv(tmp, ar1_ohlcv(1200, seed=4))
-    return config_from_mapping({
-        "data": data, "reports_dir": str(tmp / "reports"), "executor": executor, "min_samples": 500,
-        "folds": 2, "epochs": 2, "lookback": 10, "batch_size": 64, "batch_progress_interval_s": 0.01,
-    })  # fmt: skip
+    return config_from_mapping(
+        {
+            "data": data,
+            "reports_dir": str(tmp / "reports"),
+            "executor": executor,
+            "min_samples": 500,
+            "folds": 2,
+            "epochs": 2,
+            "lookback": 10,
+            "batch_size": 64,
+            "batch_progress_interval_s": 0.01,
+        }
+    )
 
 
 def _check_complete_stream(run: Any, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -36,7 +45,9 @@ def _check_complete_stream(run: Any, batches: list[list[dict[str, Any]]]) -> lis
         kinds = {"epoch_metrics", "fold_complete"}
         mine = [e for e in events if e.get("fold_id") == fold and e["type"] in kinds]
         assert [(e["type"], e.get("epoch")) for e in mine] == [
-            ("epoch_metrics", 0), ("epoch_metrics", 1), ("fold_complete", None)
+            ("epoch_metrics", 0),
+            ("epoch_metrics", 1),
+            ("fold_complete", None),
         ]
     return events
 

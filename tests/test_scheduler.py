@@ -29,12 +29,20 @@ FREE = {"CPU": 3.0, "GPU": 0.0}
 
 
 def scheduler(
-    folds: int = 3, *, limit: int = 2, max_retries: int = 1, timeout: float = 60,
+    folds: int = 3,
+    *,
+    limit: int = 2,
+    max_retries: int = 1,
+    timeout: float = 60,
     scale_up: tuple[str, ...] = (),
 ) -> FoldScheduler:
     return FoldScheduler(
-        "run-1", range(folds), limit=limit, policy=RetryPolicy(max_retries, timeout),
-        shape=SHAPE, scale_up=scale_up,
+        "run-1",
+        range(folds),
+        limit=limit,
+        policy=RetryPolicy(max_retries, timeout),
+        shape=SHAPE,
+        scale_up=scale_up,
     )
 
 
@@ -151,9 +159,7 @@ def test_a_worker_dying_while_starting_is_replaced_without_a_new_attempt() -> No
         assert s.launches() == [Launch(0, 0)]  # back in front, the same attempt
     decision = s.start_failed(0, "RayActorError: gone")
     assert isinstance(decision, EndRun)
-    assert str(decision.error) == (
-        "fold 0 failed: 3 workers died while starting (RayActorError: gone)"
-    )
+    assert str(decision.error) == ("fold 0 failed: 3 workers died while starting (RayActorError: gone)")
 
 
 # ---- Python errors and cancel --------------------------------------------------------------
@@ -196,7 +202,9 @@ def test_cancel_ends_the_run_and_stop_cancels_every_live_attempt() -> None:
     assert s.launches() == [] and not s.finished
     with pytest.raises(IllegalTransitionError, match="fold 1 attempt 0: cannot go to running from cancelled"):
         s.started(1)
-    with pytest.raises(IllegalTransitionError, match="fold 0 attempt 0: cannot go to succeeded from succeeded"):
+    with pytest.raises(
+        IllegalTransitionError, match="fold 0 attempt 0: cannot go to succeeded from succeeded"
+    ):
         s.succeeded(0)
 
 
@@ -253,9 +261,7 @@ def test_an_illegal_transition_names_the_state_it_expected() -> None:
     attempt = FoldAttempt(fold_id=2, number=1)
     with pytest.raises(IllegalTransitionError) as caught:
         attempt.transition(AttemptState.SUCCEEDED)
-    assert str(caught.value) == (
-        "fold 2 attempt 1: cannot go to succeeded from pending: expected running"
-    )
+    assert str(caught.value) == ("fold 2 attempt 1: cannot go to succeeded from pending: expected running")
     attempt.transition(AttemptState.PLACING)
     with pytest.raises(IllegalTransitionError, match="expected running$"):
         attempt.transition(AttemptState.FAILED_RETRYABLE)
@@ -265,7 +271,9 @@ def test_an_illegal_transition_names_the_state_it_expected() -> None:
 
 def test_every_terminal_state_is_final() -> None:
     for state in (
-        AttemptState.SUCCEEDED, AttemptState.FAILED_RETRYABLE, AttemptState.FAILED,
+        AttemptState.SUCCEEDED,
+        AttemptState.FAILED_RETRYABLE,
+        AttemptState.FAILED,
         AttemptState.CANCELLED,
     ):
         attempt = FoldAttempt(0, state=state)
@@ -279,14 +287,20 @@ def test_longest_fold_is_launched_first() -> None:
     from orchestrator.execution.scheduler import longest_first
 
     def spec(fold_id: int, train: int) -> FoldSpec:
-        return FoldSpec(fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40))
+        return FoldSpec(
+            fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40)
+        )
 
     # expanding windows: later folds train on more samples
     specs = [spec(0, 100), spec(1, 200), spec(2, 300), spec(3, 300)]
     assert longest_first(specs) == [2, 3, 1, 0]
-    s = FoldScheduler("run-1", longest_first(specs), limit=2,
-                      policy=RetryPolicy(max_retries=1, placement_timeout_s=60.0),
-                      shape=scheduler(folds=1).shape)
+    s = FoldScheduler(
+        "run-1",
+        longest_first(specs),
+        limit=2,
+        policy=RetryPolicy(max_retries=1, placement_timeout_s=60.0),
+        shape=scheduler(folds=1).shape,
+    )
     assert [d.fold_id for d in s.launches()] == [2, 3]
 
 
@@ -297,7 +311,9 @@ def test_the_launch_order_lets_the_last_fold_end_soonest() -> None:
     from orchestrator.execution.scheduler import _makespan, fold_cost, launch_order, longest_first
 
     def spec(fold_id: int, train: int) -> FoldSpec:
-        return FoldSpec(fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40))
+        return FoldSpec(
+            fold_id, Segment(0, train), Segment(train + 5, train + 15), Segment(train + 20, train + 40)
+        )
 
     # five near-equal expanding-window folds on two workers (the 1M-row benchmark's shape)
     specs = [spec(i, train) for i, train in enumerate([160, 190, 220, 220, 250])]
@@ -306,8 +322,11 @@ def test_the_launch_order_lets_the_last_fold_end_soonest() -> None:
     lpt, best = longest_first(specs), launch_order(specs, 2)
     assert lpt == [4, 2, 3, 1, 0] and _makespan(lpt, cost, 2) == 1890
     # the best two-worker split: one worker takes 780 and 690, the other 690, 600 and 510
-    optimum = min(max(sum(cost[f] for f in group), sum(cost.values()) - sum(cost[f] for f in group))
-                  for n in range(6) for group in itertools.combinations(cost, n))
+    optimum = min(
+        max(sum(cost[f] for f in group), sum(cost.values()) - sum(cost[f] for f in group))
+        for n in range(6)
+        for group in itertools.combinations(cost, n)
+    )
     assert _makespan(best, cost, 2) == optimum == 1800
     assert sorted(best) == [0, 1, 2, 3, 4] and best[0] == 4
     # nothing to gain: one worker, as many workers as folds, or too many folds to try every order

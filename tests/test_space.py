@@ -23,7 +23,14 @@ from orchestrator.hpo.space import (
 def test_default_search_space_is_valid_and_typed() -> None:
     space = parse_search_space(DEFAULT_SEARCH_SPACE)
     assert list(space) == [
-        "lr", "hidden", "depth", "dropout", "weight_decay", "w_bce", "w_brier", "lookback",
+        "lr",
+        "hidden",
+        "depth",
+        "dropout",
+        "weight_decay",
+        "w_bce",
+        "w_brier",
+        "lookback",
     ]
     assert space["lr"] == FloatDistribution(1e-4, 1e-2, log=True)
     assert space["hidden"] == IntDistribution(16, 128)
@@ -31,11 +38,13 @@ def test_default_search_space_is_valid_and_typed() -> None:
 
 
 def test_search_space_reads_yaml_exponents_and_categoricals() -> None:
-    space = parse_search_space(yaml.safe_load(
-        "lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n"
-        "window: {type: categorical, choices: [expanding, rolling]}\n"
-        "hidden: {type: int, low: 16, high: 64, step: 16}\n"
-    ))
+    space = parse_search_space(
+        yaml.safe_load(
+            "lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n"
+            "window: {type: categorical, choices: [expanding, rolling]}\n"
+            "hidden: {type: int, low: 16, high: 64, step: 16}\n"
+        )
+    )
     assert space["lr"] == FloatDistribution(1e-5, 1e-1, log=True)
     assert space["window"] == CategoricalDistribution(["expanding", "rolling"])
     assert space["hidden"] == IntDistribution(16, 64, step=16)
@@ -78,11 +87,13 @@ def test_load_search_space_names_the_file(tmp_path: Any) -> None:
 
 
 def test_contains_follows_bounds_steps_and_choices() -> None:
-    space = parse_search_space({
-        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "hidden": {"type": "int", "low": 16, "high": 64},
-        "window": {"type": "categorical", "choices": ["expanding", "rolling"]},
-    })
+    space = parse_search_space(
+        {
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "hidden": {"type": "int", "low": 16, "high": 64},
+            "window": {"type": "categorical", "choices": ["expanding", "rolling"]},
+        }
+    )
     assert contains(space["lr"], 1e-3) and not contains(space["lr"], 0.5)
     assert contains(space["hidden"], 32) and not contains(space["hidden"], 32.5)
     assert not contains(space["hidden"], True) and not contains(space["lr"], "0.001")
@@ -90,11 +101,13 @@ def test_contains_follows_bounds_steps_and_choices() -> None:
 
 
 def test_suggest_draws_every_parameter_in_order_and_takes_enqueued_values() -> None:
-    space = parse_search_space({
-        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "hidden": {"type": "int", "low": 16, "high": 64, "step": 16},
-        "window": {"type": "categorical", "choices": ["expanding", "rolling"]},
-    })
+    space = parse_search_space(
+        {
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "hidden": {"type": "int", "low": 16, "high": 64, "step": 16},
+            "window": {"type": "categorical", "choices": ["expanding", "rolling"]},
+        }
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial({"lr": 1e-3, "hidden": 48, "window": "rolling"})
     first = study.ask()

@@ -6,9 +6,9 @@ import enum
 
 import pytest
 
+from orchestrator.config import TrainConfig
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.lifecycle import Run, RunState
-from orchestrator.config import TrainConfig
 from orchestrator.states import StateTable
 
 
@@ -19,8 +19,15 @@ class Door(str, enum.Enum):
     GONE = "gone"
 
 
-DOOR = StateTable("door", {Door.OPEN: {Door.CLOSED}, Door.CLOSED: {Door.OPEN, Door.LOCKED},
-                           Door.LOCKED: {Door.CLOSED}, Door.GONE: ()})
+DOOR = StateTable(
+    "door",
+    {
+        Door.OPEN: {Door.CLOSED},
+        Door.CLOSED: {Door.OPEN, Door.LOCKED},
+        Door.LOCKED: {Door.CLOSED},
+        Door.GONE: (),
+    },
+)
 
 
 def test_legal_moves_return_the_new_state() -> None:
@@ -41,7 +48,9 @@ def test_run_transitions_go_through_the_table() -> None:
     run.transition(RunState.RUNNING)
     run.transition(RunState.COMPLETED)
     assert run.done and run.ended_at is not None
-    with pytest.raises(IllegalTransitionError, match="run r1: cannot go to running from completed: expected pending"):
+    with pytest.raises(
+        IllegalTransitionError, match="run r1: cannot go to running from completed: expected pending"
+    ):
         run.transition(RunState.RUNNING)
 
 

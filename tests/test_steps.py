@@ -25,7 +25,7 @@ def test_padded_weighted_loss_equals_plain_loss() -> None:
     weight = torch.zeros(50)
     weight[:30] = 1.0
     padded = forecast_loss(mu, sigma, logit, y, (y > 0).float(), (1.0, 0.5, 2.0), weight=weight)
-    for a, b in zip(plain, padded):
+    for a, b in zip(plain, padded, strict=True):
         assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
@@ -33,9 +33,14 @@ def test_nll_in_loss_matches_scipy() -> None:
     from scipy import stats
 
     g = torch.Generator().manual_seed(2)
-    mu, y = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(40, generator=g, dtype=torch.float64)
+    mu, y = (
+        torch.randn(40, generator=g, dtype=torch.float64),
+        torch.randn(40, generator=g, dtype=torch.float64),
+    )
     sigma = 0.5 + torch.rand(40, generator=g, dtype=torch.float64)
-    _, nll, _, _ = forecast_loss(mu, sigma, torch.zeros(40, dtype=torch.float64), y, (y > 0).double(), (1, 1, 1))
+    _, nll, _, _ = forecast_loss(
+        mu, sigma, torch.zeros(40, dtype=torch.float64), y, (y > 0).double(), (1, 1, 1)
+    )
     assert float(nll) == pytest.approx(-stats.norm.logpdf(y, mu, sigma).mean(), rel=1e-12)
 
 
@@ -65,7 +70,9 @@ def test_graphed_step_matches_eager_on_cuda() -> None:
         step = GraphedStep(*args, batch_size=256) if graphed else EagerStep(*args)
         order = torch.randperm(1000, generator=torch.Generator().manual_seed(3)).to(device)
         losses = [step(order[i : i + 256]) for i in range(0, 1000, 256)]  # last batch is partial
-        results.append((torch.stack(losses).cpu().numpy(), [p.detach().cpu().numpy() for p in model.parameters()]))
+        results.append(
+            (torch.stack(losses).cpu().numpy(), [p.detach().cpu().numpy() for p in model.parameters()])
+        )
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
-    for a, b in zip(results[0][1], results[1][1]):
+    for a, b in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -53,8 +53,9 @@ def _running_trial(study: optuna.Study, session: str, **attrs: Any) -> int:
 def test_stale_trials_of_dead_processes_here_are_failed_and_retried_once() -> None:
     study = optuna.create_study()
     host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     gone = _running_trial(study, f"{host}:{dead_pid}:aaaaaa")
     gone_retry = _running_trial(study, f"{host}:{dead_pid}:aaaaaa", retry_of=0)
@@ -80,23 +81,47 @@ def _journal_trials(path: Path, study: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=journal_storage(path)).get_trials(deepcopy=True)
 
 
-def test_killed_study_resumes_where_it_stopped(
-    hpo_bars: str, tmp_path: Path, ray_session: None
-) -> None:
+def test_killed_study_resumes_where_it_stopped(hpo_bars: str, tmp_path: Path, ray_session: None) -> None:
     import ray
 
     command = [
-        sys.executable, "-m", "orchestrator", "hpo", "--data", hpo_bars, "--min-samples", "300",
-        "--folds", "2", "--epochs", "20", "--set", "patience=20", "--set", "lookback=10",
-        "--reports-dir", str(tmp_path), "--study", "resume", "--pruner", "none",
-        "--sampler-seed", "0", "--parallel", "1", "--quiet",
-        "--address", ray.get_runtime_context().gcs_address,
-        "--storage", str(tmp_path / "hpo" / "resume" / "study.journal"),  # a journal path still works
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "hpo",
+        "--data",
+        hpo_bars,
+        "--min-samples",
+        "300",
+        "--folds",
+        "2",
+        "--epochs",
+        "20",
+        "--set",
+        "patience=20",
+        "--set",
+        "lookback=10",
+        "--reports-dir",
+        str(tmp_path),
+        "--study",
+        "resume",
+        "--pruner",
+        "none",
+        "--sampler-seed",
+        "0",
+        "--parallel",
+        "1",
+        "--quiet",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+        "--storage",
+        str(tmp_path / "hpo" / "resume" / "study.journal"),  # a journal path still works
     ]
     journal = tmp_path / "hpo" / "resume" / "study.journal"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    first = subprocess.Popen(command + ["--trials", "10"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        command + ["--trials", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 150
         while True:  # kill it once a trial is complete and the next one runs with its parameters
@@ -105,7 +130,8 @@ def test_killed_study_resumes_where_it_stopped(
             trials = _journal_trials(journal, "resume") if journal.exists() else []
             states = [t.state for t in trials]
             if (
-                TrialState.COMPLETE in states and states[-1] is TrialState.RUNNING
+                TrialState.COMPLETE in states
+                and states[-1] is TrialState.RUNNING
                 and set(trials[-1].params) == set(DEFAULT_SEARCH_SPACE)
             ):
                 break
@@ -121,8 +147,7 @@ def test_killed_study_resumes_where_it_stopped(
     interrupted = [t for t in before if t.state is TrialState.RUNNING]
     assert len(interrupted) == 1
 
-    second = subprocess.run(command + ["--trials", "2"], env=env, capture_output=True, text=True,
-                            timeout=240)
+    second = subprocess.run(command + ["--trials", "2"], env=env, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stderr[-3000:]
     after = {t.number: t for t in _journal_trials(journal, "resume")}
     # nothing lost: every trial that had ended is kept as it was

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from orchestrator.errors import StoreError
 from orchestrator.store import JobStore, LeaseHeldError, default_url
@@ -45,8 +45,15 @@ def store(url: str) -> Iterator[JobStore]:
 
 
 def _run(run_id: str, created_at: float, epochs: int = 3) -> dict[str, Any]:
-    return {"run_id": run_id, "state": "pending", "config": json.dumps({"epochs": epochs}),
-            "priority": 0, "created_at": created_at, "run_dir": f"reports/{run_id}", "owner": "me"}
+    return {
+        "run_id": run_id,
+        "state": "pending",
+        "config": json.dumps({"epochs": epochs}),
+        "priority": 0,
+        "created_at": created_at,
+        "run_dir": f"reports/{run_id}",
+        "owner": "me",
+    }
 
 
 def _event(seq: int, run_id: str, kind: str, **fields: Any) -> tuple[Event, str]:
@@ -55,8 +62,10 @@ def _event(seq: int, run_id: str, kind: str, **fields: Any) -> tuple[Event, str]
 
 
 def test_events_are_read_back_exactly_as_stored_after_any_seq(store: JobStore) -> None:
-    batch = [_event(seq, "r1" if seq % 2 else "r2", "epoch_metrics", fold_id=0, epoch=seq, val_auc=None)
-             for seq in range(1, 21)]
+    batch = [
+        _event(seq, "r1" if seq % 2 else "r2", "epoch_metrics", fold_id=0, epoch=seq, val_auc=None)
+        for seq in range(1, 21)
+    ]
     store.append([_run("r1", 1.0), _run("r2", 2.0)], batch)
     assert store.last_seq() == 20
     for since in range(0, 21):
@@ -78,16 +87,22 @@ def test_a_duplicate_seq_is_refused_and_nothing_of_its_batch_is_kept(store: JobS
 def test_a_run_row_follows_its_events(store: JobStore) -> None:
     store.append([_run("r1", 1.0, epochs=2)], [])
     assert store.get_run("r1")["state"] == "pending"  # type: ignore[index]
-    store.append([], [
-        _event(1, "r1", "training_start", use_cv=True, total_folds=2, total_epochs=2),
-        _event(2, "r1", "epoch_metrics", fold_id=0, epoch=1, val_auc=0.5),
-        _event(3, "r1", "epoch_metrics", fold_id=1, epoch=1, val_auc=0.4),
-    ])  # fmt: skip
-    store.append([], [
-        _event(4, "r1", "epoch_metrics", fold_id=0, epoch=2, val_auc=0.6),
-        _event(5, "r1", "fold_complete", fold_id=0),
-        _event(6, "r1", "training_complete", folds_completed=2, summary_path="s.json"),
-    ])  # fmt: skip
+    store.append(
+        [],
+        [
+            _event(1, "r1", "training_start", use_cv=True, total_folds=2, total_epochs=2),
+            _event(2, "r1", "epoch_metrics", fold_id=0, epoch=1, val_auc=0.5),
+            _event(3, "r1", "epoch_metrics", fold_id=1, epoch=1, val_auc=0.4),
+        ],
+    )
+    store.append(
+        [],
+        [
+            _event(4, "r1", "epoch_metrics", fold_id=0, epoch=2, val_auc=0.6),
+            _event(5, "r1", "fold_complete", fold_id=0),
+            _event(6, "r1", "training_complete", folds_completed=2, summary_path="s.json"),
+        ],
+    )
     snap = store.get_run("r1")
     assert snap is not None
     assert snap["state"] == "completed" and snap["summary_path"] == "s.json"
@@ -248,10 +263,16 @@ def test_queued_runs_come_back_in_order_and_an_admitted_one_is_no_longer_queued(
     rows = [{**_run(f"q{i}", 10.0 - i), "state": "queued", "priority": i} for i in range(3)]
     store.append(rows, [])
     assert [(r["run_id"], r["priority"], r["queue_position"]) for r in store.queued_runs()] == [
-        ("q2", 2, None), ("q1", 1, None), ("q0", 0, None)
+        ("q2", 2, None),
+        ("q1", 1, None),
+        ("q0", 0, None),
     ]  # submit order (created_at), not priority: the queue orders them again
     assert store.unfinished_runs() == []  # queued runs never started: nothing to mark interrupted
-    store.append([], [_event(1, "q1", "training_start", total_folds=2)], admitted=[("q2", '{"epochs": 3, "max_concurrent_folds": 1}'), ("q1", "{}")])
+    store.append(
+        [],
+        [_event(1, "q1", "training_start", total_folds=2)],
+        admitted=[("q2", '{"epochs": 3, "max_concurrent_folds": 1}'), ("q1", "{}")],
+    )
     admitted = store.get_run("q2")
     assert admitted is not None and admitted["state"] == "pending"
     assert admitted["config"]["max_concurrent_folds"] == 1  # the config it was admitted with

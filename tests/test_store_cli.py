@@ -23,11 +23,34 @@ def _train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     env.pop("ORCHESTRATOR_DB", None)
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", "train", "--executor", "local", "--quiet",
-         "--data", str(data), "--folds", "2", "--epochs", "2", "--set", "min_samples=300",
-         "--set", "lookback=10", "--reports-dir", str(tmp_path / "r"), *extra],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "train",
+            "--executor",
+            "local",
+            "--quiet",
+            "--data",
+            str(data),
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--set",
+            "min_samples=300",
+            "--set",
+            "lookback=10",
+            "--reports-dir",
+            str(tmp_path / "r"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=240,
+    )
 
 
 def test_train_records_its_run_and_events_in_the_store(tmp_path: Path) -> None:
@@ -67,12 +90,39 @@ def test_hpo_keeps_its_study_and_its_events_in_the_job_store_database(tmp_path: 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     env.pop("ORCHESTRATOR_DB", None)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "hpo", "--executor", "local", "--quiet",
-         "--data", str(data), "--trials", "1", "--folds", "2", "--epochs", "1", "--study", "one",
-         "--set", "min_samples=300", "--set", "lookback=10", "--pruner", "none",
-         "--reports-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "hpo",
+            "--executor",
+            "local",
+            "--quiet",
+            "--data",
+            str(data),
+            "--trials",
+            "1",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--study",
+            "one",
+            "--set",
+            "min_samples=300",
+            "--set",
+            "lookback=10",
+            "--pruner",
+            "none",
+            "--reports-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     url = f"sqlite:///{tmp_path / 'r' / 'orchestrator.db'}"
     study = optuna.load_study(study_name="one", storage=url)  # what optuna-dashboard opens

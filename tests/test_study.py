@@ -52,9 +52,7 @@ def test_four_trials_two_at_a_time(four_trials: tuple[HpoSpec, StudyResult, Coll
     # at most two trials ran at once: each start comes after the end of the trial two before it
     order = [(e["state"], e["trial"]) for e in events.hpo() if e["state"] != "study_complete"]
     for n in (2, 3):
-        assert order.index(("running", n)) > min(
-            order.index(("complete", k)) for k in range(n)
-        )
+        assert order.index(("running", n)) > min(order.index(("complete", k)) for k in range(n))
 
 
 def test_trial_runs_carry_their_run_id_and_trial_number(
@@ -97,10 +95,9 @@ def test_best_config_reproduces_the_best_trial(
     then the same run it makes (on the warm pool here, to keep the test short)."""
     from orchestrator.cli import build_parser, config_from_args
     from orchestrator.driver import execute_run, new_run
-    from orchestrator.lifecycle import RunState
+    from orchestrator.events.publish import EventSink, RaySink
     from orchestrator.execution.ray import RayExecutor
-    from orchestrator.events.publish import RaySink
-    from orchestrator.events.publish import EventSink
+    from orchestrator.lifecycle import RunState
 
     spec, result, _ = four_trials
     assert result.best_config is not None and result.best_value is not None
@@ -116,7 +113,12 @@ def test_diverging_trial_fails_and_the_study_goes_on(
     hpo_bars: str, hpo_hub: Any, hpo_pool: Any, tmp_path: Path
 ) -> None:
     spec = make_spec(
-        hpo_bars, tmp_path, study="diverge", trials=2, parallel=1, pruner="none",
+        hpo_bars,
+        tmp_path,
+        study="diverge",
+        trials=2,
+        parallel=1,
+        pruner="none",
         search_space={
             "lr": {"type": "float", "low": 1e-4, "high": 10.0, "log": True},
             "weight_decay": {"type": "float", "low": 1e-6, "high": 1.0, "log": True},
@@ -145,8 +147,15 @@ def test_bad_region_is_pruned_and_its_run_stopped(
     epochs = 40
     config = base_config(hpo_bars, tmp_path, epochs=epochs, patience=epochs)
     spec = make_spec(
-        hpo_bars, tmp_path, config, study="prune", trials=2, parallel=1, pruner="median",
-        pruner_startup_trials=1, pruner_warmup_epochs=0,
+        hpo_bars,
+        tmp_path,
+        config,
+        study="prune",
+        trials=2,
+        parallel=1,
+        pruner="median",
+        pruner_startup_trials=1,
+        pruner_warmup_epochs=0,
         search_space={"lr": {"type": "float", "low": 1e-4, "high": 10.0, "log": True}},
         # one good trial, then one in the terrible region (val_nll ~ +12 against ~ -3)
         enqueue=[{"lr": 3e-3}, {"lr": 10.0}],

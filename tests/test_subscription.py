@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.events.fanout import Outgoing
 from api.ws.subscription import Subscription, SubscriptionError, parse_types
+from orchestrator.events.fanout import Outgoing
 from orchestrator.messages import CORE_TYPES, HEAVY_TYPES, MESSAGE_TYPES
 
 
 def test_subscription_parsing_defaults_and_limits() -> None:
     assert Subscription.from_query({}).types == CORE_TYPES
     assert Subscription.from_query({"types": " epoch_metrics , notification"}).types == {
-        "epoch_metrics", "notification"
+        "epoch_metrics",
+        "notification",
     }
     with pytest.raises(SubscriptionError, match="bogus"):
         Subscription.from_query({"types": "bogus"})

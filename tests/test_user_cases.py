@@ -13,9 +13,9 @@ import pytest
 from orchestrator.cli import build_parser, config_from_args, main
 from orchestrator.config import config_from_mapping
 from orchestrator.driver import execute_run, new_run
+from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
-from orchestrator.events.publish import InProcessSink
 from tests.synthetic import random_walk_ohlcv
 from tests.wire import validate_wire
 from workers.data import load_ohlcv
@@ -26,8 +26,14 @@ BARS = 2200  # the issue's files: 2200 business-day bars of a Gaussian random wa
 
 def _run(tmp_path: Path, data: Path, **overrides: Any) -> tuple[Any, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    values = {"data": str(data), "reports_dir": str(tmp_path / "reports"), "executor": "local",
-              "folds": 2, "epochs": 3, **overrides}
+    values = {
+        "data": str(data),
+        "reports_dir": str(tmp_path / "reports"),
+        "executor": "local",
+        "folds": 2,
+        "epochs": 3,
+        **overrides,
+    }
     run = new_run(config_from_mapping(values))
     execute_run(run, InProcessSink(listener=events.extend), LocalExecutor())
     return run, events
@@ -142,8 +148,22 @@ def test_train_command_exits_1_for_a_refused_batch_size(
     # Another member: batch size against the train segment (1077 samples in fold 0).
     path = tmp_path / "base.csv"
     _walk(seed=35).to_csv(path, index=False)
-    code = main(["train", "--executor", "local", "--data", str(path), "--folds", "2", "--quiet",
-                 "--reports-dir", str(tmp_path / "reports"), "--set", "batch_size=5000"])
+    code = main(
+        [
+            "train",
+            "--executor",
+            "local",
+            "--data",
+            str(path),
+            "--folds",
+            "2",
+            "--quiet",
+            "--reports-dir",
+            str(tmp_path / "reports"),
+            "--set",
+            "batch_size=5000",
+        ]
+    )
     assert code == 1
     error = capsys.readouterr().err
     assert "batch_size=5000 is larger than fold 0's train segment of 1077" in error

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from orchestrator.messages import HEAVY_TYPES
 from orchestrator.console.watch import EXIT_COMPLETE, EXIT_ERROR, RunFollower, ws_url_with
+from orchestrator.messages import HEAVY_TYPES
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import ApiServer, assert_legal_run  # noqa: E402
@@ -116,8 +116,11 @@ class DroppingProxy:
 def start_watch(url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "watch", url, *args],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -160,9 +163,11 @@ def test_watch_reconnects_with_since_and_exits_0_at_training_complete(
 ) -> None:
     events_out = tmp_path / "events.jsonl"
     run_id, code, output = watch_while(
-        f"ws://127.0.0.1:{proxy.port}/ws", lambda: api_server.post_train(epochs=8),
-        "--events-out", str(events_out),
-    )  # fmt: skip
+        f"ws://127.0.0.1:{proxy.port}/ws",
+        lambda: api_server.post_train(epochs=8),
+        "--events-out",
+        str(events_out),
+    )
     assert code == 0, output
     assert proxy.connections >= 2 and "resuming after seq" in output
     assert "training complete" in output
@@ -186,12 +191,18 @@ def test_watch_exits_2_when_refused(api_server: ApiServer) -> None:
     with api_server.another_server(token="s3cret") as server:
         done = subprocess.run(
             [sys.executable, "-m", "orchestrator", "watch", server.ws_url, "--token", "wrong"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 2 and "401" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", "watch", f"{api_server.ws_url}", "--types", "bogus"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2 and "bogus" in done.stderr
 
@@ -215,10 +226,32 @@ def test_serve_train_on_start_then_watch_and_a_clean_sigint(tmp_path: Path) -> N
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "serve", "--port", str(port), "--train-on-start",
-         "--data", str(data), "--min-samples", "500", "--folds", "2", "--epochs", "3",
-         "--set", "lookback=10", "--reports-dir", str(tmp_path / "reports")],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "serve",
+            "--port",
+            str(port),
+            "--train-on-start",
+            "--data",
+            str(data),
+            "--min-samples",
+            "500",
+            "--folds",
+            "2",
+            "--epochs",
+            "3",
+            "--set",
+            "lookback=10",
+            "--reports-dir",
+            str(tmp_path / "reports"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         runs: list[dict[str, Any]] = []
@@ -233,9 +266,20 @@ def test_serve_train_on_start_then_watch_and_a_clean_sigint(tmp_path: Path) -> N
             threading.Event().wait(0.2)
         assert runs, "no run was started"
         watch = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "watch", f"ws://127.0.0.1:{port}/ws",
-             "--run-id", runs[0]["run_id"], "--quiet"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "watch",
+                f"ws://127.0.0.1:{port}/ws",
+                "--run-id",
+                runs[0]["run_id"],
+                "--quiet",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert watch.returncode == 0, watch.stderr
         assert "training complete: 2 folds" in watch.stderr

@@ -46,8 +46,11 @@ def test_reap_spares_a_reused_pid() -> None:
 def test_watch_reaps_the_orphans_of_a_killed_driver() -> None:
     # a "driver" that starts a SIGTERM-deaf child, then is killed with SIGKILL
     driver = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {_DEAF!r}]); time.sleep(600)"],
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {_DEAF!r}]); time.sleep(600)",
+        ],
     )
     deadline = time.monotonic() + 30
     while not psutil.Process(driver.pid).children() and time.monotonic() < deadline:
@@ -80,10 +83,29 @@ def _train_command(tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "train", "--data", str(data), "--folds", "2",
-         "--epochs", str(epochs), "--quiet", "--set", "min_samples=300", "--set", "lookback=10",
-         "--reports-dir", str(tmp_path / "r")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "train",
+            "--data",
+            str(data),
+            "--folds",
+            "2",
+            "--epochs",
+            str(epochs),
+            "--quiet",
+            "--set",
+            "min_samples=300",
+            "--set",
+            "lookback=10",
+            "--reports-dir",
+            str(tmp_path / "r"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 

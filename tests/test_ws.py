@@ -7,8 +7,8 @@ import json
 import logging
 import socket
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,8 +30,8 @@ from tests.api_fixtures import (  # noqa: E402
     assert_legal_run,
     assert_schema_valid,
     clients_connected,
-    connections_of,
     collect,
+    connections_of,
     of_run,
     run_until_done,
 )
@@ -195,8 +195,12 @@ def test_an_overflowing_client_is_closed_4008_with_where_to_resume_and_loses_not
         async def flood() -> None:
             for i in range(count):
                 publisher.publish(
-                    {"type": "notification", "level": "info", "kind": "flood",
-                     "message": f"{i:06d}" + "x" * size}
+                    {
+                        "type": "notification",
+                        "level": "info",
+                        "kind": "flood",
+                        "message": f"{i:06d}" + "x" * size,
+                    }
                 )
                 if i % 10 == 9:
                     await asyncio.sleep(0.02)  # about 500 events/s: a reading client keeps up
@@ -233,10 +237,17 @@ def publish_mixed(server: ApiServer, run_id: str) -> None:
     ray.get(server.hub.register_run.remote(run_id, None))
     publisher = HubPublisher(server.hub, run_id, "mixed")
     publisher.publish({"type": "dataset_ready", "size": 1000, "min_samples": 500})
-    publisher.publish({
-        "type": "batch_progress", "fold_id": 0, "epoch": 0, "batch": 1, "total_batches": 4,
-        "train_loss": 0.5, "samples_per_second": 1e4,
-    })
+    publisher.publish(
+        {
+            "type": "batch_progress",
+            "fold_id": 0,
+            "epoch": 0,
+            "batch": 1,
+            "total_batches": 4,
+            "train_loss": 0.5,
+            "samples_per_second": 1e4,
+        }
+    )
     publisher.publish({"type": "notification", "level": "info", "kind": "progress", "message": "25%"})
     publisher.publish({"type": "prediction_delta", "fold_id": 0, "epoch": 0, "predictions": []})
     publisher.publish({"type": "chart_update", "candles": []})
@@ -265,7 +276,11 @@ def test_types_subscription_default_excludes_heavy_types_and_selection_gets_only
     assert [m["type"] for m in default] == ["dataset_ready", "notification", "training_error"]
     assert [m["type"] for m in chosen] == ["batch_progress", "training_error"]
     assert [m["type"] for m in everything] == [
-        "dataset_ready", "batch_progress", "notification", "prediction_delta", "chart_update",
+        "dataset_ready",
+        "batch_progress",
+        "notification",
+        "prediction_delta",
+        "chart_update",
         "training_error",
     ]
     assert_schema_valid(everything)
@@ -347,8 +362,9 @@ def test_client_cap_refuses_before_the_upgrade(api_server: ApiServer, uvicorn_er
     with api_server.another_server(max_clients=2) as server:
 
         async def main() -> int:
-            async with websockets.connect(server.ws_url, proxy=None), websockets.connect(
-                server.ws_url, proxy=None
+            async with (
+                websockets.connect(server.ws_url, proxy=None),
+                websockets.connect(server.ws_url, proxy=None),
             ):
                 with pytest.raises(InvalidStatus) as info:
                     async with websockets.connect(server.ws_url, proxy=None):
@@ -380,9 +396,7 @@ def test_foreign_origin_is_refused_403_before_the_upgrade_loopback_and_listed_pa
     assert uvicorn_errors == []
 
 
-def test_token_is_required_on_ws_by_header_or_query(
-    api_server: ApiServer, uvicorn_errors: list[str]
-) -> None:
+def test_token_is_required_on_ws_by_header_or_query(api_server: ApiServer, uvicorn_errors: list[str]) -> None:
     with api_server.another_server(token="s3cret") as server:
 
         async def status(url: str, headers: dict[str, str] | None = None) -> int:

@@ -96,8 +96,10 @@ def test_watch_follows_the_oldest_run_and_exits_with_its_outcome_not_the_others(
     (a, b), code, output = watch_while(
         api_server.ws_url,
         lambda: start_two_runs(api_server, SECOND_OF_TWO, {"min_samples": 100_000}),
-        "--events-out", str(events_out), "--quiet",
-    )  # fmt: skip
+        "--events-out",
+        str(events_out),
+        "--quiet",
+    )
     assert code == 0, output
     assert "training complete: 2 folds" in output and "training error" not in output
     assert api_server.wait_done(b)["state"] == "failed"

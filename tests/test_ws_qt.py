@@ -21,8 +21,8 @@ from tests.api_fixtures import (  # noqa: E402
     assert_legal_run,
     assert_schema_valid,
     clients_connected,
-    connections_of,
     collect,
+    connections_of,
     recorded,
     start_two_runs,
     two_runs_done,
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("release_idle_actors")
 
 pytest.importorskip("PySide6.QtWebSockets")
 
-QT_CLIENT = r'''
+QT_CLIENT = r"""
 import json, sys
 from PySide6.QtCore import QCoreApplication, QTimer, QUrl
 from PySide6.QtWebSockets import QWebSocket
@@ -70,7 +70,7 @@ ws.errorOccurred.connect(on_error)
 QTimer.singleShot(timeout_ms, lambda: (result["errors"].append("timeout"), ws.close()))
 ws.open(QUrl(url))
 sys.exit(app.exec())
-'''
+"""
 
 
 def test_qwebsocket_receives_the_same_run_as_a_websockets_client(
@@ -82,7 +82,10 @@ def test_qwebsocket_receives_the_same_run_as_a_websockets_client(
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     qt = subprocess.Popen(
         [sys.executable, str(script), api_server.ws_url, str(out), "90000"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert qt.stdout is not None
@@ -122,7 +125,10 @@ def test_qwebsocket_sees_an_application_close_code_not_a_protocol_error(
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     done = subprocess.run(
         [sys.executable, str(script), f"{api_server.ws_url}?types=bogus", str(out), "20000"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
@@ -135,7 +141,7 @@ def test_qwebsocket_sees_an_application_close_code_not_a_protocol_error(
 # qDebug() << "AUC=" << auc prints a double with 6 significant digits (%g). Around it, only what
 # a test needs: the URL from argv (the seed has ws://localhost:8000/ws), "connected" on stdout,
 # and quitting after the given number of terminal events.
-QT_SEED_PORT = r'''
+QT_SEED_PORT = r"""
 import json, sys
 from PySide6.QtCore import QByteArray, QCoreApplication, QJsonDocument, QTimer, QUrl, qDebug, qWarning
 from PySide6.QtWebSockets import QWebSocket
@@ -183,18 +189,21 @@ webSocket.connected.connect(lambda: print("connected", flush=True))
 webSocket.textMessageReceived.connect(count_ends)
 QTimer.singleShot(timeout_ms, lambda: (qWarning("timeout"), app.exit(1)))
 sys.exit(app.exec())
-'''
+"""
 
 
 def seed_qt_lines(events: list[dict[str, Any]]) -> list[str]:
     """What the seed's Qt example prints for these events."""
+
     def double(value: Any) -> float:
         return float(value) if isinstance(value, (int, float)) else 0.0
 
     lines = []
     for event in events:
         if event["type"] == "epoch_metrics":
-            lines.append(f"Epoch metrics: AUC= {double(event.get('val_auc')):g} DirAcc= {double(event.get('DirAcc')):g}")
+            lines.append(
+                f"Epoch metrics: AUC= {double(event.get('val_auc')):g} DirAcc= {double(event.get('DirAcc')):g}"
+            )
         elif event["type"] == "training_complete":
             lines.append("Training complete")
     return lines
@@ -209,7 +218,10 @@ def test_the_seed_qt_example_shows_one_whole_run_then_the_next_while_two_train(
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     qt = subprocess.Popen(
         [sys.executable, str(script), server.ws_url, "2", "90000"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert qt.stdout is not None

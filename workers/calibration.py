@@ -56,9 +56,7 @@ def _checked(p: npt.ArrayLike, y_up: npt.ArrayLike) -> tuple[FloatArray, FloatAr
     p_ = np.asarray(p, dtype=np.float64)
     y_ = np.asarray(y_up, dtype=np.float64)
     if p_.ndim != 1 or p_.shape != y_.shape:
-        raise ValueError(
-            f"p and y_up must be 1-D of the same length, got {p_.shape} and {y_.shape}"
-        )
+        raise ValueError(f"p and y_up must be 1-D of the same length, got {p_.shape} and {y_.shape}")
     if p_.shape[0] == 0:
         raise ValueError("calibration needs at least one sample, got empty arrays")
     if not np.all((p_ >= 0.0) & (p_ <= 1.0)):
@@ -182,9 +180,7 @@ def fit_calibrator(method: str, p: npt.ArrayLike, y_up: npt.ArrayLike) -> Calibr
     if method == "temperature":
         return Calibrator("temperature", temperature=temperature)
     tempered = expit(_logits(p_) / temperature)
-    return Calibrator(
-        "temp_isotonic", temperature=temperature, isotonic=_fit_isotonic(tempered, y_)
-    )
+    return Calibrator("temp_isotonic", temperature=temperature, isotonic=_fit_isotonic(tempered, y_))
 
 
 @dataclass(frozen=True)
@@ -202,9 +198,7 @@ class CalibrationSelection:
     note: str | None = None
 
 
-def select_calibration(
-    p: npt.ArrayLike, y_up: npt.ArrayLike, n_splits: int = 5
-) -> CalibrationSelection:
+def select_calibration(p: npt.ArrayLike, y_up: npt.ArrayLike, n_splits: int = 5) -> CalibrationSelection:
     """Choose the method with the lowest cross-fitted BCE on the calibration segment.
 
     The segment (time order kept) is cut into ``n_splits`` contiguous blocks; each block's
@@ -263,12 +257,10 @@ def calibration_warning(
     reasons = []
     if n_cal < min_calibration_samples:
         reasons.append(
-            f"only {n_cal} calibration samples, fewer than "
-            f"min_calibration_samples={min_calibration_samples}"
+            f"only {n_cal} calibration samples, fewer than min_calibration_samples={min_calibration_samples}"
         )
     if val_ece is not None and val_ece > ece_threshold:
         reasons.append(
-            f"validation ECE after calibration is {val_ece:.4f}, above "
-            f"ece_warning_threshold={ece_threshold}"
+            f"validation ECE after calibration is {val_ece:.4f}, above ece_warning_threshold={ece_threshold}"
         )
     return "; ".join(reasons) if reasons else None

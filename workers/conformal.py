@@ -72,9 +72,7 @@ def conformal_quantile(cal_scores: npt.ArrayLike, alpha: float) -> float:
     return float(np.partition(scores, k - 1)[k - 1])
 
 
-def conformal_interval(
-    mu: npt.ArrayLike, sigma: npt.ArrayLike, q: float
-) -> tuple[FloatArray, FloatArray]:
+def conformal_interval(mu: npt.ArrayLike, sigma: npt.ArrayLike, q: float) -> tuple[FloatArray, FloatArray]:
     """(mu - q*sigma, mu + q*sigma); infinite q gives (-inf, +inf) for sigma > 0."""
     mu_, sigma_ = _float_array(mu), _float_array(sigma)
     half = q * sigma_

@@ -202,8 +202,7 @@ def _parse_timestamps(values: pd.Series, label: str, date_format: str | None) ->
         if (row := _first_row(bad)) is not None:
             given = f" (date_format {date_format!r})" if date_format is not None else ""
             raise DataValidationError(
-                f"unparseable timestamp in column {label!r} at row {row}: "
-                f"{values.iloc[row]!r}{given}"
+                f"unparseable timestamp in column {label!r} at row {row}: {values.iloc[row]!r}{given}"
             )
     if parsed.isna().any():
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
@@ -243,7 +242,8 @@ def infer_date_format(values: pd.Series, label: str = "timestamp") -> str:
     sample = present.iloc[:_SAMPLE]
     first = str(present.iloc[0]) if len(present) else ""
     candidates = [
-        fmt for fmt in _candidate_formats(first)
+        fmt
+        for fmt in _candidate_formats(first)
         if _to_datetime(sample, fmt).notna().any()  # cheap: most candidates read no sample value
     ]
     readings: dict[str, pd.Series] = {}
@@ -369,9 +369,7 @@ def _check_values(bars: pd.DataFrame) -> None:
             )
     o, h, lo, c = (arrays[name] for name in PRICE_COLUMNS)
     if (row := _first_row(h < lo)) is not None:
-        raise DataValidationError(
-            f"high < low at row {row}: high={_fmt(h[row])}, low={_fmt(lo[row])}"
-        )
+        raise DataValidationError(f"high < low at row {row}: high={_fmt(h[row])}, low={_fmt(lo[row])}")
     top = np.maximum(o, c)
     if (row := _first_row(h < top)) is not None:
         raise DataValidationError(
@@ -386,6 +384,4 @@ def _check_values(bars: pd.DataFrame) -> None:
         )
     volume = arrays["volume"]
     if (row := _first_row(volume < 0)) is not None:
-        raise DataValidationError(
-            f"column 'volume' has a negative value at row {row}: {_fmt(volume[row])}"
-        )
+        raise DataValidationError(f"column 'volume' has a negative value at row {row}: {_fmt(volume[row])}")

@@ -29,7 +29,8 @@ class PredictionDeltaTracker:
         self, timestamps: np.ndarray, *, rtol: float = 1e-6, max_bytes: int = MAX_DELTA_BYTES
     ) -> None:
         self.timestamps = [
-            str(np.datetime_as_string(t, unit="s")) + "Z" for t in np.asarray(timestamps, dtype="datetime64[s]")
+            str(np.datetime_as_string(t, unit="s")) + "Z"
+            for t in np.asarray(timestamps, dtype="datetime64[s]")
         ]
         self.rtol = rtol
         self.max_bytes = max_bytes
@@ -69,10 +70,16 @@ class PredictionDeltaTracker:
         chunks = _chunked(every, self.max_bytes)
         # one validation per message (pydantic-core walks the rows), not one model per row
         return [
-            PredictionDelta.model_validate({
-                "fold_id": fold_id, "epoch": epoch, "predictions": chunk,
-                "chunk": k, "chunks": len(chunks), "final": final,
-            })  # fmt: skip
+            PredictionDelta.model_validate(
+                {
+                    "fold_id": fold_id,
+                    "epoch": epoch,
+                    "predictions": chunk,
+                    "chunk": k,
+                    "chunks": len(chunks),
+                    "final": final,
+                }
+            )
             for k, chunk in enumerate(chunks)
         ]
 

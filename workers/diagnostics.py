@@ -144,9 +144,7 @@ def pit_histogram(pit_z: npt.ArrayLike, n_bins: int = 10) -> PitHistogram:
     return PitHistogram(edges=np.linspace(0.0, 1.0, n_bins + 1), counts=counts)
 
 
-def coverage_trace(
-    y: npt.ArrayLike, lo: npt.ArrayLike, hi: npt.ArrayLike, window: int
-) -> CoverageTrace:
+def coverage_trace(y: npt.ArrayLike, lo: npt.ArrayLike, hi: npt.ArrayLike, window: int) -> CoverageTrace:
     """Share of ``y`` inside ``[lo, hi]``: over all rows, up to each row, and over the last ``window`` rows."""
     _check_bins("window", window)
     y_, lo_, hi_ = _vector("y", y), _vector("lo", lo), _vector("hi", hi)

@@ -38,8 +38,14 @@ import pandas as pd
 from orchestrator.errors import DataValidationError
 
 __all__ = [
-    "CLIP_Z", "FEATURE_NAMES", "FeatureSet", "FeatureWarning", "Standardizer", "build_features",
-    "near_constant", "scaling_warnings",
+    "CLIP_Z",
+    "FEATURE_NAMES",
+    "FeatureSet",
+    "FeatureWarning",
+    "Standardizer",
+    "build_features",
+    "near_constant",
+    "scaling_warnings",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -76,9 +82,7 @@ class FeatureSet:
     def __post_init__(self) -> None:
         n = len(self.y)
         if self.X.ndim != 2 or self.X.shape != (n, len(self.feature_names)):
-            raise ValueError(
-                f"X has shape {self.X.shape}, expected ({n}, {len(self.feature_names)})"
-            )
+            raise ValueError(f"X has shape {self.X.shape}, expected ({n}, {len(self.feature_names)})")
         if len(self.timestamps) != n or len(self.bar_index) != n:
             raise ValueError(
                 f"timestamps ({len(self.timestamps)}), bar_index ({len(self.bar_index)}) and "
@@ -92,7 +96,7 @@ class FeatureSet:
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def segment(self, start: int, stop: int) -> "FeatureSet":
+    def segment(self, start: int, stop: int) -> FeatureSet:
         """Samples ``start .. stop-1`` (views, not copies)."""
         return FeatureSet(
             timestamps=self.timestamps[start:stop],
@@ -184,8 +188,7 @@ def _check_finite(X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
         )
     if (hits := np.flatnonzero(~np.isfinite(y))).size:
         raise DataValidationError(
-            f"target is not finite at bar {int(rows[hits[0]])}; "
-            f"validate the bars with validate_ohlcv first"
+            f"target is not finite at bar {int(rows[hits[0]])}; validate the bars with validate_ohlcv first"
         )
     # float32 overflow would turn a finite float64 feature into inf after the cast.
     if X.size and np.abs(X).max() > np.finfo(np.float32).max:
@@ -208,7 +211,7 @@ class Standardizer:
     constant: np.ndarray  # bool [n_features]: (near) zero spread in the fitted data
 
     @classmethod
-    def fit(cls, X_train: np.ndarray) -> "Standardizer":
+    def fit(cls, X_train: np.ndarray) -> Standardizer:
         """Mean and population std per column; a (near) constant column gets scale 1."""
         X64 = np.asarray(X_train, dtype=np.float64)
         if X64.ndim != 2 or X64.shape[0] == 0:
@@ -223,9 +226,7 @@ class Standardizer:
         """``(x - mean) / scale`` in float64, before holding and clipping."""
         X64 = np.asarray(X, dtype=np.float64)
         if X64.ndim != 2 or X64.shape[1] != len(self.mean):
-            raise ValueError(
-                f"Standardizer fitted on {len(self.mean)} features, got an array of {X64.shape}"
-            )
+            raise ValueError(f"Standardizer fitted on {len(self.mean)} features, got an array of {X64.shape}")
         z: np.ndarray = (X64 - self.mean) / self.scale
         return z
 
@@ -274,9 +275,13 @@ class FeatureWarning:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "feature": self.feature, "reason": self.reason, "rows": dict(self.rows),
-            "totals": dict(self.totals), "max_abs_z": self.max_abs_z,
-            "train_value": self.train_value, "message": self.message,
+            "feature": self.feature,
+            "reason": self.reason,
+            "rows": dict(self.rows),
+            "totals": dict(self.totals),
+            "max_abs_z": self.max_abs_z,
+            "train_value": self.train_value,
+            "message": self.message,
         }
 
 
@@ -298,19 +303,22 @@ def scaling_warnings(
     for col, feature in enumerate(feature_names):
         constant = bool(scaler.constant[col])
         rows = {
-            name: int(((X[:, col] < lo[col]) | (X[:, col] > hi[col])).sum()) if constant
+            name: int(((X[:, col] < lo[col]) | (X[:, col] > hi[col])).sum())
+            if constant
             else int((abs_z[name][:, col] > CLIP_Z).sum())
             for name, X in segments.items()
         }
         rows = {name: n for name, n in rows.items() if n}
         if not rows:
             continue
-        found.append(FeatureWarning(
-            feature=feature,
-            reason="constant_in_train" if constant else "beyond_clip",
-            rows=rows,
-            totals={name: len(segments[name]) for name in rows},
-            max_abs_z=None if constant else max(float(abs_z[n][:, col].max()) for n in rows),
-            train_value=float(scaler.mean[col]) if constant else None,
-        ))
+        found.append(
+            FeatureWarning(
+                feature=feature,
+                reason="constant_in_train" if constant else "beyond_clip",
+                rows=rows,
+                totals={name: len(segments[name]) for name in rows},
+                max_abs_z=None if constant else max(float(abs_z[n][:, col].max()) for n in rows),
+                train_value=float(scaler.mean[col]) if constant else None,
+            )
+        )
     return found

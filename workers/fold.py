@@ -49,8 +49,16 @@ if TYPE_CHECKING:
     from workers.train import EpochRecord, TrainSettings
 
 __all__ = [
-    "FoldTrainer", "FoldResult", "FoldContext", "FoldScores", "Publisher", "run_fold",
-    "finish_fold", "train_settings", "calibrated_predictions", "CalibratedPredictions",
+    "FoldTrainer",
+    "FoldResult",
+    "FoldContext",
+    "FoldScores",
+    "Publisher",
+    "run_fold",
+    "finish_fold",
+    "train_settings",
+    "calibrated_predictions",
+    "CalibratedPredictions",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -199,10 +207,16 @@ def run_fold(
     def on_batch(epoch: int, batch: int, total: int, loss: float, rate: float) -> None:
         if not publisher.wants("batch_progress"):
             return
-        publisher.publish(BatchProgress(
-            fold_id=fold_id, epoch=epoch, batch=batch, total_batches=total,
-            train_loss=loss, samples_per_second=rate,
-        ))
+        publisher.publish(
+            BatchProgress(
+                fold_id=fold_id,
+                epoch=epoch,
+                batch=batch,
+                total_batches=total,
+                train_loss=loss,
+                samples_per_second=rate,
+            )
+        )
 
     started = time.perf_counter()
     outcome = fit(
@@ -212,7 +226,8 @@ def run_fold(
         on_epoch=on_epoch,
         elapsed=lambda: time.time() - context.training_started_at,
         on_batch=BatchReporter(config.batch_progress_interval_s, on_batch)
-        if config.batch_progress_interval_s > 0 else None,
+        if config.batch_progress_interval_s > 0
+        else None,
         on_forecasts=on_forecasts if config.prediction_deltas else None,
         should_stop=should_stop,
     )
@@ -232,7 +247,9 @@ def run_fold(
         fold_id=fold_id,
         predictions=scores.predictions,
         metrics={
-            **scores.metrics, **{key: best.get(key) for key in _TRAIN_KEYS}, "epoch": outcome.best_epoch,
+            **scores.metrics,
+            **{key: best.get(key) for key in _TRAIN_KEYS},
+            "epoch": outcome.best_epoch,
         },
         calibration_method=scores.calibration_method,
         calibration_scores=scores.calibration_scores,
@@ -251,10 +268,11 @@ class FoldTrainer:
     """The fold actor: ``run_fold`` with a cancel flag, kept alive so torch loads once per process."""
 
     def __init__(self) -> None:
-        import workers.train  # noqa: F401  (torch, scipy, statsmodels: once per worker process)
         # The optimizer's first call imports torch._dynamo (about 1.4 s on a small machine): an
         # actor pays it when it starts, beside the driver's set-up, not inside its first fold.
         import torch._dynamo  # noqa: F401
+
+        import workers.train  # noqa: F401  (torch, scipy, statsmodels: once per worker process)
 
         self.pid = os.getpid()
         self._cancelled = False
@@ -354,8 +372,12 @@ def finish_fold(
     p_val_cal = pred["p_up_cal"][is_val]
 
     metrics = evaluate_epoch(
-        cal, val, y_cal, y_val,
-        alpha=config.alpha, loss_weights=(config.w_nll, config.w_bce, config.w_brier),
+        cal,
+        val,
+        y_cal,
+        y_val,
+        alpha=config.alpha,
+        loss_weights=(config.w_nll, config.w_bce, config.w_brier),
     )
     ece_cal = expected_calibration_error(y_up_val, p_val_cal)
     metrics["ECE_cal"] = ece_cal

@@ -59,9 +59,7 @@ def _vectors(*arrays: npt.ArrayLike) -> list[FloatArray]:
             raise ValueError(f"expected 1-D arrays, got shape {a.shape}")
     lengths = {a.shape[0] for a in out}
     if len(lengths) != 1:
-        raise ValueError(
-            f"arrays must have the same length, got lengths {[a.shape[0] for a in out]}"
-        )
+        raise ValueError(f"arrays must have the same length, got lengths {[a.shape[0] for a in out]}")
     if lengths == {0}:
         raise ValueError("metrics need at least one sample, got empty arrays")
     return out
@@ -213,9 +211,7 @@ def _f_sf(f_stat: float, df_denom: int) -> float | None:
     return finite_or_none(stats.f.sf(f_stat, 2, df_denom))
 
 
-def _newey_west_cov(
-    x: FloatArray, resid: FloatArray, xtx_inv: FloatArray, maxlags: int
-) -> FloatArray:
+def _newey_west_cov(x: FloatArray, resid: FloatArray, xtx_inv: FloatArray, maxlags: int) -> FloatArray:
     """Sandwich (X'X)^-1 S (X'X)^-1 * n/(n-k), S with Bartlett weights 1 - l/(maxlags+1)."""
     n, k = x.shape
     scores = x * resid[:, None]
@@ -233,9 +229,7 @@ def pit_ks_pvalue(y: npt.ArrayLike, mu: npt.ArrayLike, sigma: npt.ArrayLike) -> 
     return float(stats.kstest((y_ - mu_) / sigma_, "norm").pvalue)
 
 
-def _gaussian_interval_coverage(
-    y: FloatArray, mu: FloatArray, sigma: FloatArray, alpha: float
-) -> float:
+def _gaussian_interval_coverage(y: FloatArray, mu: FloatArray, sigma: FloatArray, alpha: float) -> float:
     half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * sigma
     return float(np.mean((y >= mu - half) & (y <= mu + half)))
 
@@ -281,9 +275,7 @@ def forecast_metrics(
     }
     if alpha_interval is not None:
         if not 0.0 < alpha_interval < 1.0:
-            raise ValueError(
-                f"alpha_interval must be in (0, 1), got alpha_interval={alpha_interval}"
-            )
+            raise ValueError(f"alpha_interval must be in (0, 1), got alpha_interval={alpha_interval}")
         values["gaussian_coverage"] = _gaussian_interval_coverage(y_, mu_, sigma_, alpha_interval)
     return {key: finite_or_none(value) for key, value in values.items()}
 

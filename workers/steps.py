@@ -53,8 +53,13 @@ def _batch_loss(
     with _autocast(X.device, amp):
         mu, sigma, logit = model(xb)
     stats = forecast_loss(
-        mu.float() * y_scale, sigma.float() * y_scale, logit.float(), yb, (yb > 0).float(),
-        loss_weights, weight=weight,
+        mu.float() * y_scale,
+        sigma.float() * y_scale,
+        logit.float(),
+        yb,
+        (yb > 0).float(),
+        loss_weights,
+        weight=weight,
     )
     return torch.stack(stats)
 
@@ -104,9 +109,7 @@ class GraphedStep:
         self.static_weight = torch.ones(batch_size, dtype=torch.float32, device=device)
 
         def step() -> torch.Tensor:
-            stats = _batch_loss(
-                model, X, y, self.static_idx, self.static_weight, y_scale, loss_weights, amp
-            )
+            stats = _batch_loss(model, X, y, self.static_idx, self.static_weight, y_scale, loss_weights, amp)
             torch.autograd.backward(stats[0])  # Tensor.backward is untyped; this is what it calls
             optimizer.step()
             return stats.detach()
@@ -121,7 +124,7 @@ class GraphedStep:
                 optimizer.zero_grad(set_to_none=True)
                 step()
         torch.cuda.current_stream(device).wait_stream(side)
-        for group, lr in zip(optimizer.param_groups, lrs):
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         # Back to a fresh optimizer, in place (the graph will hold these tensors' addresses).
         for state in optimizer.state.values():

@@ -22,8 +22,14 @@ from workers.model import ForecastNet
 from workers.steps import Step, make_step
 
 __all__ = [
-    "Segments", "TrainOutcome", "TrainSettings", "NonFiniteLossError", "BatchReporter",
-    "EpochRecord", "fit", "seed_everything",
+    "Segments",
+    "TrainOutcome",
+    "TrainSettings",
+    "NonFiniteLossError",
+    "BatchReporter",
+    "EpochRecord",
+    "fit",
+    "seed_everything",
 ]
 
 
@@ -128,7 +134,9 @@ def fit(
 ) -> TrainOutcome:
     seed_everything(settings.seed)
     y_scale = float(np.std(segments.y_train)) or 1.0
-    model = ForecastNet(segments.X_train.shape[1], settings.hidden, settings.depth, settings.dropout).to(device)
+    model = ForecastNet(segments.X_train.shape[1], settings.hidden, settings.depth, settings.dropout).to(
+        device
+    )
     graphed = settings.cuda_graphs and device.type == "cuda"
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, capturable=graphed
@@ -141,8 +149,15 @@ def fit(
     X_cal = torch.tensor(segments.X_cal, dtype=torch.float32, device=device)
     X_val = torch.tensor(segments.X_val, dtype=torch.float32, device=device)
     step = make_step(
-        model, optimizer, X_train, y_train, y_scale, settings.loss_weights, settings.batch_size,
-        cuda_graphs=settings.cuda_graphs, amp=settings.mixed_precision,
+        model,
+        optimizer,
+        X_train,
+        y_train,
+        y_scale,
+        settings.loss_weights,
+        settings.batch_size,
+        cuda_graphs=settings.cuda_graphs,
+        amp=settings.mixed_precision,
     )
 
     best_loss, best_epoch, best_state = math.inf, -1, copy.deepcopy(model.state_dict())
@@ -159,8 +174,12 @@ def fit(
         metrics: EpochRecord = {"epoch": epoch, **train_stats}
         metrics.update(
             evaluate_epoch(
-                cal, val, segments.y_cal, segments.y_val,
-                alpha=settings.alpha, loss_weights=settings.loss_weights,
+                cal,
+                val,
+                segments.y_cal,
+                segments.y_val,
+                alpha=settings.alpha,
+                loss_weights=settings.loss_weights,
             )
         )
         metrics["cal_loss"] = cal_loss

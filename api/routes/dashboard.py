@@ -13,7 +13,8 @@ import asyncio
 from importlib import resources
 from pathlib import Path
 
-from fastapi import APIRouter, Path as PathParam, Query
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from api.bodies import error_response
@@ -33,7 +34,9 @@ def dashboard_router(manager: RunService, *, studies: bool = False) -> APIRouter
     router = APIRouter()
     html = web_asset("dashboard.html").replace("{{FEATURES}}", "hpo" if studies else "")
 
-    @router.get("/ui", summary="The dashboard (HTML): runs, live run pages, studies", response_class=HTMLResponse)
+    @router.get(
+        "/ui", summary="The dashboard (HTML): runs, live run pages, studies", response_class=HTMLResponse
+    )
     async def page() -> HTMLResponse:
         return HTMLResponse(html, headers=_NO_CACHE)
 

@@ -62,7 +62,8 @@ def hpo_router(service: StudyService, base_config: TrainConfig, reports_dir: str
         nested = values.get("config") or {}
         if not isinstance(nested, dict):
             return error_response(
-                422, f"config must be a JSON object of run fields, got {type(nested).__name__}",
+                422,
+                f"config must be a JSON object of run fields, got {type(nested).__name__}",
                 fields=["config"],
             )
         # train fields may come at the top level or nested under "config": the policy holds for both

@@ -19,10 +19,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from api.bodies import error_response, json_object_body, owned_field_response
-from orchestrator.events.hub import Event
-from orchestrator.events.stream import HubClient
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
+from orchestrator.events.hub import Event
+from orchestrator.events.stream import HubClient
 from orchestrator.lifecycle import TERMINAL_STATES
 from orchestrator.queue import ResourceError, check_priority
 from orchestrator.service import UnknownRunError
@@ -81,7 +81,10 @@ def resolve_report_path(root: Path, relative: str) -> Path | None:
 
 
 def runs_router(
-    manager: RunService, hub: HubClient, base_config: TrainConfig, reports_dir: str,
+    manager: RunService,
+    hub: HubClient,
+    base_config: TrainConfig,
+    reports_dir: str,
     store: JobStore | None = None,
 ) -> APIRouter:
     """Runs start from ``base_config`` (the server's flags), overridden field by field by the body."""
@@ -112,8 +115,10 @@ def runs_router(
                 "content": {"application/json": {"schema": TrainConfig.model_json_schema()}},
             }
         },
-        responses={400: {"description": "malformed JSON"},
-                   422: {"description": "invalid field, or resources no node can ever hold"}},
+        responses={
+            400: {"description": "malformed JSON"},
+            422: {"description": "invalid field, or resources no node can ever hold"},
+        },
     )
     async def train(request: Request) -> JSONResponse:
         values = await json_object_body(request, "config fields")
@@ -140,8 +145,13 @@ def runs_router(
         except ResourceError as err:  # its folds' resources fit no node, live or to come
             return error_response(422, str(err), fields=[err.field])
         return JSONResponse(
-            {"run_id": run.run_id, "status": run.state.value, "priority": run.priority,
-             "queue_position": manager.queue_position(run.run_id), "links": _links(run.run_id)},
+            {
+                "run_id": run.run_id,
+                "status": run.state.value,
+                "priority": run.priority,
+                "queue_position": manager.queue_position(run.run_id),
+                "links": _links(run.run_id),
+            },
             status_code=202,
             headers={"Location": f"/runs/{run.run_id}"},
         )
@@ -169,11 +179,16 @@ def runs_router(
                 return error_response(404, f"no run with run_id={before!r} (before)")
             page = [live.pop(r["run_id"], r) for r in page]
             if before is None:  # runs started here that the store has not written yet
-                page = sorted(page + [r for r in live.values() if r["state"] not in _ENDED], key=_created, reverse=True)
+                page = sorted(
+                    page + [r for r in live.values() if r["state"] not in _ENDED], key=_created, reverse=True
+                )
         page = page[:limit]
-        return JSONResponse({
-            "runs": page, "next_before": page[-1]["run_id"] if len(page) == limit else None,
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "runs": page,
+                "next_before": page[-1]["run_id"] if len(page) == limit else None,
+            }
+        )
 
     @router.get("/runs/{run_id}", summary="A run: state, progress, latest metrics, report files")
     async def get_run(run_id: str) -> JSONResponse:

@@ -28,11 +28,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from orchestrator.events.stream import Event, HubClient
-from orchestrator.events.fanout import Outgoing, encode_control, encode_event
 from api.ws.follow import RunFollow, Verdict
 from api.ws.subscription import FOLLOW_CONTROL_TYPES, Subscription
 from orchestrator.errors import IllegalTransitionError
+from orchestrator.events.fanout import Outgoing, encode_control, encode_event
+from orchestrator.events.stream import Event, HubClient
 from orchestrator.messages import HistoryGap
 from orchestrator.states import StateTable
 
@@ -342,9 +342,7 @@ class ClientConnection:
         async for event in self._history(0, run_id, self.types, until):
             await self._send(encode_event(event))
 
-    async def _send_gap(
-        self, since: int, oldest: int, message: str, run_id: str | None = None
-    ) -> None:
+    async def _send_gap(self, since: int, oldest: int, message: str, run_id: str | None = None) -> None:
         gap = HistoryGap(
             seq=None,
             requested_since=since,

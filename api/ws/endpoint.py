@@ -19,11 +19,11 @@ import time
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from orchestrator.events.stream import HubClient
-from orchestrator.events.fanout import EventPump
 from api.refusals import mark_deliberate_refusal
 from api.ws.connection import ClientConnection, ClientState, CloseCode, close_reason
 from api.ws.subscription import Subscription, SubscriptionError
+from orchestrator.events.fanout import EventPump
+from orchestrator.events.stream import HubClient
 
 __all__ = ["ClientSlots", "EventStreamEndpoint"]
 
@@ -75,9 +75,7 @@ class EventStreamEndpoint:
         if not self.slots.take():
             mark_deliberate_refusal()
             await websocket.send_denial_response(
-                JSONResponse(
-                    {"error": f"too many clients: the limit is {self.slots.limit}"}, status_code=503
-                )
+                JSONResponse({"error": f"too many clients: the limit is {self.slots.limit}"}, status_code=503)
             )
             return
         try:
@@ -120,9 +118,7 @@ class EventStreamEndpoint:
         closing = asyncio.create_task(conn.closing.wait())
         done: set[asyncio.Task[object]] = set()
         try:
-            done, _ = await asyncio.wait(
-                {sender, reader, closing}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({sender, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
             if sender in done and not sender.cancelled():
                 failure = sender.exception()
                 if failure is not None and not isinstance(failure, (WebSocketDisconnect, OSError)):

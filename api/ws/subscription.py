@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from orchestrator.events.fanout import Outgoing
 from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES, START_TYPES, TERMINAL_TYPES
 
-__all__ = ["ALL_RUNS", "FOLLOW_CONTROL_TYPES", "QUERY_PARAMS", "Subscription", "SubscriptionError",
-           "parse_types"]  # fmt: skip
+__all__ = [
+    "ALL_RUNS",
+    "FOLLOW_CONTROL_TYPES",
+    "QUERY_PARAMS",
+    "Subscription",
+    "SubscriptionError",
+    "parse_types",
+]
 
 QUERY_PARAMS = ("since", "run_id", "types", "token")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -54,9 +60,7 @@ class Subscription:
         if "run_id" in params:
             run_id = params["run_id"].strip()
             if run_id != ALL_RUNS and not _RUN_ID.match(run_id):
-                raise SubscriptionError(
-                    f"run_id must be 1-128 of [A-Za-z0-9_.:-] or *, got {run_id!r}"
-                )
+                raise SubscriptionError(f"run_id must be 1-128 of [A-Za-z0-9_.:-] or *, got {run_id!r}")
         types = CORE_TYPES
         if "types" in params:
             types = parse_types(params["types"])

@@ -45,13 +45,19 @@ def build_submit_parser() -> argparse.ArgumentParser:
     )
     add_train_flags(parser)
     parser.add_argument(  # checked before posting too, so a typo is named at once
-        "--priority", type=int, default=None, metavar="N",
+        "--priority",
+        type=int,
+        default=None,
+        metavar="N",
         help=f"queue priority, {PRIORITY_MIN}..{PRIORITY_MAX}, higher first (default: the server's, 0)",
     )
     add_server_flags(parser)
     w = parser.add_argument_group("follow")
-    w.add_argument("--watch", action="store_true",
-                   help="then follow the run on /ws to its end; exit 0 completed, 1 failed, 2 refused")
+    w.add_argument(
+        "--watch",
+        action="store_true",
+        help="then follow the run on /ws to its end; exit 0 completed, 1 failed, 2 refused",
+    )
     w.add_argument("--quiet", action="store_true", help="with --watch: no progress bars")
     w.add_argument("--events-out", help="with --watch: write every event of the run to this JSON-lines file")
     return parser
@@ -93,8 +99,7 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.console.watch import watch
 
     return asyncio.run(
-        watch(server.ws_url, token=server.token, run_id=run_id, quiet=args.quiet,
-              events_out=args.events_out)
+        watch(server.ws_url, token=server.token, run_id=run_id, quiet=args.quiet, events_out=args.events_out)
     )
 
 
@@ -125,7 +130,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: frozense
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -140,17 +147,23 @@ def runs_table(runs: Sequence[dict[str, Any]], now: float | None = None) -> str:
         progress = run.get("progress") or {}
         position = run.get("queue_position")
         queued = run.get("state") == "queued"
-        started = run.get("started_at") if "started_at" in run else (None if queued else run.get("created_at"))
-        rows.append([
-            str(run.get("run_id")),
-            str(run.get("state")),
-            f"#{position}" if position is not None else "-",
-            str(run.get("priority", "-")),
-            # the total is known once the run has split its data (0 before)
-            f"{progress.get('epochs_done', 0)}/{progress['epochs_total']}" if progress.get("epochs_total") else "-",
-            _clock(started, now),
-            _clock(run.get("ended_at"), now),
-        ])
+        started = (
+            run.get("started_at") if "started_at" in run else (None if queued else run.get("created_at"))
+        )
+        rows.append(
+            [
+                str(run.get("run_id")),
+                str(run.get("state")),
+                f"#{position}" if position is not None else "-",
+                str(run.get("priority", "-")),
+                # the total is known once the run has split its data (0 before)
+                f"{progress.get('epochs_done', 0)}/{progress['epochs_total']}"
+                if progress.get("epochs_total")
+                else "-",
+                _clock(started, now),
+                _clock(run.get("ended_at"), now),
+            ]
+        )
     header = ["RUN", "STATE", "QUEUE", "PRIORITY", "EPOCHS", "STARTED", "ENDED"]
     return _table(header, rows, right=frozenset({2, 3, 4}))
 
@@ -163,10 +176,16 @@ def queue_table(queue: Sequence[dict[str, Any]]) -> str:
         kind = str(entry.get("kind", "run"))
         if entry.get("study"):
             kind = f"{kind} of {entry['study']}"
-        rows.append([
-            str(entry.get("position")), str(entry.get("run_id")), str(entry.get("priority")),
-            kind, _span(entry.get("waited_s")), str(entry.get("reason", "")),
-        ])
+        rows.append(
+            [
+                str(entry.get("position")),
+                str(entry.get("run_id")),
+                str(entry.get("priority")),
+                kind,
+                _span(entry.get("waited_s")),
+                str(entry.get("reason", "")),
+            ]
+        )
     header = ["POS", "RUN", "PRIORITY", "KIND", "WAITED", "WAITS FOR"]
     return _table(header, rows, right=frozenset({0, 2, 4}))
 

@@ -79,7 +79,9 @@ class ProgressView:
             self.close()
             self.final = event
             if kind == "training_complete":
-                self._write(f"training complete: {event['folds_completed']} folds, summary {event['summary_path']}")
+                self._write(
+                    f"training complete: {event['folds_completed']} folds, summary {event['summary_path']}"
+                )
             else:
                 self._write(f"training error: {event['error']}")
 

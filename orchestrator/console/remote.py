@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from orchestrator.flags import TOKEN_ENV, token_or_env
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.flags import TOKEN_ENV, token_or_env
 
 __all__ = ["DEFAULT_SERVER_URL", "Server", "ServerError", "add_server_flags"]
 
@@ -35,13 +35,19 @@ class ServerError(OrchestratorError):
 
 
 def add_server_flags(
-    p: argparse.ArgumentParser, *, url_default: str | None = DEFAULT_SERVER_URL,
+    p: argparse.ArgumentParser,
+    *,
+    url_default: str | None = DEFAULT_SERVER_URL,
     url_help: str | None = None,
 ) -> None:
     """``--url`` and ``--token``: which server, and the bearer token it may require."""
     g = p.add_argument_group("server")
-    g.add_argument("--url", default=url_default, metavar="URL",
-                   help=url_help or f"the server's base URL (default {url_default})")
+    g.add_argument(
+        "--url",
+        default=url_default,
+        metavar="URL",
+        help=url_help or f"the server's base URL (default {url_default})",
+    )
     g.add_argument("--token", metavar="T", help=f"bearer token (default: ${TOKEN_ENV})")
 
 
@@ -80,7 +86,11 @@ class Server:
         return self.request("POST", path, body=body)
 
     def request(
-        self, method: str, path: str, *, body: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
         """The decoded JSON of a 2xx answer. Raises ``ServerError``: the server's ``error`` text
@@ -104,5 +114,6 @@ class Server:
             return answer
         error = answer.get("error") if isinstance(answer, dict) else None
         text = str(error) if error else (response.text.strip()[:500] or response.reason_phrase)
-        raise ServerError(f"{text} (HTTP {response.status_code} from {method} {path})",
-                          response.status_code, answer)
+        raise ServerError(
+            f"{text} (HTTP {response.status_code} from {method} {path})", response.status_code, answer
+        )

@@ -165,7 +165,7 @@ async def watch(
                     return EXIT_REFUSED
                 reason = f"closed ({code}{': ' + text if text else ''})"
                 last_reachable = time.monotonic()
-            except (OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
             if time.monotonic() - last_reachable > reconnect_timeout:
                 print(
@@ -190,13 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
-    parser.add_argument("--run-id", help="follow this run (default: the oldest running run, or the next to start)")
+    parser.add_argument(
+        "--run-id", help="follow this run (default: the oldest running run, or the next to start)"
+    )
     parser.add_argument("--types", help="message types to receive, comma-separated (default: the server's)")
     parser.add_argument("--keep-going", action="store_true", help="do not exit when a run ends")
     parser.add_argument("--events-out", help="also write every event received to this JSON-lines file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--reconnect-timeout", type=float, default=60.0,
-                        help="give up after this many seconds without a connection (default 60)")
+    parser.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        help="give up after this many seconds without a connection (default 60)",
+    )
     return parser
 
 

@@ -173,13 +173,19 @@ def hub_for_store(
         if info is None and not reattach:  # this driver's own hub, made without a store: use it
             with contextlib.closing(JobStore.open(store_url)) as store:
                 refuse_if_held(store.lease_holder())
-            log.warning("the event hub of namespace %r writes no job store: this command's events "
-                        "are not recorded in %s", namespace, describe(store_url))  # fmt: skip
+            log.warning(
+                "the event hub of namespace %r writes no job store: this command's events "
+                "are not recorded in %s",
+                namespace,
+                describe(store_url),
+            )
             return cast("ActorHandle[Any]", running)
         if info is None or info["url"] != store_url:
             where = "no job store" if info is None else f"the job store {describe(info['url'])}"
-            raise StoreError(f"the event hub running in Ray namespace {namespace!r} writes {where}, "
-                             f"not {describe(store_url)}; pass its --db or stop it")  # fmt: skip
+            raise StoreError(
+                f"the event hub running in Ray namespace {namespace!r} writes {where}, "
+                f"not {describe(store_url)}; pass its --db or stop it"
+            )
         if not reattach:
             raise LeaseHeldError(
                 f"the job store {describe(store_url)} is in use by the event hub of a server "
@@ -192,5 +198,6 @@ def hub_for_store(
         return get_or_create_hub(namespace, detached=detached, store_url=store_url)
     except RayActorError as err:
         reason = [line for line in str(err).splitlines() if "Error:" in line][-1:] or [str(err)]
-        raise StoreError(f"the event hub could not open the job store {describe(store_url)}: "
-                         f"{reason[0].strip()}") from None
+        raise StoreError(
+            f"the event hub could not open the job store {describe(store_url)}: {reason[0].strip()}"
+        ) from None

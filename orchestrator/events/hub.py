@@ -39,8 +39,18 @@ Event = dict[str, Any]
 
 _FORGOTTEN_RUNS_KEPT = 1_000
 # stats(): what was published, released, dropped and why, and I/O errors of events.jsonl
-_COUNTERS = ("published", "released", "dropped_stale", "dropped_retry", "dropped_invalid",
-             "dropped_closed", "dropped_forgotten", "order_gaps_skipped", "io_errors", "batches")  # fmt: skip
+_COUNTERS = (
+    "published",
+    "released",
+    "dropped_stale",
+    "dropped_retry",
+    "dropped_invalid",
+    "dropped_closed",
+    "dropped_forgotten",
+    "order_gaps_skipped",
+    "io_errors",
+    "batches",
+)
 
 
 class PollReply(TypedDict):
@@ -65,7 +75,11 @@ class EventHub:
     """
 
     def __init__(
-        self, *, max_events: int = 100_000, max_runs: int = 20, max_pending: int = 10_000,
+        self,
+        *,
+        max_events: int = 100_000,
+        max_runs: int = 20,
+        max_pending: int = 10_000,
         recorder: StoreRecorder | None = None,
     ) -> None:
         for name, value in (("max_runs", max_runs), ("max_pending", max_pending)):
@@ -288,8 +302,9 @@ class EventHub:
         if len(self._runs) > self._max_runs:
             logger.warning(
                 "EventHub holds %d runs, more than max_runs=%d, because none more has ended",
-                len(self._runs), self._max_runs,
-            )  # fmt: skip
+                len(self._runs),
+                self._max_runs,
+            )
 
     def _accept(
         self, run_id: str, producer: str, pseq: int, event: Any, released: list[Event]
@@ -311,9 +326,13 @@ class EventHub:
         if accepted.skipped is not None:
             missing, resumed = accepted.skipped
             logger.warning(
-                "producer %r of run %r: more than %d events buffered waiting for pseq %d; "
-                "skipping to %d", producer, run_id, self._max_pending, missing, resumed,
-            )  # fmt: skip
+                "producer %r of run %r: more than %d events buffered waiting for pseq %d; skipping to %d",
+                producer,
+                run_id,
+                self._max_pending,
+                missing,
+                resumed,
+            )
             self._counts["order_gaps_skipped"] += 1
         for ready in accepted.ready:
             self._release(run, ready, released)

@@ -28,9 +28,7 @@ Event = dict[str, Any]
 
 def _notification(kind: str, message: str, fold_id: int | None = None) -> Event:
     """An info notification as an unstamped wire dict (the hub adds the envelope)."""
-    return without_envelope(
-        to_wire(Notification(level="info", kind=kind, message=message, fold_id=fold_id))
-    )
+    return without_envelope(to_wire(Notification(level="info", kind=kind, message=message, fold_id=fold_id)))
 
 
 class RunMilestones:
@@ -73,12 +71,14 @@ class RunMilestones:
         if auc <= 0.5 or (previous is not None and auc <= previous):
             return []
         was = f"best before {previous:.4f}" if previous is not None else "the first above 0.5"
-        return [_notification(
-            "best_val_auc",
-            f"fold {fold} finished with val_auc {auc:.4f}, the best of {self.folds_finished} "
-            f"folds finished ({was}; chance is 0.5)",
-            fold,
-        )]
+        return [
+            _notification(
+                "best_val_auc",
+                f"fold {fold} finished with val_auc {auc:.4f}, the best of {self.folds_finished} "
+                f"folds finished ({was}; chance is 0.5)",
+                fold,
+            )
+        ]
 
     def _progress(self) -> list[Event]:
         if not self.total_epochs:

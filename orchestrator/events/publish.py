@@ -143,11 +143,12 @@ class HubPublisher:
     _PRUNE_AT = 256  # outstanding refs that trigger dropping the acknowledged ones
     _MAX_TRACKED = 10_000  # past this, the oldest refs are no longer tracked (flush skips them)
 
-    def __init__(self, hub: ActorHandle[Any], run_id: str, producer: str, *, batch_window_s: float = 0.0) -> None:
+    def __init__(
+        self, hub: ActorHandle[Any], run_id: str, producer: str, *, batch_window_s: float = 0.0
+    ) -> None:
         if not run_id or not producer:
             raise ValueError(
-                "run_id and producer must be non-empty, "
-                f"got run_id={run_id!r}, producer={producer!r}"
+                f"run_id and producer must be non-empty, got run_id={run_id!r}, producer={producer!r}"
             )
         self.hub = hub
         self.run_id = run_id
@@ -202,7 +203,9 @@ class HubPublisher:
         self._last_send = time.monotonic()
         if len(batch) == 1:
             pseq, payload = batch[0]
-            self._outstanding.append(self.hub.publish_remote.remote(self.run_id, self.producer, pseq, payload))
+            self._outstanding.append(
+                self.hub.publish_remote.remote(self.run_id, self.producer, pseq, payload)
+            )
         else:
             self._outstanding.append(self.hub.publish_batch_remote.remote(self.run_id, self.producer, batch))
         if len(self._outstanding) >= self._PRUNE_AT:
@@ -311,9 +314,7 @@ class RaySink:
     def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> HubPublisher:
         return HubPublisher(self.hub, run_id, producer, batch_window_s=BATCH_WINDOW_S if batched else 0.0)
 
-    def close_producers(
-        self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0
-    ) -> None:
+    def close_producers(self, run_id: str, producers: Iterable[str], timeout: float | None = 10.0) -> None:
         """Tell the hub these producers are gone; with a ``timeout``, wait until it knows.
 
         Waiting matters at the end of a run: the hub then drops anything a killed fold still had

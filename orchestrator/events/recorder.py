@@ -31,8 +31,9 @@ _RETRY_MAX_S = 5.0
 class StoreRecorder:
     """Queues a hub's released events and new runs and writes them to ``store`` as ``owner``."""
 
-    def __init__(self, store: JobStore, owner: str, *, flush_interval_s: float = 0.05,
-                 max_batch: int = 5_000) -> None:  # fmt: skip
+    def __init__(
+        self, store: JobStore, owner: str, *, flush_interval_s: float = 0.05, max_batch: int = 5_000
+    ) -> None:
         self.store = store
         self.owner = owner
         self._interval = flush_interval_s
@@ -77,8 +78,14 @@ class StoreRecorder:
     # ---- reads ----------------------------------------------------------------------------
 
     def backfill(
-        self, since: int, gap: int, run_id: str | None, types: frozenset[str] | None,
-        limit: int | None, held: list[Event], cursor: int,
+        self,
+        since: int,
+        gap: int,
+        run_id: str | None,
+        types: frozenset[str] | None,
+        limit: int | None,
+        held: list[Event],
+        cursor: int,
     ) -> tuple[list[Event], int, int | None]:
         """``History.collect``'s answer completed from the store: the events after ``since`` and
         before the oldest held one (``gap``), then the held ones, at most ``limit``; the gap stays
@@ -98,8 +105,12 @@ class StoreRecorder:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            return {**self._counts, "queued": self._queued, "written": self._written,
-                    "pending": len(self._events)}  # fmt: skip
+            return {
+                **self._counts,
+                "queued": self._queued,
+                "written": self._written,
+                "pending": len(self._events),
+            }
 
     # ---- the writer thread ----------------------------------------------------------------
 
@@ -140,15 +151,23 @@ class StoreRecorder:
                     self._cond.wait(delay)
                 if self._closing and not self._events and not self._runs and not self._admitted:
                     return
-                runs, batch, admitted = list(self._runs), self._events[: self._max_batch], list(self._admitted)
+                runs, batch, admitted = (
+                    list(self._runs),
+                    self._events[: self._max_batch],
+                    list(self._admitted),
+                )
             if runs or batch or admitted:
                 try:
                     self.store.append(runs, batch, admitted)
                 except Exception as err:
                     with self._cond:
                         self._counts["write_errors"] += 1
-                    log.error("cannot write %d events to the job store %s (retrying): %s",
-                              len(batch), self.store.where, err)  # fmt: skip
+                    log.error(
+                        "cannot write %d events to the job store %s (retrying): %s",
+                        len(batch),
+                        self.store.where,
+                        err,
+                    )
                     delay = min(max(delay * 2, 0.2), _RETRY_MAX_S)
                     continue
                 delay = self._interval
@@ -172,8 +191,11 @@ class StoreRecorder:
         if not held:
             with self._cond:
                 self._counts["lease_lost"] += 1
-            log.error("the job store's lease was taken by another writer; this hub keeps writing "
-                      "its events, but two writers now share %s", self.store.where)  # fmt: skip
+            log.error(
+                "the job store's lease was taken by another writer; this hub keeps writing "
+                "its events, but two writers now share %s",
+                self.store.where,
+            )
 
 
 def open_recorder(store_url: str, owner: str | None = None) -> StoreRecorder:
@@ -199,11 +221,16 @@ def mark_interrupted(hub: EventHub, store: JobStore) -> list[str]:
     marked = []
     for run_id, run_dir, owner in store.unfinished_runs():
         hub.register_run(run_id, run_dir)
-        hub.publish(run_id, "store", 0, {
-            "type": "training_error",
-            "error": f"{INTERRUPTED_PREFIX}the process that ran it ({owner or 'unknown'}) ended "
-                     "before the run did; start it again",
-        })  # fmt: skip
+        hub.publish(
+            run_id,
+            "store",
+            0,
+            {
+                "type": "training_error",
+                "error": f"{INTERRUPTED_PREFIX}the process that ran it ({owner or 'unknown'}) ended "
+                "before the run did; start it again",
+            },
+        )
         marked.append(run_id)
     if marked:
         log.warning("marked %d run(s) of %s interrupted: %s", len(marked), store.where, ", ".join(marked))

@@ -27,9 +27,16 @@ from orchestrator.events.demand import INTEREST_GRACE_S
 from orchestrator.events.hub import Event, EventHub, PollReply
 
 __all__ = [
-    "HubClient", "RayHubClient", "LocalHubClient", "Event", "Batch", "BatchCallback",
-    "Subscription", "EventStream", "StreamThread",
-]  # fmt: skip
+    "HubClient",
+    "RayHubClient",
+    "LocalHubClient",
+    "Event",
+    "Batch",
+    "BatchCallback",
+    "Subscription",
+    "EventStream",
+    "StreamThread",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +61,7 @@ class HubClient:
         interest: frozenset[str] = frozenset(),
     ) -> PollReply:
         """Events after ``since``, waiting up to ``timeout`` for some (``EventHub.poll``)."""
-        reply = await self._call(
-            "poll", since, timeout, run_id, types=types, limit=limit, interest=interest
-        )
+        reply = await self._call("poll", since, timeout, run_id, types=types, limit=limit, interest=interest)
         return cast(PollReply, reply)
 
     async def note_interest(self, types: frozenset[str], hold_s: float) -> None:
@@ -237,9 +242,12 @@ class EventStream:
         while True:
             try:
                 reply = await self.hub.poll(
-                    self.cursor, self.poll_timeout_s, self.run_id,
-                    limit=self.batch_limit, interest=self.interest,
-                )  # fmt: skip
+                    self.cursor,
+                    self.poll_timeout_s,
+                    self.run_id,
+                    limit=self.batch_limit,
+                    interest=self.interest,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as err:

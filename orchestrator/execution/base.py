@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.config import TrainConfig
-from orchestrator.config import FoldSpec
+from orchestrator.config import FoldSpec, TrainConfig
 from orchestrator.events.publish import EventSink
 from workers.features import FeatureSet
 from workers.fold import FoldResult

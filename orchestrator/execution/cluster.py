@@ -18,6 +18,7 @@ from typing import Any, cast
 import ray
 import yaml
 
+from orchestrator.events.actor import NAMESPACE
 from orchestrator.execution.placement import (
     LAUNCHER_CONFIG_PATH,
     ClusterView,
@@ -26,9 +27,15 @@ from orchestrator.execution.placement import (
     node_groups_from_launcher_config,
 )
 from orchestrator.execution.watchdog import start_watchdog, wait_ready
-from orchestrator.events.actor import NAMESPACE
 
-__all__ = ["ensure_ray", "exit_leaving_own_instance", "cluster_view", "cluster_resources", "free_resources", "is_placed"]
+__all__ = [
+    "ensure_ray",
+    "exit_leaving_own_instance",
+    "cluster_view",
+    "cluster_resources",
+    "free_resources",
+    "is_placed",
+]
 
 log = logging.getLogger(__name__)
 

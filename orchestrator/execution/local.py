@@ -32,7 +32,11 @@ class LocalExecutor:
             dispatched = time.monotonic()
             try:
                 result = trainer.run(
-                    job.features, spec, job.config, context, publisher,
+                    job.features,
+                    spec,
+                    job.config,
+                    context,
+                    publisher,
                     should_stop=job.cancel_event.is_set,
                 )
             except OrchestratorError:

@@ -94,9 +94,11 @@ class WorkerPool:
 
     def _start(self, shape: ResourceShape) -> Worker:
         name = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:12]}"
-        actor = _trainer_class().options(
-            **shape.options(), name=name, max_concurrency=2, max_restarts=0, max_task_retries=0
-        ).remote()
+        actor = (
+            _trainer_class()
+            .options(**shape.options(), name=name, max_concurrency=2, max_restarts=0, max_task_retries=0)
+            .remote()
+        )
         return Worker(actor=actor, name=name, shape=shape)
 
     def prestart(self, shape: ResourceShape, count: int) -> int:

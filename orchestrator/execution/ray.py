@@ -84,9 +84,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(
-        self, pool: WorkerPool | None = None, *, keep_workers_on_cancel: bool = False
-    ) -> None:
+    def __init__(self, pool: WorkerPool | None = None, *, keep_workers_on_cancel: bool = False) -> None:
         self.pool = pool or WorkerPool()
         self.keep_workers_on_cancel = keep_workers_on_cancel
         self.current_pids: dict[int, int] = {}
@@ -288,9 +286,7 @@ class _FoldRun:
             self.pool.discard(call.worker)
             self._close_producers([fold_producer(call.fold_id, call.attempt)], wait=False)
             capacity = self._capacity(cluster_view())  # a lost node took its resources along
-            decision = self.scheduler.worker_died(
-                call.fold_id, call.worker.pid, _short(err), capacity
-            )
+            decision = self.scheduler.worker_died(call.fold_id, call.worker.pid, _short(err), capacity)
             if isinstance(decision, EndRun):
                 raise decision.error from err
             self.notices.publish(decision.notice)
@@ -301,9 +297,7 @@ class _FoldRun:
             cause = getattr(err, "cause", None)
             cancelled = isinstance(cause, RunCancelledError) and self.job.cancel_event.is_set()
             message = str(cause) if cancelled else _cause_text(err)
-            raise self.scheduler.fold_raised(
-                call.fold_id, message, cancelled=cancelled
-            ).error from err
+            raise self.scheduler.fold_raised(call.fold_id, message, cancelled=cancelled).error from err
         self.free.append(call.worker)
         self.scheduler.succeeded(call.fold_id)
         self.finished.append(dataclasses.replace(result, round_trip_seconds=time.monotonic() - call.since))

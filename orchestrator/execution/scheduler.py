@@ -109,9 +109,7 @@ class FoldAttempt:
     state: AttemptState = AttemptState.PENDING
 
     def transition(self, new: AttemptState) -> None:
-        self.state = ATTEMPT_STATES.check(
-            self.state, new, f"fold {self.fold_id} attempt {self.number}"
-        )
+        self.state = ATTEMPT_STATES.check(self.state, new, f"fold {self.fold_id} attempt {self.number}")
 
 
 @dataclass(frozen=True)
@@ -277,9 +275,7 @@ class FoldScheduler:
         failures = self._start_failures[fold_id]
         if failures > self.policy.max_start_failures:
             attempt.transition(AttemptState.FAILED)
-            return EndRun(FoldFailedError(
-                fold_id, f"{failures} workers died while starting ({error})"
-            ))
+            return EndRun(FoldFailedError(fold_id, f"{failures} workers died while starting ({error})"))
         self._requeue(attempt)
         return None
 
@@ -299,17 +295,30 @@ class FoldScheduler:
             training = self._count(AttemptState.RUNNING)
             if not training:
                 attempt.transition(AttemptState.FAILED)
-                decisions.append(EndRun(OrchestratorError(placement_timeout_message(
-                    fold_id, waited, self.policy.placement_timeout_s, self.shape, free(),
-                    self.scale_up,
-                ))))
+                decisions.append(
+                    EndRun(
+                        OrchestratorError(
+                            placement_timeout_message(
+                                fold_id,
+                                waited,
+                                self.policy.placement_timeout_s,
+                                self.shape,
+                                free(),
+                                self.scale_up,
+                            )
+                        )
+                    )
+                )
                 return decisions
             self._requeue(attempt)
             self.limit = max(1, self._count(AttemptState.PLACING, AttemptState.RUNNING))
             log.warning(
                 "fold %d: no room for its worker after %.0f s; it waits for one of the run's "
                 "%d folds in flight (at most %d at a time from now on)",
-                fold_id, waited, training, self.limit,
+                fold_id,
+                waited,
+                training,
+                self.limit,
             )
             decisions.append(Requeue(fold_id))
         return decisions
@@ -317,9 +326,7 @@ class FoldScheduler:
     def succeeded(self, fold_id: int) -> None:
         self._attempts[fold_id].transition(AttemptState.SUCCEEDED)
 
-    def worker_died(
-        self, fold_id: int, pid: int | None, error: str, capacity: int
-    ) -> Retry | EndRun:
+    def worker_died(self, fold_id: int, pid: int | None, error: str, capacity: int) -> Retry | EndRun:
         """The fold's worker process died while training; ``capacity``: how many folds the
         cluster can hold now (a lost node takes its resources with it)."""
         attempt = self._attempts[fold_id]
@@ -328,22 +335,28 @@ class FoldScheduler:
         cause = f"its worker process (pid {pid}) died: {error}"
         if tries > max_retries:
             attempt.transition(AttemptState.FAILED)
-            return EndRun(FoldFailedError(
-                fold_id,
-                f"{cause}; no retry left after {tries} attempt(s) (max_retries={max_retries})",
-            ))
+            return EndRun(
+                FoldFailedError(
+                    fold_id,
+                    f"{cause}; no retry left after {tries} attempt(s) (max_retries={max_retries})",
+                )
+            )
         attempt.transition(AttemptState.FAILED_RETRYABLE)
         self._attempts[fold_id] = FoldAttempt(fold_id, tries)
         self._queue.appendleft(fold_id)
         log.warning("fold %d: %s; retrying, attempt %d", fold_id, cause, tries + 1)
-        return Retry(fold_id, tries, Notification(
-            level="warning",
-            kind="fold_retry",
-            fold_id=fold_id,
-            attempt=tries + 1,
-            message=f"fold {fold_id}: {cause}; retrying from the start, "
-            f"attempt {tries + 1} of {max_retries + 1}",
-        ))
+        return Retry(
+            fold_id,
+            tries,
+            Notification(
+                level="warning",
+                kind="fold_retry",
+                fold_id=fold_id,
+                attempt=tries + 1,
+                message=f"fold {fold_id}: {cause}; retrying from the start, "
+                f"attempt {tries + 1} of {max_retries + 1}",
+            ),
+        )
 
     def fold_raised(self, fold_id: int, message: str, *, cancelled: bool) -> EndRun:
         """A Python exception inside the fold: a retry would fail again. ``cancelled``: it was

@@ -36,8 +36,11 @@ def start_watchdog(driver_pid: int | None = None) -> subprocess.Popen[bytes]:
     pid = os.getpid() if driver_pid is None else driver_pid
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.execution.watchdog", str(pid)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
     )
 
 

@@ -41,14 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("search")
     add_model_flags(g, SEARCH_FLAGS)
     g.add_argument("--search-space", help="YAML file: field -> {type, low, high, log | choices}")
-    g.add_argument("--enqueue", action="append", default=[], metavar="JSON",
-                   help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)")
+    g.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="parameters to try first, e.g. '{\"lr\": 0.001}' (repeatable)",
+    )
     # the study's events, and its Optuna storage unless --storage says otherwise, go to --db
     add_command_flags(parser, "the study", quiet="no per-trial lines")
-    add_server_flags(parser, url_default=None, url_help="run the study on this server (POST /hpo) "
-                     "instead of here: the flags given are sent, the server's defaults fill the rest")
-    parser.add_argument("--detach", action="store_true",
-                        help="with --url: print the study's name and exit, without following it")
+    add_server_flags(
+        parser,
+        url_default=None,
+        url_help="run the study on this server (POST /hpo) "
+        "instead of here: the flags given are sent, the server's defaults fill the rest",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --url: print the study's name and exit, without following it",
+    )
     return parser
 
 
@@ -156,19 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if writer is not None:
             writer.close()
         close_store()
-    print(f"study {result.study}: {result.state.value}, {result.trials_done} trials done "
-          f"({json.dumps(result.counts)})")
+    print(
+        f"study {result.study}: {result.state.value}, {result.trials_done} trials done "
+        f"({json.dumps(result.counts)})"
+    )
     if result.best_trial is not None:
-        print(f"best trial {result.best_trial}: {spec.metric} = {result.best_value} "
-              f"{json.dumps(result.best_params)}")
+        print(
+            f"best trial {result.best_trial}: {spec.metric} = {result.best_value} "
+            f"{json.dumps(result.best_params)}"
+        )
         print(f"best config: {result.best_config}")
     print(f"trials: {result.trials_csv}")
     code = 0
     if result.state is StudyState.CANCELLED:
         code = 130
     elif result.session_completed == 0:
-        print(f"error: no trial of this session completed ({len(result.session_trials)} run); "
-              f"each trial's reason is on its line above and in {result.trials_csv}", file=sys.stderr)
+        print(
+            f"error: no trial of this session completed ({len(result.session_trials)} run); "
+            f"each trial's reason is on its line above and in {result.trials_csv}",
+            file=sys.stderr,
+        )
         code = 1
     if spec.config.executor == "ray":
         from orchestrator.execution.cluster import exit_leaving_own_instance

@@ -67,8 +67,7 @@ class TrialLines:
             number, state = int(row["number"]), _EVENT_STATE.get(str(row.get("state")))
             if state is None or number in self.finished:
                 continue
-            event = {"type": "hpo_trial", "trial": number, "params": row.get("params", {}),
-                     "state": state}
+            event = {"type": "hpo_trial", "trial": number, "params": row.get("params", {}), "state": state}
             if state == "running":
                 if number not in self.started:
                     self.started.add(number)
@@ -76,13 +75,18 @@ class TrialLines:
                 continue
             self.finished.add(number)
             value = row.get("value")
-            if state == "completed" and isinstance(value, (int, float)) and (
-                self._best is None or (value > self._best if maximize else value < self._best)
+            if (
+                state == "completed"
+                and isinstance(value, (int, float))
+                and (self._best is None or (value > self._best if maximize else value < self._best))
             ):
                 self._best = value
             event.update(
-                value=value, duration_seconds=row.get("duration_seconds"), error=row.get("error"),
-                trials_done=len(self.finished), trials_total=status.get("trials_total", "?"),
+                value=value,
+                duration_seconds=row.get("duration_seconds"),
+                error=row.get("error"),
+                trials_done=len(self.finished),
+                trials_total=status.get("trials_total", "?"),
                 best_value=self._best,
             )
             lines.append(trial_line(event))
@@ -90,12 +94,15 @@ class TrialLines:
 
 
 def _summary(status: dict[str, Any]) -> list[str]:
-    lines = [f"study {status.get('study')}: {status.get('state')}, {status.get('trials_done', 0)} "
-             "trials done"]
+    lines = [
+        f"study {status.get('study')}: {status.get('state')}, {status.get('trials_done', 0)} trials done"
+    ]
     best = status.get("best")
     if best:
-        lines.append(f"best trial {best['trial']}: {status.get('metric')} = {best['value']} "
-                     f"{json.dumps(best.get('params', {}))} (run {best.get('run_id')})")
+        lines.append(
+            f"best trial {best['trial']}: {status.get('metric')} = {best['value']} "
+            f"{json.dumps(best.get('params', {}))} (run {best.get('run_id')})"
+        )
     paths = status.get("paths") or {}
     if paths.get("trials_csv"):
         lines.append(f"trials: {paths['trials_csv']} (on the server)")
@@ -146,8 +153,11 @@ def run_on_server(args: argparse.Namespace, search: dict[str, Any]) -> int:
     try:
         status = follow_study(server, study, say=say)
     except KeyboardInterrupt:
-        print(f"stopped following; study {study} goes on on the server (cancel it: POST "
-              f"{server.url}/hpo/{study}/cancel)", file=sys.stderr)
+        print(
+            f"stopped following; study {study} goes on on the server (cancel it: POST "
+            f"{server.url}/hpo/{study}/cancel)",
+            file=sys.stderr,
+        )
         return 130
     for line in _summary(status):
         print(line)

@@ -124,9 +124,7 @@ def standing(
     shown = [t for t in trials if t.number not in hidden and t.state in FINISHED]
     sign = -1.0 if direction == "maximize" else 1.0
     scored = [
-        (sign * t.value, t.number, t)
-        for t in shown
-        if t.state is TrialState.COMPLETE and t.value is not None
+        (sign * t.value, t.number, t) for t in shown if t.state is TrialState.COMPLETE and t.value is not None
     ]
     return len(shown), min(scored, key=lambda s: s[:2])[2] if scored else None
 
@@ -139,24 +137,36 @@ def trials_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         last = trial.last_step
-        rows.append({
-            "number": trial.number,
-            "state": trial.state.name.lower(),
-            "value": trial.value if trial.state is not TrialState.FAIL else None,
-            "duration_seconds": trial.duration.total_seconds() if trial.duration else None,
-            "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
-            "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-            "last_epoch": last,
-            "last_intermediate_value": trial.intermediate_values.get(last) if last is not None else None,
-            "run_id": trial.user_attrs.get("run_id"),
-            "run_state": trial.user_attrs.get("run_state"),
-            "summary_path": trial.user_attrs.get("summary_path"),
-            "error": trial.user_attrs.get("error"),
-            **{f"params_{n}": trial.params.get(n) for n in names},
-        })
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "value": trial.value if trial.state is not TrialState.FAIL else None,
+                "duration_seconds": trial.duration.total_seconds() if trial.duration else None,
+                "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+                "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+                "last_epoch": last,
+                "last_intermediate_value": trial.intermediate_values.get(last) if last is not None else None,
+                "run_id": trial.user_attrs.get("run_id"),
+                "run_state": trial.user_attrs.get("run_state"),
+                "summary_path": trial.user_attrs.get("summary_path"),
+                "error": trial.user_attrs.get("error"),
+                **{f"params_{n}": trial.params.get(n) for n in names},
+            }
+        )
     columns = [
-        "number", "state", "value", "duration_seconds", "datetime_start", "datetime_complete",
-        "last_epoch", "last_intermediate_value", "run_id", "run_state", "summary_path", "error",
+        "number",
+        "state",
+        "value",
+        "duration_seconds",
+        "datetime_start",
+        "datetime_complete",
+        "last_epoch",
+        "last_intermediate_value",
+        "run_id",
+        "run_state",
+        "summary_path",
+        "error",
     ] + [f"params_{n}" for n in names]
     return pd.DataFrame(rows, columns=columns)
 
@@ -181,24 +191,28 @@ def status_of(study: optuna.Study) -> dict[str, Any]:
     """The trials table and the best trial of a study, JSON-ready (NaN as null)."""
     trials = study.get_trials(deepcopy=False)
     table = json.loads(trials_frame(trials).to_json(orient="records"))
-    for row, trial in zip(table, sorted(trials, key=lambda t: t.number)):
+    for row, trial in zip(table, sorted(trials, key=lambda t: t.number), strict=True):
         row["params"] = dict(trial.params)
         for key in [k for k in row if k.startswith("params_")]:
             del row[key]
     best = best_trial(study)
-    status: dict[str, Any] = sanitize({
-        "study": study.study_name,
-        "metric": study.user_attrs.get("metric"),
-        "direction": study.direction.name.lower(),
-        "trials_done": sum(t.state in FINISHED for t in trials),
-        "trials_running": sum(t.state is TrialState.RUNNING for t in trials),
-        "best": None if best is None else {
-            "trial": best.number,
-            "value": best.value,
-            "params": dict(best.params),
-            "run_id": best.user_attrs.get("run_id"),
-            "summary_path": best.user_attrs.get("summary_path"),
-        },
-        "trials": table,
-    })
+    status: dict[str, Any] = sanitize(
+        {
+            "study": study.study_name,
+            "metric": study.user_attrs.get("metric"),
+            "direction": study.direction.name.lower(),
+            "trials_done": sum(t.state in FINISHED for t in trials),
+            "trials_running": sum(t.state is TrialState.RUNNING for t in trials),
+            "best": None
+            if best is None
+            else {
+                "trial": best.number,
+                "value": best.value,
+                "params": dict(best.params),
+                "run_id": best.user_attrs.get("run_id"),
+                "summary_path": best.user_attrs.get("summary_path"),
+            },
+            "trials": table,
+        }
+    )
     return status

@@ -17,11 +17,11 @@ import optuna
 from optuna.storages import BaseStorage
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.hpo.backend import TrialGate
 from orchestrator.hpo.results import StudyResult, status_of
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import TERMINAL_STUDY_STATES, StudyState, study_transition
 from orchestrator.hpo.storage import journal_storage, open_storage
-from orchestrator.hpo.backend import TrialGate
 from orchestrator.hpo.study import run_study
 from orchestrator.hpo.tracking import Listener
 
@@ -150,8 +150,13 @@ class HpoService:
 
         try:
             handle.result = run_study(
-                handle.spec, hub=self.hub, pool=self.pool, listener=self.listener,
-                cancel=handle.cancel_event, on_open=opened, gate=self.gate,
+                handle.spec,
+                hub=self.hub,
+                pool=self.pool,
+                listener=self.listener,
+                cancel=handle.cancel_event,
+                on_open=opened,
+                gate=self.gate,
             )
             handle.advance(handle.result.state)
         except Exception as err:
@@ -200,9 +205,7 @@ class HpoService:
         status["state"] = handle.state.value if handle is not None else "idle"
         status["error"] = handle.error if handle is not None else None
         if handle is not None:
-            status["trials_total"] = (
-                handle.result.trials_total if handle.result else handle.trials_total
-            )
+            status["trials_total"] = handle.result.trials_total if handle.result else handle.trials_total
             status["paths"] = {
                 "trials_csv": str(handle.spec.study_dir / "trials.csv"),
                 "best_config": str(handle.spec.study_dir / "best_config.yaml"),
@@ -218,8 +221,13 @@ class HpoService:
         with self._lock:
             handles = list(self._handles.values())
         return [
-            {"study": h.spec.study, "state": h.state.value, "started_at": h.started_at,
-             "ended_at": h.ended_at, "error": h.error}
+            {
+                "study": h.spec.study,
+                "state": h.state.value,
+                "started_at": h.started_at,
+                "ended_at": h.ended_at,
+                "error": h.error,
+            }
             for h in handles
         ]
 

@@ -59,11 +59,24 @@ DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
 
 # Fields that define the data, the validation segments or where and how a run executes: tuning
 # them would make trial values incomparable (or say nothing about the model).
-UNTUNABLE_FIELDS = frozenset({
-    "data", "min_samples", "use_cv", "folds", "val_fraction", "seed",
-    "executor", "cpus_per_fold", "gpus_per_fold", "memory_per_fold_mb", "max_concurrent_folds",
-    "max_retries", "placement_timeout_s", "reports_dir",
-})
+UNTUNABLE_FIELDS = frozenset(
+    {
+        "data",
+        "min_samples",
+        "use_cv",
+        "folds",
+        "val_fraction",
+        "seed",
+        "executor",
+        "cpus_per_fold",
+        "gpus_per_fold",
+        "memory_per_fold_mb",
+        "max_concurrent_folds",
+        "max_retries",
+        "placement_timeout_s",
+        "reports_dir",
+    }
+)
 
 _KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -72,18 +85,14 @@ _KEYS = {
 }
 
 
-def parse_search_space(
-    spec: Mapping[str, Any], base: TrainConfig | None = None
-) -> SearchSpace:
+def parse_search_space(spec: Mapping[str, Any], base: TrainConfig | None = None) -> SearchSpace:
     """Validate a space mapping and build its Optuna distributions (in the mapping's order).
 
     ``base`` is the configuration the tuned values are applied to; each bound is checked by
     validating ``base`` with that value. Raises ``ConfigError`` naming the parameter.
     """
     if not isinstance(spec, Mapping) or not spec:
-        raise ConfigError(
-            f"search space must be a non-empty mapping of field: distribution, got {spec!r}"
-        )
+        raise ConfigError(f"search space must be a non-empty mapping of field: distribution, got {spec!r}")
     base = base or config_from_mapping({})
     space: SearchSpace = {}
     for name, item in spec.items():
@@ -124,9 +133,7 @@ def _distribution(name: str, item: Any) -> BaseDistribution:
         )
     kind = item.get("type")
     if kind not in _KEYS:
-        raise ConfigError(
-            f"search space: {name}.type must be one of {sorted(_KEYS)}, got type={kind!r}"
-        )
+        raise ConfigError(f"search space: {name}.type must be one of {sorted(_KEYS)}, got type={kind!r}")
     unknown = set(item) - _KEYS[kind]
     if unknown:
         raise ConfigError(
@@ -137,9 +144,7 @@ def _distribution(name: str, item: Any) -> BaseDistribution:
         if kind == "categorical":
             choices = item.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise ConfigError(
-                    f"search space: {name}.choices must be a non-empty list, got {choices!r}"
-                )
+                raise ConfigError(f"search space: {name}.choices must be a non-empty list, got {choices!r}")
             return CategoricalDistribution(choices)
         missing = [key for key in ("low", "high") if key not in item]
         if missing:
@@ -209,13 +214,19 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
             trial.suggest_categorical(name, distribution.choices)
         elif isinstance(distribution, IntDistribution):
             trial.suggest_int(
-                name, distribution.low, distribution.high,
-                step=distribution.step, log=distribution.log,
+                name,
+                distribution.low,
+                distribution.high,
+                step=distribution.step,
+                log=distribution.log,
             )
         else:
             assert isinstance(distribution, FloatDistribution)
             trial.suggest_float(
-                name, distribution.low, distribution.high,
-                step=distribution.step, log=distribution.log,
+                name,
+                distribution.low,
+                distribution.high,
+                step=distribution.step,
+                log=distribution.log,
             )
     return {name: trial.params[name] for name in space}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.config import TrainConfig, config_from_mapping, format_validation_error
 from orchestrator.errors import ConfigError
+from orchestrator.execution.placement import folds_within
 from orchestrator.hpo.space import (
     DEFAULT_SEARCH_SPACE,
     SearchSpace,
@@ -25,7 +26,6 @@ from orchestrator.hpo.space import (
     parse_search_space,
 )
 from orchestrator.messages import EPOCH_METRIC_FIELDS
-from orchestrator.execution.placement import folds_within
 from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = [
@@ -85,7 +85,10 @@ class HpoSpec(BaseModel):
     )
     timeout_s: float | None = Field(None, gt=0, description="start no trial after this many s")
     priority: int = Field(
-        0, ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True,
+        0,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        strict=True,
         description="on a server, every trial waits in the job queue with this priority (higher first)",
     )
     config: TrainConfig = Field(
@@ -93,7 +96,7 @@ class HpoSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "HpoSpec":
+    def _check(self) -> HpoSpec:
         if not _STUDY_NAME.match(self.study):
             raise ValueError(
                 "study must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a "
@@ -197,8 +200,6 @@ def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, flo
     if gpus > 0 and have_gpus > 0 and slots * gpus > have_gpus + 1e-9:
         share = math.floor(have_gpus / slots * 1e4) / 1e4
         if share <= 0:
-            raise ConfigError(
-                f"parallel={parallel} trials x {per_trial} folds do not fit {have_gpus:g} GPU"
-            )
+            raise ConfigError(f"parallel={parallel} trials x {per_trial} folds do not fit {have_gpus:g} GPU")
         changes["gpus_per_fold"] = share
     return changes

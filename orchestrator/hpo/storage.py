@@ -128,7 +128,9 @@ def fail_stale_trials(study: optuna.Study) -> None:
         if owner_host != host or not pid_text.isdigit():
             log.warning(
                 "study %s: trial %d is RUNNING in session %r on another host; left as is",
-                study.study_name, trial.number, owner,
+                study.study_name,
+                trial.number,
+                owner,
             )
             continue
         if owner in LIVE_SESSIONS or (int(pid_text) != os.getpid() and pid_alive(int(pid_text))):

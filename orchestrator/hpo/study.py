@@ -28,6 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.events.stream import EventStream, StreamThread
+from orchestrator.execution.base import FoldExecutor
+from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
 from orchestrator.hpo.pruning import TrialPruning
 from orchestrator.hpo.results import (
     EVENT_STATE,
@@ -45,13 +48,10 @@ from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
-from orchestrator.events.stream import EventStream, StreamThread
-from orchestrator.execution.base import FoldExecutor
-from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
-from orchestrator.report_html import write_study_report
 from orchestrator.messages import HpoTrial
+from orchestrator.report_html import write_study_report
 
 __all__ = ["TrialFailed", "TrialGate", "run_study"]
 
@@ -113,7 +113,11 @@ class _StudySession:
     """Set up, ``study.optimize``, close: the objective, its callback and the study's events."""
 
     def __init__(
-        self, spec: HpoSpec, backend: TrialBackend, listener: Listener | None, cancel: threading.Event,
+        self,
+        spec: HpoSpec,
+        backend: TrialBackend,
+        listener: Listener | None,
+        cancel: threading.Event,
         gate: TrialGate | None = None,
     ) -> None:
         self.spec = spec
@@ -177,8 +181,11 @@ class _StudySession:
                     follower.stop(_DRAIN_TIMEOUT_S)
                 self.backend.close()
         return session_result(
-            self.study, self.spec, StudyState.CANCELLED if self.cancel.is_set() else StudyState.COMPLETED,
-            self.trials_total, self.session_trials,
+            self.study,
+            self.spec,
+            StudyState.CANCELLED if self.cancel.is_set() else StudyState.COMPLETED,
+            self.trials_total,
+            self.session_trials,
         )
 
     # -- the loop
@@ -240,8 +247,13 @@ class _StudySession:
         try:
             config = config_from_mapping(params, base=self.base)
             trial.set_user_attr("config", config.model_dump(mode="json"))
-            run = Run(run_id=run_id, config=config, run_dir=run_dir, priority=self.spec.priority,
-                      state=RunState.PENDING if self.gate is None else RunState.QUEUED)
+            run = Run(
+                run_id=run_id,
+                config=config,
+                run_dir=run_dir,
+                priority=self.spec.priority,
+                state=RunState.PENDING if self.gate is None else RunState.QUEUED,
+            )
             self._execute(trial.number, params, run, pruning)
         except ConfigError as err:  # an invalid parameter combination
             error = str(err)
@@ -261,7 +273,9 @@ class _StudySession:
             run.request_cancel()
         self.events.route(run.run_id, pruning.observe)
         try:
-            if self.gate is not None and not self.gate.wait_turn(run, study=self.spec.study, cancel=self.cancel):
+            if self.gate is not None and not self.gate.wait_turn(
+                run, study=self.spec.study, cancel=self.cancel
+            ):
                 return  # cancelled while queued: the run ended cancelled
             try:
                 self._train(number, params, run, executor)
@@ -283,13 +297,15 @@ class _StudySession:
             self.backend.sink,
             executor,
             hpo_trial=number,
-            extra_summary={"hpo": {
-                "study": self.spec.study,
-                "trial": number,
-                "params": params,
-                "metric": self.spec.metric,
-                "direction": self.spec.direction,
-            }},
+            extra_summary={
+                "hpo": {
+                    "study": self.spec.study,
+                    "trial": number,
+                    "params": params,
+                    "metric": self.spec.metric,
+                    "direction": self.spec.direction,
+                }
+            },
         )
 
     def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
@@ -325,8 +341,12 @@ class _StudySession:
                 self._announced.add(trial.number)
                 duration = trial.duration.total_seconds() if trial.duration else None
                 self._publish(
-                    trial.number, EVENT_STATE[trial.state], dict(trial.params), value=trial.value,
-                    duration=duration, trial_run_id=trial.user_attrs.get("run_id"),
+                    trial.number,
+                    EVENT_STATE[trial.state],
+                    dict(trial.params),
+                    value=trial.value,
+                    duration=duration,
+                    trial_run_id=trial.user_attrs.get("run_id"),
                     error=trial.user_attrs.get("error") if trial.state is TrialState.FAIL else None,
                 )
                 self._write_results()
@@ -353,23 +373,25 @@ class _StudySession:
         ``trials_done`` nor for ``best_value``."""
         assert self.study is not None
         pending = set(self.session_trials) - self._announced
-        done, best = standing(
-            self.study.get_trials(deepcopy=False), str(self.spec.direction), pending
+        done, best = standing(self.study.get_trials(deepcopy=False), str(self.spec.direction), pending)
+        self._publisher.publish(
+            HpoTrial.model_validate(
+                {
+                    "study": self.spec.study,
+                    "trial": number,
+                    "state": state,
+                    "params": params,
+                    "value": value,
+                    "duration_seconds": duration,
+                    "best_value": best.value if best else None,
+                    "best_params": dict(best.params) if best else None,
+                    "trials_done": done,
+                    "trials_total": max(self.trials_total, done),
+                    "trial_run_id": trial_run_id,
+                    "error": error,
+                }
+            )
         )
-        self._publisher.publish(HpoTrial.model_validate({
-            "study": self.spec.study,
-            "trial": number,
-            "state": state,
-            "params": params,
-            "value": value,
-            "duration_seconds": duration,
-            "best_value": best.value if best else None,
-            "best_params": dict(best.params) if best else None,
-            "trials_done": done,
-            "trials_total": max(self.trials_total, done),
-            "trial_run_id": trial_run_id,
-            "error": error,
-        }))
 
     def _publish_end(self) -> None:
         assert self.study is not None
@@ -387,9 +409,13 @@ class _StudySession:
         assert self.study is not None
         write_trials_csv(self.spec.study_dir / "trials.csv", self.study.get_trials(deepcopy=False))
         write_study_report(
-            self.spec.study_dir, trials_frame(self.study.get_trials(deepcopy=False)).to_dict("records"),
-            study=self.spec.study, metric=self.spec.metric, direction=str(self.spec.direction),
-            state="cancelled" if self.cancel.is_set() else None, trials_total=self.trials_total,
+            self.spec.study_dir,
+            trials_frame(self.study.get_trials(deepcopy=False)).to_dict("records"),
+            study=self.spec.study,
+            metric=self.spec.metric,
+            direction=str(self.spec.direction),
+            state="cancelled" if self.cancel.is_set() else None,
+            trials_total=self.trials_total,
         )
         best = best_trial(self.study)
         if best is not None and "config" in best.user_attrs:

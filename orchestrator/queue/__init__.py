@@ -11,16 +11,28 @@ from orchestrator.execution.placement import ClusterView, ResourceShape
 from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, ResourceError
 from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
 
-__all__ = ["Ask", "DEFAULT_AGING_S", "JobQueue", "PRIORITY_MAX", "PRIORITY_MIN", "ResourceError", "ask_of",
-           "check_priority", "default_capacity", "machine_view"]  # fmt: skip
+__all__ = [
+    "Ask",
+    "DEFAULT_AGING_S",
+    "JobQueue",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "ResourceError",
+    "ask_of",
+    "check_priority",
+    "default_capacity",
+    "machine_view",
+]
 
 
 def check_priority(value: object) -> int:
     """``value`` as a run's priority; ``ConfigError`` naming it unless an integer from
     ``PRIORITY_MIN`` to ``PRIORITY_MAX`` (a bool or a float is not one)."""
     if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise ConfigError(f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
-                          f"first), got priority={value!r}")  # fmt: skip
+        raise ConfigError(
+            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
+            f"first), got priority={value!r}"
+        )
     return value
 
 
@@ -35,8 +47,9 @@ def machine_view() -> ClusterView:
     """This machine as a one-node cluster: its CPUs and memory (no GPU is counted)."""
     import psutil
 
-    return ClusterView(({"CPU": float(os.cpu_count() or 1), "GPU": 0.0,
-                         "memory": float(psutil.virtual_memory().total)},))  # fmt: skip
+    return ClusterView(
+        ({"CPU": float(os.cpu_count() or 1), "GPU": 0.0, "memory": float(psutil.virtual_memory().total)},)
+    )
 
 
 def default_capacity() -> ClusterView:

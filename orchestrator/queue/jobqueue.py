@@ -21,8 +21,16 @@ from typing import Any, Literal
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape, fold_placement, reachable_resources
 from orchestrator.queue.policy import (
-    FOLD_FIELDS, Admission, Ask, Holding, Waiting, effective_priority, fold_need, free_resources, plan_admissions,
-)  # fmt: skip
+    FOLD_FIELDS,
+    Admission,
+    Ask,
+    Holding,
+    Waiting,
+    effective_priority,
+    fold_need,
+    free_resources,
+    plan_admissions,
+)
 
 __all__ = ["JobQueue", "JobKind", "QueueEntry", "ResourceError", "DEFAULT_AGING_S"]
 
@@ -97,15 +105,24 @@ class JobQueue:
     # ---- changes --------------------------------------------------------------------------
 
     def put(
-        self, run_id: str, priority: int, ask: Ask, on_admit: Callable[[int], None], *,
-        submitted_at: float | None = None, kind: JobKind = "run", study: str | None = None,
-        admit: bool = True, view: ClusterView | None = None,
+        self,
+        run_id: str,
+        priority: int,
+        ask: Ask,
+        on_admit: Callable[[int], None],
+        *,
+        submitted_at: float | None = None,
+        kind: JobKind = "run",
+        study: str | None = None,
+        admit: bool = True,
+        view: ClusterView | None = None,
     ) -> None:
         """Queue a run; an admission pass follows at once (``on_admit`` may run before this
         returns) unless ``admit`` is False (queueing several at once: call ``admit()`` after).
         ``view``: the cluster as ``check`` just read it (else the pass reads it)."""
-        waiting = Waiting(run_id, priority, next(self._arrivals),
-                          time.time() if submitted_at is None else submitted_at, ask)  # fmt: skip
+        waiting = Waiting(
+            run_id, priority, next(self._arrivals), time.time() if submitted_at is None else submitted_at, ask
+        )
         with self._lock:
             if run_id in self._entries or run_id in self._holdings:
                 raise ValueError(f"run {run_id!r} is already in the queue")
@@ -152,8 +169,12 @@ class JobQueue:
         started: list[tuple[QueueEntry, int]] = []
         with self._lock:
             decision = plan_admissions(
-                [e.waiting for e in self._entries.values()], list(self._holdings.values()), totals,
-                now=time.time(), aging_s=self.aging_s, max_running=self.max_running,
+                [e.waiting for e in self._entries.values()],
+                list(self._holdings.values()),
+                totals,
+                now=time.time(),
+                aging_s=self.aging_s,
+                max_running=self.max_running,
             )
             self._totals = totals
             for admission in decision.admit:
@@ -202,21 +223,33 @@ class JobQueue:
         queue = []
         for position, entry in enumerate(entries, start=1):
             w = entry.waiting
-            queue.append({
-                "run_id": w.run_id, "position": position, "priority": w.priority,
-                "effective_priority": effective_priority(w, now, self.aging_s),
-                "submitted_at": w.submitted_at, "waited_s": round(now - w.submitted_at, 3),
-                "kind": entry.kind, "study": entry.study, "resources": _ask_json(w.ask),
-                "reason": reasons.get(w.run_id, "waiting for the next admission pass"),
-            })  # fmt: skip
+            queue.append(
+                {
+                    "run_id": w.run_id,
+                    "position": position,
+                    "priority": w.priority,
+                    "effective_priority": effective_priority(w, now, self.aging_s),
+                    "submitted_at": w.submitted_at,
+                    "waited_s": round(now - w.submitted_at, 3),
+                    "kind": entry.kind,
+                    "study": entry.study,
+                    "resources": _ask_json(w.ask),
+                    "reason": reasons.get(w.run_id, "waiting for the next admission pass"),
+                }
+            )
         return {
             "queue": queue,
-            "running": [{"run_id": h.run_id, "slots": h.slots, "holds": _json_amounts(fold_need(h.shape, h.slots))}
-                        for h in holdings],
-            "capacity": {"total": _json_amounts(totals), "free": _json_amounts(free_resources(totals, holdings))},
+            "running": [
+                {"run_id": h.run_id, "slots": h.slots, "holds": _json_amounts(fold_need(h.shape, h.slots))}
+                for h in holdings
+            ],
+            "capacity": {
+                "total": _json_amounts(totals),
+                "free": _json_amounts(free_resources(totals, holdings)),
+            },
             "max_concurrent_runs": self.max_running,
             "aging_s": self.aging_s,
-        }  # fmt: skip
+        }
 
     # ---- the ticker -----------------------------------------------------------------------
 
@@ -242,10 +275,12 @@ class JobQueue:
 
 def _ask_json(ask: Ask) -> dict[str, Any]:
     return {
-        "cpus_per_fold": ask.shape.num_cpus, "gpus_per_fold": ask.shape.num_gpus,
-        "memory_per_fold_mb": (ask.shape.memory or 0) // 2**20 or None, "folds": ask.folds,
+        "cpus_per_fold": ask.shape.num_cpus,
+        "gpus_per_fold": ask.shape.num_gpus,
+        "memory_per_fold_mb": (ask.shape.memory or 0) // 2**20 or None,
+        "folds": ask.folds,
         "max_concurrent_folds": ask.max_concurrent_folds,
-    }  # fmt: skip
+    }
 
 
 def _json_amounts(amounts: dict[str, float]) -> dict[str, float | None]:

@@ -28,8 +28,22 @@ from dataclasses import dataclass, field
 
 from orchestrator.execution.placement import ResourceShape, folds_within
 
-__all__ = ["FOLD_FIELDS", "Ask", "Waiting", "Holding", "Admission", "Decision", "effective_priority", "queue_order",
-           "fold_need", "free_resources", "fit_slots", "plan_admissions", "PRIORITY_MIN", "PRIORITY_MAX"]  # fmt: skip
+__all__ = [
+    "FOLD_FIELDS",
+    "Ask",
+    "Waiting",
+    "Holding",
+    "Admission",
+    "Decision",
+    "effective_priority",
+    "queue_order",
+    "fold_need",
+    "free_resources",
+    "fit_slots",
+    "plan_admissions",
+    "PRIORITY_MIN",
+    "PRIORITY_MAX",
+]
 
 PRIORITY_MIN = -100
 PRIORITY_MAX = 100
@@ -98,8 +112,11 @@ def queue_order(waiting: Sequence[Waiting], now: float, aging_s: float | None) -
 
 def fold_need(shape: ResourceShape, slots: int = 1) -> dict[str, float]:
     """The resources ``slots`` folds of ``shape`` hold."""
-    return {"CPU": shape.num_cpus * slots, "GPU": shape.num_gpus * slots,
-            "memory": float(shape.memory or 0) * slots}  # fmt: skip
+    return {
+        "CPU": shape.num_cpus * slots,
+        "GPU": shape.num_gpus * slots,
+        "memory": float(shape.memory or 0) * slots,
+    }
 
 
 def free_resources(totals: Mapping[str, float], holdings: Sequence[Holding]) -> dict[str, float]:
@@ -138,9 +155,7 @@ def plan_admissions(
     for run in queue_order(waiting, now, aging_s):
         if max_running is not None and running >= max_running:
             decision.waiting.append(run)
-            decision.reasons[run.run_id] = (
-                f"--max-concurrent-runs={max_running}: {running} runs are running"
-            )
+            decision.reasons[run.run_id] = f"--max-concurrent-runs={max_running}: {running} runs are running"
             continue
         usable = {key: max(free[key] - reserved[key], 0.0) for key in _KEYS}
         slots = fit_slots(run.ask, usable)
@@ -171,8 +186,10 @@ def _short_of(ask: Ask, free: Mapping[str, float]) -> str:
         have = free.get(key, 0.0)
         if per_fold > have + _EPS:
             if key == "memory":
-                return (f"waiting for memory: a fold needs {per_fold / 2**20:g} MB "
-                        f"({FOLD_FIELDS[key]}), {have / 2**20:g} MB are free")  # fmt: skip
+                return (
+                    f"waiting for memory: a fold needs {per_fold / 2**20:g} MB "
+                    f"({FOLD_FIELDS[key]}), {have / 2**20:g} MB are free"
+                )
             value = ask.shape.num_cpus if key == "CPU" else ask.shape.num_gpus
             return f"waiting for {key}: a fold needs {FOLD_FIELDS[key]}={value:g}, {have:g} {key} free"
     return "waiting for resources"

@@ -6,6 +6,12 @@ from orchestrator.store.jobstore import JobStore
 from orchestrator.store.lease import LeaseHeldError, Owner
 
 __all__ = [
-    "DB_ENV", "DB_FILE", "JobStore", "LeaseHeldError", "Owner", "StoreError", "default_url",
+    "DB_ENV",
+    "DB_FILE",
+    "JobStore",
+    "LeaseHeldError",
+    "Owner",
+    "StoreError",
+    "default_url",
     "open_engine",
-]  # fmt: skip
+]

@@ -19,8 +19,16 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import ensure_schema
 
-__all__ = ["DB_ENV", "DB_FILE", "BUSY_TIMEOUT_MS", "absolute_url", "default_url", "describe", "open_engine",
-           "resolve_store_url"]
+__all__ = [
+    "DB_ENV",
+    "DB_FILE",
+    "BUSY_TIMEOUT_MS",
+    "absolute_url",
+    "default_url",
+    "describe",
+    "open_engine",
+    "resolve_store_url",
+]
 
 DB_ENV = "ORCHESTRATOR_DB"
 DB_FILE = "orchestrator.db"
@@ -41,8 +49,13 @@ def absolute_url(url: str) -> str:
     """``url`` with a relative SQLite file made absolute (the hub may run in another folder)."""
     parsed = _parse(url)
     database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
-            or database.startswith("file:") or os.path.isabs(database):  # fmt: skip
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
         return url
     return parsed.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
 
@@ -121,8 +134,10 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     try:
         engine = create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as err:
-        raise StoreError(f"no driver for the job store {where}: {err} "
-                         "(PostgreSQL needs: pip install 'forecast-orchestrator[postgres]')") from None
+        raise StoreError(
+            f"no driver for the job store {where}: {err} "
+            "(PostgreSQL needs: pip install 'forecast-orchestrator[postgres]')"
+        ) from None
     except (ArgumentError, SQLAlchemyError, TypeError, ValueError) as err:
         raise StoreError(f"cannot use the job store {where}: {err}") from None
     if backend == "sqlite":

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, or_, and_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.lifecycle import TERMINAL_STATES, RunState
@@ -53,7 +53,9 @@ class JobStore:
     # ---- writes (the one writer) ----------------------------------------------------------
 
     def append(
-        self, new_runs: Sequence[dict[str, Any]], batch: Sequence[tuple[Event, str]],
+        self,
+        new_runs: Sequence[dict[str, Any]],
+        batch: Sequence[tuple[Event, str]],
         admitted: Sequence[tuple[str, str]] = (),
     ) -> None:
         """One transaction: insert ``new_runs`` (rows), mark the ``admitted`` queued runs
@@ -69,13 +71,25 @@ class JobStore:
                 if fresh:
                     conn.execute(insert(runs), fresh)
             for run_id, config in admitted:
-                conn.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == RunState.QUEUED.value)
-                             .values(state=RunState.PENDING.value, config=config))  # fmt: skip
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id, runs.c.state == RunState.QUEUED.value)
+                    .values(state=RunState.PENDING.value, config=config)
+                )
             if batch:
-                conn.execute(insert(events), [
-                    {"seq": e["seq"], "run_id": e["run_id"], "type": e["type"], "ts": e["ts"], "body": line}
-                    for e, line in batch
-                ])  # fmt: skip
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "seq": e["seq"],
+                            "run_id": e["run_id"],
+                            "type": e["type"],
+                            "ts": e["ts"],
+                            "body": line,
+                        }
+                        for e, line in batch
+                    ],
+                )
                 self._patch_runs(conn, (e for e, _ in batch))
 
     @staticmethod
@@ -140,24 +154,32 @@ class JobStore:
                 ).scalar_one_or_none()
                 if anchor is None:
                     raise KeyError(before)
-                query = query.where(or_(
-                    runs.c.created_at < anchor,
-                    and_(runs.c.created_at == anchor, runs.c.run_id < before),
-                ))  # fmt: skip
+                query = query.where(
+                    or_(
+                        runs.c.created_at < anchor,
+                        and_(runs.c.created_at == anchor, runs.c.run_id < before),
+                    )
+                )
             return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
 
     def unfinished_runs(self) -> list[tuple[str, str | None, str | None]]:
         """(run_id, run_dir, owner) of the runs that started and have not ended, oldest first
         (queued runs are not among them: ``queued_runs``)."""
-        query = (select(runs.c.run_id, runs.c.run_dir, runs.c.owner)
-                 .where(runs.c.state.in_(UNFINISHED_STATES)).order_by(runs.c.created_at))  # fmt: skip
+        query = (
+            select(runs.c.run_id, runs.c.run_dir, runs.c.owner)
+            .where(runs.c.state.in_(UNFINISHED_STATES))
+            .order_by(runs.c.created_at)
+        )
         with self.engine.connect() as conn:
             return [(row.run_id, row.run_dir, row.owner) for row in conn.execute(query)]
 
     def queued_runs(self) -> list[dict[str, Any]]:
         """The snapshots of the queued runs, in the order they were submitted."""
-        query = (select(runs).where(runs.c.state == RunState.QUEUED.value)
-                 .order_by(runs.c.created_at, runs.c.run_id))  # fmt: skip
+        query = (
+            select(runs)
+            .where(runs.c.state == RunState.QUEUED.value)
+            .order_by(runs.c.created_at, runs.c.run_id)
+        )
         with self.engine.connect() as conn:
             return [snapshot_of_row(row) for row in conn.execute(query).mappings()]
 

@@ -22,9 +22,20 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import lease
 
-__all__ = ["LEASE_TTL_S", "HEARTBEAT_S", "LeaseHeldError", "Owner", "Holder", "holder_gone",
-           "acquire", "read_holder", "heartbeat", "release", "pid_alive",
-           "refuse_if_held"]  # fmt: skip
+__all__ = [
+    "LEASE_TTL_S",
+    "HEARTBEAT_S",
+    "LeaseHeldError",
+    "Owner",
+    "Holder",
+    "holder_gone",
+    "acquire",
+    "read_holder",
+    "heartbeat",
+    "release",
+    "pid_alive",
+    "refuse_if_held",
+]
 
 LEASE_TTL_S = 30.0
 HEARTBEAT_S = 5.0
@@ -78,8 +89,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def holder_gone(holder: Holder, now: float, ttl_s: float = LEASE_TTL_S,
-                host: str | None = None) -> bool:
+def holder_gone(holder: Holder, now: float, ttl_s: float = LEASE_TTL_S, host: str | None = None) -> bool:
     """True when the holder's heartbeat is stale, or it ran on ``host`` (default: this one) and
     its process is gone."""
     if now - holder.heartbeat > ttl_s:
@@ -97,8 +107,10 @@ def read_holder(conn: Connection) -> Holder | None:
 
 
 def _describe(holder: Holder, now: float) -> str:
-    return (f"{holder.owner} (heartbeat {now - holder.heartbeat:.0f} s ago, "
-            f"holding since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.acquired_at))})")
+    return (
+        f"{holder.owner} (heartbeat {now - holder.heartbeat:.0f} s ago, "
+        f"holding since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.acquired_at))})"
+    )
 
 
 def refuse_if_held(holder: Holder | None, now: float | None = None, ttl_s: float = LEASE_TTL_S) -> None:
@@ -111,8 +123,9 @@ def refuse_if_held(holder: Holder | None, now: float | None = None, ttl_s: float
         )
 
 
-def acquire(conn: Connection, owner: str, now: float | None = None,
-            ttl_s: float = LEASE_TTL_S) -> Holder | None:
+def acquire(
+    conn: Connection, owner: str, now: float | None = None, ttl_s: float = LEASE_TTL_S
+) -> Holder | None:
     """Take the lease for ``owner``; return the previous holder when it was gone (its runs are to
     be marked interrupted), None when the lease was free or already ours.
 
@@ -135,8 +148,7 @@ def acquire(conn: Connection, owner: str, now: float | None = None,
     refuse_if_held(holder, now, ttl_s)
     swapped = conn.execute(
         update(lease)
-        .where(lease.c.name == _ROW, lease.c.owner == holder.owner,
-               lease.c.heartbeat == holder.heartbeat)
+        .where(lease.c.name == _ROW, lease.c.owner == holder.owner, lease.c.heartbeat == holder.heartbeat)
         .values(owner=owner, acquired_at=now, heartbeat=now)
     ).rowcount
     if swapped != 1:

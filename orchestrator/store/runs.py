@@ -16,8 +16,15 @@ from typing import Any
 from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState, ended_state
 from orchestrator.messages import ENVELOPE_FIELDS
 
-__all__ = ["INTERRUPTED_PREFIX", "RunPatch", "patches_for", "merge_metrics", "snapshot_of_row", "store_row",
-           "ended_state"]  # fmt: skip
+__all__ = [
+    "INTERRUPTED_PREFIX",
+    "RunPatch",
+    "patches_for",
+    "merge_metrics",
+    "snapshot_of_row",
+    "store_row",
+    "ended_state",
+]
 
 
 Event = dict[str, Any]
@@ -46,9 +53,13 @@ def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
         patch = patches.setdefault(run_id, RunPatch())
         ts = event.get("ts")
         if kind == "training_start":
-            patch.values.update(state=RunState.RUNNING.value, started_at=ts, folds_total=event.get("total_folds", 0))
+            patch.values.update(
+                state=RunState.RUNNING.value, started_at=ts, folds_total=event.get("total_folds", 0)
+            )
         elif kind == "training_complete":
-            patch.values.update(state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path"))
+            patch.values.update(
+                state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path")
+            )
         elif kind == "training_error":
             error = str(event.get("error", ""))
             patch.values.update(state=ended_state(error).value, ended_at=ts, error=error)
@@ -72,9 +83,13 @@ def merge_metrics(stored: str | None, latest: Mapping[str, dict[str, Any]]) -> s
 def store_row(run: Run) -> dict[str, Any]:
     """The run as a new row of the runs table (``EventHub.record_run``)."""
     return {
-        "run_id": run.run_id, "state": run.state.value, "config": run.config.model_dump_json(),
-        "priority": run.priority, "created_at": run.created_at, "run_dir": run.run_dir,
-    }  # fmt: skip
+        "run_id": run.run_id,
+        "state": run.state.value,
+        "config": run.config.model_dump_json(),
+        "priority": run.priority,
+        "created_at": run.created_at,
+        "run_dir": run.run_dir,
+    }
 
 
 def snapshot_of_row(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -8,14 +8,31 @@ refused (``StoreError``) before anything is written, so an old server never dama
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, Float, Integer, MetaData, String, Table, Text, insert, select,
-)  # fmt: skip
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
 from sqlalchemy.engine import Engine
 
 from orchestrator.errors import StoreError
 
-__all__ = ["PREFIX", "SCHEMA_VERSION", "metadata", "runs", "events", "lease", "schema_version",
-           "ensure_schema"]  # fmt: skip
+__all__ = [
+    "PREFIX",
+    "SCHEMA_VERSION",
+    "metadata",
+    "runs",
+    "events",
+    "lease",
+    "schema_version",
+    "ensure_schema",
+]
 
 PREFIX = "orch_"
 SCHEMA_VERSION = 1
@@ -23,13 +40,15 @@ SCHEMA_VERSION = 1
 metadata = MetaData()
 
 schema_version = Table(
-    f"{PREFIX}schema_version", metadata,
+    f"{PREFIX}schema_version",
+    metadata,
     Column("id", Integer, primary_key=True),  # always 1: one row
     Column("version", Integer, nullable=False),
-)  # fmt: skip
+)
 
 runs = Table(
-    f"{PREFIX}runs", metadata,
+    f"{PREFIX}runs",
+    metadata,
     Column("run_id", String(128), primary_key=True),
     Column("state", String(32), nullable=False),
     Column("config", Text, nullable=False),  # the TrainConfig as JSON
@@ -45,25 +64,26 @@ runs = Table(
     Column("folds_done", Integer, nullable=False, default=0),
     Column("epochs_done", Integer, nullable=False, default=0),
     Column("latest_metrics", Text),  # per fold, the last epoch_metrics without the envelope
-)  # fmt: skip
+)
 
 events = Table(
-    f"{PREFIX}events", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=False),
+    f"{PREFIX}events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
     Column("run_id", String(128), nullable=False, index=True),
     Column("type", String(64), nullable=False),
     Column("ts", Float, nullable=False),
     Column("body", Text, nullable=False),  # the event's JSON exactly as sent on /ws
-)  # fmt: skip
+)
 
 lease = Table(
-    f"{PREFIX}lease", metadata,
+    f"{PREFIX}lease",
+    metadata,
     Column("name", String(64), primary_key=True),  # "writer": one row
     Column("owner", String(256), nullable=False),
     Column("acquired_at", Float, nullable=False),
     Column("heartbeat", Float, nullable=False),
-)  # fmt: skip
+)
 
 
 def ensure_schema(engine: Engine, where: str) -> None:

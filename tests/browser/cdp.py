@@ -78,7 +78,9 @@ class Tab:
 
     def _on_event(self, method: str, params: dict[str, Any]) -> None:
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.console_errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+            self.console_errors.append(
+                " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+            )
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
             self.exceptions.append(details.get("exception", {}).get("description") or details.get("text", ""))

@@ -243,10 +243,24 @@ def write_data(path: Path) -> None:
 def server(data: Path, reports: Path, log_path: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{SERVER_PORT}"
     cmd = [
-        sys.executable, "-m", "orchestrator", "serve", "--port", str(SERVER_PORT),
-        "--data", str(data), "--watch-data", "--reports-dir", str(reports),
-        "--folds", "2", "--epochs", "3", "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "serve",
+        "--port",
+        str(SERVER_PORT),
+        "--data",
+        str(data),
+        "--watch-data",
+        "--reports-dir",
+        str(reports),
+        "--folds",
+        "2",
+        "--epochs",
+        "3",
+        "--log-level",
+        "warning",
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -318,8 +332,10 @@ def drive(base: str, data: Path, pages: list[PageLog]) -> dict[str, Any]:
     )
     study.raise_for_status()
     wait_for(
-        lambda: httpx.get(f"{base}/hpo/browser-check", timeout=10).json()["state"]
-        in ("completed", "failed", "cancelled"),
+        lambda: (
+            httpx.get(f"{base}/hpo/browser-check", timeout=10).json()["state"]
+            in ("completed", "failed", "cancelled")
+        ),
         300,
         "the HPO study",
     )
@@ -395,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     binary = find_chromium()
     if binary is None:
-        print("no Chromium found: set $CHROMIUM or install it (Debian: apt-get install chromium)", file=sys.stderr)
+        print(
+            "no Chromium found: set $CHROMIUM or install it (Debian: apt-get install chromium)",
+            file=sys.stderr,
+        )
         return 2
     if not port_free(SERVER_PORT):
         print(f"port {SERVER_PORT} is busy; the seed example connects to {SEED_URL}", file=sys.stderr)

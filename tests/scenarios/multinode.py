@@ -31,8 +31,8 @@ from ray.util.state import list_actors  # noqa: E402
 from orchestrator.config import config_from_mapping  # noqa: E402
 from orchestrator.driver import execute_run, new_run  # noqa: E402
 from orchestrator.events.actor import get_or_create_hub  # noqa: E402
-from orchestrator.execution.ray import RayExecutor  # noqa: E402
 from orchestrator.events.publish import RaySink  # noqa: E402
+from orchestrator.execution.ray import RayExecutor  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 
@@ -58,9 +58,16 @@ def main(scenario: str) -> None:
     data = tmp / "bars.csv"
     ar1_ohlcv(1500, seed=5).to_csv(data, index=False)
     common = {
-        "data": str(data), "reports_dir": str(tmp / "reports"), "min_samples": 300, "lookback": 10,
-        "folds": 4, "cpus_per_fold": 1, "prediction_deltas": False, "batch_size": 32,
-        "max_retries": 2, "placement_timeout_s": 20,
+        "data": str(data),
+        "reports_dir": str(tmp / "reports"),
+        "min_samples": 300,
+        "lookback": 10,
+        "folds": 4,
+        "cpus_per_fold": 1,
+        "prediction_deltas": False,
+        "batch_size": 32,
+        "max_retries": 2,
+        "placement_timeout_s": 20,
     }
     out: dict[str, object] = {}
     hub = get_or_create_hub(namespace="multinode")
@@ -101,18 +108,21 @@ def main(scenario: str) -> None:
 
     thread.join(timeout=300)
     events = ray.get(hub.run_events.remote(run.run_id))
-    out.update({
-        "state": run.state.value,
-        "error": run.error,
-        "seconds": time.time() - started,
-        "types": Counter(e["type"] for e in events),
-        "retries": [e["message"] for e in events if e.get("kind") == "fold_retry"],
-        "folds_completed": sorted(e["fold_id"] for e in events if e["type"] == "fold_complete"),
-        "summary_exists": bool(run.summary_path and Path(run.summary_path).is_file()),
-        "hub_node_is_head": ray.get(hub.runtime_info.remote())["node_id"] == ray.get_runtime_context().get_node_id(),
-        "duplicate_epochs": len([e for e in events if e["type"] == "epoch_metrics"])
-        - len({(e["fold_id"], e["epoch"]) for e in events if e["type"] == "epoch_metrics"}),
-    })
+    out.update(
+        {
+            "state": run.state.value,
+            "error": run.error,
+            "seconds": time.time() - started,
+            "types": Counter(e["type"] for e in events),
+            "retries": [e["message"] for e in events if e.get("kind") == "fold_retry"],
+            "folds_completed": sorted(e["fold_id"] for e in events if e["type"] == "fold_complete"),
+            "summary_exists": bool(run.summary_path and Path(run.summary_path).is_file()),
+            "hub_node_is_head": ray.get(hub.runtime_info.remote())["node_id"]
+            == ray.get_runtime_context().get_node_id(),
+            "duplicate_epochs": len([e for e in events if e["type"] == "epoch_metrics"])
+            - len({(e["fold_id"], e["epoch"]) for e in events if e["type"] == "epoch_metrics"}),
+        }
+    )
     executor.shutdown()
     print(json.dumps(out), flush=True)
     ray.shutdown()
