@@ -4,5 +4,5 @@ Modules: ``app`` (the app factory), ``routes/`` (one module per resource: runs, 
 meta), ``ws/`` (subscription, connection, endpoint), ``security`` (token and Origin checks),
 ``server_owned`` (the config fields a request may not set), ``bodies`` (JSON bodies and error
 responses), ``server`` (the ``serve`` command on uvicorn). Events come from
-``orchestrator.events.fanout.EventPump``, the hub's one follower. Nothing here imports torch.
+``api.ws.fanout.EventPump``, the hub's one follower. Nothing here imports torch.
 """

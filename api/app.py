@@ -29,8 +29,8 @@ from api.routes.runs import RunService, runs_router
 from api.security import LOOPBACK_ORIGIN_REGEX, AccessMiddleware, AccessPolicy
 from api.ws.connection import CloseCode
 from api.ws.endpoint import ClientSlots, EventStreamEndpoint
+from api.ws.fanout import EventPump
 from orchestrator.config import TrainConfig
-from orchestrator.events.fanout import EventPump
 from orchestrator.events.stream import HubClient
 
 if TYPE_CHECKING:

@@ -1,11 +1,7 @@
 """``python -m orchestrator serve``: the API process, which is also the Ray driver.
 
 ``main`` joins (or starts) Ray, gets the EventHub actor, builds a ``RunManager`` whose runs train
-on Ray with a shared pool of warm fold actors, and serves the app on uvicorn. ``Server`` is
-uvicorn's server with two additions: ``/ws`` clients are closed with 4001 before uvicorn's own
-shutdown would send them 1012 (a code Qt reports as a protocol error), and callbacks can run once
-the socket is listening (``--train-on-start``). ``BackgroundServer`` runs the same server in a
-thread on a free loopback port (tests, benchmarks, notebooks).
+on Ray with a shared pool of warm fold actors, and serves the app on uvicorn (``api.serving``).
 """
 
 from __future__ import annotations
@@ -13,176 +9,35 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
-import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from fastapi import FastAPI
-
 from api.app import ApiSettings, create_app
-from api.refusals import DeliberateRefusalFilter
 from api.security import InsecureBindError, check_bind, own_origins
 from api.server_owned import owned_field_refusal
-from api.ws.connection import CloseCode
-from orchestrator.flags import TOKEN_ENV, token_or_env
-from orchestrator.queue import DEFAULT_AGING_S
+from api.serving import DEFAULT_WS_MAX_SIZE, Server, uvicorn_config
+from orchestrator.console.flags import TOKEN_ENV, token_or_env
+from orchestrator.jobs.queue import DEFAULT_AGING_S
 
 if TYPE_CHECKING:
-    from orchestrator.datawatch import CandleBook, DataWatcher
+    from orchestrator.data.watch import CandleBook, DataWatcher
     from orchestrator.store import JobStore
 
-__all__ = ["main", "build_parser", "Server", "BackgroundServer", "RedactTokens", "uvicorn_config"]
+__all__ = ["main", "build_parser"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WS_MAX_SIZE = 4096
 # chart_update and data warnings go through the hub under this run id (never registered, so it
 # is never "the active run"; clients that subscribe to chart_update get them live).
 DATA_FEED_RUN_ID = "data_feed"
 CANDLES_PER_MESSAGE = 1000
 
 
-class Server(uvicorn.Server):
-    """uvicorn's server; closes ``/ws`` clients with 4001 first and runs ``on_started`` callbacks."""
-
-    def __init__(self, config: uvicorn.Config, on_started: Sequence[Callable[[], None]] = ()) -> None:
-        super().__init__(config)
-        self._on_started = list(on_started)
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.should_exit:
-            return
-        for callback in self._on_started:
-            try:
-                callback()
-            except Exception:
-                log.exception("a start-up callback failed")
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        app = self.config.app
-        stream = getattr(getattr(app, "state", None), "stream", None)
-        if stream is not None:
-            await stream.close_all(CloseCode.SERVER_SHUTDOWN, "server shutting down")
-        await super().shutdown(sockets)
-
-
-class RedactTokens(logging.Filter):
-    """Mask ``token=...`` in log lines: uvicorn logs each WebSocket path with its query."""
-
-    _PATTERN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        if "token=" in text.lower():
-            record.msg = self._PATTERN.sub(r"\1***", text)
-            record.args = ()
-        return True
-
-
-def _redact_uvicorn_logs() -> None:
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokens) for f in logger.filters):
-            logger.addFilter(RedactTokens())
-    refusals = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, DeliberateRefusalFilter) for f in refusals.filters):
-        refusals.addFilter(DeliberateRefusalFilter())
-
-
-def uvicorn_config(
-    app: FastAPI,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    ws_max_size: int = DEFAULT_WS_MAX_SIZE,
-    ws_ping_interval: float | None = 20.0,
-    ws_ping_timeout: float | None = 20.0,
-    ws_compression: bool = False,
-    log_level: str = "info",
-    access_log: bool = True,
-) -> uvicorn.Config:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ws="websockets-sansio",  # its send waits while the socket's buffer is full: backpressure
-        ws_max_size=ws_max_size,
-        ws_ping_interval=ws_ping_interval,
-        ws_ping_timeout=ws_ping_timeout,
-        # permessage-deflate costs CPU per client per message (fan-out multiplies it) and the
-        # messages are small; on by flag for slow links
-        ws_per_message_deflate=ws_compression,
-        log_level=log_level,
-        access_log=access_log,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    _redact_uvicorn_logs()  # after Config: it (re)configures uvicorn's loggers
-    return config
-
-
-class BackgroundServer:
-    """The app on a free loopback port, served by a thread with its own event loop."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", **config_kwargs: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, 0))
-        self.app = app
-        self.host = host
-        self.port = int(self._sock.getsockname()[1])
-        config_kwargs.setdefault("log_level", "warning")
-        config_kwargs.setdefault("access_log", False)
-        self.server = Server(uvicorn_config(app, host, self.port, **config_kwargs))
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, name="uvicorn", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
-
-    def start(self, timeout: float = 30.0) -> BackgroundServer:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {self.url} did not start within {timeout} s")
-            time.sleep(0.02)
-        return self
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout)
-        self._sock.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import add_train_flags
+    from orchestrator.console.run_flags import add_train_flags
 
     parser = argparse.ArgumentParser(
         prog="orchestrator serve",
@@ -275,7 +130,7 @@ def _data_source(
 ) -> tuple[DataWatcher | None, Callable[[], CandleBook] | None]:
     """With ``--watch-data``: a watcher whose appended rows go out as ``chart_update`` (bad rows
     as warning notifications), and its feed as the source of ``GET /data/candles``."""
-    from orchestrator.datawatch import DataFeed, DataWatcher, FeedUpdate
+    from orchestrator.data.watch import DataFeed, DataWatcher, FeedUpdate
     from orchestrator.events.publish import HubPublisher
     from orchestrator.messages import ChartUpdate, Notification
 
@@ -299,7 +154,7 @@ def _data_source(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.cli import config_from_args
+    from orchestrator.console.run_flags import config_from_args
     from orchestrator.errors import OrchestratorError
 
     parser = build_parser()
@@ -335,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.execution.cluster import ensure_ray
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.hpo import HpoService
-    from orchestrator.queue import JobQueue, default_capacity
-    from orchestrator.service import RunManager
+    from orchestrator.jobs.admission import default_capacity
+    from orchestrator.jobs.manager import RunManager
+    from orchestrator.jobs.queue import JobQueue
 
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     ensure_ray(args.address)
@@ -357,8 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ray.get(hub.admit_run.remote(run_id, config_json))
 
-    from orchestrator.coordinator import reattach_runs
     from orchestrator.events.actor import NAMESPACE
+    from orchestrator.jobs.reattach import reattach_runs
 
     # on a cluster each Ray run is driven by a detached coordinator there: it outlives this process
     queue = JobQueue(

@@ -1,6 +1,6 @@
 """The predictions CSV writer against pandas' own: seconds per size, and that both read back the same. Prints JSON.
 
-``orchestrator.reports.predictions_csv_text`` (Arrow's C++ CSV writer, shortest round-trip
+``orchestrator.run.reports.predictions_csv_text`` (Arrow's C++ CSV writer, shortest round-trip
 floats) against ``DataFrame.to_csv`` (the writer it replaced) on a predictions frame of
 ``--rows`` rows, best of ``--repeats``, in one process. The check reads both texts back and
 compares every float bit for bit.
@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine  # noqa: E402
-from orchestrator.reports import PREDICTION_COLUMNS, predictions_csv_text  # noqa: E402
+from orchestrator.run.reports import PREDICTION_COLUMNS, predictions_csv_text  # noqa: E402
 
 
 def frame(n: int) -> pd.DataFrame:

@@ -198,11 +198,11 @@ def main() -> None:
     import ray
 
     from api.app import ApiSettings, create_app
-    from api.server import BackgroundServer
+    from api.serving import BackgroundServer
     from orchestrator.events.actor import get_or_create_hub
     from orchestrator.events.publish import RaySink
     from orchestrator.events.stream import RayHubClient
-    from orchestrator.service import RunManager
+    from orchestrator.jobs.manager import RunManager
 
     load_before = os.getloadavg()
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)

@@ -50,7 +50,7 @@ def _config(epochs: int, gpus_per_fold: float, cuda_graphs: bool = True) -> Any:
 
 
 def _fold_inputs(fold_id: int, config: Any) -> tuple[Any, Any]:
-    from orchestrator.cv import plan_folds_for
+    from orchestrator.run.cv import plan_folds_for
     from workers.data import load_ohlcv
     from workers.features import build_features
 

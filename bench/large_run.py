@@ -239,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from orchestrator.config import config_from_mapping
-    from orchestrator.datacache import run_data
-    from orchestrator.driver import execute_run, new_run
+    from orchestrator.data.cache import run_data
     from orchestrator.events.actor import get_or_create_hub
     from orchestrator.events.hub import EventHub
     from orchestrator.events.publish import InProcessSink, RaySink
@@ -249,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.execution.local import LocalExecutor
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.execution.ray import RayExecutor
+    from orchestrator.run.driver import execute_run, new_run
 
     load_before = os.getloadavg()
     csv, written_s = synthetic_csv(args.rows, args.cache_dir)

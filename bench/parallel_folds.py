@@ -135,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from orchestrator.config import config_from_mapping
-    from orchestrator.cv import plan_folds_for
-    from orchestrator.driver import execute_run, new_run
     from orchestrator.events.actor import get_or_create_hub
     from orchestrator.events.publish import InProcessSink, RaySink
     from orchestrator.execution.base import FoldJob
@@ -145,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.execution.ray import RayExecutor
     from orchestrator.messages import MESSAGE_TYPES
+    from orchestrator.run.cv import plan_folds_for
+    from orchestrator.run.driver import execute_run, new_run
     from workers.data import load_ohlcv
     from workers.features import build_features
 

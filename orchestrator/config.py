@@ -3,7 +3,7 @@
 The same fields come from CLI flags, a YAML/JSON file (``--config``) and the REST body of
 ``POST /train``. A bad value raises ``ConfigError`` whose message names the field and the value.
 ``FoldSpec`` is what a fold is given besides the config: the index ranges of its three segments,
-planned by ``orchestrator.cv`` and read by ``workers.fold`` (so it lives here, in the contract).
+planned by ``orchestrator.run.cv`` and read by ``workers.fold`` (so it lives here, in the contract).
 """
 
 from __future__ import annotations

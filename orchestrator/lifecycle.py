@@ -16,7 +16,7 @@ __all__ = ["RunState", "Run", "TERMINAL_STATES", "INTERRUPTED_PREFIX", "ended_st
 
 
 class RunState(str, enum.Enum):
-    QUEUED = "queued"  # waiting in the job queue (orchestrator.queue) for its resources
+    QUEUED = "queued"  # waiting in the job queue (orchestrator.jobs.admission) for its resources
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"

@@ -21,7 +21,7 @@ import pytest
 import websockets
 
 from api.app import ApiSettings, create_app
-from api.server import BackgroundServer
+from api.serving import BackgroundServer
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events.stream import RayHubClient
 from orchestrator.messages import CORE_TYPES
@@ -93,7 +93,7 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     from orchestrator.events.publish import RaySink
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.hpo import HpoService
-    from orchestrator.service import RunManager
+    from orchestrator.jobs.manager import RunManager
 
     tmp = tmp_path_factory.mktemp("api")
     data_csv = tmp / "bars.csv"

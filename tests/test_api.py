@@ -18,7 +18,7 @@ import yaml
 
 from api.routes.runs import resolve_report_path
 from api.security import AccessPolicy, InsecureBindError, check_bind, is_loopback_host
-from api.server import RedactTokens
+from api.serving import RedactTokens
 from orchestrator.messages import message_json_schema
 
 pytest.register_assert_rewrite("tests.api_fixtures")
@@ -267,7 +267,7 @@ def test_serve_refuses_a_public_bind_without_a_token() -> None:
 
 def test_importing_the_api_never_imports_torch() -> None:
     code = (
-        "import sys, api.app, api.server, api.ws.endpoint, orchestrator.events.fanout, api.security, orchestrator.events.stream, "
+        "import sys, api.app, api.server, api.ws.endpoint, api.ws.fanout, api.security, orchestrator.events.stream, "
         "api.routes.hpo, api.routes.data, orchestrator.console.watch; api.server.build_parser(); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

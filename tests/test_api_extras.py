@@ -15,7 +15,8 @@ import pytest
 import websockets
 
 from api.app import ApiSettings, create_app
-from api.server import BackgroundServer, _data_source
+from api.server import _data_source
+from api.serving import BackgroundServer
 from orchestrator.events.stream import RayHubClient
 from orchestrator.messages import HEAVY_TYPES
 from tests.synthetic import random_walk_ohlcv

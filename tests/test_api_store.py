@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from api.app import ApiSettings, create_app
-from api.server import BackgroundServer
+from api.serving import BackgroundServer
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import InProcessSink
 from orchestrator.events.recorder import StoreRecorder, open_recorder
 from orchestrator.events.stream import LocalHubClient
-from orchestrator.service import RunManager
+from orchestrator.jobs.manager import RunManager
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import bars_and_store, collect  # noqa: E402

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from orchestrator.asyncapi import API_VERSION, asyncapi_document, asyncapi_yaml
-from orchestrator.cli import main
+from orchestrator.console.main import main
 from orchestrator.messages import (
     ENVELOPE_FIELDS,
     HEAVY_TYPES,

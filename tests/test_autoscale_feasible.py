@@ -73,11 +73,11 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
 ) -> None:
     import ray
 
-    from orchestrator.driver import execute_run, new_run
     from orchestrator.events.publish import RaySink
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.execution.ray import RayExecutor
     from orchestrator.lifecycle import RunState
+    from orchestrator.run.driver import execute_run, new_run
     from tests.synthetic import ar1_ohlcv
 
     data = tmp_path / "bars.csv"
@@ -122,7 +122,8 @@ def test_the_job_queue_counts_the_node_types_an_autoscaler_may_still_add(
     reported_gpu_node_type: None,
 ) -> None:
     from orchestrator.errors import ConfigError
-    from orchestrator.queue import JobQueue, ask_of, default_capacity
+    from orchestrator.jobs.admission import ask_of, default_capacity
+    from orchestrator.jobs.queue import JobQueue
 
     queue = JobQueue(default_capacity, aging_s=None)
     started: list[tuple[str, int]] = []

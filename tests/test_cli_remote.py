@@ -1,7 +1,7 @@
 """``submit``, ``runs``, ``cancel`` and ``hpo --url`` against a real server (no Ray: executor local).
 
 The server is the real app on uvicorn with a job store, a RunManager, an HpoService and a token;
-the commands run through ``orchestrator.cli.main`` (one ``submit --watch`` as its own process, as a
+the commands run through ``orchestrator.console.main.main`` (one ``submit --watch`` as its own process, as a
 script would run it). Checks that need the job queue (``GET /queue``, a second run while one is
 active, ``priority`` in the body) skip, saying so, on a server that answers 404 on ``/queue``.
 """
@@ -22,16 +22,16 @@ import pytest
 import yaml
 
 from api.app import ApiSettings, create_app
-from api.server import BackgroundServer
-from orchestrator.cli import main
+from api.serving import BackgroundServer
+from orchestrator.console.hpo_server import TrialLines
 from orchestrator.console.jobs import queue_table, runs_table
+from orchestrator.console.main import main
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import InProcessSink
 from orchestrator.events.recorder import open_recorder
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.hpo import HpoService
-from orchestrator.hpo.remote import TrialLines
-from orchestrator.service import RunManager
+from orchestrator.jobs.manager import RunManager
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import bars_and_store  # noqa: E402

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import build_parser, config_from_args, main
 from orchestrator.config import config_from_mapping
+from orchestrator.console.main import build_parser, main
+from orchestrator.console.run_flags import config_from_args
 from orchestrator.errors import ConfigError
 from tests.synthetic import ar1_ohlcv
 from tests.wire import validate_wire

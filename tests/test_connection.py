@@ -15,9 +15,9 @@ from api.ws.connection import (
     IllegalClientTransition,
     close_reason,
 )
+from api.ws.fanout import Outgoing, encode_event
 from api.ws.subscription import Subscription
 from orchestrator.errors import IllegalTransitionError
-from orchestrator.events.fanout import Outgoing, encode_event
 from orchestrator.events.hub import EventHub
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.messages import MESSAGE_TYPES

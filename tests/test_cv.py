@@ -9,8 +9,8 @@ from typing import Literal
 import pytest
 
 from orchestrator.config import FoldSpec, Segment, config_from_mapping
-from orchestrator.cv import plan_folds, plan_folds_for
 from orchestrator.errors import ConfigError
+from orchestrator.run.cv import plan_folds, plan_folds_for
 
 Window = Literal["expanding", "rolling"]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from api.routes.dashboard import WEB_ROOT
-from orchestrator.run_files import diagnostics_of_fold
+from orchestrator.run.files import diagnostics_of_fold
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import ApiServer  # noqa: E402

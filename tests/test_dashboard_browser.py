@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from api.app import ApiSettings, create_app
-from api.server import BackgroundServer
+from api.serving import BackgroundServer
 from orchestrator.events.stream import RayHubClient
-from orchestrator.report_html import study_status_of_rows, write_study_report
+from orchestrator.run.report_html import study_status_of_rows, write_study_report
 from tests.browser.cdp import Tab
 from tests.browser.check_seed_client import chromium, find_chromium
 

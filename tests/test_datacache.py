@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import datacache
+from orchestrator.data import cache as datacache
 from tests.synthetic import random_walk_ohlcv
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.datawatch import DataFeed, DataWatcher, FeedUpdate
+from orchestrator.data.watch import DataFeed, DataWatcher, FeedUpdate
 from tests.synthetic import random_walk_ohlcv
 from workers.data import load_ohlcv
 

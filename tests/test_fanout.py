@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from orchestrator.events.fanout import EventPump, Outgoing, encode_control, encode_event
+from api.ws.fanout import EventPump, Outgoing, encode_control, encode_event
 from orchestrator.events.hub import EventHub
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.messages import HistoryGap

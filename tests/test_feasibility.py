@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from orchestrator.config import FoldSpec, Segment, TrainConfig
-from orchestrator.cv import plan_folds_for
 from orchestrator.errors import ConfigError
-from orchestrator.feasibility import check_folds, min_calibration_size, plan_feasible_folds
+from orchestrator.run.cv import plan_folds_for
+from orchestrator.run.feasibility import check_folds, min_calibration_size, plan_feasible_folds
 from workers.conformal import conformal_quantile
 
 # 2200 bars with lookback 20 give 2179 samples (the base.csv); with 2 folds, fold 0 has

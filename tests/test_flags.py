@@ -8,9 +8,10 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from orchestrator.cli import TRAIN_FLAGS, build_parser, config_from_args
 from orchestrator.config import TrainConfig
-from orchestrator.flags import add_model_flags, flag_specs, given_values
+from orchestrator.console.flags import add_model_flags, flag_specs, given_values
+from orchestrator.console.main import build_parser
+from orchestrator.console.run_flags import TRAIN_FLAGS, config_from_args
 
 
 class _Model(BaseModel):

@@ -9,9 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator.config import FoldSpec, TrainConfig, config_from_mapping
-from orchestrator.cv import plan_folds_for
 from orchestrator.errors import RunCancelledError
 from orchestrator.messages import EpochMetrics, PredictionDelta
+from orchestrator.run.cv import plan_folds_for
 from tests.synthetic import ar1_ohlcv
 from workers.features import FeatureSet, build_features
 from workers.fold import FoldContext, FoldResult, FoldTrainer, run_fold

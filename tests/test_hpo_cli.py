@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.console.hpo import _spec_from_args, build_parser, main
+from orchestrator.console.progress import trial_line
 from orchestrator.errors import ConfigError
-from orchestrator.hpo.cli import _spec_from_args, build_parser, main, trial_line
 from tests.synthetic import random_walk_ohlcv
 
 # hpo_hub: the default namespace's hub, held for the session (a hub dies with its last handle)
@@ -145,7 +146,7 @@ def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Pa
     random_walk_ohlcv(900, seed=2).to_csv(data, index=False)
     script = (
         "import sys\n"
-        "from orchestrator.hpo.cli import main\n"
+        "from orchestrator.console.hpo import main\n"
         f"code = main(['--executor', 'local', '--data', {str(data)!r}, '--trials', '2', '--folds', '2',"
         " '--epochs', '2', '--set', 'min_samples=300', '--set', 'lookback=10', '--study', 'inproc',"
         f" '--reports-dir', {str(tmp_path / 'r')!r}, '--pruner', 'none', '--sampler', 'random'])\n"

@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, NodeGroup, ResourceShape
-from orchestrator.queue import Ask, JobQueue, ResourceError
+from orchestrator.jobs.policy import Ask
+from orchestrator.jobs.queue import JobQueue, ResourceError
 
 CPU1 = ResourceShape(1.0, 0.0, None)
 

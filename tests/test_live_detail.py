@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import config_from_mapping
-from orchestrator.driver import execute_run, new_run
 from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
+from orchestrator.run.driver import execute_run, new_run
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import run_local, write_csv
 from tests.wire import validate_wire

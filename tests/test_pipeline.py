@@ -13,10 +13,10 @@ from scipy import stats
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from orchestrator.config import config_from_mapping
-from orchestrator.driver import execute_run, new_run
 from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
+from orchestrator.run.driver import execute_run, new_run
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 from tests.wire import validate_wire
 

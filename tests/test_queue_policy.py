@@ -1,11 +1,11 @@
-"""The job queue's admission rule (orchestrator.queue.policy): order, resources, backfill, aging, caps."""
+"""The job queue's admission rule (orchestrator.jobs.policy): order, resources, backfill, aging, caps."""
 
 from __future__ import annotations
 
 import math
 
 from orchestrator.execution.placement import ResourceShape
-from orchestrator.queue.policy import (
+from orchestrator.jobs.policy import (
     Ask,
     Holding,
     Waiting,

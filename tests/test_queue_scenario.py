@@ -40,7 +40,7 @@ def positions(http: httpx.Client, run_ids: list[str]) -> dict[str, int | None]:
 
 def cli_queue(capsys: pytest.CaptureFixture[str], url: str) -> list[str]:
     """The run ids of ``orchestrator runs``'s queue table, in its order."""
-    from orchestrator.cli import main
+    from orchestrator.console.main import main
 
     capsys.readouterr()
     assert main(["runs", "--url", url]) == 0

@@ -26,9 +26,8 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator import datacache
 from orchestrator.config import TrainConfig, config_from_mapping
-from orchestrator.driver import execute_run, new_run
+from orchestrator.data import cache as datacache
 from orchestrator.events.publish import RaySink
 from orchestrator.execution.cluster import free_resources
 from orchestrator.execution.placement import ResourceShape
@@ -36,6 +35,7 @@ from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
+from orchestrator.run.driver import execute_run, new_run
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
 from workers.features import FeatureSet, build_features

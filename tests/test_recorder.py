@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.events.durable import mark_interrupted
 from orchestrator.events.hub import EventHub
-from orchestrator.events.recorder import StoreRecorder, mark_interrupted, open_recorder
+from orchestrator.events.recorder import StoreRecorder, open_recorder
 from orchestrator.store import JobStore, LeaseHeldError
 
 

@@ -1,4 +1,4 @@
-"""orchestrator.report_html: one self-contained file per run and study, its data intact and inert."""
+"""orchestrator.run.report_html: one self-contained file per run and study, its data intact and inert."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.report_html import (
+from orchestrator.run.report_html import (
     REPORT_FILE,
     render_page,
     study_status_of_rows,
     write_run_report,
     write_study_report,
 )
-from orchestrator.reports import write_predictions_csv
+from orchestrator.run.reports import write_predictions_csv
 from tests.test_run_files import fake_predictions
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.reports import PREDICTION_COLUMNS, predictions_csv_text, write_predictions_csv
+from orchestrator.run.reports import PREDICTION_COLUMNS, predictions_csv_text, write_predictions_csv
 
 
 def _predictions(n: int = 500, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""orchestrator.run_files: a fold's newest predictions CSV as diagnostics, and events.jsonl read back."""
+"""orchestrator.run.files: a fold's newest predictions CSV as diagnostics, and events.jsonl read back."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.reports import write_predictions_csv
-from orchestrator.run_files import diagnostics_of_fold, fold_predictions_csv, read_events
+from orchestrator.run.files import diagnostics_of_fold, fold_predictions_csv, read_events
+from orchestrator.run.reports import write_predictions_csv
 
 
 def fake_predictions(

@@ -12,9 +12,9 @@ from orchestrator.config import config_from_mapping
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.placement import ClusterView
+from orchestrator.jobs.manager import RunManager
+from orchestrator.jobs.queue import JobQueue
 from orchestrator.lifecycle import RunState
-from orchestrator.queue import JobQueue
-from orchestrator.service import RunManager
 
 
 def one_cpu() -> ClusterView:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from orchestrator.config import config_from_mapping
+from orchestrator.console.train import run_training
 from orchestrator.lifecycle import RunState
 from orchestrator.messages import TERMINAL_TYPES
-from orchestrator.runner import run_training
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import write_csv
 

@@ -93,11 +93,12 @@ def test_best_config_reproduces_the_best_trial(
 ) -> None:
     """``orchestrator train --config best_config.yaml``: the train command's own config parsing,
     then the same run it makes (on the warm pool here, to keep the test short)."""
-    from orchestrator.cli import build_parser, config_from_args
-    from orchestrator.driver import execute_run, new_run
+    from orchestrator.console.main import build_parser
+    from orchestrator.console.run_flags import config_from_args
     from orchestrator.events.publish import EventSink, RaySink
     from orchestrator.execution.ray import RayExecutor
     from orchestrator.lifecycle import RunState
+    from orchestrator.run.driver import execute_run, new_run
 
     spec, result, _ = four_trials
     assert result.best_config is not None and result.best_value is not None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from api.ws.fanout import Outgoing
 from api.ws.subscription import Subscription, SubscriptionError, parse_types
-from orchestrator.events.fanout import Outgoing
 from orchestrator.messages import CORE_TYPES, HEAVY_TYPES, MESSAGE_TYPES
 
 

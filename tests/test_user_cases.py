@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.cli import build_parser, config_from_args, main
 from orchestrator.config import config_from_mapping
-from orchestrator.driver import execute_run, new_run
+from orchestrator.console.main import build_parser, main
+from orchestrator.console.run_flags import config_from_args
 from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
+from orchestrator.run.driver import execute_run, new_run
 from tests.synthetic import random_walk_ohlcv
 from tests.wire import validate_wire
 from workers.data import load_ohlcv

@@ -4,7 +4,7 @@ The page and its files are package files under ``orchestrator/web``, served from
 dashboard needs no network beyond this server. They hold no data, so they are public like
 ``/docs`` (the page asks for the token when the API answers 401). ``GET
 /runs/{run_id}/folds/{fold_id}/diagnostics`` computes a finished fold's reliability bins, PIT
-histogram and conformal coverage from its predictions CSV (``orchestrator.run_files``).
+histogram and conformal coverage from its predictions CSV (``orchestrator.run.files``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from api.bodies import error_response
 from api.routes.runs import RunService, resolve_report_path
-from orchestrator.report_html import web_asset
-from orchestrator.run_files import diagnostics_of_fold
-from orchestrator.service import UnknownRunError
+from orchestrator.jobs.manager import UnknownRunError
+from orchestrator.run.files import diagnostics_of_fold
+from orchestrator.run.report_html import web_asset
 
 __all__ = ["dashboard_router", "WEB_ROOT"]
 

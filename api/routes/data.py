@@ -17,7 +17,7 @@ __all__ = ["CandleSource", "data_router", "lazy_candles"]
 
 
 class CandleSource(Protocol):
-    """What the route needs of ``orchestrator.datawatch.CandleBook`` (pandas only when used)."""
+    """What the route needs of ``orchestrator.data.watch.CandleBook`` (pandas only when used)."""
 
     def page(self, since: str | None, limit: int) -> tuple[list[Candle], str | None]: ...
 
@@ -27,7 +27,7 @@ def lazy_candles(source: str, date_format: str | None = None) -> Callable[[], Ca
     cache: list[CandleSource] = []
 
     def book() -> CandleSource:
-        from orchestrator.datawatch import CandleBook
+        from orchestrator.data.watch import CandleBook
 
         if not cache:
             cache.append(CandleBook.load(source, date_format))

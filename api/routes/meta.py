@@ -11,8 +11,8 @@ from fastapi import APIRouter
 
 from api.routes.runs import RunService
 from api.ws.endpoint import EventStreamEndpoint
+from api.ws.fanout import EventPump
 from orchestrator.asyncapi import asyncapi_document
-from orchestrator.events.fanout import EventPump
 from orchestrator.events.stream import HubClient
 from orchestrator.messages import message_json_schema
 

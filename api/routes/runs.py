@@ -1,6 +1,6 @@
 """The run routes: ``POST /train``, ``GET /runs...`` (state, summary, events), cancel, and report files.
 
-The routes know the runs only through ``RunService`` (``orchestrator.service.RunManager``
+The routes know the runs only through ``RunService`` (``orchestrator.jobs.manager.RunManager``
 implements it), the hub only through ``HubClient``, and the job store (``JobStore``), when the
 server has one, as the source of every run it ever recorded: runs this process started are
 answered from their live state, the others (earlier processes, reattached runs) from the store.
@@ -23,9 +23,10 @@ from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.events.hub import Event
 from orchestrator.events.stream import HubClient
+from orchestrator.jobs.admission import check_priority
+from orchestrator.jobs.manager import UnknownRunError
+from orchestrator.jobs.queue import ResourceError
 from orchestrator.lifecycle import TERMINAL_STATES
-from orchestrator.queue import ResourceError, check_priority
-from orchestrator.service import UnknownRunError
 from orchestrator.store.jobstore import RUNS_PAGE_DEFAULT, RUNS_PAGE_MAX
 
 if TYPE_CHECKING:

@@ -28,10 +28,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from api.ws.fanout import Outgoing, encode_control, encode_event
 from api.ws.follow import RunFollow, Verdict
 from api.ws.subscription import FOLLOW_CONTROL_TYPES, Subscription
 from orchestrator.errors import IllegalTransitionError
-from orchestrator.events.fanout import Outgoing, encode_control, encode_event
 from orchestrator.events.stream import Event, HubClient
 from orchestrator.messages import HistoryGap
 from orchestrator.states import StateTable

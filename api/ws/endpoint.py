@@ -21,8 +21,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from api.refusals import mark_deliberate_refusal
 from api.ws.connection import ClientConnection, ClientState, CloseCode, close_reason
+from api.ws.fanout import EventPump
 from api.ws.subscription import Subscription, SubscriptionError
-from orchestrator.events.fanout import EventPump
 from orchestrator.events.stream import HubClient
 
 __all__ = ["ClientSlots", "EventStreamEndpoint"]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orchestrator.events.fanout import Outgoing
+from api.ws.fanout import Outgoing
 from orchestrator.messages import CORE_TYPES, MESSAGE_TYPES, START_TYPES, TERMINAL_TYPES
 
 __all__ = [

@@ -5,7 +5,7 @@
 run on ``/ws?run_id=ID`` with ``orchestrator.console.watch`` and exits as ``watch`` does (0
 completed, 1 failed, 2 refused). ``runs`` prints ``GET /runs`` and ``GET /queue`` as tables;
 ``cancel`` posts ``/runs/{id}/cancel``. A refusal (4xx) or an unreachable server raises
-``ServerError``, which ``orchestrator.cli.main`` prints before exiting 2.
+``ServerError``, which ``orchestrator.console.main.main`` prints before exiting 2.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from urllib.parse import quote
 
 from orchestrator.console.remote import Server, ServerError, add_server_flags
 from orchestrator.errors import ConfigError
-from orchestrator.queue import PRIORITY_MAX, PRIORITY_MIN, check_priority
+from orchestrator.jobs.admission import check_priority
+from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = [
     "cancel_main",
@@ -35,7 +36,7 @@ __all__ = [
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import add_train_flags
+    from orchestrator.console.run_flags import add_train_flags
 
     parser = argparse.ArgumentParser(
         prog="orchestrator submit",
@@ -66,7 +67,7 @@ def build_submit_parser() -> argparse.ArgumentParser:
 def submit_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /train body: the fields given (--config, flags, --set) and ``priority`` if given.
     Raises ``ConfigError`` for a priority that is not an integer in [-100, 100]."""
-    from orchestrator.cli import given_config_values
+    from orchestrator.console.run_flags import given_config_values
 
     body = given_config_values(args)
     if getattr(args, "priority", None) is not None:

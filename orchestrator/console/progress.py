@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from orchestrator.messages import TERMINAL_TYPES
 
-__all__ = ["ProgressView", "EventFileWriter"]
+__all__ = ["ProgressView", "EventFileWriter", "trial_line"]
 
 
 def _fmt(value: Any) -> str:
@@ -104,3 +104,20 @@ class EventFileWriter:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def trial_line(event: dict[str, Any]) -> str | None:
+    """The console line of an ``hpo_trial`` event (None for any other event)."""
+    if event.get("type") != "hpo_trial":
+        return None
+    state, best = event["state"], event.get("best_value")
+    if state == "running":
+        return f"trial {event['trial']} started {json.dumps(event['params'])}"
+    if state == "study_complete":
+        return f"study {event['study']} complete: best trial {event['trial']} value {best}"
+    line = (
+        f"trial {event['trial']} {state} value {event.get('value')} in "
+        f"{event.get('duration_seconds') or 0:.1f}s "
+        f"[{event['trials_done']}/{event['trials_total']}] best {best}"
+    )
+    return f"{line}: {event['error']}" if event.get("error") else line

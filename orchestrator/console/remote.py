@@ -3,7 +3,7 @@
 ``submit``, ``runs``, ``cancel`` and ``hpo --url`` share it: ``--url`` / ``--token`` flags
 (default ``http://127.0.0.1:8000`` and ``$ORCHESTRATOR_TOKEN``, as ``serve`` and ``watch`` name
 it), one JSON request helper, and one error, ``ServerError``, for a server that refused a request
-(its ``error`` text) or could not be reached. The commands let it reach ``orchestrator.cli.main``,
+(its ``error`` text) or could not be reached. The commands let it reach ``orchestrator.console.main.main``,
 which prints it and exits 2.
 """
 
@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from orchestrator.console.flags import TOKEN_ENV, token_or_env
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.flags import TOKEN_ENV, token_or_env
 
 __all__ = ["DEFAULT_SERVER_URL", "Server", "ServerError", "add_server_flags"]
 

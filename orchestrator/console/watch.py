@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from orchestrator.flags import TOKEN_ENV, token_or_env
+from orchestrator.console.flags import TOKEN_ENV, token_or_env
 from orchestrator.messages import RUN_TYPES, TERMINAL_TYPES
 
 __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]

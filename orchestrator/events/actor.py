@@ -41,7 +41,8 @@ class _HubActor(EventHub):
     continues its ``seq``; runs the store still had unfinished are marked interrupted."""
 
     def __init__(self, store_url: str | None = None, **hub_kwargs: Any) -> None:
-        from orchestrator.events.recorder import mark_interrupted, open_recorder
+        from orchestrator.events.durable import mark_interrupted
+        from orchestrator.events.recorder import open_recorder
 
         self._store = None if store_url is None else open_recorder(store_url)
         super().__init__(recorder=self._store, **hub_kwargs)

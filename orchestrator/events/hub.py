@@ -27,6 +27,7 @@ from orchestrator.events.history import History
 from orchestrator.events.journal import RunJournal, json_line
 from orchestrator.events.ordering import Refusal, RunOrdering
 from orchestrator.events.tracked import TrackedRun, running_order
+from orchestrator.events.waiters import Waiters
 
 if TYPE_CHECKING:
     from orchestrator.events.recorder import StoreRecorder
@@ -61,11 +62,6 @@ class PollReply(TypedDict):
     gap: int | None
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class EventHub:
     """Orders, de-duplicates, stamps, records and serves the events of all runs.
 
@@ -92,7 +88,7 @@ class EventHub:
         self._history = History(max_events, 0 if recorder is None else recorder.store.last_seq())
         self._runs: dict[str, TrackedRun] = {}
         self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters = Waiters()
         self._demand = Demand()
         self._counts = dict.fromkeys(_COUNTERS, 0)
 
@@ -163,7 +159,8 @@ class EventHub:
             for event in run.ordering.close_producer(producer):
                 self._release(run, event, released)
             run.journal.flush()
-            self._wake_pollers(released)
+            if released:
+                self._waiters.wake_all()
 
     # ---- publishing -----------------------------------------------------------------------
 
@@ -182,7 +179,8 @@ class EventHub:
             run = self._accept(run_id, producer, pseq, event, released)
             if run is not None:
                 run.journal.flush()
-            self._wake_pollers(released)
+            if released:
+                self._waiters.wake_all()
             return released
 
     def note_interest(self, types: Iterable[str], hold_s: float) -> None:
@@ -385,21 +383,3 @@ class EventHub:
         if run.first_seq is None:
             return iter(())
         return self._history.of_run(run.run_id, run.first_seq)
-
-    def _wake_pollers(self, released: list[Event]) -> None:
-        if not released or not self._waiters:
-            return
-        waiters, self._waiters = self._waiters, set()
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        for waiter in waiters:
-            loop = waiter.get_loop()
-            if loop is running:
-                _resolve(waiter)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_resolve, waiter)
-                except RuntimeError:  # that poller's loop is closed
-                    pass

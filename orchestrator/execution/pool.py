@@ -68,7 +68,7 @@ class WorkerPool:
 
     def put_features(self, features: object) -> Any:
         """The object-store copy of ``features``: put once while runs pass the same object (the
-        driver's cached run data, ``orchestrator.datacache``), so trials of a study share it."""
+        driver's cached run data, ``orchestrator.data.cache``), so trials of a study share it."""
         with self._lock:
             if self._features is not None and self._features[0] is features:
                 return self._features[1]

@@ -6,7 +6,7 @@ The public names, re-exported from the modules that define them: ``space`` (what
 """
 
 from orchestrator.hpo.pruning import EpochTracker
-from orchestrator.hpo.results import StudyResult
+from orchestrator.hpo.results import StudyResult, TrialFailed
 from orchestrator.hpo.service import (
     HpoService,
     StudyConflictError,
@@ -22,7 +22,7 @@ from orchestrator.hpo.space import (
 )
 from orchestrator.hpo.spec import HpoSpec, default_direction, pack_resources, spec_from_mapping
 from orchestrator.hpo.state import StudyState
-from orchestrator.hpo.study import TrialFailed, run_study
+from orchestrator.hpo.study import run_study
 
 __all__ = [
     "DEFAULT_SEARCH_SPACE",

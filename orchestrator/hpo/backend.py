@@ -23,7 +23,7 @@ __all__ = ["TrialBackend", "TrialGate", "RayBackend", "LocalBackend", "backend_f
 
 
 class TrialGate(Protocol):
-    """Where a trial's run waits for its turn (``orchestrator.service.RunManager``'s job queue)."""
+    """Where a trial's run waits for its turn (``orchestrator.jobs.manager.RunManager``'s job queue)."""
 
     def wait_turn(self, run: Run, *, study: str, cancel: threading.Event | None = None) -> bool: ...
 

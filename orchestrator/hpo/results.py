@@ -7,6 +7,7 @@ Pure functions of Optuna's frozen trials, except the two writers (``write_trials
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,12 +19,16 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
 from orchestrator.messages import sanitize
-from orchestrator.reports import atomic_write_text
+from orchestrator.run.reports import atomic_write_text
 
 __all__ = [
+    "TrialFailed",
+    "quiet_trial_failures",
+    "write_study_files",
     "FINISHED",
     "EVENT_STATE",
     "StudyResult",
@@ -36,6 +41,31 @@ __all__ = [
     "write_best_config",
     "status_of",
 ]
+
+
+class TrialFailed(OrchestratorError):
+    """A trial's run failed (or its value is undefined); Optuna records the trial as FAIL."""
+
+
+class _NoTracebackForTrialFailed(logging.Filter):
+    """Optuna logs a failing objective with its traceback; a failed run is an expected outcome
+    (its error is in the trial's ``error`` attribute and its event), so only the message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+            record.exc_info = None
+        return True
+
+
+# The logger of Optuna's trial loop (optuna/study/_optimize.py); addFilter ignores a repeat.
+_OPTUNA_LOOP_LOG = logging.getLogger("optuna.study._optimize")
+_QUIET_FAILURES = _NoTracebackForTrialFailed()
+
+
+def quiet_trial_failures() -> None:
+    """Optuna's trial loop logs a ``TrialFailed`` without its traceback from now on."""
+    _OPTUNA_LOOP_LOG.addFilter(_QUIET_FAILURES)
+
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # A finished trial's state as its hpo_trial event says it.
@@ -216,3 +246,30 @@ def status_of(study: optuna.Study) -> dict[str, Any]:
         }
     )
     return status
+
+
+def write_study_files(
+    study: optuna.Study, spec: HpoSpec, *, cancelled: bool, trials_total: int, best_written: int | None
+) -> int | None:
+    """Rewrite the study folder's ``trials.csv`` and ``report.html``, and ``best_config.yaml`` when
+    the best trial is not ``best_written`` (or the file is missing). Returns the best trial's number."""
+    from orchestrator.run.report_html import write_study_report
+
+    trials = study.get_trials(deepcopy=False)
+    write_trials_csv(spec.study_dir / "trials.csv", trials)
+    write_study_report(
+        spec.study_dir,
+        trials_frame(trials).to_dict("records"),
+        study=spec.study,
+        metric=spec.metric,
+        direction=str(spec.direction),
+        state="cancelled" if cancelled else None,
+        trials_total=trials_total,
+    )
+    best = best_trial(study)
+    if best is None or "config" not in best.user_attrs:
+        return best_written
+    path = spec.study_dir / "best_config.yaml"
+    if best.number != best_written or not path.exists():
+        write_best_config(path, spec, best)
+    return best.number

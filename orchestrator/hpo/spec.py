@@ -25,8 +25,8 @@ from orchestrator.hpo.space import (
     load_search_space,
     parse_search_space,
 )
+from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.messages import EPOCH_METRIC_FIELDS
-from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN
 
 __all__ = [
     "Direction",

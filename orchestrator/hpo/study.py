@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.config import config_from_mapping
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError
 from orchestrator.events.stream import EventStream, StreamThread
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
@@ -36,13 +36,13 @@ from orchestrator.hpo.results import (
     EVENT_STATE,
     FINISHED,
     StudyResult,
+    TrialFailed,
     best_trial,
     objective_value,
+    quiet_trial_failures,
     session_result,
     standing,
-    trials_frame,
-    write_best_config,
-    write_trials_csv,
+    write_study_files,
 )
 from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
@@ -51,7 +51,6 @@ from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import HpoTrial
-from orchestrator.report_html import write_study_report
 
 __all__ = ["TrialFailed", "TrialGate", "run_study"]
 
@@ -61,25 +60,6 @@ log = logging.getLogger(__name__)
 _DRAIN_TIMEOUT_S = 10.0
 # How often the calling thread looks at the cancel switch while the trials run.
 _POLL_S = 0.5
-
-
-class TrialFailed(OrchestratorError):
-    """A trial's run failed (or its value is undefined); Optuna records the trial as FAIL."""
-
-
-class _NoTracebackForTrialFailed(logging.Filter):
-    """Optuna logs a failing objective with its traceback; a failed run is an expected outcome
-    (its error is in the trial's ``error`` attribute and its event), so only the message stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
-            record.exc_info = None
-        return True
-
-
-# The logger of Optuna's trial loop (optuna/study/_optimize.py); addFilter ignores a repeat.
-_OPTUNA_LOOP_LOG = logging.getLogger("optuna.study._optimize")
-_QUIET_FAILURES = _NoTracebackForTrialFailed()
 
 
 def run_study(
@@ -194,7 +174,7 @@ class _StudySession:
         """``study.optimize`` on its own thread, so that this one can carry a cancel (or Ctrl-C
         in the CLI) to the running trials' runs while Optuna waits for them."""
         failure: list[BaseException] = []
-        _OPTUNA_LOOP_LOG.addFilter(_QUIET_FAILURES)
+        quiet_trial_failures()
 
         def optimize() -> None:
             try:
@@ -290,7 +270,7 @@ class _StudySession:
             self.backend.end_trial(executor)
 
     def _train(self, number: int, params: dict[str, Any], run: Run, executor: FoldExecutor) -> None:
-        from orchestrator.driver import execute_run
+        from orchestrator.run.driver import execute_run
 
         execute_run(
             run,
@@ -407,19 +387,10 @@ class _StudySession:
 
     def _write_results(self) -> None:
         assert self.study is not None
-        write_trials_csv(self.spec.study_dir / "trials.csv", self.study.get_trials(deepcopy=False))
-        write_study_report(
-            self.spec.study_dir,
-            trials_frame(self.study.get_trials(deepcopy=False)).to_dict("records"),
-            study=self.spec.study,
-            metric=self.spec.metric,
-            direction=str(self.spec.direction),
-            state="cancelled" if self.cancel.is_set() else None,
+        self._best_number = write_study_files(
+            self.study,
+            self.spec,
+            cancelled=self.cancel.is_set(),
             trials_total=self.trials_total,
+            best_written=self._best_number,
         )
-        best = best_trial(self.study)
-        if best is not None and "config" in best.user_attrs:
-            path = self.spec.study_dir / "best_config.yaml"
-            if best.number != self._best_number or not path.exists():
-                write_best_config(path, self.spec, best)
-                self._best_number = best.number

@@ -29,10 +29,10 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from orchestrator.config import config_from_mapping  # noqa: E402
-from orchestrator.driver import execute_run, new_run  # noqa: E402
 from orchestrator.events.actor import get_or_create_hub  # noqa: E402
 from orchestrator.events.publish import RaySink  # noqa: E402
 from orchestrator.execution.ray import RayExecutor  # noqa: E402
+from orchestrator.run.driver import execute_run, new_run  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 

@@ -20,8 +20,8 @@ from typing import Any, Required, TypedDict, Unpack
 
 from orchestrator.events.journal import EVENTS_FILE
 from orchestrator.messages import sanitize
-from orchestrator.reports import atomic_write_text
-from orchestrator.run_files import diagnostics_of_fold, read_events
+from orchestrator.run.files import diagnostics_of_fold, read_events
+from orchestrator.run.reports import atomic_write_text
 
 __all__ = [
     "REPORT_FILE",

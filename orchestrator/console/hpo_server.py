@@ -34,7 +34,7 @@ UNREACHABLE_LIMIT_S = 60.0
 def study_body(args: argparse.Namespace, search: dict[str, Any]) -> dict[str, Any]:
     """The POST /hpo body: ``search`` (the HPO fields given) plus the run fields given under
     ``config``. Raises ``ConfigError`` for a flag that only means something for a study run here."""
-    from orchestrator.cli import given_config_values
+    from orchestrator.console.run_flags import given_config_values
 
     local = [flag for field, flag in _LOCAL_ONLY.items() if getattr(args, field, None)]
     if local:
@@ -51,7 +51,7 @@ def study_body(args: argparse.Namespace, search: dict[str, Any]) -> dict[str, An
 
 class TrialLines:
     """The console lines of the trials in successive ``GET /hpo/{study}`` answers, each once:
-    one when a trial is first seen running, one when it has finished (``hpo.cli.trial_line``'s)."""
+    one when a trial is first seen running, one when it has finished (``progress.trial_line``'s)."""
 
     def __init__(self) -> None:
         self.started: set[int] = set()
@@ -59,7 +59,7 @@ class TrialLines:
         self._best: float | None = None
 
     def new_lines(self, status: dict[str, Any]) -> list[str]:
-        from orchestrator.hpo.cli import trial_line
+        from orchestrator.console.progress import trial_line
 
         lines = []
         maximize = status.get("direction") == "maximize"

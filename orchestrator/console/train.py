@@ -8,26 +8,28 @@ follower of the hub that the API uses, on the stream's own thread.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.datacache import run_data
-from orchestrator.driver import execute_run, new_run
+from orchestrator.data.cache import run_data
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import EventSink, InProcessSink, Listener
 from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubClient, StreamThread
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run
+from orchestrator.run.driver import execute_run, new_run
 from orchestrator.store.runs import store_row
 
 if TYPE_CHECKING:
     from orchestrator.execution.pool import WorkerPool
 
-__all__ = ["run_training"]
+__all__ = ["run_training", "train_command"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def run_training(
     if config.executor == "local":
         local_hub = EventHub()
         if store_url is not None:
-            from orchestrator.events.recorder import hub_on_store
+            from orchestrator.events.durable import hub_on_store
 
             local_hub, recorder = hub_on_store(store_url)
             close_store = recorder.close
@@ -162,3 +164,42 @@ def _wait_cancelling_on_interrupt(run: Run, worker: threading.Thread) -> None:
                 raise
             interrupted = True
             log.warning("cancelling run %s (Ctrl-C again to stop waiting)", run.run_id)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``orchestrator train``: one run with progress bars; exit 0 completed, 1 failed."""
+    from orchestrator.console.progress import EventFileWriter, ProgressView
+    from orchestrator.console.run_flags import config_from_args
+    from orchestrator.messages import MESSAGE_TYPES
+    from orchestrator.store.engine import resolve_store_url
+
+    config = config_from_args(args)
+    view = ProgressView(enabled=not args.quiet)
+    writer = EventFileWriter(args.events_out) if args.events_out else None
+    listeners = [view] + ([writer] if writer else [])
+
+    def fanout(events: list[dict[str, Any]]) -> None:
+        for listener in listeners:
+            listener(events)
+
+    try:
+        # the events file is the run's full record: it wants the live detail too
+        interest = frozenset(MESSAGE_TYPES) if writer else frozenset()
+        store_url = resolve_store_url(args.db, config.reports_dir)
+        run = run_training(
+            config, listener=fanout, address=args.address, interest=interest, store_url=store_url
+        )
+    finally:
+        view.close()
+        if writer:
+            writer.close()
+    if run.error:
+        print(f"error: {run.error}", file=sys.stderr)
+    else:
+        print(f"summary: {run.summary_path}")
+    code = 1 if run.error else 0
+    if config.executor == "ray":
+        from orchestrator.execution.cluster import exit_leaving_own_instance
+
+        exit_leaving_own_instance(code)  # no wait for Ray's shutdown: the watchdog stops it
+    return code

@@ -2,7 +2,7 @@
 
 On an existing cluster (``serve --address``) each run gets a ``RunCoordinator``: a detached
 actor of the orchestrator namespace named ``run:<run_id>``, with no CPU of its own
-(``num_cpus=0``), that runs the run's driver code (``orchestrator.driver.execute_run``) with a
+(``num_cpus=0``), that runs the run's driver code (``orchestrator.run.driver.execute_run``) with a
 ``RayExecutor`` whose fold actors it owns. The API process can die (``kill -9``) and come back:
 the coordinator, its folds and the detached hub go on, and the run's events keep reaching the
 hub and its job store. When the run has ended the coordinator ends itself.
@@ -17,22 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState
+from orchestrator.lifecycle import Run, RunState
 
-if TYPE_CHECKING:
-    from orchestrator.service import RunManager
-    from orchestrator.store import JobStore
-
-__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator", "reattach_runs"]
+__all__ = ["COORDINATOR_PREFIX", "FOLLOWED_TYPES", "RunCoordinator", "launch_coordinator", "find_coordinator"]
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_PREFIX = "run:"
 # What a run's mirror learns from (``Run.observe`` and ``Run.follow``); other types are not read.
-_FOLLOWED_TYPES = frozenset(
+FOLLOWED_TYPES = frozenset(
     {"training_start", "epoch_metrics", "fold_complete", "training_complete", "training_error"}
 )
 # After its run ended, a coordinator waits this long (for a last snapshot call) before ending.
@@ -65,11 +61,11 @@ class RunCoordinator:
 
     def _execute(self, extra_summary: dict[str, Any] | None) -> None:
         """Train the run to its end; the coordinator ends itself afterwards."""
-        from orchestrator.driver import execute_run
         from orchestrator.events.actor import get_hub
         from orchestrator.events.publish import RaySink
         from orchestrator.execution.pool import WorkerPool
         from orchestrator.execution.ray import RayExecutor
+        from orchestrator.run.driver import execute_run
 
         pool = WorkerPool()
         try:
@@ -142,54 +138,3 @@ def find_coordinator(run_id: str, namespace: str) -> Any | None:
         return ray.get_actor(COORDINATOR_PREFIX + run_id, namespace=namespace)
     except ValueError:
         return None
-
-
-def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str) -> list[str]:
-    """After a restart on a cluster: follow each unfinished run of the store whose coordinator
-    still runs, and end the others as interrupted (their coordinator, or the process that ran
-    them, is gone). Call it once this server follows the hub: a followed run's mirror is rebuilt
-    from the hub's events (the store's beyond its memory), replayed again after adoption for
-    what came meanwhile (a mirror takes an event twice without counting it twice).
-    Returns the runs followed again."""
-    import ray
-
-    followed = []
-    for run_id, run_dir, owner in store.unfinished_runs():
-        snapshot = store.get_run(run_id)
-        handle = find_coordinator(run_id, namespace)
-        if handle is None or snapshot is None:
-            ray.get(
-                hub.publish.remote(
-                    run_id,
-                    "reattach",
-                    0,
-                    {
-                        "type": "training_error",
-                        "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
-                    },
-                )
-            )
-            continue
-        run = Run(
-            run_id=run_id,
-            config=TrainConfig.model_validate(snapshot["config"]),
-            run_dir=run_dir or snapshot["run_dir"],
-            created_at=snapshot["created_at"],
-        )
-        since = _replay(run, hub, 0)
-        manager.adopt(run, handle)
-        _replay(run, hub, since)
-        followed.append(run_id)
-    if followed:
-        log.warning("following %d run(s) again: %s", len(followed), ", ".join(followed))
-    return followed
-
-
-def _replay(run: Run, hub: Any, since: int) -> int:
-    import ray
-
-    events, _ = ray.get(hub.events_since.remote(since, run.run_id, _FOLLOWED_TYPES, None))
-    for event in events:
-        run.observe(event)
-        run.follow(event)
-    return int(events[-1]["seq"]) if events else since

@@ -1,4 +1,5 @@
-"""The job queue: runs wait for the cluster's resources in priority order (``policy``), held and admitted by ``JobQueue``."""
+"""What a run asks of the job queue (``ask_of``), the priority check, and the capacity the queue plans
+against (the Ray cluster's view, else this machine)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,9 @@ import sys
 from orchestrator.config import TrainConfig
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape
-from orchestrator.queue.jobqueue import DEFAULT_AGING_S, JobQueue, ResourceError
-from orchestrator.queue.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
+from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
 
 __all__ = [
-    "Ask",
-    "DEFAULT_AGING_S",
-    "JobQueue",
-    "PRIORITY_MAX",
-    "PRIORITY_MIN",
-    "ResourceError",
     "ask_of",
     "check_priority",
     "default_capacity",

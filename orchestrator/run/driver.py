@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from orchestrator.config import FoldSpec, TrainConfig
-from orchestrator.datacache import run_data
+from orchestrator.data.cache import run_data
 from orchestrator.errors import InsufficientDataError, OrchestratorError, RunCancelledError
 from orchestrator.events.publish import EventSink
 from orchestrator.execution.base import FoldExecutor, FoldJob
-from orchestrator.feasibility import check_folds, plan_feasible_folds
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import (
     DatasetReady,
@@ -29,8 +28,9 @@ from orchestrator.messages import (
     TrainingError,
     TrainingStart,
 )
-from orchestrator.report_html import write_run_report
-from orchestrator.reports import (
+from orchestrator.run.feasibility import check_folds, plan_feasible_folds
+from orchestrator.run.report_html import write_run_report
+from orchestrator.run.reports import (
     aggregate_metrics,
     new_run_id,
     package_versions,

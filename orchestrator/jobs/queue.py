@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from orchestrator.errors import ConfigError
 from orchestrator.execution.placement import ClusterView, ResourceShape, fold_placement, reachable_resources
-from orchestrator.queue.policy import (
+from orchestrator.jobs.policy import (
     FOLD_FIELDS,
     Admission,
     Ask,

@@ -1,6 +1,6 @@
 """The ``orchestrator hpo`` command: its flags, one stderr line per trial, the closing summary.
 
-With ``--url`` the study runs on that server instead (``orchestrator.hpo.remote``).
+With ``--url`` the study runs on that server instead (``orchestrator.console.hpo_server``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.config import format_validation_error
+from orchestrator.console.flags import add_model_flags, flag_specs, given_values
 from orchestrator.console.remote import add_server_flags
 from orchestrator.errors import ConfigError
-from orchestrator.flags import add_model_flags, flag_specs, given_values
 from orchestrator.hpo.space import load_search_space
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
@@ -30,7 +30,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from orchestrator.cli import add_command_flags, add_train_flags
+    from orchestrator.console.run_flags import add_command_flags, add_train_flags
 
     parser = argparse.ArgumentParser(
         prog="orchestrator hpo",
@@ -69,23 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 SEARCH_FLAGS = flag_specs(HpoSpec, spelling={"timeout_s": "timeout"})
 
 
-def trial_line(event: dict[str, Any]) -> str | None:
-    """The console line of an ``hpo_trial`` event (None for any other event)."""
-    if event.get("type") != "hpo_trial":
-        return None
-    state, best = event["state"], event.get("best_value")
-    if state == "running":
-        return f"trial {event['trial']} started {json.dumps(event['params'])}"
-    if state == "study_complete":
-        return f"study {event['study']} complete: best trial {event['trial']} value {best}"
-    line = (
-        f"trial {event['trial']} {state} value {event.get('value')} in "
-        f"{event.get('duration_seconds') or 0:.1f}s "
-        f"[{event['trials_done']}/{event['trials_total']}] best {best}"
-    )
-    return f"{line}: {event['error']}" if event.get("error") else line
-
-
 def search_values(args: argparse.Namespace) -> dict[str, Any]:
     """The HPO fields the user gave: the search flags, ``--search-space``'s mapping (read here,
     checked by ``HpoSpec``), ``--enqueue``'s objects. Raises ``ConfigError`` for a missing or
@@ -110,7 +93,7 @@ def search_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
-    from orchestrator.cli import config_from_args
+    from orchestrator.console.run_flags import config_from_args
 
     config = config_from_args(args)
     if args.search_space:
@@ -123,11 +106,11 @@ def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.console.progress import EventFileWriter
+    from orchestrator.console.progress import EventFileWriter, trial_line
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.url is not None:
-        from orchestrator.hpo.remote import run_on_server
+        from orchestrator.console.hpo_server import run_on_server
 
         return run_on_server(args, search_values(args))
     if args.detach:
@@ -149,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hub = hub_for_store(store_url, detached=False, reattach=False)
         close_store: Callable[[], object] = lambda: ray.get(hub.close_store.remote())  # noqa: E731
     else:
-        from orchestrator.events.recorder import hub_on_store
+        from orchestrator.events.durable import hub_on_store
 
         hub, recorder = hub_on_store(store_url)
         close_store = recorder.close

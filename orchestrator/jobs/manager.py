@@ -1,7 +1,7 @@
 """Runs started by the server (and scripts): queued, admitted by resources, one background thread per running run.
 
 The API's routes are a few lines around this class. ``submit`` records a run in the job store as
-``queued`` and puts it in the ``JobQueue`` (``orchestrator.queue``); when the queue admits it, the
+``queued`` and puts it in the ``JobQueue`` (``orchestrator.jobs.admission``); when the queue admits it, the
 run's work happens in ``execute_run`` on a thread. HPO trials wait in the same queue
 (``wait_turn``/``done``). The Ray executors of all runs share one ``WorkerPool`` so fold actors
 stay warm between runs (and HPO trials).
@@ -17,15 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.driver import execute_run, new_run
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.execution.placement import ClusterView, ResourceShape
+from orchestrator.jobs.admission import ask_of, default_capacity
+from orchestrator.jobs.policy import Ask
+from orchestrator.jobs.queue import JobKind, JobQueue
 from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState, ended_state
 from orchestrator.messages import TrainingError
-from orchestrator.queue import Ask, JobQueue, ask_of, default_capacity
-from orchestrator.queue.jobqueue import JobKind
+from orchestrator.run.driver import execute_run, new_run
 from orchestrator.store.runs import store_row
 
 __all__ = ["RunManager", "UnknownRunError", "QUEUED_CANCEL_MESSAGE"]
@@ -51,7 +52,7 @@ class RunManager:
     priority; ``record_admission`` (the hub's ``admit_run``) marks its row ``pending``, with the
     config it was admitted with, when the queue lets it start, so a restart queues again only
     what never started. With ``coordinate_in`` (a Ray namespace: ``serve`` on an existing cluster) a Ray
-    run is driven by a detached coordinator actor there (``orchestrator.coordinator``); this
+    run is driven by a detached coordinator actor there (``orchestrator.jobs.coordinator``); this
     process only follows it (``observe``), and ``shutdown`` leaves it running."""
 
     def __init__(
@@ -254,7 +255,7 @@ class RunManager:
             self.queue.release(run.run_id)
 
     def _execute_in_cluster(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
-        from orchestrator.coordinator import launch_coordinator
+        from orchestrator.jobs.coordinator import launch_coordinator
 
         assert self.coordinate_in is not None
         try:

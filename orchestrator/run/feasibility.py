@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.config import FoldSpec, TrainConfig
-from orchestrator.cv import plan_folds_for
 from orchestrator.errors import ConfigError
+from orchestrator.run.cv import plan_folds_for
 from workers.conformal import conformal_rank
 
 __all__ = ["check_folds", "min_calibration_size", "plan_feasible_folds"]
