@@ -45,9 +45,9 @@ def check_remote_data(values: dict[str, Any]) -> None:
     problem = data_name_problem(values["data"])
     if problem is not None:
         raise ConfigError(
-            f"data: {problem}. A server trains on 'sp500', its own --data (send no --data), or a "
-            "file under one of its data roots named relative to the root (serve --data-root DIR; "
-            "copy the file there and give e.g. --data bars.csv)"
+            f"data: {problem}. It never reads this machine's files: copy the file under one of "
+            "its data roots and give its name there (e.g. --data bars.csv), or send no --data "
+            "to train on the server's own"
         )
 
 
