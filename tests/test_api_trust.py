@@ -252,6 +252,7 @@ def test_long_names_and_values_get_a_short_json_422_naming_the_field(trusted: Tr
         "run_id ": trusted.get(f"/runs/{long}/events"),
         "run_id  ": trusted.post(f"/runs/{long}/cancel", {}),
         "before": trusted.get("/runs", params={"before": long}),
+        "since": trusted.get("/data/candles", params={"since": long}),
         "data": trusted.post("/train", {"data": "x" * 500_000}),
         "date_format": trusted.post("/train", {"date_format": 7, "epochs": "e" * 500_000}),
     }
