@@ -39,7 +39,7 @@ def _returns(seed: int, n: int) -> FloatArray:
 def _model(seed: int, y: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     rng = np.random.default_rng(seed)
     n = y.shape[0]
-    mu = rng.normal(0.0, 0.002, n)
+    mu = np.asarray(rng.normal(0.0, 0.002, n), dtype=np.float64)
     sigma = np.exp(rng.normal(math.log(0.01), 0.2, n))
     p_up = np.clip(0.5 + rng.normal(0.0, 0.05, n), 0.01, 0.99)
     return mu, sigma, p_up
@@ -131,6 +131,7 @@ def test_diebold_mariano_is_statsmodels_hac_t_and_a_plain_newey_west(seed: int, 
         cov_type="HAC", cov_kwds={"maxlags": hac_maxlags(n), "kernel": "bartlett", "use_correction": False}
     )
     assert result.n == n and result.maxlags == math.floor(4 * (n / 100) ** (2 / 9))
+    assert result.stat is not None
     assert result.stat == pytest.approx(float(fit.tvalues[0]), rel=REL)
     assert result.stat == pytest.approx(_newey_west_t(d), rel=REL)
     assert result.p_value == pytest.approx(float(stats.norm.cdf(fit.tvalues[0])), rel=REL)
