@@ -40,6 +40,7 @@ __all__ = [
     "dsr_from_inputs",
     "expected_max_sharpe",
     "pbo_from_matrix",
+    "sharpe_ratio",
     "sharpe_stats",
     "sign_strategy",
 ]
@@ -177,25 +178,38 @@ class SharpeStats:
     kurtosis: float | None  # scipy.stats.kurtosis(fisher=False), bias=True: Pearson, 3 for a Gaussian
 
 
-def sharpe_stats(returns: npt.ArrayLike) -> SharpeStats:
-    """The Sharpe ratio and moments of ``returns`` (shape (t,)) that the DSR takes.
-
-    ``sr``, ``skew`` and ``kurtosis`` are ``None`` when t < 2 or the returns have no dispersion
-    (their range is within rounding of their magnitude; a flat strategy is not a strategy).
-    """
+def _returns(returns: npt.ArrayLike) -> FloatArray:
     r = np.asarray(returns, dtype=np.float64)
     if r.ndim != 1:
         raise ValueError(f"returns must be 1-D, got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         raise ValueError("returns must be finite")
+    return r
+
+
+def _dispersed(r: FloatArray) -> bool:
+    """At least 2 values whose range is more than rounding of their magnitude."""
+    if r.shape[0] < 2:
+        return False
+    return bool(np.max(r) - np.min(r) > 4.0 * np.finfo(np.float64).eps * np.max(np.abs(r)))
+
+
+def sharpe_ratio(returns: npt.ArrayLike) -> float | None:
+    """mean / standard deviation (ddof 1) of ``returns`` (shape (t,)), per row, not annualised;
+    ``None`` when t < 2 or the returns have no dispersion (a flat strategy is not a strategy)."""
+    r = _returns(returns)
+    return finite_or_none(float(np.mean(r) / np.std(r, ddof=1))) if _dispersed(r) else None
+
+
+def sharpe_stats(returns: npt.ArrayLike) -> SharpeStats:
+    """The Sharpe ratio and moments of ``returns`` (shape (t,)) that the DSR takes; ``sr``,
+    ``skew`` and ``kurtosis`` are ``None`` where ``sharpe_ratio`` is."""
+    r = _returns(returns)
     t = int(r.shape[0])
-    if t < 2:
-        return SharpeStats(None, t, None, None)
-    spread = float(np.max(r) - np.min(r))
-    if not spread > 4.0 * np.finfo(np.float64).eps * float(np.max(np.abs(r))):
+    if not _dispersed(r):
         return SharpeStats(None, t, None, None)
     return SharpeStats(
-        sr=finite_or_none(float(np.mean(r) / np.std(r, ddof=1))),
+        sr=sharpe_ratio(r),
         t=t,
         skew=finite_or_none(float(stats.skew(r))),
         kurtosis=finite_or_none(float(stats.kurtosis(r, fisher=False))),

@@ -22,7 +22,6 @@ matrix and a JSON-ready report out (``selection_diagnostics``); the statistics t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from orchestrator.hpo.overfitting import (
     deflated_sharpe,
     dsr_from_inputs,
     pbo_from_matrix,
+    sharpe_ratio,
     sharpe_stats,
     sign_strategy,
 )
@@ -111,7 +111,10 @@ class Selection:
 def _shared_rows(trials: Sequence[TrialRows]) -> tuple[npt.NDArray[np.datetime64], list[IntArray]]:
     """The timestamps every trial has (sorted) and each trial's positions of them; raises
     ValueError when two trials disagree on ``y`` at a shared timestamp (not one data set)."""
-    shared = functools.reduce(np.intersect1d, [t.timestamp for t in trials])
+    shared = trials[0].timestamp
+    for t in trials[1:]:  # most trials have the same rows: intersect only where they differ
+        if not np.array_equal(t.timestamp, shared):
+            shared = np.intersect1d(shared, t.timestamp)
     positions = [np.searchsorted(t.timestamp, shared).astype(np.intp) for t in trials]
     first_y = trials[0].y[positions[0]]
     for t, pos in zip(trials[1:], positions[1:], strict=True):
@@ -198,7 +201,7 @@ def selection_diagnostics(
     best_dm_p = _best_dm_p(best)
     if best_dm_p is None:
         notes.append(f"best_dm_p: undefined for trial {best_trial} (no naive rows, or too few rows)")
-    srs = [sharpe_stats(sign_strategy(t.p_up_cal, t.y)).sr for t in trials]
+    srs = [sharpe_ratio(sign_strategy(t.p_up_cal, t.y)) for t in trials]
     defined = [s for s in srs if s is not None]
     sr_variance = float(np.var(defined, ddof=1)) if len(defined) >= 2 else None
     best_stats = sharpe_stats(sign_strategy(best.p_up_cal, best.y))
