@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from orchestrator.hpo import overfitting
 from orchestrator.hpo.overfitting import (
     cscv,
     cscv_splits,
@@ -41,7 +42,7 @@ def _pbo_loop(values: FloatArray, direction: str) -> tuple[float, FloatArray]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "shape", "direction"), [(0, (16, 7), "maximize"), (1, (10, 25), "minimize")]
+    ("seed", "shape", "direction"), [(0, (12, 7), "maximize"), (1, (10, 25), "minimize")]
 )
 def test_cscv_matches_a_plain_loop(seed: int, shape: tuple[int, int], direction: str) -> None:
     values = np.random.default_rng(seed).normal(size=shape)
@@ -50,6 +51,17 @@ def test_cscv_matches_a_plain_loop(seed: int, shape: tuple[int, int], direction:
     assert result.pbo == pytest.approx(pbo, abs=1e-12)
     np.testing.assert_allclose(result.logits, logits, rtol=1e-12)
     assert result.logits.shape == (math.comb(shape[0], shape[0] // 2),)
+
+
+def test_cscv_in_chunks_equals_cscv_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = np.random.default_rng(4).normal(size=(16, 30))
+    at_once = cscv(values, "maximize")
+    monkeypatch.setattr(overfitting, "_CHUNK_BYTES", 8 * 8 * 30 * 7)  # 7 splits a chunk: 1839 chunks
+    chunked = cscv(values, "maximize")
+    assert chunked.pbo == at_once.pbo
+    np.testing.assert_array_equal(chunked.logits, at_once.logits)
+    np.testing.assert_array_equal(chunked.chosen, at_once.chosen)
+    np.testing.assert_array_equal(chunked.oos_performance, at_once.oos_performance)
 
 
 def test_cscv_ties_average_the_rank_and_pick_the_first_in_sample() -> None:
