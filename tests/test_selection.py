@@ -233,6 +233,8 @@ def test_trial_rows_validation_and_frames() -> None:
         trial_rows(
             4, np.r_[times, times[1:2]], np.zeros(4), np.zeros(4), np.ones(4), np.zeros(4), np.zeros(4)
         )
+    with pytest.raises(ValueError, match="trial 5: p_up_cal must be finite"):
+        trial_rows(5, times, np.zeros(3), np.zeros(3), np.ones(3), np.zeros(3), [0.5, np.nan, 0.5])
     with pytest.raises(ValueError, match="trial 5: mu has shape"):
         trial_rows(5, times, np.zeros(3), np.zeros(2), np.ones(3), np.zeros(3), np.zeros(3))
     other = trial_rows(6, times, [0.02, 0.01, 0.03], np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3))

@@ -82,7 +82,8 @@ def trial_rows(
 ) -> TrialRows:
     """A validated ``TrialRows``, sorted by time. ``timestamp``: anything pandas reads as times
     (ISO strings, datetime64), kept to the second. Raises ValueError naming the trial for
-    arrays of different lengths, a non-finite ``y`` or a repeated timestamp."""
+    arrays of different lengths, a repeated timestamp, or a non-finite ``y`` or ``p_up_cal``
+    (the returns and the sign strategy; a non-finite forecast only makes its metrics undefined)."""
     times = np.asarray(pd.to_datetime(np.asarray(timestamp)), dtype="datetime64[s]")
     if times.ndim != 1:
         raise ValueError(f"trial {number}: timestamp must be 1-D, got shape {times.shape}")
@@ -92,34 +93,33 @@ def trial_rows(
         repeated = times[1:][times[1:] == times[:-1]][0]
         raise ValueError(f"trial {number}: timestamp {repeated} appears more than once")
 
-    def column(name: str, values: npt.ArrayLike | None) -> FloatArray | None:
-        if values is None:
-            return None
+    def column(name: str, values: npt.ArrayLike) -> FloatArray:
         array = np.asarray(values, dtype=np.float64)
         if array.shape != times.shape:
             raise ValueError(f"trial {number}: {name} has shape {array.shape}, timestamp {times.shape}")
         return array[order]
 
-    y_ = column("y", y)
-    assert y_ is not None
-    if not np.all(np.isfinite(y_)):
-        raise ValueError(f"trial {number}: y must be finite")
-    forecasts = [column(name, v) for name, v in (("mu", mu), ("sigma", sigma), ("p_up_raw", p_up_raw))]
-    p_cal = column("p_up_cal", p_up_cal)
-    assert forecasts[0] is not None and forecasts[1] is not None and forecasts[2] is not None
-    assert p_cal is not None
+    def finite(name: str, values: npt.ArrayLike) -> FloatArray:
+        array = column(name, values)
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"trial {number}: {name} must be finite")
+        return array
+
+    def optional(name: str, values: npt.ArrayLike | None) -> FloatArray | None:
+        return None if values is None else column(name, values)
+
     return TrialRows(
         number=int(number),
         timestamp=times,
-        y=y_,
-        mu=forecasts[0],
-        sigma=forecasts[1],
-        p_up_raw=forecasts[2],
-        p_up_cal=p_cal,
-        naive_mu=column("naive_mu", naive_mu),
-        naive_sigma=column("naive_sigma", naive_sigma),
-        conformal_lo=column("conformal_lo", conformal_lo),
-        conformal_hi=column("conformal_hi", conformal_hi),
+        y=finite("y", y),
+        mu=column("mu", mu),
+        sigma=column("sigma", sigma),
+        p_up_raw=column("p_up_raw", p_up_raw),
+        p_up_cal=finite("p_up_cal", p_up_cal),
+        naive_mu=optional("naive_mu", naive_mu),
+        naive_sigma=optional("naive_sigma", naive_sigma),
+        conformal_lo=optional("conformal_lo", conformal_lo),
+        conformal_hi=optional("conformal_hi", conformal_hi),
         loss_weights=loss_weights,
     )
 
