@@ -133,7 +133,8 @@ def _matrix(
     n_blocks: int,
 ) -> pd.DataFrame:
     """One row per block; no rows without a block metric or with fewer than 2 blocks."""
-    bounds = block_bounds(shared.shape[0], n_blocks) if metric is not None and n_blocks >= 2 else []
+    evaluate = metric if n_blocks >= 2 else None
+    bounds = block_bounds(shared.shape[0], n_blocks) if evaluate is not None else []
     columns: dict[str, Any] = {
         "block": list(range(len(bounds))),
         "first_timestamp": [np.datetime_as_string(shared[a], unit="s") for a, _ in bounds],
@@ -141,7 +142,7 @@ def _matrix(
     }
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for t, pos in zip(trials, positions, strict=True):
-            values = [finite_or_none(metric(t, pos[a:b])) for a, b in bounds if metric is not None]
+            values = [finite_or_none(evaluate(t, pos[a:b])) for a, b in bounds] if evaluate else []
             columns[str(t.number)] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     return pd.DataFrame(columns)
 
@@ -200,7 +201,9 @@ def selection_diagnostics(
     best = trials[numbers.index(best_trial)]
     best_dm_p = _best_dm_p(best)
     if best_dm_p is None:
-        notes.append(f"best_dm_p: undefined for trial {best_trial} (no naive rows, or too few rows)")
+        notes.append(
+            f"best_dm_p: undefined for trial {best_trial} (no naive rows, too few rows or no variance)"
+        )
     srs = [sharpe_ratio(sign_strategy(t.p_up_cal, t.y)) for t in trials]
     defined = [s for s in srs if s is not None]
     sr_variance = float(np.var(defined, ddof=1)) if len(defined) >= 2 else None
