@@ -17,6 +17,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -72,10 +73,12 @@ class CSCVResult:
     oos_performance: FloatArray
 
 
+@functools.cache
 def cscv_splits(n_blocks: int) -> tuple[IntArray, IntArray]:
     """In-sample and out-of-sample block indices of every split, each of shape (C(S, S/2), S/2).
 
     Row k holds the k-th ``itertools.combinations(range(S), S/2)`` and its complement (ascending).
+    Cached (a study recomputes its diagnostics after every trial) and so read-only.
     """
     if n_blocks < 2 or n_blocks % 2:
         raise ValueError(f"n_blocks must be even and >= 2, got n_blocks={n_blocks}")
@@ -84,6 +87,8 @@ def cscv_splits(n_blocks: int) -> tuple[IntArray, IntArray]:
     mask = np.ones((in_sample.shape[0], n_blocks), dtype=bool)
     np.put_along_axis(mask, in_sample, False, axis=1)
     out_of_sample = np.nonzero(mask)[1].reshape(in_sample.shape[0], half).astype(np.intp)
+    in_sample.setflags(write=False)
+    out_of_sample.setflags(write=False)
     return in_sample, out_of_sample
 
 
