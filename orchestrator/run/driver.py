@@ -38,6 +38,7 @@ from orchestrator.run.reports import (
     write_predictions_csv,
     write_summary,
 )
+from orchestrator.run.skill import fold_edge, run_skill
 from workers.features import FeatureSet, FeatureWarning, scaling_warnings
 from workers.fold import FoldResult
 
@@ -106,11 +107,14 @@ def execute_run(
                 )
         results: dict[int, FoldResult] = {}
         paths: dict[int, str] = {}
+        edges: dict[int, dict[str, Any]] = {}  # each fold against the naive forecast (run/skill.py)
 
         def on_result(result: FoldResult) -> None:
             path = write_predictions_csv(folder, result.fold_id, result.predictions)
             results[result.fold_id] = result
             paths[result.fold_id] = str(path)
+            spec = specs[result.fold_id]
+            edges[result.fold_id] = edge = fold_edge(features.y[spec.train.as_slice()], result.predictions)
             run.folds_done = len(results)
             warnings = (
                 ("calibration_warning", result.calibration_warning),
@@ -135,6 +139,8 @@ def execute_run(
                     coverage_warning=result.coverage_warning,
                     val_auc=result.metrics.get("val_auc"),
                     best_epoch=result.best_epoch,
+                    nll_diff=edge["skill"]["nll_diff"],
+                    dm_p=edge["skill"]["dm_p"],
                 )
             )
 
@@ -153,7 +159,8 @@ def execute_run(
         training_seconds = time.time() - training_started_at
 
         per_fold = [
-            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k]) for k in sorted(results)
+            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k], edges[k])
+            for k in sorted(results)
         ]
         summary = {
             "run_id": run.run_id,
@@ -170,7 +177,12 @@ def execute_run(
                 "feature_names": list(features.feature_names),
             },
             "folds": per_fold,
-            "aggregate": aggregate_metrics([f["metrics"] for f in per_fold]),
+            "aggregate": {
+                **aggregate_metrics([f["metrics"] for f in per_fold]),
+                "skill": run_skill(
+                    {k: r.predictions for k, r in results.items()}, {k: e["naive"] for k, e in edges.items()}
+                ),
+            },
             "timings": {
                 "data_seconds": data_seconds,
                 "training_seconds": training_seconds,
@@ -215,7 +227,12 @@ def _data_warnings(features: FeatureSet, spec: FoldSpec) -> list[FeatureWarning]
 
 
 def _fold_summary(
-    result: FoldResult, path: str, spec: Any, features: Any, data_warnings: list[FeatureWarning]
+    result: FoldResult,
+    path: str,
+    spec: Any,
+    features: Any,
+    data_warnings: list[FeatureWarning],
+    edge: dict[str, Any],
 ) -> dict[str, Any]:
     def span(segment: Any) -> dict[str, Any]:
         return {
@@ -234,6 +251,7 @@ def _fold_summary(
         },
         "predictions_path": path,
         "metrics": result.metrics,
+        **edge,  # naive, baseline, skill
         "calibration_method": result.calibration_method,
         "calibration_cv_bce": result.calibration_scores,
         "calibration_warning": result.calibration_warning,
