@@ -44,6 +44,7 @@ from orchestrator.hpo.results import (
     standing,
     write_study_files,
 )
+from orchestrator.hpo.selection_files import StudySelection, selection_notification
 from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
@@ -117,6 +118,7 @@ class _StudySession:
         self._lock = threading.Lock()
         self._best_number: int | None = None
         self._publisher: Any = None
+        self._selection = StudySelection()  # the completed trials' rows, read once each
 
     def run(self, on_open: Callable[[optuna.Study, int], None] | None) -> StudyResult:
         LIVE_SESSIONS.add(self.session)
@@ -272,21 +274,10 @@ class _StudySession:
     def _train(self, number: int, params: dict[str, Any], run: Run, executor: FoldExecutor) -> None:
         from orchestrator.run.driver import execute_run
 
-        execute_run(
-            run,
-            self.backend.sink,
-            executor,
-            hpo_trial=number,
-            extra_summary={
-                "hpo": {
-                    "study": self.spec.study,
-                    "trial": number,
-                    "params": params,
-                    "metric": self.spec.metric,
-                    "direction": self.spec.direction,
-                }
-            },
-        )
+        spec = self.spec
+        hpo = {"study": spec.study, "trial": number, "params": params, "metric": spec.metric}
+        hpo["direction"] = spec.direction
+        execute_run(run, self.backend.sink, executor, hpo_trial=number, extra_summary={"hpo": hpo})
 
     def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
         """The one place a trial's outcome is decided; Optuna turns the exceptions into states."""
@@ -374,9 +365,13 @@ class _StudySession:
         )
 
     def _publish_end(self) -> None:
+        """The selection warning, if any (docs/hpo.md), then ``study_complete``, which ends the stream."""
         assert self.study is not None
         best = best_trial(self.study)
         with self._lock:
+            warning = selection_notification(self._selection.report, self.spec.study)
+            if warning is not None:
+                self._publisher.publish(warning)
             self._publish(
                 best.number if best else -1,
                 "study_complete",
@@ -393,4 +388,5 @@ class _StudySession:
             cancelled=self.cancel.is_set(),
             trials_total=self.trials_total,
             best_written=self._best_number,
+            selection=self._selection,
         )
