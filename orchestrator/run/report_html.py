@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js", "views.js", "report.js")
+SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js", "edge.js", "views.js", "report.js")
 STYLES = ("vendor/uPlot.min.css", "dashboard.css")
 RUN_EVENT_TYPES = frozenset(
     {"training_start", "epoch_metrics", "fold_complete", "notification", "training_complete"}
