@@ -228,8 +228,9 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float] | None:
     """Least squares y = intercept + slope x over every split (the paper's degradation line)."""
     if x.size < 2 or not float(np.ptp(x)) > 0.0:
         return None
-    slope, intercept = np.polyfit(x, y, 1)
-    return {"slope": float(slope), "intercept": float(intercept)}
+    dx = x - x.mean()
+    slope = float(dx @ (y - y.mean()) / (dx @ dx))
+    return {"slope": slope, "intercept": float(y.mean() - slope * x.mean())}
 
 
 def selection_view(report: Mapping[str, Any] | None, max_points: int = VIEW_POINTS) -> dict[str, Any] | None:
