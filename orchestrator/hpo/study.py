@@ -274,9 +274,8 @@ class _StudySession:
     def _train(self, number: int, params: dict[str, Any], run: Run, executor: FoldExecutor) -> None:
         from orchestrator.run.driver import execute_run
 
-        spec = self.spec
-        hpo = {"study": spec.study, "trial": number, "params": params, "metric": spec.metric}
-        hpo["direction"] = spec.direction
+        s = self.spec
+        hpo = dict(study=s.study, trial=number, params=params, metric=s.metric, direction=s.direction)
         execute_run(run, self.backend.sink, executor, hpo_trial=number, extra_summary={"hpo": hpo})
 
     def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
