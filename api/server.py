@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.events.publish import RaySink
     from orchestrator.events.stream import RayHubClient
     from orchestrator.execution.cluster import ensure_ray
+    from orchestrator.execution.connect import CONNECT_DEADLINE_S
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.hpo import HpoService
     from orchestrator.jobs.admission import default_capacity
@@ -205,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.jobs.queue import JobQueue
 
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    ensure_ray(args.address)
     try:
+        ensure_ray(args.address, connect_deadline_s=CONNECT_DEADLINE_S)
         hub = hub_for_store(store_url, detached=on_cluster)
     except OrchestratorError as err:
         store.close()

@@ -125,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from orchestrator.events.actor import hub_for_store
         from orchestrator.execution.cluster import ensure_ray
+        from orchestrator.execution.connect import CONNECT_DEADLINE_S
 
-        ensure_ray(args.address)
+        ensure_ray(args.address, connect_deadline_s=CONNECT_DEADLINE_S)
         hub = hub_for_store(store_url, detached=False, reattach=False)
         close_store: Callable[[], object] = lambda: ray.get(hub.close_store.remote())  # noqa: E731
     else:
