@@ -9,6 +9,7 @@ or overwritten before the check passes.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "absolute_url",
     "default_url",
     "describe",
+    "locked_message",
     "open_engine",
     "resolve_store_url",
 ]
@@ -150,6 +152,8 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
                 if found != "ok":
                     raise StoreError(f"the job store {where} is corrupt: {found}")
         if create:
+            if backend == "sqlite":
+                _check_writable(engine)
             ensure_schema(engine, where)
     except StoreError:
         engine.dispose()
@@ -157,5 +161,59 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     except SQLAlchemyError as err:
         engine.dispose()
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        if backend == "sqlite" and "locked" in reason:
+            raise StoreError(locked_message(parsed.database or "")) from None
         raise StoreError(f"cannot use the job store {where}: {reason}") from None
     return engine
+
+
+def _check_writable(engine: Engine) -> None:
+    """Take SQLite's write lock and give it back at once: another process's open write
+    transaction (DB Browser with unsaved edits holds ``BEGIN IMMEDIATE``) fails here, after the
+    busy timeout, rather than in the middle of the first write."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("ROLLBACK")
+        cursor.close()
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err):
+            raise
+        database = engine.url.database or ""
+        raise StoreError(locked_message(database)) from None
+    finally:
+        raw.close()
+
+
+def locked_message(database: str) -> str:
+    """One line: the SQLite file, the lock, who has the file open (Linux), what to do."""
+    holders = _processes_with_open(database)
+    who = f"; processes with it open: {', '.join(holders)}" if holders else ""
+    return (
+        f"the job store SQLite file {database} is locked for writing: another connection holds a "
+        f"write transaction on it (waited {BUSY_TIMEOUT_MS / 1000:g} s{who}); commit or roll back "
+        "there (DB Browser: Write Changes or Revert Changes) or close it, then try again, or use "
+        "another --db"
+    )
+
+
+def _processes_with_open(database: str, limit: int = 3) -> list[str]:
+    """``pid N (command)`` of other processes holding ``database`` open, from /proc (Linux)."""
+    try:
+        target = os.path.realpath(database)
+        found = []
+        for entry in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if any(os.path.realpath(fd) == target for fd in (entry / "fd").iterdir()):
+                    command = (entry / "comm").read_text().strip()
+                    found.append(f"pid {entry.name} ({command})")
+            except OSError:  # gone, or not ours to read
+                continue
+            if len(found) >= limit:
+                break
+        return found
+    except OSError:  # no /proc
+        return []
