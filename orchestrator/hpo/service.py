@@ -25,6 +25,7 @@ from orchestrator.hpo.state import TERMINAL_STUDY_STATES, StudyState, study_tran
 from orchestrator.hpo.storage import journal_storage, open_storage
 from orchestrator.hpo.study import run_study
 from orchestrator.hpo.tracking import Listener
+from orchestrator.store.urls import describe
 
 __all__ = [
     "StudyConflictError",
@@ -54,7 +55,8 @@ def study_status(
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
-        raise UnknownStudyError(f"no study named {study_name!r} in {storage}") from err
+        where = describe(storage) if isinstance(storage, str) else type(storage).__name__
+        raise UnknownStudyError(f"no study named {study_name!r} in {where}") from err  # no password
     status = status_of(study)
     if study_dir is not None:
         status["selection"] = selection_view(read_selection(study_dir))

@@ -24,6 +24,7 @@ from orchestrator.hpo.pruning import make_pruner
 from orchestrator.hpo.resume import check_continuation
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.store.lease import pid_alive
+from orchestrator.store.urls import parse_url
 
 __all__ = [
     "LIVE_SESSIONS",
@@ -45,6 +46,8 @@ def journal_storage(path: Path) -> JournalStorage:
 
 def open_storage(spec: HpoSpec) -> str | BaseStorage:
     """An RDB URL as is; otherwise an Optuna journal file (default in the study folder)."""
+    if spec.storage and "://" in spec.storage:
+        parse_url(spec.storage)  # a password that needs percent-encoding: one line, never shown
     if spec.storage and spec.storage.startswith("sqlite:"):
         # the job store writes the same file: wait for its lock rather than fail at once
         return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"connect_args": {"timeout": 30}})

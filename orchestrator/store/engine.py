@@ -1,6 +1,7 @@
 """Opening the job store's database from a URL: SQLite (WAL, busy timeout) by default, any SQLAlchemy URL.
 
-Every way the database can be unusable at start-up (a malformed or unreachable URL, a missing
+Every way the database can be unusable at start-up (a malformed or unreachable URL, a password
+that needs percent-encoding (``store.urls``), a missing
 driver, a corrupt or locked SQLite file, a folder that cannot be written) becomes one
 ``StoreError`` naming the URL (password hidden) or the file, never a traceback; nothing is created
 or overwritten before the check passes.
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import ensure_schema
+from orchestrator.store.urls import describe, parse_url
 
 __all__ = [
     "DB_ENV",
@@ -49,7 +51,7 @@ def default_url(reports_dir: str | os.PathLike[str]) -> str:
 
 def absolute_url(url: str) -> str:
     """``url`` with a relative SQLite file made absolute (the hub may run in another folder)."""
-    parsed = _parse(url)
+    parsed = parse_url(url)
     database = parsed.database
     if (
         parsed.get_backend_name() != "sqlite"
@@ -72,24 +74,6 @@ def resolve_store_url(db: str | None, reports_dir: str | os.PathLike[str]) -> st
         except OSError as err:
             raise StoreError(f"cannot create the reports folder {reports_dir}: {err.strerror}") from None
     return absolute_url(db or default_url(reports_dir))
-
-
-def describe(url: str | URL) -> str:
-    """The URL as it may be shown: password hidden; for SQLite, the file."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return repr(str(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        return f"SQLite file {parsed.database}"
-    return parsed.render_as_string(hide_password=True)
-
-
-def _parse(url: str) -> URL:
-    try:
-        return make_url(url)
-    except ArgumentError as err:
-        raise StoreError(f"--db {url!r} is not a database URL ({err})") from None
 
 
 def _check_sqlite_file(parsed: URL) -> None:
@@ -124,7 +108,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     ``create``: create the tables where they are missing (False only checks what is there).
     Raises ``StoreError`` naming the URL or file for anything that stops the store from working.
     """
-    parsed = _parse(url)
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
