@@ -194,7 +194,11 @@ def execute_run(
             **(extra_summary or {}),
         }
         summary_path = write_summary(folder, summary)
-        write_run_report(folder, summary)
+        try:
+            write_run_report(folder, summary)
+        except BaseException:  # a full disk: no summary.json of a run that did not complete
+            summary_path.unlink(missing_ok=True)
+            raise
         run.summary_path = str(summary_path)
         driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
         driver.flush()
