@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from orchestrator.errors import StoreError
+from orchestrator.store import JobStore
 from orchestrator.store.engine import resolve_store_url
 from orchestrator.store.urls import describe, parse_url, redact
+from tests.pg_server import postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +123,27 @@ def test_a_sqlite_path_may_hold_at_signs(tmp_path: Path) -> None:
     path = tmp_path / "a@b" / "x@y.db"
     assert parse_url(f"sqlite:///{path}").database == str(path)
     assert describe(f"sqlite:///{path}") == f"SQLite file {path}"
+
+
+@pytest.fixture(scope="module")
+def pg_databases() -> Iterator[Callable[[], str]]:
+    yield from postgres_server()
+
+
+def test_a_real_postgresql_store_opens_with_the_encoded_password_and_refuses_it_raw(
+    pg_databases: Callable[[], str],
+) -> None:
+    plain = make_url(pg_databases())  # postgresql+psycopg://postgres@127.0.0.1:PORT/t_... (trust)
+    password = "Zq7@Xk2/Vw9:Jm4"
+    encoded = (
+        f"postgresql+psycopg://postgres:{quote(password, safe='')}@127.0.0.1:{plain.port}/{plain.database}"
+    )
+    store = JobStore.open(encoded)
+    try:
+        assert store.list_runs() == [] and password not in store.where and "***" in store.where
+    finally:
+        store.close()
+    raw = f"postgresql+psycopg://postgres:{password}@127.0.0.1:{plain.port}/{plain.database}"
+    with pytest.raises(StoreError) as caught:
+        JobStore.open(raw)
+    _assert_hidden(str(caught.value), password)
