@@ -14,6 +14,7 @@ import errno
 import io
 import logging
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 
 from orchestrator.config import config_from_mapping
+from orchestrator.events.hub import EventHub
 from orchestrator.events.journal import RunJournal
 from orchestrator.events.publish import InProcessSink
+from orchestrator.events.recorder import open_recorder
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.run.driver import execute_run, new_run
@@ -160,3 +163,32 @@ def test_a_real_tmpfs_too_small_for_the_predictions(tmp_path: Path) -> None:
         _assert_nothing_half_written(run)
     finally:
         subprocess.run(["umount", str(reports)], check=True)
+
+
+def test_a_store_on_the_full_disk_is_one_line_and_no_tight_retry_loop_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The job store lives in the reports folder by default: its writes fail on the same disk.
+    recorder = open_recorder(f"sqlite:///{tmp_path / 'orchestrator.db'}")
+    hub = EventHub(recorder=recorder)
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(recorder.store, "append", full)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.events.recorder"):
+        for pseq in range(5):
+            hub.publish(
+                "a",
+                "driver",
+                pseq,
+                {"type": "notification", "level": "info", "kind": "x", "message": str(pseq)},
+            )
+        recorder.close(timeout=1.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if m.startswith("cannot write")]) == 1, lines
+    assert "database or disk is full" in lines[0] and "\n" not in lines[0]
+    assert [m for m in lines if "could not be written to the job store" in m] == [
+        f"5 events could not be written to the job store SQLite file {tmp_path / 'orchestrator.db'} before closing it"
+    ]
+    assert recorder.stats()["write_errors"] < 20  # retried with a growing delay, not in a loop
