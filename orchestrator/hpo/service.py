@@ -170,7 +170,10 @@ class HpoService:
             )
             handle.advance(handle.result.state)
         except Exception as err:
-            log.exception("study %s failed", handle.spec.study)
+            if isinstance(err, OrchestratorError):  # a refusal (a changed space or data): one line
+                log.warning("study %s failed: %s", handle.spec.study, err)
+            else:
+                log.exception("study %s failed", handle.spec.study)
             handle.error = str(err) if isinstance(err, OrchestratorError) else f"{type(err).__name__}: {err}"
             if not handle.done:
                 handle.advance(StudyState.FAILED)
