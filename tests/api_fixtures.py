@@ -244,9 +244,26 @@ SECOND_OF_TWO: dict[str, Any] = {"epochs": 60, "max_concurrent_folds": 1, "cpus_
 @pytest.fixture
 def two_warm_workers(api_server: ApiServer) -> ApiServer:
     """The server, with two fold actors warm in its pool, so that two runs started together
-    train together (a cold actor takes longer to start than these short runs take to train)."""
+    train together (a cold actor takes longer to start than these short runs take to train).
+
+    Both actors are waited for until they answer, then a one-epoch run pays their first fit. A
+    run alone is not enough: whatever the test before left in the pool, one of its actors may
+    start cold, and its second fold moves to the first fold's actor when that is done first."""
+    import ray
+
+    from orchestrator.execution.placement import ResourceShape
+
+    pool = api_server.manager.pool
+    assert pool is not None
+    shape = ResourceShape.of(api_server.base_config.model_copy(update={"cpus_per_fold": 1}))
+    workers = [pool.acquire(shape) for _ in range(2)]  # idle ones of another shape go: they hold CPUs
+    try:
+        ray.get([worker.actor.ping.remote() for worker in workers], timeout=180)
+    finally:
+        for worker in workers:
+            pool.release(worker)
     api_server.wait_done(api_server.post_train(epochs=1, max_concurrent_folds=2, cpus_per_fold=1))
-    assert api_server.manager.pool is not None and api_server.manager.pool.idle_count() == 2
+    assert pool.idle_count() == 2
     return api_server
 
 
