@@ -26,6 +26,7 @@ ASSETS = (
     "vendor/uPlot.iife.min.js",
     "vendor/uPlot.min.css",
     "charts.js",
+    "edge.js",
     "views.js",
     "dashboard.js",
     "dashboard.css",
