@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -27,6 +27,9 @@ from orchestrator.events.stream import RayHubClient
 from orchestrator.messages import CORE_TYPES
 from tests.synthetic import ar1_ohlcv
 from tests.wire import validate_wire
+
+if TYPE_CHECKING:
+    from orchestrator.execution.pool import WorkerPool
 
 HUB_NAMESPACE = "test-api"
 TERMINAL = ("training_complete", "training_error")
@@ -139,33 +142,35 @@ def bars_and_store(tmp: Path, run: dict[str, Any], seed: int) -> tuple[TrainConf
 
 
 _RUNNING: list[ApiServer] = []  # the session's server, once a test asked for it
-API_TEST_MODULES = frozenset(
-    {
-        "test_api.py",
-        "test_api_extras.py",
-        "test_watch.py",
-        "test_ws.py",
-        "test_ws_follow.py",
-        "test_ws_qt.py",
-        "test_browser_seed_client.py",
-    }
-)
 
 
 @pytest.fixture(scope="module")
 def release_idle_actors(request: pytest.FixtureRequest) -> Iterator[None]:
     """At the end of an API test module, stop the server's idle fold actors unless the next
-    module is an API module too: they hold Ray CPUs that other modules' runs need to place folds
+    module uses the server too: they hold Ray CPUs that other modules' runs need to place folds
     (the session's Ray instance has 2). Keeping them between API modules saves a cold start."""
     yield
     if not _RUNNING:
         return
-    paths = [item.path for item in request.session.items]
+    items = request.session.items
     here = request.node.path
-    last = max(i for i, path in enumerate(paths) if path == here)
-    following = paths[last + 1] if last + 1 < len(paths) else None
-    if following is None or following.name not in API_TEST_MODULES:
-        _RUNNING[0].manager.pool.shutdown()
+    last = max(i for i, item in enumerate(items) if item.path == here)
+    following = items[last + 1].path if last + 1 < len(items) else None
+    if not any(
+        item.path == following and "api_server" in getattr(item, "fixturenames", ()) for item in items
+    ):
+        stop_idle_workers(_RUNNING[0].manager.pool)
+
+
+def stop_idle_workers(pool: WorkerPool) -> None:
+    """Kill the pool's idle actors, and keep the pool open: ``WorkerPool.shutdown`` would also kill
+    every actor released later, so no test after it (``two_warm_workers``) found a warm one."""
+    timeout = pool.idle_timeout_s
+    pool.idle_timeout_s = 0.0  # every idle actor is past it
+    try:
+        pool.reap_idle()
+    finally:
+        pool.idle_timeout_s = timeout
 
 
 # ---- clients and runs ----------------------------------------------------------------------
@@ -239,8 +244,26 @@ SECOND_OF_TWO: dict[str, Any] = {"epochs": 60, "max_concurrent_folds": 1, "cpus_
 @pytest.fixture
 def two_warm_workers(api_server: ApiServer) -> ApiServer:
     """The server, with two fold actors warm in its pool, so that two runs started together
-    train together (a cold actor takes longer to start than these short runs take to train)."""
+    train together (a cold actor takes longer to start than these short runs take to train).
+
+    Both actors are waited for until they answer, then a one-epoch run pays their first fit. A
+    run alone is not enough: whatever the test before left in the pool, one of its actors may
+    start cold, and its second fold moves to the first fold's actor when that is done first."""
+    import ray
+
+    from orchestrator.execution.placement import ResourceShape
+
+    pool = api_server.manager.pool
+    assert pool is not None
+    shape = ResourceShape.of(api_server.base_config.model_copy(update={"cpus_per_fold": 1}))
+    workers = [pool.acquire(shape) for _ in range(2)]  # idle ones of another shape go: they hold CPUs
+    try:
+        ray.get([worker.actor.ping.remote() for worker in workers], timeout=180)
+    finally:
+        for worker in workers:
+            pool.release(worker)
     api_server.wait_done(api_server.post_train(epochs=1, max_concurrent_folds=2, cpus_per_fold=1))
+    assert pool.idle_count() == 2
     return api_server
 
 

@@ -132,6 +132,7 @@ def test_data_is_sp500_the_servers_own_or_a_name_under_a_data_root(trusted: Trus
         "inner.csv": root_a / "bars.csv",  # a link that stays inside its root
         trusted.own_data: Path(trusted.own_data),  # the server's own --data, as the operator gave it
     }
+    assert len(accepted) == 5, accepted  # the server's own data is none of the names above
     for name, file in accepted.items():
         started = trusted.post("/train", {"data": name, "epochs": 1})
         assert started.status_code == 202, (name, started.text)
@@ -175,6 +176,7 @@ def test_a_path_that_exists_and_one_that_does_not_get_the_same_answer(trusted: T
         ("up/secret.csv", "up/nothing.csv"),
         ("up/space.yaml", "down/space.yaml"),
     ]
+    assert len({name for pair in pairs for name in pair}) == 2 * len(pairs) == 10  # ten names
     for exists, missing in pairs:
         first = refusal(trusted.post("/train", {"data": exists}), "data")
         second = refusal(trusted.post("/train", {"data": missing}), "data")
@@ -256,6 +258,7 @@ def test_long_names_and_values_get_a_short_json_422_naming_the_field(trusted: Tr
         "data": trusted.post("/train", {"data": "x" * 500_000}),
         "date_format": trusted.post("/train", {"date_format": 7, "epochs": "e" * 500_000}),
     }
+    assert len(answers) == 10  # the padded keys keep every case
     for field, response in answers.items():
         assert response.status_code == 422, (field, response.text[:200])
         assert response.headers["content-type"] == "application/json", field
@@ -281,7 +284,9 @@ def test_a_body_over_the_limit_is_a_json_413_declared_or_streamed(trusted: Trust
 
 
 def test_deep_nesting_is_a_json_422(trusted: Trusted) -> None:
-    for depth in (40, 1000, 100_000):
+    depths = (40, 1000, 100_000)
+    assert min(depths) > 32  # every one past the limit
+    for depth in depths:
         for path in ("/train", "/hpo"):
             body = b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
             response = httpx.post(f"{trusted.url}{path}", content=body, headers=AUTH, timeout=30)

@@ -87,17 +87,25 @@ def test_every_reference_resolves(document: dict[str, Any]) -> None:
 
 def test_every_message_type_has_its_models_json_schema(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
+    assert MESSAGE_TYPES and set(MESSAGE_MODELS) == set(MESSAGE_TYPES)
     models: list[tuple[str, type[BaseModel]]] = [*MESSAGE_MODELS.items(), ("pong", Pong)]
+    nested_names: set[str] = set()
     for kind, model in models:
         expected = model.model_json_schema(mode="serialization", ref_template=REFS)
         nested = expected.pop("$defs", {})
         assert payload_of(document, kind) == expected, kind
-        for name, schema in nested.items():  # PredictionRow, Candle
+        for name, schema in nested.items():
             assert schemas[name] == schema, name
+        nested_names |= set(nested)
+    assert {"PredictionRow", "Candle"} <= nested_names
 
 
 def test_server_messages_carry_the_envelope_and_their_tags(document: dict[str, Any]) -> None:
     messages = document["components"]["messages"]
+    # Both sides of each tag check occur: some types are heavy or terminal, some are not.
+    assert set(MESSAGE_TYPES) <= set(messages)
+    assert set(HEAVY_TYPES) < set(MESSAGE_TYPES) and HEAVY_TYPES
+    assert set(TERMINAL_TYPES) < set(MESSAGE_TYPES) and TERMINAL_TYPES
     for kind in MESSAGE_TYPES:
         assert set(ENVELOPE_FIELDS) <= set(payload_of(document, kind)["properties"]), kind
         tags = {tag["name"] for tag in messages[kind]["tags"]}

@@ -28,6 +28,7 @@ from tests.browser.check_seed_client import (
     find_chromium,
     html,
     judge,
+    no_chromium_reason,
     open_page,
     page_server,
     port_free,
@@ -124,7 +125,7 @@ def test_example_error_line_is_allowed_only_for_a_training_error_sent() -> None:
 @pytest.mark.slow
 def test_seed_example_in_chromium_shows_no_error(tmp_path: Path) -> None:
     if find_chromium() is None:
-        pytest.skip("no Chromium (apt-get install chromium, or set $CHROMIUM)")
+        pytest.skip(no_chromium_reason())
     if not port_free(8000):
         pytest.skip("port 8000 is busy; the seed example connects to ws://localhost:8000/ws")
     out = tmp_path / "report.json"
@@ -197,7 +198,7 @@ def test_seed_example_prints_one_whole_run_then_the_next_while_two_train(
 ) -> None:
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no Chromium (apt-get install chromium, or set $CHROMIUM)")
+        pytest.skip(no_chromium_reason())
     server = two_warm_workers
     files = {
         "/seed.html": ("text/html", html("seed_client.js")),

@@ -88,6 +88,7 @@ def test_unknown_method_names_the_value() -> None:
 
 def test_calibrator_pickles() -> None:
     _, p, y_up = _overconfident(4, 1000)
+    assert set(METHODS) == {"raw", "temperature", "isotonic", "temp_isotonic"}
     for method in METHODS:
         calibrator = fit_calibrator(method, p, y_up)
         restored = pickle.loads(pickle.dumps(calibrator))

@@ -200,10 +200,13 @@ def test_a_priority_out_of_range_is_refused_before_anything_is_posted(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     nowhere = "http://127.0.0.1:9"  # nothing listens: a request would say "cannot reach"
+    refusals = []
     for argv in (["--priority", "101"], ["--set", "priority=-101"], ["--set", 'priority="high"']):
         code, out, err = cli(capsys, "submit", "--url", nowhere, *argv)
         assert code == 2 and out == ""
         assert "error: priority must be an integer from -100 to 100 (higher first), got priority=" in err, err
+        refusals.append(err)
+    assert len(refusals) == 3 and not any("cannot reach" in err for err in refusals)
 
 
 def test_a_path_of_this_machine_as_data_or_a_storage_is_refused_before_anything_is_posted(

@@ -197,7 +197,9 @@ def test_worker_types_autoscale_from_zero_within_the_global_bound(raw_config: Co
 
 
 def test_declared_resources_match_the_instance_type(prepared: Config) -> None:
-    for name, node_type in _node_types(prepared).items():
+    node_types = _node_types(prepared)
+    assert prepared["head_node_type"] in node_types and _worker_types(prepared), sorted(node_types)
+    for name, node_type in node_types.items():
         instance = node_type["node_config"]["InstanceType"]
         assert instance in INSTANCE_SPECS, f"{name}: add {instance}'s vCPUs and GPUs to the table"
         vcpus, gpus = INSTANCE_SPECS[instance]

@@ -107,11 +107,21 @@ def test_use_cv_false_gives_one_split() -> None:
 
 
 def test_more_samples_at_the_end_never_reach_back_into_a_fold() -> None:
-    for n in range(1500, 1700, 37):
-        for fold in _plan(n, gap=21):
-            stop = fold.validation.stop
-            for seg in (fold.train, fold.calibration, fold.validation):
-                assert seg.stop <= stop and all(i < stop for i in range(seg.start, seg.stop))
+    # Two plans: the whole data, and the data cut at one fold's validation stop (one split with
+    # that validation block). The samples after the cut change nothing of the fold.
+    lengths = range(1500, 1700, 37)
+    compared = 0
+    for n in lengths:
+        plan = _plan(n, gap=21)
+        assert len(plan) == 5
+        _assert_walk_forward(plan, n, gap=21)
+        for fold in plan:
+            val = fold.validation
+            cut = _plan(val.stop, use_cv=False, val_fraction=len(val) / val.stop, gap=21)
+            assert len(cut) == 1 and cut[0].validation == val, (n, fold.fold_id, cut)
+            assert (cut[0].train, cut[0].calibration) == (fold.train, fold.calibration), (n, fold.fold_id)
+            compared += 1
+    assert compared == 5 * len(lengths)
 
 
 def test_plan_folds_for_uses_the_config_and_its_purge_gap() -> None:

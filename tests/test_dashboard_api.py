@@ -26,6 +26,7 @@ ASSETS = (
     "vendor/uPlot.iife.min.js",
     "vendor/uPlot.min.css",
     "charts.js",
+    "edge.js",
     "views.js",
     "dashboard.js",
     "dashboard.css",
@@ -44,6 +45,9 @@ def test_the_page_is_at_ui_and_the_root_stays_json(api_server: ApiServer) -> Non
 
 
 def test_scripts_and_styles_come_from_the_package(api_server: ApiServer) -> None:
+    page = httpx.get(f"{api_server.url}/ui").text
+    loaded = {s.removeprefix("/ui/static/") for s in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', page)}
+    assert loaded == set(ASSETS)  # the files checked here are the ones the page loads
     for name in ASSETS:
         response = httpx.get(f"{api_server.url}/ui/static/{name}")
         assert response.status_code == 200, name
@@ -75,10 +79,12 @@ def test_the_package_data_ships_every_web_file() -> None:
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "orchestrator"
     ]
-    for path in WEB_ROOT.rglob("*"):
-        if path.is_file() and path.name != "README.md":
-            relative = path.relative_to(WEB_ROOT.parent).as_posix()
-            assert any(fnmatch.fnmatch(relative, p) for p in patterns), f"{relative} is not package data"
+    web_files = [path for path in WEB_ROOT.rglob("*") if path.is_file() and path.name != "README.md"]
+    names = {path.relative_to(WEB_ROOT).as_posix() for path in web_files}
+    assert {*ASSETS, "dashboard.html", "report.html", "report.js"} <= names, sorted(names)
+    for path in web_files:
+        relative = path.relative_to(WEB_ROOT.parent).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), f"{relative} is not package data"
 
 
 def test_with_a_token_the_page_is_public_and_the_data_is_not(api_server: ApiServer) -> None:

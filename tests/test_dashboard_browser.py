@@ -1,7 +1,7 @@
 """The dashboard and the reports in headless Chromium, against a real server during a real run.
 
-Skipped, with the reason, where no Chromium is installed (``apt-get install chromium``, or set
-``$CHROMIUM``). ``make browser-check`` runs this module with ``DASHBOARD_SCREENSHOTS=docs/screenshots``,
+Skipped, with the reason, where no Chromium is installed (``make setup`` installs Debian's
+``chromium`` where it runs as root; or set ``$CHROMIUM``). ``make browser-check`` runs this module with ``DASHBOARD_SCREENSHOTS=docs/screenshots``,
 which also writes the screenshots the README shows; otherwise they go to a temporary folder.
 """
 
@@ -26,7 +26,7 @@ from orchestrator.hpo.selection import trial_rows as validation_rows
 from orchestrator.hpo.selection_files import selection_view
 from orchestrator.run.report_html import study_status_of_rows, write_study_report
 from tests.browser.cdp import Tab
-from tests.browser.check_seed_client import chromium, find_chromium
+from tests.browser.check_seed_client import chromium, find_chromium, no_chromium_reason
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import RUN_DEFAULTS, ApiServer  # noqa: E402
@@ -34,7 +34,7 @@ from tests.api_fixtures import RUN_DEFAULTS, ApiServer  # noqa: E402
 pytest_plugins = ["tests.api_fixtures"]
 CHROMIUM = find_chromium()
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium, or set $CHROMIUM"),
+    pytest.mark.skipif(CHROMIUM is None, reason=no_chromium_reason()),
     pytest.mark.usefixtures("release_idle_actors"),
 ]
 SHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")

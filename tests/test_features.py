@@ -58,6 +58,9 @@ def test_changing_later_bars_leaves_earlier_features_bit_identical(t: int) -> No
 def test_features_of_a_truncated_history_equal_the_full_ones() -> None:
     bars = ar1_ohlcv(400, seed=3)
     full = build_features(bars, LOOKBACK)
+    # Samples run from bar LOOKBACK to bar 398 (bar 399 is only the last label): the cuts below
+    # fall at the first sample, inside, and one before the last.
+    assert (full.bar_index[0], full.bar_index[-1]) == (LOOKBACK, 398)
     for t in (LOOKBACK, 100, 397):
         prefix = build_features(bars.iloc[: t + 2], LOOKBACK)  # bars 0..t+1: t is the last sample
         assert prefix.bar_index[-1] == t

@@ -60,6 +60,7 @@ def test_resume_inside_a_replayed_run_skips_what_came_before_the_older_runs_ende
 
 
 def test_resume_elsewhere_follows_the_oldest_run_in_order() -> None:
+    assert RunFollow().following is None  # what resume() sets below
     for last in (
         {"type": "epoch_metrics", "run_id": "A", "seq": 5},  # the oldest run's own event
         {"type": "chart_update", "run_id": "data_feed", "seq": 5},

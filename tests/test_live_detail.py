@@ -46,6 +46,7 @@ def test_heavy_events_are_schema_valid(detailed_run: Any) -> None:
 
 def test_batch_progress_is_rate_limited(detailed_run: Any) -> None:
     run, events = detailed_run
+    assert {e["fold_id"] for e in events if e["type"] == "batch_progress"} == {0, 1}
     for fold in (0, 1):
         progress = [e for e in events if e["type"] == "batch_progress" and e["fold_id"] == fold]
         epochs = [e for e in events if e["type"] == "epoch_metrics" and e["fold_id"] == fold]
@@ -62,6 +63,7 @@ def test_batch_progress_is_rate_limited(detailed_run: Any) -> None:
 def test_prediction_deltas_rebuild_the_final_csv(detailed_run: Any) -> None:
     run, events = detailed_run
     summary = json.loads(Path(run.summary_path).read_text())
+    assert [fold["fold_id"] for fold in summary["folds"]] == [0, 1]
     for fold in summary["folds"]:
         state: dict[str, dict[str, float]] = {}
         deltas = [e for e in events if e["type"] == "prediction_delta" and e["fold_id"] == fold["fold_id"]]

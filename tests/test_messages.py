@@ -74,6 +74,7 @@ def test_seed_fields_are_all_required_in_schema() -> None:
     by_type = {
         d["properties"]["type"]["const"]: d for d in defs.values() if "type" in d.get("properties", {})
     }
+    assert SEED_FIELDS and set(SEED_FIELDS) <= set(by_type), set(SEED_FIELDS) - set(by_type)
     for kind, fields in SEED_FIELDS.items():
         props = set(by_type[kind]["properties"])
         assert fields <= props, f"{kind} lacks {fields - props}"

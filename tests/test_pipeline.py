@@ -225,6 +225,8 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
         outputs.append(
             [pd.read_csv(f["predictions_path"]).drop(columns="timestamp") for f in summary["folds"]]
         )
+    assert [len(frames) for frames in outputs] == [2, 2]  # run_local's two folds, in each run
+    assert all(len(frame) > 0 for frame in outputs[0])
     for a, b in zip(*outputs, strict=True):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
 

@@ -132,6 +132,7 @@ def test_reachable_resources_agree_with_rays_own_computation() -> None:
     config.max_resources["CPU"] = 100
     groups, caps = node_groups_from_cluster_config(config)
     reach = reachable_resources(ClusterView((), groups, caps))
+    assert reach["CPU"] == 100 and reach["GPU"] > 0  # the CPU cap applies; GPUs are reachable
     for key in ("CPU", "GPU"):
         # A static method of Ray's GlobalState: pure, no Ray instance needed.
         assert reach[key] == GlobalState._calculate_max_resource_from_cluster_config(config, key)

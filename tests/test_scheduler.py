@@ -270,12 +270,19 @@ def test_an_illegal_transition_names_the_state_it_expected() -> None:
 
 
 def test_every_terminal_state_is_final() -> None:
-    for state in (
+    terminal = (
         AttemptState.SUCCEEDED,
         AttemptState.FAILED_RETRYABLE,
         AttemptState.FAILED,
         AttemptState.CANCELLED,
-    ):
+    )
+    # every state but the live ones (a new state must be placed on one side or the other)
+    assert set(AttemptState) - set(terminal) == {
+        AttemptState.PENDING,
+        AttemptState.PLACING,
+        AttemptState.RUNNING,
+    }
+    for state in terminal:
         attempt = FoldAttempt(0, state=state)
         for new in AttemptState:
             with pytest.raises(IllegalTransitionError, match=f"cannot go to {new.value} from {state.value}"):

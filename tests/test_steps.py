@@ -25,6 +25,7 @@ def test_padded_weighted_loss_equals_plain_loss() -> None:
     weight = torch.zeros(50)
     weight[:30] = 1.0
     padded = forecast_loss(mu, sigma, logit, y, (y > 0).float(), (1.0, 0.5, 2.0), weight=weight)
+    assert len(plain) == 4  # (loss, nll, bce, brier)
     for a, b in zip(plain, padded, strict=True):
         assert float(a) == pytest.approx(float(b), rel=1e-6)
 

@@ -59,7 +59,9 @@ def test_trial_runs_carry_their_run_id_and_trial_number(
     four_trials: tuple[HpoSpec, StudyResult, Collector],
 ) -> None:
     spec, result, events = four_trials
-    for start in events.hpo("running"):
+    starts = events.hpo("running")
+    assert sorted(start["trial"] for start in starts) == [0, 1, 2, 3]
+    for start in starts:
         run_events = events.of_run(start["trial_run_id"])
         types = [e["type"] for e in run_events]
         assert types[-1] == "training_complete" and types.count("epoch_metrics") == 2 * 3

@@ -95,6 +95,7 @@ def test_joining_mid_run_replays_then_goes_live_and_resuming_with_since_has_no_g
 def test_fifty_concurrent_clients_all_receive_every_event(api_server: ApiServer) -> None:
     clients = [collect(api_server.ws_url) for _ in range(50)]
     run_id, results = run_until_done(api_server, *clients)
+    assert len(results) == 50
     first = results[0]
     assert_legal_run(first, folds=2, epochs=3)
     for messages in results[1:]:

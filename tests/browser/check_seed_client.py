@@ -62,6 +62,15 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
+def no_chromium_reason() -> str:
+    """Why there is no Chromium: what ``make setup`` wrote when it could not install one (not root,
+    no apt-get, apt-get failed), else how to get one."""
+    note = Path(sys.prefix) / "chromium-missing.txt"  # in the venv, beside the Makefile's stamp
+    if note.is_file():
+        return note.read_text().strip()
+    return "no Chromium: make setup installs Debian's chromium (as root), or set $CHROMIUM"
+
+
 def seed_source() -> str:
     return (HERE / "seed_client.js").read_text()
 
@@ -184,11 +193,17 @@ def chromium(binary: str) -> Iterator[str]:
     profile = tempfile.mkdtemp(prefix="seed-chromium-")
     args = [
         binary,
-        "--headless=new",
+        "--headless",
         "--no-sandbox",  # root in containers
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--no-first-run",
+        # Nothing but the pages under test goes to the network (a machine may reach no more than
+        # loopback): no QUIC, no update, sync or other background requests.
+        "--disable-quic",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         "--remote-debugging-port=0",
         f"--user-data-dir={profile}",
         "about:blank",
@@ -411,10 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     binary = find_chromium()
     if binary is None:
-        print(
-            "no Chromium found: set $CHROMIUM or install it (Debian: apt-get install chromium)",
-            file=sys.stderr,
-        )
+        print(no_chromium_reason(), file=sys.stderr)
         return 2
     if not port_free(SERVER_PORT):
         print(f"port {SERVER_PORT} is busy; the seed example connects to {SEED_URL}", file=sys.stderr)
