@@ -147,6 +147,7 @@ API_TEST_MODULES = frozenset(
         "test_ws.py",
         "test_ws_follow.py",
         "test_ws_qt.py",
+        "test_one_encoding.py",
         "test_browser_seed_client.py",
     }
 )

@@ -23,6 +23,7 @@ import pytest
 import websockets
 
 from orchestrator.store import JobStore
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +265,7 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
     assert len(epochs) == len(set(epochs)) == FOLDS * EPOCHS
     store = JobStore.open(f"sqlite:///{reports / 'orchestrator.db'}")
     try:
-        assert both == store.events_since(0, run_id)
+        assert both == bodies(store.events_since(0, run_id))
     finally:
         store.close()
     assert listed[:2] == [run_id, earlier]

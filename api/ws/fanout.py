@@ -1,51 +1,60 @@
-"""The API's stream: each hub event encoded once as a JSON text frame and offered to every WebSocket client.
+"""The API's stream: each hub record's one text offered, as its frame, to every WebSocket client.
 
 ``EventPump`` is an ``EventStream`` (so the hub is still polled in one place) whose one
 subscription fans out to the connected clients and passes on the union of their ``?types=``.
-``offer`` never awaits (a client queues the frame or closes itself), so a slow client never
-delays the stream, the hub or training. ``encode_control`` makes the server's own messages.
+A hub record is its own frame: its ``text`` is what ``events.jsonl`` and the store hold, sent as
+is, never encoded again. ``offer`` never awaits (a client queues the frame or closes itself), so
+a slow client never delays the stream, the hub or training. ``encode_control`` makes the server's
+own messages (``history_gap``), which have no ``seq``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import BaseModel
+from orchestrator.events.record import EventRecord
+from orchestrator.events.stream import Batch, EventStream, HubClient
+from orchestrator.messages import ENVELOPE_FIELDS, HistoryGap
 
-from orchestrator.events.stream import Batch, Event, EventStream, HubClient
-from orchestrator.messages import ENVELOPE_FIELDS, HistoryGap, to_wire
-
-__all__ = ["Outgoing", "Subscriber", "EventPump", "encode_event", "encode_control"]
+__all__ = ["Outgoing", "ControlFrame", "Subscriber", "EventPump", "encode_control"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message as it goes on the wire, encoded once for all clients."""
+class Outgoing(Protocol):
+    """One message as it goes on the wire: a hub ``EventRecord``, or a ``ControlFrame``."""
 
-    seq: int | None
+    @property
+    def seq(self) -> int | None: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """A message the server makes itself (``history_gap``): no ``seq``."""
+
     type: str
     run_id: str | None
     text: str
+    seq: None = None
 
 
-def encode_event(event: Event) -> Outgoing:
-    """A hub event (already JSON-safe: the hub sanitized it) as a text frame."""
-    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return Outgoing(event.get("seq"), str(event["type"]), event.get("run_id"), text)
-
-
-def encode_control(message: BaseModel) -> Outgoing:
-    """A server-made message (``history_gap``): no ``seq``, envelope fields left out when unset."""
-    data = {k: v for k, v in to_wire(message).items() if v is not None or k not in ENVELOPE_FIELDS}
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return Outgoing(None, str(data["type"]), data.get("run_id"), text)
+def encode_control(message: HistoryGap) -> ControlFrame:
+    """A server-made message as a frame; its envelope fields are left out where unset."""
+    unset = {name for name in ENVELOPE_FIELDS if getattr(message, name) is None}
+    return ControlFrame(message.type, message.run_id, message.model_dump_json(exclude=unset))
 
 
 class Subscriber(Protocol):
@@ -60,15 +69,15 @@ class Subscriber(Protocol):
 
 
 class EventPump(EventStream):
-    """The API's follower of the hub: tells ``observe`` about each event (REST progress), then
-    offers it, encoded once, to every WebSocket subscriber; ``offer`` never awaits (a subscriber
-    queues it or closes itself), so a slow client never delays the stream, the hub or training."""
+    """The API's follower of the hub: tells ``observe`` about each record (REST progress), then
+    offers it to every WebSocket subscriber; ``offer`` never awaits (a subscriber queues it or
+    closes itself), so a slow client never delays the stream, the hub or training."""
 
     def __init__(
         self,
         hub: HubClient,
         *,
-        observe: Callable[[Event], None] | None = None,
+        observe: Callable[[EventRecord], None] | None = None,
         poll_timeout_s: float = 10.0,
         batch_limit: int = 1000,
         retry_delay_s: float = 1.0,
@@ -91,19 +100,14 @@ class EventPump(EventStream):
     def _fan_out(self, batch: Batch) -> None:
         if batch.gap is not None:
             self._announce_gap(batch.since, batch.gap)
-        for event in batch.events:
+        for record in batch.events:
             if self._observe is not None:
                 try:
-                    self._observe(event)
+                    self._observe(record)
                 except Exception:  # progress bookkeeping must not stop the stream
-                    log.exception("observing event seq=%s failed", event.get("seq"))
-            try:
-                item = encode_event(event)
-            except (TypeError, ValueError, KeyError):
-                log.exception("dropping an event that is not JSON: seq=%s", event.get("seq"))
-                continue
+                    log.exception("observing event seq=%s failed", record.seq)
             for client in list(self._clients):
-                client.offer(item)
+                client.offer(record)
 
     def _announce_gap(self, since: int, oldest: int) -> None:
         """The stream itself fell behind the hub's history (it holds the last ``max_events``)."""

@@ -12,7 +12,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from orchestrator.events.hub import Event, EventHub
+from orchestrator.events.hub import EventHub
+from orchestrator.events.record import Payload
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -64,13 +65,13 @@ class _HubActor(EventHub):
         if self._store is not None:
             self._store.close()
 
-    def publish_remote(self, run_id: str, producer: str, pseq: int, event: Event) -> int:
+    def publish_remote(self, run_id: str, producer: str, pseq: int, event: Payload) -> int:
         """``publish`` for a remote producer (``HubPublisher``): returns how many events it
         released, not the events, which the producer never reads; sending a 100 KB
         ``prediction_delta`` back to the fold that sent it would double its cost."""
         return len(self.publish(run_id, producer, pseq, event))
 
-    def publish_batch_remote(self, run_id: str, producer: str, items: list[tuple[int, Event]]) -> int:
+    def publish_batch_remote(self, run_id: str, producer: str, items: list[tuple[int, Payload]]) -> int:
         """``publish_remote`` for several (pseq, event) of one producer in one call (a
         ``HubPublisher``'s batch): one actor call instead of one per event."""
         self.note_batch()

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.events.hub import EventHub
 from orchestrator.events.recorder import StoreRecorder, open_recorder
+from orchestrator.messages import TrainingError
 from orchestrator.store import JobStore
 from orchestrator.store.runs import INTERRUPTED_PREFIX
 
@@ -26,16 +27,11 @@ def mark_interrupted(hub: EventHub, store: JobStore) -> list[str]:
     marked = []
     for run_id, run_dir, owner in store.unfinished_runs():
         hub.register_run(run_id, run_dir)
-        hub.publish(
-            run_id,
-            "store",
-            0,
-            {
-                "type": "training_error",
-                "error": f"{INTERRUPTED_PREFIX}the process that ran it ({owner or 'unknown'}) ended "
-                "before the run did; start it again",
-            },
+        error = (
+            f"{INTERRUPTED_PREFIX}the process that ran it ({owner or 'unknown'}) ended "
+            "before the run did; start it again"
         )
+        hub.publish(run_id, "store", 0, TrainingError(error=error))
         marked.append(run_id)
     if marked:
         log.warning("marked %d run(s) of %s interrupted: %s", len(marked), store.where, ", ".join(marked))

@@ -1,12 +1,14 @@
 """The EventHub: every event of every run passes through it to be ordered, stamped, held and served.
 
 ``EventHub`` is a plain class, unit-tested without Ray (``events.actor`` runs it as the named Ray
-actor, DESIGN 3). Each published event is put in its producer's order, a retried fold's repeats
-dropped (``ordering``); each released event is stamped with ``run_id``, ``seq`` (1, 2, 3, ...
-without holes; with a job store, continuing from its last) and ``ts``, made JSON-safe, appended
-to the run's ``events.jsonl`` exactly as it goes out on ``/ws`` (``journal``) and to the store
-(``recorder``), then followed by the notifications it gives rise to (``milestones``). The hub
-holds the last ``max_events`` events (``history``); older ones are read back from the store.
+actor, DESIGN 3). Each published event is put in its producer's order (``ordering``), validated
+against the wire contract and a retried fold's repeats dropped; each released event becomes one
+``EventRecord`` (``record``): ``run_id``, ``seq`` (1, 2, 3, ... without holes; with a job store,
+continuing from its last), ``ts`` and its one JSON text, the producer's text with the envelope put
+in front (never encoded again). That text goes to the run's ``events.jsonl`` (``journal``), the
+store (``recorder``), pollers and every ``/ws`` frame; the notifications the event gives rise to
+follow it (``milestones``). The hub holds the last ``max_events`` records (``history``); older
+ones are read back from the store.
 Each run's start and end seqs say which runs were running at any seq (``tracked``).
 Publishing never waits for a consumer or the store; pollers are woken, never awaited.
 """
@@ -14,7 +16,6 @@ Publishing never waits for a consumer or the store; pollers are woken, never awa
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -24,19 +25,18 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from orchestrator.events.demand import Demand
 from orchestrator.events.history import History
-from orchestrator.events.journal import RunJournal, json_line
+from orchestrator.events.journal import RunJournal
 from orchestrator.events.ordering import Refusal, RunOrdering
+from orchestrator.events.record import EventRecord, InvalidEvent, Payload, read_payload, stamped
 from orchestrator.events.tracked import TrackedRun, running_order
 from orchestrator.events.waiters import Waiters
 
 if TYPE_CHECKING:
     from orchestrator.events.recorder import StoreRecorder
 
-__all__ = ["EventHub", "Event", "PollReply"]
+__all__ = ["EventHub", "PollReply"]
 
 logger = logging.getLogger(__name__)
-
-Event = dict[str, Any]
 
 _FORGOTTEN_RUNS_KEPT = 1_000
 # stats(): what was published, released, dropped and why, and I/O errors of events.jsonl
@@ -57,7 +57,7 @@ _COUNTERS = (
 class PollReply(TypedDict):
     """A long poll's answer: the events, the cursor to poll from next, and the gap if any."""
 
-    events: list[Event]
+    events: list[EventRecord]
     last_seq: int
     gap: int | None
 
@@ -67,7 +67,7 @@ class EventHub:
 
     Thread-safe (one lock around the state). ``poll`` may be awaited from any event loop; a
     publish from another thread wakes pollers through their loop's ``call_soon_threadsafe``.
-    Returned event dicts are the held ones: treat them as read-only.
+    Returned records are the held ones (immutable).
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class EventHub:
             run.registered = True
             run.journal.run_dir = run_dir
             if run.journal.open():
-                run.journal.write([json.dumps(e, allow_nan=False) for e in self._held_events_of(run)])
+                run.journal.write([record.text for record in self._held_events_of(run)])
                 if run.ended:
                     run.journal.close()
                 else:
@@ -155,7 +155,7 @@ class EventHub:
             run = self._runs.get(run_id)
             if run is None:
                 return
-            released: list[Event] = []
+            released: list[EventRecord] = []
             for event in run.ordering.close_producer(producer):
                 self._release(run, event, released)
             run.journal.flush()
@@ -164,10 +164,11 @@ class EventHub:
 
     # ---- publishing -----------------------------------------------------------------------
 
-    def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> list[Event]:
-        """Accept event number ``pseq`` of ``producer`` in ``run_id``; return what it released:
-        nothing when it came early (buffered), twice, as a retried fold's repeat or invalid (no
-        string ``type``, or not JSON once NaN became null; it still takes its place in the order)."""
+    def publish(self, run_id: str, producer: str, pseq: int, event: Payload) -> list[EventRecord]:
+        """Accept event number ``pseq`` of ``producer`` in ``run_id`` (its message's JSON text
+        without the envelope, a message model or a dict; ``record.read_payload``); return the
+        records it released: none when it came early (buffered), twice, as a retried fold's repeat
+        or invalid (no message of the wire contract; it still takes its place in the order)."""
         if not isinstance(pseq, int) or isinstance(pseq, bool) or pseq < 0:
             raise ValueError(f"pseq must be an int >= 0, got pseq={pseq!r}")
         if not isinstance(run_id, str) or not isinstance(producer, str):
@@ -175,7 +176,7 @@ class EventHub:
                 f"run_id and producer must be strings, got run_id={run_id!r}, producer={producer!r}"
             )
         with self._lock:
-            released: list[Event] = []
+            released: list[EventRecord] = []
             run = self._accept(run_id, producer, pseq, event, released)
             if run is not None:
                 run.journal.flush()
@@ -205,7 +206,7 @@ class EventHub:
         run_id: str | None = None,
         types: frozenset[str] | None = None,
         limit: int | None = None,
-    ) -> tuple[list[Event], int | None]:
+    ) -> tuple[list[EventRecord], int | None]:
         """Held events with ``seq > since_seq`` (optionally of one run / some types, at most
         ``limit``), oldest first, and the gap: the oldest held seq when events right after
         ``since_seq`` are no longer held (for ``run_id``: only if that run lost events), else None.
@@ -214,7 +215,7 @@ class EventHub:
             events, _, gap = self._collect(since_seq, run_id, types, limit)
             return events, gap
 
-    def run_events(self, run_id: str) -> list[Event]:
+    def run_events(self, run_id: str) -> list[EventRecord]:
         """The held events of one run, oldest first."""
         with self._lock:
             run = self._runs.get(run_id)
@@ -305,7 +306,7 @@ class EventHub:
             )
 
     def _accept(
-        self, run_id: str, producer: str, pseq: int, event: Any, released: list[Event]
+        self, run_id: str, producer: str, pseq: int, event: Payload, released: list[EventRecord]
     ) -> TrackedRun | None:
         self._counts["published"] += 1
         run = self._runs.get(run_id)
@@ -315,8 +316,7 @@ class EventHub:
                 logger.warning("dropping an event of forgotten run %r from %r", run_id, producer)
                 return None
             run = self._new_run(run_id)
-        # a shallow copy, so stamping never touches the caller's dict
-        accepted = run.ordering.accept(producer, pseq, dict(event) if isinstance(event, dict) else event)
+        accepted = run.ordering.accept(producer, pseq, event)
         if accepted.refused is Refusal.CLOSED:
             self._counts["dropped_closed"] += 1
         elif accepted.refused is Refusal.STALE:
@@ -336,42 +336,37 @@ class EventHub:
             self._release(run, ready, released)
         return run
 
-    def _release(self, run: TrackedRun, event: Any, released: list[Event]) -> None:
-        """Stamp, record and write one event that is next in its producer's order."""
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+    def _release(self, run: TrackedRun, payload: Payload, released: list[EventRecord]) -> None:
+        """Validate, stamp, record and write one event that is next in its producer's order."""
+        try:
+            message, body = read_payload(payload)
+        except InvalidEvent as err:
             self._counts["dropped_invalid"] += 1
-            logger.error("run %r: dropping an event without a string 'type': %.200r", run.run_id, event)
+            logger.error(
+                "run %r: dropping an event that is no message of the wire contract: %s", run.run_id, err
+            )
             return
-        if run.retries.is_repeat(event):
+        if run.retries.is_repeat(message):
             self._counts["dropped_retry"] += 1
             return
-        seq = self._history.last_seq + 1
-        event["run_id"] = run.run_id
-        event["seq"] = seq
-        event["ts"] = time.time()
-        try:
-            event, line = json_line(event)
-        except (TypeError, ValueError) as e:
-            self._counts["dropped_invalid"] += 1
-            logger.error("run %r: dropping a %r event not JSON: %s", run.run_id, event["type"], e)
-            return
-        run.retries.remember(event)
-        run.released(event)
-        self._history.append(event)
+        record = stamped(message, body, run.run_id, self._history.last_seq + 1, time.time())
+        run.retries.remember(message)
+        run.released(record)
+        self._history.append(record)
         self._counts["released"] += 1
-        released.append(event)
-        run.journal.write([line])
+        released.append(record)
+        run.journal.write([record.text])
         if self._recorder is not None:
-            self._recorder.record(event, line)
+            self._recorder.record(record)
         if run.ended:  # a late event after the end reopens the file just for itself
             run.journal.close()
         else:
-            for derived in run.milestones.observe(event):
+            for derived in run.milestones.observe(message):
                 self._release(run, derived, released)
 
     def _collect(
         self, since_seq: int, run_id: str | None, types: frozenset[str] | None, limit: int | None
-    ) -> tuple[list[Event], int, int | None]:
+    ) -> tuple[list[EventRecord], int, int | None]:
         run = self._runs.get(run_id) if run_id is not None else None
         first_seq = None if run is None or since_seq < self._history.start_seq else run.first_seq
         events, cursor, gap = self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
@@ -379,7 +374,7 @@ class EventHub:
             return events, cursor, gap
         return self._recorder.backfill(since_seq, gap, run_id, types, limit, events, cursor)
 
-    def _held_events_of(self, run: TrackedRun) -> Iterator[Event]:
+    def _held_events_of(self, run: TrackedRun) -> Iterator[EventRecord]:
         if run.first_seq is None:
             return iter(())
         return self._history.of_run(run.run_id, run.first_seq)

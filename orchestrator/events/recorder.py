@@ -1,6 +1,6 @@
 """The hub's journal in the job store: released events and new runs, written in batches by one thread.
 
-The hub hands each released event (and its JSON, the text sent on ``/ws``) to ``record`` under
+The hub hands each released record (its text is the one sent on ``/ws``) to ``record`` under
 its own lock: a list append, nothing more. A writer thread takes everything queued every
 ``flush_interval_s`` (or sooner once ``max_batch`` wait) and writes it in one transaction, so the
 store never costs a transaction per event and a slow database never slows publishing. A failed
@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from orchestrator.events.record import EventRecord
 from orchestrator.store import JobStore, Owner
 from orchestrator.store.lease import HEARTBEAT_S, Holder
 
@@ -22,7 +23,6 @@ __all__ = ["StoreRecorder", "open_recorder"]
 
 log = logging.getLogger(__name__)
 
-Event = dict[str, Any]
 _RETRY_MAX_S = 5.0
 
 
@@ -37,7 +37,7 @@ class StoreRecorder:
         self._interval = flush_interval_s
         self._max_batch = max_batch
         self._cond = threading.Condition()
-        self._events: list[tuple[Event, str]] = []
+        self._events: list[EventRecord] = []
         self._runs: list[dict[str, Any]] = []
         self._admitted: list[tuple[str, str]] = []  # (run_id, admitted config) the queue let start
         self._queued = 0  # events ever queued
@@ -56,9 +56,9 @@ class StoreRecorder:
 
     # ---- called by the hub under its lock -------------------------------------------------
 
-    def record(self, event: Event, line: str) -> None:
+    def record(self, record: EventRecord) -> None:
         with self._cond:
-            self._events.append((event, line))
+            self._events.append(record)
             self._queued += 1
             if len(self._events) >= self._max_batch:
                 self._cond.notify()
@@ -82,9 +82,9 @@ class StoreRecorder:
         run_id: str | None,
         types: frozenset[str] | None,
         limit: int | None,
-        held: list[Event],
+        held: list[EventRecord],
         cursor: int,
-    ) -> tuple[list[Event], int, int | None]:
+    ) -> tuple[list[EventRecord], int, int | None]:
         """``History.collect``'s answer completed from the store: the events after ``since`` and
         before the oldest held one (``gap``), then the held ones, at most ``limit``; the gap stays
         only when the store cannot be read."""
@@ -94,11 +94,11 @@ class StoreRecorder:
             log.error("cannot read the job store %s for replay: %s", self.store.where, err)
             return held, cursor, gap
         if limit is not None and len(older) >= limit:
-            return older, int(older[-1]["seq"]), None
+            return older, older[-1].seq, None
         room = None if limit is None else limit - len(older)
         combined = older + held[:room]
         if room is not None and len(held) > room:
-            cursor = int(combined[-1]["seq"])
+            cursor = combined[-1].seq
         return combined, cursor, None
 
     def stats(self) -> dict[str, Any]:

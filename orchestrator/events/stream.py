@@ -7,7 +7,7 @@ calls every subscriber with each ``Batch`` (never awaited: a subscriber that mus
 queues it). Each subscription names the types its subscriber passes on; the stream tells the
 hub (at once for new ones, and with every poll), so producers skip optional live detail that
 nobody receives. ``StreamThread`` runs a stream on its own thread and loop for synchronous
-callers (the ``train`` runner, HPO); the API's stream is ``events.fanout.EventPump`` (DESIGN 3).
+callers (the ``train`` runner, HPO); the API's stream is ``api.ws.fanout.EventPump`` (DESIGN 3).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from orchestrator.events.demand import INTEREST_GRACE_S
-from orchestrator.events.hub import Event, EventHub, PollReply
+from orchestrator.events.hub import EventHub, PollReply
+from orchestrator.events.record import EventRecord
 
 __all__ = [
     "HubClient",
     "RayHubClient",
     "LocalHubClient",
-    "Event",
     "Batch",
     "BatchCallback",
     "Subscription",
@@ -74,7 +74,7 @@ class HubClient:
         run_id: str | None = None,
         types: frozenset[str] | None = None,
         limit: int | None = None,
-    ) -> tuple[list[Event], int | None]:
+    ) -> tuple[list[EventRecord], int | None]:
         """Held events after ``since`` (at once) and the gap (oldest held seq) or None."""
         events, gap = await self._call("events_since", since, run_id, types, limit)
         return list(events), gap
@@ -115,11 +115,11 @@ class LocalHubClient(HubClient):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One answer of the hub: ``events`` after ``since`` in seq order (held dicts: read-only);
+    """One answer of the hub: ``events`` after ``since`` in seq order (immutable records);
     ``gap`` is the oldest held seq when events right after ``since`` were lost, else None."""
 
     since: int
-    events: list[Event]
+    events: list[EventRecord]
     gap: int | None = None
 
 

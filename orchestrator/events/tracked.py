@@ -11,23 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator.events.journal import RunJournal
 from orchestrator.events.milestones import RunMilestones
 from orchestrator.events.ordering import RetryFilter, RunOrdering
-from orchestrator.messages import START_TYPES, TERMINAL_TYPES
+from orchestrator.events.record import EventRecord, Payload
+from orchestrator.messages import START_TYPES, TERMINAL_TYPES, HpoTrial
 
 __all__ = ["TrackedRun", "ends_run", "running_order"]
 
-Event = dict[str, Any]
 
-
-def ends_run(event: Event) -> bool:
+def ends_run(record: EventRecord) -> bool:
     """Whether a released event is the last of its run (a terminal event, or a study's end)."""
-    return event["type"] in TERMINAL_TYPES or (
-        event["type"] == "hpo_trial" and event.get("state") == "study_complete"
-    )
+    if record.type in TERMINAL_TYPES:
+        return True
+    message = record.message if record.type == "hpo_trial" else None
+    return isinstance(message, HpoTrial) and message.state == "study_complete"
 
 
 @dataclass
@@ -36,7 +35,7 @@ class TrackedRun:
 
     run_id: str
     journal: RunJournal
-    ordering: RunOrdering[Any]
+    ordering: RunOrdering[Payload]
     registered: bool = False
     first_seq: int | None = None  # of its first released event, whatever its type
     start_seq: int | None = None  # of its first dataset_ready or training_start
@@ -48,14 +47,14 @@ class TrackedRun:
     def ended(self) -> bool:
         return self.end_seq is not None
 
-    def released(self, event: Event) -> None:
-        """Note a stamped event of this run (``seq`` set) that the hub just released."""
-        seq = int(event["seq"])
+    def released(self, record: EventRecord) -> None:
+        """Note a record of this run that the hub just released."""
+        seq = record.seq
         if self.first_seq is None:
             self.first_seq = seq
-        if self.start_seq is None and event["type"] in START_TYPES:
+        if self.start_seq is None and record.type in START_TYPES:
             self.start_seq = seq
-        if self.end_seq is None and ends_run(event):
+        if self.end_seq is None and ends_run(record):
             self.end_seq = seq
 
     def running_at(self, seq: int) -> bool:
