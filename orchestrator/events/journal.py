@@ -59,6 +59,21 @@ class RunJournal:
         except OSError as err:
             self._fail(err)
 
+    def rewrite(self, lines: list[str]) -> None:
+        """Make the file exactly ``lines`` (a hub rebuilt from its store drops what it had written
+        but not stored): written to a temporary name, then renamed over the file."""
+        self.close()
+        path = self.path
+        if path is None or self._failed:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+            os.replace(path + ".tmp", path)
+        except OSError:
+            self._fail()
+
     def flush(self) -> None:
         if self._writer is None:
             return

@@ -93,6 +93,20 @@ class RunOrdering(Generic[T]):
         order.closed = True
         return ready
 
+    def passed(self, producer: str, pseq: int) -> bool:
+        """Whether ``producer``'s order has gone past ``pseq``: released, given up or refused (a
+        closed producer), never again waiting in the buffer."""
+        order = self._producers.get(producer)
+        return order is not None and (order.closed or pseq < order.next_pseq)
+
+    def resume(self, producer: str, next_pseq: int) -> None:
+        """Continue ``producer``'s order at ``next_pseq`` (a hub rebuilt from its store): what it
+        sends below that again is a stale repeat."""
+        order = self._producers.setdefault(producer, _ProducerOrder())
+        order.next_pseq = max(order.next_pseq, next_pseq)
+        for pseq in [p for p in order.pending if p < order.next_pseq]:
+            del order.pending[pseq]
+
     def buffered(self) -> int:
         """How many early arrivals wait for a missing predecessor."""
         return sum(len(order.pending) for order in self._producers.values())

@@ -48,6 +48,9 @@ _DEMAND_FIRST_WAIT_S = 2.0
 # A batched producer's events within this many seconds of its last send go to the hub together,
 # in one actor call, at the end of that window (each call costs the hub far more than its event).
 BATCH_WINDOW_S = 0.05
+# How long ``flush`` waits for the hub by default: long enough for Ray to bring a dead hub back
+# (its process start and rebuild from the store take seconds) and acknowledge the retried calls.
+FLUSH_TIMEOUT_S = 60.0
 
 
 def _payload(event: Outbound) -> str:
@@ -137,8 +140,11 @@ class HubPublisher:
 
     One publisher per producer name: a copy (pickled into a task or actor) continues the same
     numbering, so give each actor or attempt its own name. ``publish`` returns at once; ``flush``
-    waits until the hub has received what was sent (call it before a fold returns, so its last
-    events reach the hub before the driver ends the run).
+    waits until the hub has acknowledged what was sent (call it before a fold returns, so its
+    last events reach the hub before the driver ends the run). The hub acknowledges a call once
+    its events are in order and in the job store; until then Ray retries the call if the hub
+    dies (``events.actor``), so a fold never loses an event to a hub restart, and ``flush``'s
+    default wait covers one.
     """
 
     _demand: frozenset[str] | None  # the hub's last answer to wanted(), None before the first
@@ -251,7 +257,7 @@ class HubPublisher:
         self._demand_ref = None
         self._demand_asked = 0.0
 
-    def flush(self, timeout: float | None = 10.0) -> bool:
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_S) -> bool:
         """Wait up to ``timeout`` seconds until the hub took every tracked event; True if it did."""
         import ray
 

@@ -8,7 +8,7 @@ the exact JSON sent on ``/ws``, and read back as records without parsing it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -19,7 +19,7 @@ from orchestrator.lifecycle import TERMINAL_STATES, RunState
 from orchestrator.store import lease as leases
 from orchestrator.store.engine import describe, open_engine
 from orchestrator.store.runs import merge_metrics, patches_for, snapshot_of_row
-from orchestrator.store.schema import events, runs
+from orchestrator.store.schema import events, producers, runs
 
 __all__ = ["JobStore", "RUNS_PAGE_DEFAULT", "RUNS_PAGE_MAX", "UNFINISHED_STATES"]
 
@@ -55,11 +55,13 @@ class JobStore:
         new_runs: Sequence[dict[str, Any]],
         batch: Sequence[EventRecord],
         admitted: Sequence[tuple[str, str]] = (),
+        positions: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         """One transaction: insert ``new_runs`` (rows), mark the ``admitted`` queued runs
         ``pending`` with the config they were admitted with ((run_id, config JSON): the job queue
-        let them start), insert the ``batch`` of released records and make the changes they make
-        to their runs' rows."""
+        let them start), insert the ``batch`` of released records, make the changes they make
+        to their runs' rows, and move each producer's next pseq to ``positions[(run_id,
+        producer)]`` (never back)."""
         with self.engine.begin() as conn:
             known = set()
             if new_runs:
@@ -83,6 +85,17 @@ class JobStore:
                     ],
                 )
                 self._patch_runs(conn, batch)
+            for (run_id, producer), next_pseq in (positions or {}).items():
+                self._advance(conn, run_id, producer, next_pseq)
+
+    @staticmethod
+    def _advance(conn: Connection, run_id: str, producer: str, next_pseq: int) -> None:
+        where = (producers.c.run_id == run_id) & (producers.c.producer == producer)
+        moved = conn.execute(
+            update(producers).where(where, producers.c.next_pseq < next_pseq).values(next_pseq=next_pseq)
+        ).rowcount
+        if not moved and conn.execute(select(producers.c.next_pseq).where(where)).first() is None:
+            conn.execute(insert(producers).values(run_id=run_id, producer=producer, next_pseq=next_pseq))
 
     @staticmethod
     def _patch_runs(conn: Connection, released: Iterable[EventRecord]) -> None:
@@ -130,6 +143,12 @@ class JobStore:
             return [
                 EventRecord(row.seq, row.run_id, row.type, row.ts, row.body) for row in conn.execute(query)
             ]
+
+    def producer_positions(self, run_id: str) -> dict[str, int]:
+        """Each producer of the run and its next pseq (one past its last recorded event)."""
+        query = select(producers.c.producer, producers.c.next_pseq).where(producers.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return {row.producer: int(row.next_pseq) for row in conn.execute(query)}
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's snapshot, or None when the store has no such run."""
