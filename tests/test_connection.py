@@ -306,3 +306,42 @@ def test_run_id_star_streams_every_run_from_the_oldest_running_runs_start() -> N
     feed, sent = _play({0: star, 7: star})
     assert feed.labels(sent[0]) == [label for _, _, label in SCENARIO]
     assert feed.labels(sent[7]) == [label for _, _, label in SCENARIO]  # A started at the first event
+
+
+# ---- the event hub restarted (issue 20) ------------------------------------------------------
+
+
+def test_a_hub_restart_keeps_a_client_that_got_nothing_after_it_and_closes_one_that_did() -> None:
+    hub = EventHub()
+    hub.register_run("r", None)
+    for i in range(6):
+        hub.publish("r", "p", i, note(i))
+
+    async def main() -> tuple[ClientConnection, ClientConnection, list[int]]:
+        sent: list[int] = []
+
+        async def send_text(text: str) -> None:
+            sent.append(json.loads(text)["seq"])
+
+        clients = [
+            ClientConnection(Subscription(since=6, run_id="r"), LocalHubClient(hub), send_text)
+            for _ in range(2)
+        ]
+        for conn in clients:
+            conn.transition(ClientState.REPLAYING)
+        tasks = [asyncio.create_task(c.stream()) for c in clients]
+        await asyncio.sleep(0.05)  # both replayed up to seq 6 (nothing to send) and are live
+        kept, closed = clients
+        kept.offer(record(7, "r"))  # the dead hub's seq 7, queued, not sent yet
+        kept.hub_restarted(restored_at=6)  # the store had up to 6: 7 may come again as another
+        closed.hub_restarted(restored_at=4)  # this one was at 6: 5 and 6 may come again as others
+        await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        return kept, closed, sent
+
+    kept, closed, sent = asyncio.run(main())
+    assert closed.close_request is not None and closed.close_request.code == CloseCode.HUB_RESTARTED
+    assert closed.close_request.reason == "the event hub restarted; reconnect with ?since=4"
+    assert kept.close_request is None and kept.state is ClientState.LIVE
+    assert sent == []  # the stale seq 7 was dropped from the queue, never sent

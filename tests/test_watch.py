@@ -68,6 +68,16 @@ def test_follower_follows_the_first_run_and_exits_with_its_outcome() -> None:
     assert named.exit_code(event(2, "training_complete", run_id="Z")) == EXIT_COMPLETE
 
 
+def test_after_a_hub_restart_the_follower_takes_the_events_after_the_resume_point_again() -> None:
+    follower = RunFollower()
+    for seq in (1, 2, 3, 4):
+        assert follower.accept(event(seq, "epoch_metrics" if seq > 1 else "training_start"))
+    follower.rewind(2)  # close 4012: "reconnect with ?since=2"
+    assert follower.last_seq == 2
+    assert follower.accept(event(3, "epoch_metrics"))  # seq 3 again: another event now, shown
+    assert not follower.accept(event(3, "epoch_metrics"))  # but never twice
+
+
 def test_ws_url_with_sets_query_parameters() -> None:
     assert ws_url_with("ws://h:1/ws", since=5, run_id=None) == "ws://h:1/ws?since=5"
     assert ws_url_with("ws://h:1/ws?types=all", since=7) == "ws://h:1/ws?types=all&since=7"

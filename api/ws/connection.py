@@ -57,6 +57,7 @@ class CloseCode(enum.IntEnum):
 
     SERVER_SHUTDOWN = 4001  # the server is stopping; reconnect later with ?since=<last seq>
     SLOW_CONSUMER = 4008  # the client's queue overflowed; reconnect with ?since=<last seq>
+    HUB_RESTARTED = 4012  # the event hub restarted; reconnect with the ?since= the reason gives
     BAD_REQUEST = 4400  # an invalid query parameter (since, run_id, types, unknown name)
     INTERNAL_ERROR = 4500  # the event hub failed during replay; reconnect with ?since=<last seq>
 
@@ -122,6 +123,11 @@ class _BoundedQueue:
         item = self._items.popleft()
         self._bytes -= len(item.text)
         return item
+
+    def drop_after(self, seq: int) -> None:
+        """Forget the queued events with a seq above ``seq`` (a restarted hub's stale ones)."""
+        kept = deque(item for item in self._items if item.seq is None or item.seq <= seq)
+        self._items, self._bytes = kept, sum(len(item.text) for item in kept)
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,18 @@ class ClientConnection:
                 CloseCode.SLOW_CONSUMER,
                 f"too slow: {len(self._queue)} messages queued; {self.resume_hint()}",
             )
+
+    def hub_restarted(self, restored_at: int) -> None:
+        """The hub restarted, rebuilt up to ``restored_at``: events after it may come again under
+        other seqs. A live client that got nothing after it goes on (its stale queued events are
+        dropped); any other is closed with 4012, to resume from ``restored_at`` at the latest."""
+        if self.state not in (ClientState.REPLAYING, ClientState.LIVE):
+            return
+        if self._floor <= restored_at and self.state is ClientState.LIVE:
+            self._queue.drop_after(restored_at)
+            return
+        since = restored_at if self.resume_from is None else min(restored_at, self.resume_from)
+        self.request_close(CloseCode.HUB_RESTARTED, f"the event hub restarted; reconnect with ?since={since}")
 
     # ---- the sender's side ----------------------------------------------------------------
 

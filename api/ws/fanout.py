@@ -5,7 +5,9 @@ subscription fans out to the connected clients and passes on the union of their 
 A hub record is its own frame: its ``text`` is what ``events.jsonl`` and the store hold, sent as
 is, never encoded again. ``offer`` never awaits (a client queues the frame or closes itself), so
 a slow client never delays the stream, the hub or training. ``encode_control`` makes the server's
-own messages (``history_gap``), which have no ``seq``.
+own messages (``history_gap``), which have no ``seq``. When the hub restarted (``Batch.restart``),
+each client is told (``hub_restarted``: served on, or closed with 4012 and where to resume);
+the job store's health, as each answer of the hub reports it, goes to the log once per change.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 from orchestrator.events.record import EventRecord
 from orchestrator.events.stream import Batch, EventStream, HubClient
 from orchestrator.messages import ENVELOPE_FIELDS, HistoryGap
+from orchestrator.store.health import HealthSnapshot
 
 __all__ = ["Outgoing", "ControlFrame", "Subscriber", "EventPump", "encode_control"]
 
@@ -67,6 +70,11 @@ class Subscriber(Protocol):
         """The message types this subscriber passes on (its client's ``?types=``)."""
         ...
 
+    def hub_restarted(self, restored_at: int) -> None:
+        """The hub restarted and continues from ``restored_at``: what was offered after it may
+        have been released again under other seqs."""
+        ...
+
 
 class EventPump(EventStream):
     """The API's follower of the hub: tells ``observe`` about each record (REST progress), then
@@ -98,6 +106,10 @@ class EventPump(EventStream):
         self.retype(self._fanout, frozenset().union(*(c.types for c in self._clients)))
 
     def _fan_out(self, batch: Batch) -> None:
+        if batch.restart is not None:
+            for client in list(self._clients):
+                client.hub_restarted(batch.restart)
+            return
         if batch.gap is not None:
             self._announce_gap(batch.since, batch.gap)
         for record in batch.events:
@@ -108,6 +120,20 @@ class EventPump(EventStream):
                     log.exception("observing event seq=%s failed", record.seq)
             for client in list(self._clients):
                 client.offer(record)
+
+    def store_reported(self, was: HealthSnapshot | None) -> None:
+        """The serve log says when the job store starts failing and when it recovers, once each."""
+        now = self.store_health
+        if now is None or (was is not None and (was["ok"], was["retrying"]) == (now["ok"], now["retrying"])):
+            return
+        if not now["ok"]:
+            since = time.strftime("%H:%M:%S", time.localtime(now["since"] or time.time()))
+            then = "events are kept in memory and retried" if now["retrying"] else "nothing more is recorded"
+            log.error(
+                "the job store %s is failing since %s: %s (%s)", now["where"], since, now["error"], then
+            )
+        elif was is not None:
+            log.warning("the job store %s is healthy again (%d events written)", now["where"], now["written"])
 
     def _announce_gap(self, since: int, oldest: int) -> None:
         """The stream itself fell behind the hub's history (it holds the last ``max_events``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 # Close codes after which reconnecting cannot help (the request itself is wrong).
 FATAL_CLOSE_CODES = frozenset({4400})
+# The server's event hub restarted: resume from the since= its reason names.
+HUB_RESTARTED = 4012
 EXIT_COMPLETE, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
 
 
@@ -60,6 +63,12 @@ class RunFollower:
         if self.run_id is None:
             self.run_id = run_id
         return bool(run_id == self.run_id)
+
+    def rewind(self, since: int) -> None:
+        """The server's event hub restarted: everything after ``since`` comes again, possibly
+        under other seqs (close code 4012), so seqs above it are no longer duplicates."""
+        self.last_seq = since if self.last_seq is None else min(self.last_seq, since)
+        self._last_of_run = {run: min(seq, since) for run, seq in self._last_of_run.items()}
 
     def exit_code(self, message: BaseModel) -> int | None:
         """The exit code when ``message`` ends the followed run, else None."""
@@ -172,6 +181,9 @@ async def watch(
                 if code in FATAL_CLOSE_CODES:
                     print(f"error: the server closed the connection ({code}): {text}", file=sys.stderr)
                     return EXIT_REFUSED
+                resume = re.search(r"since=(\d+)", text) if code == HUB_RESTARTED else None
+                if resume is not None:
+                    follower.rewind(int(resume.group(1)))
                 reason = f"closed ({code}{': ' + text if text else ''})"
                 last_reachable = time.monotonic()
             except (TimeoutError, OSError) as err:
