@@ -91,6 +91,10 @@ class RunCoordinator:
     def snapshot(self) -> dict[str, Any]:
         return self.run.snapshot()
 
+    def pid(self) -> int:
+        """This coordinator's process (an operator or a test that kills it needs its id)."""
+        return os.getpid()
+
 
 def _end_this_actor() -> None:
     import ray

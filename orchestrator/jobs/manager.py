@@ -108,8 +108,12 @@ class RunManager:
         return self.queue.position(run_id)
 
     def describe_queue(self) -> dict[str, Any]:
-        """``GET /queue``: ``JobQueue.describe``."""
-        return self.queue.describe()
+        """``GET /queue``: ``JobQueue.describe``, and the idle warm fold actors this process holds
+        (counted free: a run that cannot use them gets their resources at its admission)."""
+        return {
+            **self.queue.describe(),
+            "idle_warm_workers": 0 if self.pool is None else self.pool.idle_count(),
+        }
 
     def submit(
         self, config: TrainConfig, *, priority: int = 0, extra_summary: dict[str, Any] | None = None
@@ -251,6 +255,7 @@ class RunManager:
     def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
         try:
             if self.coordinate_in is not None and run.config.executor == "ray":
+                self._give_back_idle_workers(run)
                 self.coordinated.drive(run, self.coordinate_in, extra_summary)
                 return
             executor = self._executor_for(run.config)
@@ -261,6 +266,16 @@ class RunManager:
                     executor.shutdown()
         finally:
             self.queue.release(run.run_id)
+
+    def _give_back_idle_workers(self, run: Run) -> None:
+        """The queue admitted ``run`` against the cluster's resources, which this process's idle
+        warm actors (an HPO study's) may hold while the queue counts them free; its coordinator
+        places its own folds and cannot use them, so they go first (else its folds would wait
+        for resources the ledger calls free, and fail after ``placement_timeout_s``)."""
+        if self.pool is not None and (released := self.pool.discard_idle()):
+            log.info(
+                "run %s: %d idle warm fold actor(s) given back for its coordinator", run.run_id, released
+            )
 
     def adopt(self, run: Run, coordinator: Any) -> None:
         """Follow a run whose coordinator an earlier server process started (after a restart):
