@@ -152,10 +152,10 @@ def test_a_store_that_cannot_be_written_keeps_the_events_queued_in_order(
     real_append = recorder.store.append
     failures = iter([True, True])
 
-    def flaky(runs: Any, batch: Any, admitted: Any = ()) -> None:
+    def flaky(runs: Any, batch: Any, *rest: Any) -> None:
         if next(failures, False):
             raise OSError("disk unplugged")
-        real_append(runs, batch, admitted)
+        real_append(runs, batch, *rest)
 
     monkeypatch.setattr(recorder.store, "append", flaky)
     for pseq in range(20):
@@ -163,6 +163,8 @@ def test_a_store_that_cannot_be_written_keeps_the_events_queued_in_order(
     assert recorder.flush(15)
     assert seqs(recorder.store.events_since(0)) == list(range(1, 21))
     assert recorder.stats()["write_errors"] == 2
+    health = recorder.health()
+    assert health["ok"] and health["error"] is None and health["written"] == 20  # recovered
 
 
 def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None:

@@ -59,7 +59,7 @@ class StoreRecorder:
         self._written = 0  # events ever written
         self._counts = {"batches": 0, "write_errors": 0, "lease_lost": 0}
         self._closing = False
-        self._urgent = False  # someone waits for what is queued: write it now
+        self._urgent = False  # flush() waits for what is queued: write it now
         self._thread: threading.Thread | None = None
         self._health = StoreHealth(store.where)
         path = sqlite_file(store.url)
@@ -107,9 +107,7 @@ class StoreRecorder:
         with self._cond:
             if self._written >= target or not self._health.ok:
                 return self._written >= target
-            self._durable.append((target, waiter))
-            self._urgent = True
-            self._cond.notify()
+            self._durable.append((target, waiter))  # the next batch, within flush_interval_s
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(waiter, timeout)
         with self._cond:
@@ -201,7 +199,7 @@ class StoreRecorder:
             with self._cond:
                 # after a failure the retry waits its delay, closing or not (a full batch, or a
                 # closing recorder, must not retry and log in a tight loop); else until a batch is
-                # full, the interval is over or someone waits for what is queued
+                # full, the interval is over or flush() waits
                 failed = delay > self._interval
                 ready = self._urgent or len(self._events) >= self._max_batch
                 if failed or not (self._closing or ready):
