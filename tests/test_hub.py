@@ -261,7 +261,8 @@ def test_poll_returns_after_timeout_with_no_events() -> None:
         return answer, loop.time() - start
 
     answer, waited = asyncio.run(main())
-    assert answer == {"events": [], "last_seq": 1, "gap": None}
+    assert (answer["events"], answer["last_seq"], answer["gap"], answer["store"]) == ([], 1, None, None)
+    assert answer["hub"] == hub.identity and answer["hub"]["restored_at"] == 0  # who answered
     assert 0.15 <= waited < 2.0
 
 
