@@ -240,6 +240,10 @@ class EventHub:
                 return list(self._held_events_of(run))
             return list(self._history.of_run(run_id))
 
+    def whoami(self) -> HubIdentity:
+        """This hub's identity (``PollReply.hub``)."""
+        return self.identity
+
     def store_health(self) -> HealthSnapshot | None:
         """The job store's health as this hub's writer sees it (None without a store)."""
         return None if self._recorder is None else self._recorder.health()

@@ -89,6 +89,11 @@ class HubClient:
     async def last_seq(self) -> int:
         return int(await self._call("last_seq"))
 
+    async def whoami(self) -> HubIdentity:
+        """Which hub answers (``EventHub.identity``)."""
+        identity: HubIdentity = await self._call("whoami")
+        return identity
+
     async def store_health(self) -> HealthSnapshot | None:
         """The hub's job store as its writer sees it (None without a store)."""
         health: HealthSnapshot | None = await self._call("store_health")
@@ -223,6 +228,7 @@ class EventStream:
         self._advanced = asyncio.Event()
         try:
             self.cursor = await self.hub.last_seq()
+            self.hub_identity = await self.hub.whoami()
             if self.interest:
                 await self.hub.note_interest(self.interest, self.poll_timeout_s + INTEREST_GRACE_S)
             self.healthy = True
