@@ -42,7 +42,7 @@ def meta_router(
             try:
                 return await asyncio.wait_for(hub.running_runs(), RUNNING_TIMEOUT_S)
             except Exception as err:  # health must answer: say what we know here
-                log.warning("GET /: the hub did not say which runs are running: %s", err)
+                log.warning("GET /: the hub did not say which runs are running: %r", err)
         return [run.run_id for run in manager.active()]
 
     async def store() -> HealthSnapshot | None:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, cast
 
 from orchestrator.events.hub import EventHub
@@ -62,7 +63,10 @@ class _HubActor(EventHub):
         super().__init__(recorder=self._store, **hub_kwargs)
         if self._store is None:
             return
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray 2.60 warns from inside its own property
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             restore_runs(self, self._store.store, recent=hub_kwargs.get("max_runs", 20))
         else:
             mark_interrupted(self, self._store.store)
