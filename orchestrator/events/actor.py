@@ -64,7 +64,7 @@ class _HubActor(EventHub):
         if self._store is None:
             return
         with warnings.catch_warnings():  # Ray 2.60 warns from inside its own property
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if restarted:
             restore_runs(self, self._store.store, recent=hub_kwargs.get("max_runs", 20))
