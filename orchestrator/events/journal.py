@@ -71,8 +71,8 @@ class RunJournal:
             with open(path + ".tmp", "w", encoding="utf-8") as handle:
                 handle.write("".join(line + "\n" for line in lines))
             os.replace(path + ".tmp", path)
-        except OSError:
-            self._fail()
+        except OSError as err:
+            self._fail(err)
 
     def flush(self) -> None:
         if self._writer is None:
