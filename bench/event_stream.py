@@ -11,8 +11,11 @@ process's GIL. Both sides read ``time.monotonic()`` (CLOCK_MONOTONIC, one clock 
 Prints one JSON object: machine, latency with 1 client (p50/p99/max, ms) and, per client count,
 events lost (must be 0) and latency percentiles, split at the hub (its ``ts`` stamp). The whole
 measurement runs twice in one process, with the job store off and on (a hub writing a SQLite
-store in a temporary folder), with the ratio of their hub-to-client p99 (target <= 1.3), and
-the store's sustained write rate (events per second through a hub's recorder, in process).
+store in a temporary folder), with the ratio of their hub-to-client p99 (target <= 1.3), the
+store's sustained write rate (events per second through a hub's recorder, in process), and the
+CPU one event costs at each stage (``per_event_cpu``: the producer's encode and pickle, the hub's
+unpickle, validation and release, the API's unpickle of a poll reply and what it sends; process
+time, best of 5, for an ``epoch_metrics`` and a 1000-row ``prediction_delta``).
 """
 
 from __future__ import annotations
@@ -190,9 +193,13 @@ def main() -> None:
         help="events of the store's sustained write measurement (default 50000)",
     )
     parser.add_argument("--client", nargs=3, metavar=("URL", "N", "EVENTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-only", action="store_true", help="only per_event_cpu (no Ray, no clients)")
     args = parser.parse_args()
     if args.client:
         client_main(args.client[0], int(args.client[1]), int(args.client[2]))
+        return
+    if args.cpu_only:
+        print(json.dumps({"benchmark": "event_stream", "per_event_cpu": per_event_cpu()}, indent=2))
         return
 
     import ray
@@ -249,6 +256,7 @@ def main() -> None:
                 "-> uvicorn -> websockets client",
                 "permessage_deflate": args.compression,
                 "store": {"comparison": comparison, "sustained": sustained},
+                "per_event_cpu": per_event_cpu(),
                 **{f"store_{mode}": result for mode, result in results.items()},
             },
             indent=2,
@@ -269,22 +277,19 @@ def _stored_events(url: str) -> int:
 def store_throughput(url: str, events: int) -> dict[str, Any]:
     """Events per second a hub's recorder writes to the store when publishing never pauses."""
     from orchestrator.events.hub import EventHub
+    from orchestrator.events.record import body_json
     from orchestrator.events.recorder import open_recorder
+    from orchestrator.messages import EPOCH_METRIC_FIELDS, EpochMetrics
 
     recorder = open_recorder(url)
     hub = EventHub(recorder=recorder, max_events=1000)
-    row = {
-        "fold_id": 0,
-        "train_loss": 0.1,
-        "val_loss": 0.2,
-        "val_auc": 0.51,
-        "val_nll": 1.0,
-        "ECE": 0.02,
-        "PIT_KS_p": 0.3,
-    }
+    metrics = dict.fromkeys(EPOCH_METRIC_FIELDS, 0.25)
+    texts = [  # what a fold sends: the message's JSON text
+        body_json(EpochMetrics(fold_id=0, epoch=i, elapsed_seconds=1.0, **metrics)) for i in range(events)
+    ]
     started = time.perf_counter()
-    for i in range(events):
-        hub.publish("sustained", "bench", i, {"type": "epoch_metrics", "epoch": i, **row})
+    for i, text in enumerate(texts):
+        hub.publish("sustained", "bench", i, text)
     published = time.perf_counter() - started
     assert recorder.flush(600)
     elapsed = time.perf_counter() - started
@@ -298,6 +303,79 @@ def store_throughput(url: str, events: int) -> dict[str, Any]:
         "batches": stats["batches"],
         "mean_batch": round(events / max(stats["batches"], 1), 1),
     }
+
+
+def _producer_side(models: list[Any]) -> list[bytes]:
+    import pickle
+
+    from orchestrator.events.record import body_json
+
+    return [pickle.dumps(body_json(m)) for m in models]
+
+
+def _api_side(reply: bytes) -> list[str]:
+    import pickle
+
+    return [record.text for record in pickle.loads(reply)]
+
+
+def per_event_cpu() -> dict[str, Any]:
+    """Microseconds of CPU per event at each stage of the path, without Ray's own call costs:
+    what the producer sends (its message's JSON text, pickled), the hub's unpickle and ``publish``
+    (validate, stamp, hold), and the API's unpickle of a poll reply of records and the frame text it
+    sends (the record's, never encoded again)."""
+    import pickle
+    import random
+    from functools import partial
+
+    from orchestrator.events.hub import EventHub
+    from orchestrator.messages import EPOCH_METRIC_FIELDS, EpochMetrics, PredictionDelta, PredictionRow
+
+    def epoch(i: int) -> EpochMetrics:
+        rng = random.Random(i)
+        metrics = {name: rng.random() for name in EPOCH_METRIC_FIELDS}
+        return EpochMetrics(fold_id=i % 5, epoch=i, elapsed_seconds=1.5, **metrics)
+
+    def delta(i: int) -> PredictionDelta:
+        rng = random.Random(i)
+        rows = [
+            PredictionRow(
+                timestamp="2020-01-01T00:00:00Z",
+                **{k: rng.random() for k in ("mu", "sigma", "p_up_raw", "p_up_cal", "conformal_p", "pit_z")},
+            )
+            for _ in range(1000)
+        ]
+        return PredictionDelta(fold_id=0, epoch=i, predictions=rows)
+
+    def cpu_s(work: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.process_time()
+            work()
+            best = min(best, time.process_time() - started)
+        return best
+
+    def publish_all(wire: list[bytes]) -> EventHub:
+        hub = EventHub(max_events=len(wire) + 10)
+        for pseq, payload in enumerate(wire):
+            hub.publish("r", "p", pseq, pickle.loads(payload))
+        return hub
+
+    out: dict[str, Any] = {}
+    for name, make, n in (("epoch_metrics", epoch, 3000), ("prediction_delta_1000_rows", delta, 20)):
+        models = [make(i) for i in range(n)]
+        producer = cpu_s(partial(_producer_side, models))
+        wire = _producer_side(models)
+        hub_s = cpu_s(partial(publish_all, wire))
+        reply = pickle.dumps(publish_all(wire).run_events("r"))
+        api_s = cpu_s(partial(_api_side, reply))
+        out[name] = {
+            "producer_us": round(producer / n * 1e6, 1),
+            "hub_us": round(hub_s / n * 1e6, 1),
+            "api_us": round(api_s / n * 1e6, 1),
+            "poll_reply_bytes_per_event": round(len(reply) / n),
+        }
+    return out
 
 
 if __name__ == "__main__":

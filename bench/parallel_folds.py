@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         reply = ray.get(
             hub.poll.remote(0, 5.0, run.run_id, types=frozenset({"epoch_metrics", "training_start"}))
         )
-        kinds = {e["type"]: e["ts"] for e in reply["events"]}
+        kinds = {e.type: e.ts for e in reply["events"]}
         if "epoch_metrics" in kinds:
             first_epoch = kinds
         elif run.done:

@@ -8,11 +8,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from orchestrator.config import TrainConfig
-from orchestrator.messages import ENVELOPE_FIELDS
+from orchestrator.messages import (
+    ENVELOPE_FIELDS,
+    EpochMetrics,
+    FoldComplete,
+    TrainingComplete,
+    TrainingError,
+    TrainingStart,
+)
 from orchestrator.states import StateTable
 
-__all__ = ["RunState", "Run", "TERMINAL_STATES", "INTERRUPTED_PREFIX", "ended_state"]
+__all__ = [
+    "RunState",
+    "Run",
+    "TERMINAL_STATES",
+    "INTERRUPTED_PREFIX",
+    "ended_state",
+    "latest_metrics_of",
+    "FOLLOWED_TYPES",
+]
 
 
 class RunState(str, enum.Enum):
@@ -53,6 +70,18 @@ def ended_state(error: str) -> RunState:
     return RunState.FAILED
 
 
+_NOT_METRICS = {"type", *ENVELOPE_FIELDS}  # a set: what pydantic's ``exclude`` takes
+# What a run's mirror learns from (``Run.observe`` and ``Run.follow``); other types are not read.
+FOLLOWED_TYPES = frozenset(
+    {"training_start", "epoch_metrics", "fold_complete", "training_complete", "training_error"}
+)
+
+
+def latest_metrics_of(message: EpochMetrics) -> dict[str, Any]:
+    """What a run keeps of a fold's latest ``epoch_metrics``: every field but the type and envelope."""
+    return message.model_dump(mode="json", exclude=_NOT_METRICS)
+
+
 @dataclass
 class Run:
     """One training run as the driver sees it. Thread-safe: the API reads it while it runs."""
@@ -72,7 +101,7 @@ class Run:
     epochs_done: int = 0
     latest_metrics: dict[int, dict[str, Any]] = field(default_factory=dict)
     _epochs_seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
-    _folds_seen: set[Any] = field(default_factory=set, repr=False)
+    _folds_seen: set[int] = field(default_factory=set, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -96,35 +125,30 @@ class Run:
         self.cancel_requested.set()
         return True
 
-    def observe(self, event: dict[str, Any]) -> None:
-        """Update progress from one of this run's wire events (the API pump calls this)."""
+    def observe(self, message: BaseModel) -> None:
+        """Update progress from one of this run's wire messages (the API pump calls this)."""
         with self._lock:
-            kind = event.get("type")
-            if kind == "training_start":
-                self.folds_total = event["total_folds"]
-            elif kind == "epoch_metrics":
-                key = (event["fold_id"], event["epoch"])
+            if isinstance(message, TrainingStart):
+                self.folds_total = message.total_folds
+            elif isinstance(message, EpochMetrics):
+                key = (message.fold_id, message.epoch)
                 if key not in self._epochs_seen:
                     self._epochs_seen.add(key)
                     self.epochs_done = len(self._epochs_seen)
-                self.latest_metrics[event["fold_id"]] = {
-                    k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
-                }
+                self.latest_metrics[message.fold_id] = latest_metrics_of(message)
 
-    def follow(self, event: dict[str, Any]) -> None:
-        """For a run executed elsewhere (a coordinator in the cluster): its state from its events."""
-        kind = event.get("type")
-        if kind == "training_start" and self.state is RunState.PENDING:
+    def follow(self, message: BaseModel) -> None:
+        """For a run executed elsewhere (a coordinator in the cluster): its state from its messages."""
+        if isinstance(message, TrainingStart) and self.state is RunState.PENDING:
             self.transition(RunState.RUNNING)
-        elif kind == "training_complete" and not self.done:
-            self.summary_path = event.get("summary_path")
+        elif isinstance(message, TrainingComplete) and not self.done:
+            self.summary_path = message.summary_path
             self.transition(RunState.COMPLETED)
-        elif kind == "training_error" and not self.done:
-            error = str(event.get("error", ""))
-            self.transition(ended_state(error), error=error)
-        elif kind == "fold_complete":
+        elif isinstance(message, TrainingError) and not self.done:
+            self.transition(ended_state(message.error), error=message.error)
+        elif isinstance(message, FoldComplete):
             with self._lock:  # an event seen twice (a replay meeting the live stream) counts once
-                self._folds_seen.add(event.get("fold_id"))
+                self._folds_seen.add(message.fold_id)
                 self.folds_done = len(self._folds_seen)
 
     def snapshot(self) -> dict[str, Any]:

@@ -17,8 +17,10 @@ import jsonschema
 import pytest
 
 from orchestrator.config import config_from_mapping
+from orchestrator.events.record import EventRecord
 from orchestrator.hpo import HpoSpec
 from orchestrator.messages import message_json_schema
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 
 VALIDATOR = jsonschema.Draft202012Validator(
@@ -80,9 +82,9 @@ class Collector:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, events: list[dict[str, Any]]) -> None:
+    def __call__(self, events: list[EventRecord]) -> None:
         with self._lock:
-            self.events.extend(events)
+            self.events.extend(bodies(events))  # kept as the JSON the records carry
 
     def hpo(self, state: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "hpo_trial" and (state is None or e["state"] == state)]

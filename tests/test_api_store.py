@@ -25,6 +25,7 @@ from orchestrator.jobs.manager import RunManager
 
 pytest.register_assert_rewrite("tests.api_fixtures")
 from tests.api_fixtures import bars_and_store, collect  # noqa: E402
+from tests.made_events import bodies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"min_samples": 500, "lookback": 10, "folds": 2, "epochs": 2, "patience": 10_000, "executor": "local"}
@@ -70,7 +71,7 @@ def restarted(
     first.stop()
     second = _serve(url, reports, base)
     try:
-        yield second, run_ids, second.recorder.store.events_since(0)
+        yield second, run_ids, bodies(second.recorder.store.events_since(0))
     finally:
         second.stop()
 

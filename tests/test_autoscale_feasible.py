@@ -18,6 +18,7 @@ import yaml
 from orchestrator.config import config_from_mapping
 from orchestrator.execution import cluster
 from orchestrator.execution.placement import NodeGroup, reachable_resources
+from tests.made_events import bodies
 from tests.ray_helpers import cluster_config
 
 
@@ -111,7 +112,7 @@ def test_a_gpu_run_waits_for_the_autoscaler_and_times_out_naming_it(
     assert "was not up after" in run.error and "placement_timeout_s=1" in run.error, run.error
     assert "the autoscaler did not provide a node of type gpu.1x in time" in run.error, run.error
     assert elapsed < 15
-    events = ray.get(session_hub.run_events.remote(run.run_id), timeout=30)
+    events = bodies(ray.get(session_hub.run_events.remote(run.run_id), timeout=30))
     notices = [e for e in events if e["type"] == "notification" and e["kind"] == "autoscaling"]
     assert len(notices) == 1 and "gpu.1x" in notices[0]["message"], notices
     assert events[-1]["type"] == "training_error" and events[-1]["error"] == run.error

@@ -6,10 +6,11 @@ import asyncio
 import json
 from typing import Any
 
-from api.ws.fanout import EventPump, Outgoing, encode_control, encode_event
+from api.ws.fanout import EventPump, Outgoing, encode_control
 from orchestrator.events.hub import EventHub
 from orchestrator.events.stream import LocalHubClient
 from orchestrator.messages import HistoryGap
+from tests.made_events import note
 
 
 class _Client:
@@ -19,10 +20,6 @@ class _Client:
 
     def offer(self, item: Outgoing) -> None:
         self.items.append(item)
-
-
-def note(i: int) -> dict[str, Any]:
-    return {"type": "notification", "level": "info", "kind": "test", "message": str(i)}
 
 
 def test_pump_declares_its_clients_types_at_once_and_while_polling() -> None:
@@ -44,12 +41,12 @@ def test_pump_declares_its_clients_types_at_once_and_while_polling() -> None:
     assert {"prediction_delta", "notification"} <= asyncio.run(scenario())
 
 
-def test_each_event_is_observed_then_offered_once_encoded_to_every_client() -> None:
+def test_each_event_is_observed_then_offered_as_its_record_to_every_client() -> None:
     hub = EventHub()
     observed: list[int] = []
 
     async def scenario() -> tuple[_Client, _Client, frozenset[str]]:
-        pump = EventPump(LocalHubClient(hub), observe=lambda e: observed.append(e["seq"]), poll_timeout_s=5)
+        pump = EventPump(LocalHubClient(hub), observe=lambda e: observed.append(e.seq), poll_timeout_s=5)
         first, second = _Client(frozenset({"notification"})), _Client(frozenset({"epoch_metrics"}))
         pump.add(first)
         pump.add(second)
@@ -68,8 +65,7 @@ def test_each_event_is_observed_then_offered_once_encoded_to_every_client() -> N
     assert observed == [1, 2, 3, 4]
     assert [item.seq for item in first.items] == [1, 2, 3, 4]
     assert [item.seq for item in second.items] == [1, 2, 3]  # offered all; the client filters
-    assert first.items[0] is second.items[0]  # one encoding shared by every client
-    assert json.loads(first.items[0].text) == hub.run_events("r")[0]
+    assert first.items[0] is second.items[0] is hub.run_events("r")[0]  # the record itself: one text
     assert interest == {"notification"}
 
 
@@ -104,10 +100,7 @@ async def _until(check: Any) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_encodings_are_compact_json_without_nan() -> None:
-    item = encode_event({"type": "epoch_metrics", "seq": 3, "run_id": "r", "val_auc": None, "x": "é"})
-    text = '{"type":"epoch_metrics","seq":3,"run_id":"r","val_auc":null,"x":"é"}'
-    assert item == Outgoing(3, "epoch_metrics", "r", text)
+def test_control_frames_leave_unset_envelope_fields_out() -> None:
     control = encode_control(
         HistoryGap(seq=None, requested_since=1, oldest_available=5, message="m", run_id="r", ts=1.0)
     )

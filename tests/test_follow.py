@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api.ws.follow import RunFollow, Verdict
+from tests.made_events import complete, epoch, error, note, record
 
 SEND, SKIP, END = Verdict.SEND, Verdict.SKIP, Verdict.END
 
@@ -38,10 +39,10 @@ def test_while_no_run_runs_the_next_to_start_is_followed_and_a_lone_end_is_shown
 
 def test_resume_after_a_runs_end_replays_the_next_run() -> None:
     follow = RunFollow()
-    assert follow.resume(["B"], {"type": "training_complete", "run_id": "A", "seq": 9}) is True
+    assert follow.resume(["B"], record(9, "A", complete())) is True
     assert follow.following == "B" and follow.ahead == set()
     idle = RunFollow()
-    assert idle.resume([], {"type": "training_error", "run_id": "A", "seq": 9}) is False
+    assert idle.resume([], record(9, "A", error("x"))) is False
     assert idle.following is None
 
 
@@ -49,7 +50,7 @@ def test_resume_inside_a_replayed_run_skips_what_came_before_the_older_runs_ende
     # the client got B's history after A ended; it left after B's event at a seq where A (and
     # Z, older still) were running
     follow = RunFollow()
-    assert follow.resume(["Z", "A", "B"], {"type": "epoch_metrics", "run_id": "B", "seq": 5}) is False
+    assert follow.resume(["Z", "A", "B"], record(5, "B", epoch(0, 0))) is False
     assert follow.following == "B" and follow.ahead == {"Z", "A"}
     assert follow.judge("chart_update", "data_feed") is SKIP  # the client had it before A ended
     assert follow.judge("epoch_metrics", "A") is SKIP
@@ -62,9 +63,9 @@ def test_resume_inside_a_replayed_run_skips_what_came_before_the_older_runs_ende
 def test_resume_elsewhere_follows_the_oldest_run_in_order() -> None:
     assert RunFollow().following is None  # what resume() sets below
     for last in (
-        {"type": "epoch_metrics", "run_id": "A", "seq": 5},  # the oldest run's own event
-        {"type": "chart_update", "run_id": "data_feed", "seq": 5},
-        {"type": "notification", "run_id": "data_feed", "seq": 5},
+        record(5, "A", epoch(0, 0)),  # the oldest run's own event
+        record(5, "data_feed", {"type": "chart_update", "candles": []}),
+        record(5, "data_feed", note(5)),
         None,  # the hub no longer holds it
     ):
         follow = RunFollow()

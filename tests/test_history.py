@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from orchestrator.events.history import History
+from tests.made_events import epoch, note, record, seqs
 
 
 def held(*runs: str, max_events: int = 100) -> History:
     history = History(max_events)
     for i, run_id in enumerate(runs, start=1):
-        history.append({"seq": i, "run_id": run_id, "type": "notification" if i % 2 else "epoch_metrics"})
+        history.append(record(i, run_id, note(i) if i % 2 else epoch(0, i)))
     return history
-
-
-def seqs(events: list[dict[str, Any]]) -> list[int]:
-    return [e["seq"] for e in events]
 
 
 def test_collect_after_a_cursor_with_filters_and_limit() -> None:
@@ -56,7 +51,7 @@ def test_iter_from_either_end_and_of_run() -> None:
 def test_appends_must_continue_the_seq_and_arguments_are_checked() -> None:
     history = held("a")
     with pytest.raises(ValueError, match="seq must be 2, got seq=3"):
-        history.append({"seq": 3, "run_id": "a", "type": "x"})
+        history.append(record(3, "a"))
     with pytest.raises(ValueError, match="since_seq=-1"):
         history.collect(-1)
     with pytest.raises(ValueError, match="limit=0"):
@@ -69,6 +64,6 @@ def test_a_history_continuing_a_store_reports_everything_before_it_as_a_gap() ->
     history = History(5, last_seq=40)
     assert history.collect(40) == ([], 40, None)
     assert history.collect(12) == ([], 40, 41)  # seq 13..40 are not held
-    history.append({"seq": 41, "run_id": "r", "type": "x"})
+    history.append(record(41, "r"))
     events, cursor, gap = history.collect(39)
-    assert [e["seq"] for e in events] == [41] and cursor == 41 and gap == 41
+    assert seqs(events) == [41] and cursor == 41 and gap == 41

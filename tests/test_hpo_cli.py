@@ -9,6 +9,8 @@ import pytest
 from orchestrator.console.hpo import _spec_from_args, build_parser, main
 from orchestrator.console.progress import selection_lines, trial_line
 from orchestrator.errors import ConfigError
+from orchestrator.messages import parse_message
+from tests.made_events import error
 from tests.synthetic import random_walk_ohlcv
 
 # hpo_hub: the default namespace's hub, held for the session (a hub dies with its last handle)
@@ -25,15 +27,17 @@ def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
         "trials_done": 4,
         "trials_total": 10,
     }
-    assert trial_line({**base, "state": "running"}) == 'trial 3 started {"lr": 0.01}'
-    assert trial_line({**base, "state": "pruned", "value": 0.9, "duration_seconds": 2.25}) == (
+    assert trial_line(parse_message({**base, "state": "running"})) == 'trial 3 started {"lr": 0.01}'
+    assert trial_line(parse_message({**base, "state": "pruned", "value": 0.9, "duration_seconds": 2.25})) == (
         "trial 3 pruned value 0.9 in 2.2s [4/10] best 0.5"
     )
-    assert trial_line({**base, "state": "failed", "value": None, "duration_seconds": None}) == (
-        "trial 3 failed value None in 0.0s [4/10] best 0.5"
+    assert trial_line(
+        parse_message({**base, "state": "failed", "value": None, "duration_seconds": None})
+    ) == ("trial 3 failed value None in 0.0s [4/10] best 0.5")
+    assert trial_line(parse_message({**base, "state": "study_complete"})) == (
+        "study s complete: best trial 3 value 0.5"
     )
-    assert trial_line({**base, "state": "study_complete"}) == ("study s complete: best trial 3 value 0.5")
-    assert trial_line({"type": "epoch_metrics"}) is None
+    assert trial_line(parse_message(error("x"))) is None
 
 
 def test_the_closing_lines_say_the_edge_and_the_selection() -> None:
@@ -117,7 +121,7 @@ def test_a_failed_trial_line_says_why() -> None:
         "trials_total": 2,
         "error": "val_auc is undefined (null) in fold 1",
     }
-    assert trial_line(event) == (
+    assert trial_line(parse_message(event)) == (
         "trial 0 failed value None in 1.0s [1/2] best None: val_auc is undefined (null) in fold 1"
     )
 

@@ -14,20 +14,11 @@ import numpy as np
 import pytest
 
 from orchestrator.events.hub import EventHub, PollReply
+from orchestrator.messages import EpochMetrics, parse_message
+from tests.made_events import body, complete, epoch, error, fold_done, labels, note, seqs, start
 
 RUN = "run-1"
-
-
-def note(i: int, **extra: Any) -> dict[str, Any]:
-    return {"type": "notification", "level": "info", "kind": "test", "message": str(i), **extra}
-
-
-def epoch(fold_id: Any, n: int, **metrics: Any) -> dict[str, Any]:
-    return {"type": "epoch_metrics", "fold_id": fold_id, "epoch": n, **metrics}
-
-
-def complete() -> dict[str, Any]:
-    return {"type": "training_complete", "folds_completed": 1, "summary_path": "s"}
+__all__ = ["RUN", "complete", "epoch", "note", "publish_in_order"]
 
 
 def publish_in_order(hub: EventHub, events: list[dict[str, Any]], producer: str = "driver") -> None:
@@ -43,15 +34,15 @@ def test_shuffled_arrival_is_released_in_each_producers_order() -> None:
     rng.shuffle(arrivals)
     released_at_once = 0
     for producer, pseq in arrivals:
-        released = hub.publish(RUN, producer, pseq, note(pseq, producer_name=producer))
+        released = hub.publish(RUN, producer, pseq, note(pseq, kind=producer))
         released_at_once = max(released_at_once, len(released))
     events = hub.run_events(RUN)
-    assert [e["seq"] for e in events] == list(range(1, 151))
+    assert seqs(events) == list(range(1, 151))
     for p in range(3):
-        mine = [int(e["message"]) for e in events if e["producer_name"] == f"fold-{p}"]
+        mine = [int(body(e)["message"]) for e in events if body(e)["kind"] == f"fold-{p}"]
         assert mine == list(range(50))
     assert released_at_once > 1  # some arrivals really were early and waited in the buffer
-    assert all(e["run_id"] == RUN and isinstance(e["ts"], float) for e in events)
+    assert all(e.run_id == RUN and isinstance(e.ts, float) for e in events)
     assert hub.stats()["buffered"] == 0
 
 
@@ -59,7 +50,7 @@ def test_early_event_waits_for_the_missing_one() -> None:
     hub = EventHub()
     assert hub.publish(RUN, "driver", 1, note(1)) == []
     released = hub.publish(RUN, "driver", 0, note(0))
-    assert [(e["message"], e["seq"]) for e in released] == [("0", 1), ("1", 2)]
+    assert list(zip(labels(released), seqs(released), strict=True)) == [("0", 1), ("1", 2)]
 
 
 def test_duplicates_are_dropped() -> None:
@@ -68,29 +59,38 @@ def test_duplicates_are_dropped() -> None:
     assert hub.publish(RUN, "driver", 1, note(1)) == []
     assert hub.publish(RUN, "driver", 3, note(3)) == []
     assert hub.publish(RUN, "driver", 3, note(3)) == []  # duplicate of a buffered one
-    assert [e["message"] for e in hub.publish(RUN, "driver", 2, note(2))] == ["2", "3"]
-    assert [e["seq"] for e in hub.run_events(RUN)] == [1, 2, 3, 4]
+    assert labels(hub.publish(RUN, "driver", 2, note(2))) == ["2", "3"]
+    assert seqs(hub.run_events(RUN)) == [1, 2, 3, 4]
     assert hub.stats()["dropped_stale"] == 2
 
 
 def test_retried_fold_does_not_repeat_epochs_or_completion() -> None:
     hub = EventHub()
     first = [epoch(0, 0), epoch(0, 1)]
+    batch = {
+        "type": "batch_progress",
+        "fold_id": 0,
+        "epoch": 2,
+        "batch": 0,
+        "total_batches": 9,
+        "train_loss": None,
+        "samples_per_second": None,
+    }
     retry = [
         epoch(0, 0),
         epoch(0, 1),
         epoch(0, 2),
         {"type": "prediction_delta", "fold_id": 0, "epoch": 2, "predictions": []},
         {"type": "prediction_delta", "fold_id": 0, "epoch": 2, "predictions": []},
-        {"type": "batch_progress", "fold_id": 0, "epoch": 2, "batch": 0},
-        {"type": "batch_progress", "fold_id": 0, "epoch": 2, "batch": 0},
-        {"type": "fold_complete", "fold_id": 0},
-        {"type": "fold_complete", "fold_id": 0},
+        batch,
+        batch,
+        fold_done(0),
+        fold_done(0),
         epoch(1, 0),  # another fold's epoch 0 is new
     ]
     publish_in_order(hub, first, "fold-0-attempt-0")
     publish_in_order(hub, retry, "fold-0-attempt-1")
-    kinds = [(e["type"], e.get("fold_id"), e.get("epoch")) for e in hub.run_events(RUN)]
+    kinds = [(e.type, body(e)["fold_id"], body(e).get("epoch")) for e in hub.run_events(RUN)]
     assert kinds == [
         ("epoch_metrics", 0, 0),
         ("epoch_metrics", 0, 1),
@@ -115,11 +115,11 @@ def test_replay_since_a_seq_with_filters_and_limit() -> None:
     for pseq in range(10):
         hub.publish("a" if pseq % 2 == 0 else "b", "driver", pseq // 2, note(pseq))
     events, gap = hub.events_since(6)
-    assert [e["seq"] for e in events] == [7, 8, 9, 10] and gap is None
+    assert seqs(events) == [7, 8, 9, 10] and gap is None
     events, gap = hub.events_since(6, run_id="b")
-    assert [e["seq"] for e in events] == [8, 10] and gap is None
+    assert seqs(events) == [8, 10] and gap is None
     events, _ = hub.events_since(0, limit=3)
-    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert seqs(events) == [1, 2, 3]
     events, _ = hub.events_since(0, types=frozenset({"epoch_metrics"}))
     assert events == []
     assert hub.events_since(10) == ([], None)
@@ -132,11 +132,11 @@ def test_gap_reported_when_history_is_truncated_and_memory_is_bounded() -> None:
     publish_in_order(hub, [note(i) for i in range(12)])
     assert hub.stats()["held_events"] == 5
     events, gap = hub.events_since(0)
-    assert [e["seq"] for e in events] == [8, 9, 10, 11, 12]
+    assert seqs(events) == [8, 9, 10, 11, 12]
     assert gap == 8
     assert hub.events_since(6)[1] == 8
     assert hub.events_since(7) == (events, None)  # 8 is the first wanted and still held
-    assert [e["seq"] for e in hub.events_since(10)[0]] == [11, 12]
+    assert seqs(hub.events_since(10)[0]) == [11, 12]
 
 
 def test_gap_for_one_run_only_when_that_run_lost_events() -> None:
@@ -154,34 +154,47 @@ def test_invalid_arguments_name_the_value() -> None:
         EventHub().publish(RUN, "driver", -1, note(0))
 
 
-def test_invalid_event_is_dropped_but_does_not_stall_its_producer() -> None:
+def test_an_event_that_is_no_message_of_the_contract_is_dropped_but_does_not_stall_its_producer() -> None:
     hub = EventHub()
     hub.publish(RUN, "driver", 0, {"no_type": 1})
-    hub.publish(RUN, "driver", 1, {"type": "notification", "bad": object()})
-    released = hub.publish(RUN, "driver", 2, note(2))
-    assert [e["seq"] for e in released] == [1]
-    assert hub.stats()["dropped_invalid"] == 2
+    hub.publish(RUN, "driver", 1, {**note(1), "bad": object()})  # an unknown field
+    hub.publish(RUN, "driver", 2, '{"type": "epoch_metrics", "fold_id": 0}')  # fields missing
+    hub.publish(RUN, "driver", 3, "not json")
+    released = hub.publish(RUN, "driver", 4, note(4))
+    assert seqs(released) == [1]
+    assert hub.stats()["dropped_invalid"] == 4
 
 
 def test_nan_and_infinity_become_null() -> None:
     hub = EventHub()
     event = epoch(0, 0, val_auc=float("nan"), ECE=float("inf"), train_loss=0.5)
-    event["nested"] = [1.0, -math.inf]
     (stamped,) = hub.publish(RUN, "fold-0", 0, event)
-    assert stamped["val_auc"] is None and stamped["ECE"] is None
-    assert stamped["nested"] == [1.0, None]
-    assert stamped["train_loss"] == 0.5
+    assert body(stamped)["val_auc"] is None and body(stamped)["ECE"] is None
+    assert body(stamped)["train_loss"] == 0.5
+    assert isinstance(stamped.message, EpochMetrics) and stamped.message.val_auc is None
     assert math.isnan(event["val_auc"])  # the caller's dict is not modified
-    json.dumps(stamped, allow_nan=False)
+    json.loads(stamped.text, parse_constant=lambda name: pytest.fail(f"{name} in the text"))
 
 
 def test_numpy_values_are_made_plain_instead_of_dropping_the_event() -> None:
     hub = EventHub()
     event = epoch(np.int64(2), 0, val_auc=np.float32("nan"), DirAcc=np.float32(0.5))
     (stamped,) = hub.publish(RUN, "fold-2", 0, event)
-    assert stamped["fold_id"] == 2 and type(stamped["fold_id"]) is int
-    assert stamped["val_auc"] is None and stamped["DirAcc"] == 0.5
-    json.dumps(stamped, allow_nan=False)
+    assert body(stamped)["fold_id"] == 2 and type(body(stamped)["fold_id"]) is int
+    assert body(stamped)["val_auc"] is None and body(stamped)["DirAcc"] == 0.5
+
+
+def test_a_record_is_the_message_text_once_with_the_envelope_in_front() -> None:
+    hub = EventHub()
+    text = '{"type":"training_error","error":"boom \u00e9"}'
+    (record,) = hub.publish(RUN, "driver", 0, text)
+    assert (
+        record.text
+        == f'{{"run_id":"{RUN}","seq":1,"ts":{record.ts!r},"type":"training_error","error":"boom \u00e9"}}'
+    )
+    assert (record.seq, record.run_id, record.type) == (1, RUN, "training_error")
+    assert parse_message(record.text) == record.message  # the text and the typed message agree
+    assert record.message.seq == 1 and record.message.run_id == RUN and record.message.ts == record.ts
 
 
 def test_a_buffer_past_its_bound_skips_the_missing_event() -> None:
@@ -189,7 +202,7 @@ def test_a_buffer_past_its_bound_skips_the_missing_event() -> None:
     for pseq in (1, 2, 3):
         assert hub.publish(RUN, "driver", pseq, note(pseq)) == []
     released = hub.publish(RUN, "driver", 4, note(4))
-    assert [e["message"] for e in released] == ["1", "2", "3", "4"]
+    assert labels(released) == ["1", "2", "3", "4"]
     assert hub.publish(RUN, "driver", 0, note(0)) == []  # given up: dropped, never out of order
     assert hub.stats()["order_gaps_skipped"] == 1
 
@@ -199,7 +212,7 @@ def test_close_producer_releases_what_it_buffered_and_drops_stragglers() -> None
     hub.publish(RUN, "fold-0", 0, note(0))
     hub.publish(RUN, "fold-0", 2, note(2))
     hub.close_producer(RUN, "fold-0")
-    assert [e["message"] for e in hub.run_events(RUN)] == ["0", "2"]
+    assert labels(hub.run_events(RUN)) == ["0", "2"]
     assert hub.publish(RUN, "fold-0", 1, note(1)) == []
     assert hub.publish(RUN, "fold-0", 3, note(3)) == []
     assert hub.stats()["buffered"] == 0
@@ -213,12 +226,10 @@ def test_running_runs_are_those_started_and_not_ended_oldest_start_first(tmp_pat
     assert hub.running_runs() == []  # registered, not started: loading its data
     hub.publish("b", "driver", 0, {"type": "dataset_ready", "size": 10, "min_samples": 5})  # seq 1
     hub.publish("stray", "driver", 0, note(0))  # seq 2: a run that never starts
-    hub.publish(
-        "a", "driver", 0, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 3}
-    )  # seq 3
-    hub.publish("c", "driver", 0, {"type": "training_error", "error": "no data"})  # 4: never ran
+    hub.publish("a", "driver", 0, start(2, 3))  # seq 3
+    hub.publish("c", "driver", 0, error("no data"))  # 4: never ran
     assert hub.running_runs() == ["b", "a"]  # by the seq of their start, not registration
-    hub.publish("b", "driver", 1, {"type": "training_error", "error": "boom"})  # seq 5
+    hub.publish("b", "driver", 1, error("boom"))  # seq 5
     assert hub.running_runs() == ["a"]
     assert hub.running_runs(at=4) == ["b", "a"] and hub.running_runs(at=2) == ["b"]
     assert hub.running_runs(at=0) == []
@@ -232,11 +243,11 @@ def test_old_finished_runs_are_forgotten_past_max_runs() -> None:
     hub = EventHub(max_runs=2)
     for name in ("r0", "r1", "r2"):
         hub.register_run(name, None)
-        hub.publish(name, "driver", 0, {"type": "training_error", "error": "x"})
+        hub.publish(name, "driver", 0, error("x"))
     assert hub.stats()["runs"] == 2
     assert hub.publish("r0", "driver", 1, note(1)) == []  # a straggler of a forgotten run
     assert hub.stats()["dropped_forgotten"] == 1
-    assert [e["run_id"] for e in hub.run_events("r0")] == ["r0"]  # its events stay in history
+    assert [e.run_id for e in hub.run_events("r0")] == ["r0"]  # its events stay in history
 
 
 def test_poll_returns_after_timeout_with_no_events() -> None:
@@ -250,7 +261,8 @@ def test_poll_returns_after_timeout_with_no_events() -> None:
         return answer, loop.time() - start
 
     answer, waited = asyncio.run(main())
-    assert answer == {"events": [], "last_seq": 1, "gap": None}
+    assert (answer["events"], answer["last_seq"], answer["gap"], answer["store"]) == ([], 1, None, None)
+    assert answer["hub"] == hub.identity and answer["hub"]["restored_at"] == 0  # who answered
     assert 0.15 <= waited < 2.0
 
 
@@ -258,7 +270,7 @@ def test_poll_returns_at_once_when_events_exist() -> None:
     hub = EventHub()
     publish_in_order(hub, [note(0), note(1)])
     answer = asyncio.run(hub.poll(0, timeout=30))
-    assert [e["seq"] for e in answer["events"]] == [1, 2] and answer["last_seq"] == 2
+    assert seqs(answer["events"]) == [1, 2] and answer["last_seq"] == 2
 
 
 def test_concurrent_pollers_all_get_every_event() -> None:
@@ -270,7 +282,7 @@ def test_concurrent_pollers_all_get_every_event() -> None:
         cursor = 0
         while len(seen) < total:
             answer = await hub.poll(cursor, timeout=5)
-            seen += [e["seq"] for e in answer["events"]]
+            seen += seqs(answer["events"])
             cursor = answer["last_seq"]
         return seen
 
@@ -304,7 +316,7 @@ def test_poll_filtered_by_run_waits_for_that_run_and_advances_the_cursor() -> No
         return await asyncio.wait_for(task, timeout=5)
 
     answer = asyncio.run(main())
-    assert [(e["run_id"], e["seq"]) for e in answer["events"]] == [("b", 2)]
+    assert [(e.run_id, e.seq) for e in answer["events"]] == [("b", 2)]
     assert answer["last_seq"] == 2
 
 
@@ -320,4 +332,4 @@ def test_publish_from_another_thread_wakes_a_poller() -> None:
         thread.join()
         return answer
 
-    assert [e["seq"] for e in asyncio.run(main())["events"]] == [1]
+    assert seqs(asyncio.run(main())["events"]) == [1]

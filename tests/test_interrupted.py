@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.head_node import free_ports, ray_env
 from tests.synthetic import ar1_ohlcv
-from tests.test_restart import _env, _free_ports
 
 pytestmark = pytest.mark.slow  # two servers, each starting its own Ray instance
 
@@ -49,7 +49,7 @@ def _serve(port: int, reports: Path, data: Path, log: Path) -> subprocess.Popen[
                     "warning",
                 ],
                 cwd=reports.parent,
-                env=_env(),
+                env=ray_env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -68,7 +68,7 @@ def test_a_run_of_a_killed_server_is_marked_interrupted_at_the_next_start(tmp_pa
     data = tmp_path / "bars.csv"
     ar1_ohlcv(2400, seed=3).to_csv(data, index=False)
     reports = tmp_path / "reports"
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     first = _serve(port, reports, data, tmp_path / "first.log")
     try:

@@ -21,6 +21,7 @@ from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
 from orchestrator.run.driver import execute_run, new_run
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import run_local, write_csv
 from tests.wire import validate_wire
@@ -117,7 +118,8 @@ def _run(tmp: Path, data: str, interest: frozenset[str]) -> tuple[Any, list[dict
         }
     )
     run = new_run(config)
-    execute_run(run, InProcessSink(listener=events.extend, interest=interest), LocalExecutor())
+    sink = InProcessSink(listener=lambda records: events.extend(bodies(records)), interest=interest)
+    execute_run(run, sink, LocalExecutor())
     assert run.state is RunState.COMPLETED, run.error
     return run, events
 

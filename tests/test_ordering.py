@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 from orchestrator.events.ordering import Refusal, RetryFilter, RunOrdering, retry_key
+from orchestrator.messages import parse_message as message
+from tests.made_events import epoch, fold_done, note, start
 
 
 def test_each_producer_is_released_in_its_own_order_whatever_the_arrival() -> None:
@@ -52,24 +54,39 @@ def test_closing_a_producer_releases_its_buffer_and_refuses_stragglers() -> None
 
 
 def test_retry_keys_name_what_a_retried_fold_repeats() -> None:
-    assert retry_key({"type": "epoch_metrics", "fold_id": 1, "epoch": 2}) == ("epoch_metrics", 1, 2)
-    assert retry_key({"type": "fold_complete", "fold_id": 1}) == ("fold_complete", 1)
-    delta = {"type": "prediction_delta", "fold_id": 0, "epoch": 3, "chunk": 1, "final": True}
-    assert retry_key(delta) == ("prediction_delta", 0, 3, 1, True)
-    progress = {"type": "batch_progress", "fold_id": 0, "epoch": 3, "batch": 7}
-    assert retry_key(progress) == ("batch_progress", 0, 3, 7)
-    # no fold, or a type a retry never repeats (the driver's own events): no key
-    assert retry_key({"type": "epoch_metrics", "epoch": 2}) is None
-    assert retry_key({"type": "notification", "fold_id": 1, "kind": "fold_retry"}) is None
+    assert retry_key(message(epoch(1, 2))) == ("epoch_metrics", 1, 2)
+    assert retry_key(message(fold_done(1))) == ("fold_complete", 1)
+    delta = {
+        "type": "prediction_delta",
+        "fold_id": 0,
+        "epoch": 3,
+        "predictions": [],
+        "chunk": 1,
+        "final": True,
+    }
+    assert retry_key(message(delta)) == ("prediction_delta", 0, 3, 1, True)
+    progress = {
+        "type": "batch_progress",
+        "fold_id": 0,
+        "epoch": 3,
+        "batch": 7,
+        "total_batches": 9,
+        "train_loss": None,
+        "samples_per_second": None,
+    }
+    assert retry_key(message(progress)) == ("batch_progress", 0, 3, 7)
+    # a type a retry never repeats (the driver's own events, a fold's notification): no key
+    assert retry_key(message({**note("retry", kind="fold_retry"), "fold_id": 1})) is None
+    assert retry_key(message(start(2, 3))) is None
 
 
 def test_retry_filter_remembers_only_released_events() -> None:
     retries = RetryFilter()
-    first = {"type": "epoch_metrics", "fold_id": 0, "epoch": 0}
+    first = message(epoch(0, 0))
     assert not retries.is_repeat(first)  # seen but not released (say, dropped as invalid)
     retries.remember(first)
-    assert retries.is_repeat(dict(first))
-    assert not retries.is_repeat({"type": "epoch_metrics", "fold_id": 1, "epoch": 0})
-    note = {"type": "notification", "fold_id": 0}
-    retries.remember(note)
-    assert not retries.is_repeat(note)  # keyless events are never repeats
+    assert retries.is_repeat(message(epoch(0, 0)))
+    assert not retries.is_repeat(message(epoch(1, 0)))
+    notification = message({**note(0), "fold_id": 0})
+    retries.remember(notification)
+    assert not retries.is_repeat(notification)  # keyless events are never repeats

@@ -17,6 +17,7 @@ from orchestrator.events.publish import InProcessSink
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import RunState
 from orchestrator.run.driver import execute_run, new_run
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 from tests.wire import validate_wire
 from workers.data import load_ohlcv
@@ -36,7 +37,7 @@ def run_local(tmp_path: Path, data: str, **overrides: Any) -> tuple[Any, list[di
         **overrides,
     }
     run = new_run(config_from_mapping(values))
-    execute_run(run, InProcessSink(listener=events.extend), LocalExecutor())
+    execute_run(run, InProcessSink(listener=lambda records: events.extend(bodies(records))), LocalExecutor())
     return run, events
 
 

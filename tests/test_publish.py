@@ -12,7 +12,9 @@ import ray
 from orchestrator.events.actor import get_or_create_hub
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import HubPublisher, InProcessSink
+from orchestrator.events.record import EventRecord
 from orchestrator.messages import EPOCH_METRIC_FIELDS, MESSAGE_TYPES, EpochMetrics, Notification
+from tests.made_events import body, labels
 from tests.test_actor import session_namespace
 
 N_EVENTS = 200
@@ -26,16 +28,16 @@ def note(message: str) -> dict[str, Any]:
 
 
 def test_local_publishers_number_their_events_and_the_listener_sees_each_release() -> None:
-    batches: list[list[dict[str, Any]]] = []
+    batches: list[list[EventRecord]] = []
     sink = InProcessSink(listener=batches.append)
     sink.register_run("r", None)
     driver, fold = sink.publisher("r", "driver"), sink.publisher("r", "fold-0")
     driver.publish(Notification(level="info", kind="k", message="a", run_id="ignored", seq=99))
     fold.publish(note("b"))
     driver.publish(note("c"))
-    assert [[e["message"] for e in batch] for batch in batches] == [["a"], ["b"], ["c"]]
-    assert [e["seq"] for batch in batches for e in batch] == [1, 2, 3]  # the hub's envelope
-    assert batches[0][0]["run_id"] == "r"
+    assert [labels(batch) for batch in batches] == [["a"], ["b"], ["c"]]
+    assert [e.seq for batch in batches for e in batch] == [1, 2, 3]  # the hub's envelope
+    assert batches[0][0].run_id == "r" and batches[0][0].message.seq == 1
 
 
 def test_a_model_with_nan_is_published_as_null() -> None:
@@ -45,7 +47,8 @@ def test_a_model_with_nan_is_published_as_null() -> None:
         EpochMetrics.model_validate({"fold_id": 0, "epoch": 0, "elapsed_seconds": 1.0, **metrics})
     )
     (event,) = sink.hub.run_events("r")
-    assert event["val_auc"] is None and event["elapsed_seconds"] == 1.0
+    assert body(event)["val_auc"] is None and body(event)["elapsed_seconds"] == 1.0
+    assert isinstance(event.message, EpochMetrics) and event.message.val_auc is None
 
 
 def test_in_process_wants_what_the_listener_or_a_poller_delivers() -> None:
@@ -95,9 +98,9 @@ def test_publisher_in_a_task_is_released_in_order() -> None:
     ray.get(hub.register_run.remote(run_id, None), timeout=60)
     publisher = HubPublisher(hub, run_id, "task-0")
     assert ray.get(publish_from_task.remote(publisher, 0, N_EVENTS), timeout=60) is True
-    events: list[dict[str, Any]] = ray.get(hub.run_events.remote(run_id), timeout=60)
-    assert [int(e["message"]) for e in events] == list(range(N_EVENTS))
-    seqs = [e["seq"] for e in events]
+    events: list[EventRecord] = ray.get(hub.run_events.remote(run_id), timeout=60)
+    assert [int(label) for label in labels(events)] == list(range(N_EVENTS))
+    seqs = [e.seq for e in events]
     assert seqs == list(range(seqs[0], seqs[0] + N_EVENTS))
     # the task numbered its own pickled copy: this one starts at pseq 0 again, a stale repeat
     # (why every task or actor needs its own producer name)
@@ -117,10 +120,12 @@ def test_publisher_in_an_actor_sends_models_and_a_poller_sees_them() -> None:
     publisher = HubPublisher(hub, run_id, "fold-0-attempt-0")
     assert ray.get(actor.run.remote(publisher, 20), timeout=60) is True
     answer = ray.get(waiting, timeout=60)
-    assert answer["events"] and answer["events"][0]["epoch"] == 0
+    assert answer["events"] and body(answer["events"][0])["epoch"] == 0
     events = ray.get(hub.run_events.remote(run_id), timeout=60)
-    assert [e["epoch"] for e in events] == list(range(20))
-    assert all(e["val_auc"] is None and e["run_id"] == run_id for e in events)
+    assert [body(e)["epoch"] for e in events] == list(range(20))
+    assert all(body(e)["val_auc"] is None and e.run_id == run_id for e in events)
+    # across Ray a record is its five fields: the receiver parses its text when it reads one
+    assert isinstance(events[0].message, EpochMetrics) and events[0].message.epoch == 0
     ray.kill(actor)
 
 
@@ -148,7 +153,7 @@ def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush
         publisher.publish(note(str(i)))
     assert publisher.flush(timeout=30) is True
     events = ray.get(hub.run_events.remote(run_id), timeout=60)
-    assert [int(e["message"]) for e in events] == list(range(200))
+    assert [int(label) for label in labels(events)] == list(range(200))
     batches = ray.get(hub.stats.remote(), timeout=60)["batches"] - batches_before
     assert 1 <= batches <= 20  # the first event went alone; 199 others in a few 50 ms windows
     # two events back to back and no flush: the second waits for its window, then goes by itself

@@ -36,6 +36,7 @@ from orchestrator.execution.ray import RayExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.messages import message_json_schema
 from orchestrator.run.driver import execute_run, new_run
+from tests.made_events import bodies
 from tests.ray_helpers import CpuHolder, free_cpus
 from tests.synthetic import ar1_ohlcv
 from workers.features import FeatureSet, build_features
@@ -125,8 +126,8 @@ class RayRun:
         self.thread.start()
 
     def events(self) -> list[Event]:
-        events: list[Event] = ray.get(self.hub.run_events.remote(self.run.run_id), timeout=30)
-        return events
+        """The run's events as the JSON of the records the hub holds."""
+        return bodies(ray.get(self.hub.run_events.remote(self.run.run_id), timeout=30))
 
     def epochs(self, fold_id: int) -> list[int]:
         return [e["epoch"] for e in self.events() if e["type"] == "epoch_metrics" and e["fold_id"] == fold_id]

@@ -17,14 +17,12 @@ from orchestrator.events.durable import mark_interrupted
 from orchestrator.events.hub import EventHub
 from orchestrator.events.recorder import StoreRecorder, open_recorder
 from orchestrator.store import JobStore, LeaseHeldError
-
-
-def note(i: int) -> dict[str, Any]:
-    return {"type": "notification", "level": "info", "kind": "test", "message": str(i)}
+from tests import made_events
+from tests.made_events import note, seqs, start
 
 
 def epoch(fold_id: int, n: int) -> dict[str, Any]:
-    return {"type": "epoch_metrics", "fold_id": fold_id, "epoch": n, "val_auc": 0.5}
+    return made_events.epoch(fold_id, n, val_auc=0.5)
 
 
 @pytest.fixture
@@ -65,9 +63,9 @@ def test_released_events_reach_the_store_exactly_as_sent_in_batches(
         hub.publish("a", "driver", pseq, epoch(0, pseq + 1))
     assert recorder.flush()
     stored = recorder.store.events_since(0)
-    assert [e["seq"] for e in stored] == list(range(1, 201))
+    assert seqs(stored) == list(range(1, 201))
     held = hub.run_events("a")
-    assert stored[-len(held) :] == held  # the same JSON: what /ws sends
+    assert stored[-len(held) :] == held  # the same records, their texts byte for byte: what /ws sends
     stats = recorder.stats()
     assert stats["written"] == 200 and stats["pending"] == 0
     assert stats["batches"] < 200  # never one transaction per event
@@ -95,20 +93,20 @@ def test_seq_continues_after_a_restart_and_every_since_is_answered_without_gap_o
     assert restarted.last_seq() == 42
     assert second.flush()
     everything = second.store.events_since(0)
-    assert [e["seq"] for e in everything] == list(range(1, 43))
+    assert seqs(everything) == list(range(1, 43))
     for since in range(0, 43):
         events, gap = restarted.events_since(since)
         assert gap is None
         assert events == everything[since:], since
         for run_id in ("a", "b", "c"):
             of_run, gap = restarted.events_since(since, run_id)
-            assert gap is None and of_run == [e for e in everything[since:] if e["run_id"] == run_id]
+            assert gap is None and of_run == [e for e in everything[since:] if e.run_id == run_id]
     page, _ = restarted.events_since(3, limit=4)
-    assert [e["seq"] for e in page] == [4, 5, 6, 7]
+    assert seqs(page) == [4, 5, 6, 7]
     reply = asyncio.run(restarted.poll(33, 0.0, limit=5))
-    assert [e["seq"] for e in reply["events"]] == [34, 35, 36, 37, 38] and reply["last_seq"] == 38
+    assert seqs(reply["events"]) == [34, 35, 36, 37, 38] and reply["last_seq"] == 38
     reply = asyncio.run(restarted.poll(2, 0.0))
-    assert [e["seq"] for e in reply["events"]] == list(range(3, 43)) and reply["gap"] is None
+    assert seqs(reply["events"]) == list(range(3, 43)) and reply["gap"] is None
     second.close()
 
 
@@ -128,10 +126,8 @@ def test_unfinished_runs_of_a_gone_writer_are_marked_interrupted(url: str) -> No
     hub = EventHub(recorder=old)
     hub.record_run(_row("lost"))
     hub.record_run(_row("done"))
-    hub.publish(
-        "lost", "driver", 0, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}
-    )
-    hub.publish("done", "driver", 0, {"type": "training_complete", "folds_completed": 1, "summary_path": "s"})
+    hub.publish("lost", "driver", 0, start(2, 2))
+    hub.publish("done", "driver", 0, made_events.complete())
     assert old.flush()  # and then the process "dies" without giving the lease up
 
     recorder = open_recorder(url)
@@ -141,8 +137,8 @@ def test_unfinished_runs_of_a_gone_writer_are_marked_interrupted(url: str) -> No
     lost = recorder.store.get_run("lost")
     assert lost is not None and lost["state"] == "interrupted"
     assert lost["error"].startswith("interrupted: ") and ":dead" in lost["error"]
-    errors = [e for e in recorder.store.events_since(0, "lost") if e["type"] == "training_error"]
-    assert len(errors) == 1 and errors[0]["seq"] == 3
+    errors = [e for e in recorder.store.events_since(0, "lost") if e.type == "training_error"]
+    assert len(errors) == 1 and errors[0].seq == 3
     assert recorder.store.get_run("done")["state"] == "completed"  # type: ignore[index]
     assert mark_interrupted(restarted, recorder.store) == []
     recorder.close()
@@ -156,17 +152,19 @@ def test_a_store_that_cannot_be_written_keeps_the_events_queued_in_order(
     real_append = recorder.store.append
     failures = iter([True, True])
 
-    def flaky(runs: Any, batch: Any, admitted: Any = ()) -> None:
+    def flaky(runs: Any, batch: Any, *rest: Any) -> None:
         if next(failures, False):
             raise OSError("disk unplugged")
-        real_append(runs, batch, admitted)
+        real_append(runs, batch, *rest)
 
     monkeypatch.setattr(recorder.store, "append", flaky)
     for pseq in range(20):
         hub.publish("a", "driver", pseq, note(pseq))
     assert recorder.flush(15)
-    assert [e["seq"] for e in recorder.store.events_since(0)] == list(range(1, 21))
+    assert seqs(recorder.store.events_since(0)) == list(range(1, 21))
     assert recorder.stats()["write_errors"] == 2
+    health = recorder.health()
+    assert health["ok"] and health["error"] is None and health["written"] == 20  # recovered
 
 
 def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None:
@@ -175,9 +173,7 @@ def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None
     hub = EventHub(recorder=old)
     hub.record_run(_row("lost"))
     hub.publish("lost", "driver", 0, {"type": "dataset_ready", "size": 9, "min_samples": 1})
-    hub.publish(
-        "lost", "driver", 1, {"type": "training_start", "use_cv": True, "total_folds": 2, "total_epochs": 2}
-    )
+    hub.publish("lost", "driver", 1, start(2, 2))
     assert old.flush()
 
     recorder = open_recorder(url)
@@ -185,7 +181,7 @@ def test_a_run_the_store_had_before_this_hub_is_replayed_whole(url: str) -> None
     mark_interrupted(restarted, recorder.store)  # the run is known to this hub from seq 3 on
     events, gap = restarted.events_since(0, "lost")
     assert gap is None
-    assert [e["type"] for e in events] == ["dataset_ready", "training_start", "training_error"]
-    assert [e["seq"] for e in restarted.events_since(2, "lost")[0]] == [3]
+    assert [e.type for e in events] == ["dataset_ready", "training_start", "training_error"]
+    assert seqs(restarted.events_since(2, "lost")[0]) == [3]
     recorder.close()
     old.close()  # its lease was taken: giving it up changes nothing

@@ -29,6 +29,7 @@ from orchestrator.events.recorder import open_recorder
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.run.driver import execute_run, new_run
+from tests.made_events import bodies
 from tests.synthetic import random_walk_ohlcv
 
 
@@ -74,7 +75,7 @@ def _run(tmp_path: Path, reports: Path) -> tuple[Run, list[dict[str, Any]]]:
     )
     events: list[dict[str, Any]] = []
     run = new_run(config)
-    execute_run(run, InProcessSink(listener=events.extend), LocalExecutor())
+    execute_run(run, InProcessSink(listener=lambda records: events.extend(bodies(records))), LocalExecutor())
     return run, events
 
 

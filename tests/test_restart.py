@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,178 +17,18 @@ import pytest
 import websockets
 
 from orchestrator.store import JobStore
+from tests.head_node import FOLDS, Serve, free_ports, head_node
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 
-ROOT = Path(__file__).resolve().parents[1]
-FOLDS, EPOCHS = 2, 30
-_GRACE_S = 10.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    for name in ("RAY_ADDRESS", "ORCHESTRATOR_DB"):
-        env.pop(name, None)
-    return env
-
-
-def _stop_group(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM to the process group, SIGKILL after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(_GRACE_S)
+EPOCHS = 30
 
 
 @pytest.fixture
 def cluster() -> Iterator[str]:
     """A real head node (``ray start --head --block``) in its own process group, on free ports."""
-    ports = _free_ports(8)
-    gcs, node_manager, object_manager, client, agent_listen, agent_grpc, metrics, runtime_env = ports
-    low = _free_ports(1)[0] % 20_000 + 30_000
-    while any(low <= port <= low + 200 for port in ports):  # Ray refuses a worker range over them
-        low = (low + 211 - 30_000) % 20_000 + 30_000
-    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths are limited
-    log = open(Path(temp) / "ray-start.log", "w")
-    head = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--block",
-            "--port",
-            str(gcs),
-            "--node-ip-address",
-            "127.0.0.1",
-            "--num-cpus",
-            "2",
-            "--num-gpus",
-            "0",
-            "--include-dashboard",
-            "false",
-            "--disable-usage-stats",
-            "--temp-dir",
-            temp,
-            "--node-manager-port",
-            str(node_manager),
-            "--object-manager-port",
-            str(object_manager),
-            "--ray-client-server-port",
-            str(client),
-            "--dashboard-agent-listen-port",
-            str(agent_listen),
-            "--dashboard-agent-grpc-port",
-            str(agent_grpc),
-            "--metrics-export-port",
-            str(metrics),
-            "--runtime-env-agent-port",
-            str(runtime_env),
-            "--min-worker-port",
-            str(low),
-            "--max-worker-port",
-            str(low + 200),
-        ],
-        env=_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{gcs}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", gcs)) == 0:
-                    break
-            assert head.poll() is None, "ray start exited: " + Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "the head node did not come up"
-            time.sleep(0.2)
+    with head_node() as address:
         yield address
-    finally:
-        _stop_group(head)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-class Serve:
-    """One ``serve --address`` process."""
-
-    def __init__(self, address: str, port: int, reports: Path, data: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(reports.parent / f"serve-{time.monotonic_ns()}.log", "w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "serve",
-                "--address",
-                address,
-                "--port",
-                str(port),
-                "--reports-dir",
-                str(reports),
-                "--data",
-                str(data),
-                "--folds",
-                str(FOLDS),
-                "--set",
-                "min_samples=500",
-                "--set",
-                "lookback=10",
-                "--set",
-                "patience=10000",
-                "--log-level",
-                "warning",
-            ],
-            cwd=reports.parent,
-            env=_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(self.url + "/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.log.flush()
-                raise AssertionError(Path(self.log.name).read_text()[-3000:])
-            time.sleep(0.2)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def _train(serve: Serve, epochs: int, **fields: Any) -> str:
@@ -223,7 +57,7 @@ def _bars_and_port(tmp_path: Path) -> tuple[Path, Path, int]:
     """The bars CSV, the reports folder and the port every ``Serve`` of one test uses."""
     data = tmp_path / "bars.csv"
     ar1_ohlcv(2400, seed=7).to_csv(data, index=False)
-    return data, tmp_path / "reports", _free_ports(1)[0]
+    return data, tmp_path / "reports", free_ports(1)[0]
 
 
 def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once(
@@ -264,7 +98,7 @@ def test_a_run_outlives_a_killed_api_process_and_its_client_resumes_exactly_once
     assert len(epochs) == len(set(epochs)) == FOLDS * EPOCHS
     store = JobStore.open(f"sqlite:///{reports / 'orchestrator.db'}")
     try:
-        assert both == store.events_since(0, run_id)
+        assert both == bodies(store.events_since(0, run_id))
     finally:
         store.close()
     assert listed[:2] == [run_id, earlier]

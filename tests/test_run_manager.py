@@ -82,8 +82,8 @@ def test_a_restart_queues_every_stored_run_before_admitting_in_priority_order(
     trial, huge = manager.get("hpo_s_t0001_abc"), manager.get("huge")
     assert trial.state is RunState.INTERRUPTED and "resume the study" in (trial.error or "")
     assert huge.state is RunState.FAILED and "cpus_per_fold" in (huge.error or "")
-    ended = [e for e in hub.events_since(0, None, None, None)[0] if e["type"] == "training_error"]
-    assert {e["run_id"] for e in ended} == {"hpo_s_t0001_abc", "huge"}
+    ended = [e for e in hub.events_since(0, None, None, None)[0] if e.type == "training_error"]
+    assert {e.run_id for e in ended} == {"hpo_s_t0001_abc", "huge"}
     manager.shutdown()
 
 

@@ -9,8 +9,10 @@ import pytest
 
 from orchestrator.config import config_from_mapping
 from orchestrator.console.train import run_training
+from orchestrator.events.record import EventRecord
 from orchestrator.lifecycle import RunState
 from orchestrator.messages import TERMINAL_TYPES
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 from tests.test_pipeline import write_csv
 
@@ -32,9 +34,11 @@ def _config(tmp: Path, executor: str) -> Any:
     )
 
 
-def _check_complete_stream(run: Any, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _check_complete_stream(run: Any, batches: list[list[EventRecord]]) -> list[dict[str, Any]]:
     assert run.state is RunState.COMPLETED, run.error
-    events = [e for batch in batches for e in batch]
+    written = (Path(run.run_dir) / "events.jsonl").read_text().splitlines()
+    assert [e.text for batch in batches for e in batch] == written  # the listener saw the run as recorded
+    events = bodies(e for batch in batches for e in batch)
     assert all(batch for batch in batches)  # only non-empty batches are handed on
     assert {e["run_id"] for e in events} == {run.run_id}
     seqs = [e["seq"] for e in events]
@@ -53,21 +57,17 @@ def _check_complete_stream(run: Any, batches: list[list[dict[str, Any]]]) -> lis
 
 
 def test_local_run_hands_every_event_to_the_listener_and_only_wanted_detail(tmp_path: Path) -> None:
-    batches: list[list[dict[str, Any]]] = []
+    batches: list[list[EventRecord]] = []
     config = _config(tmp_path, "local")
     run = run_training(config, listener=batches.append, interest=frozenset({"batch_progress"}))
     events = _check_complete_stream(run, batches)
     kinds = {e["type"] for e in events}
     assert "batch_progress" in kinds and "prediction_delta" not in kinds
-    written = (Path(run.run_dir) / "events.jsonl").read_text().splitlines()
-    assert len(written) == len(events)  # the listener saw the whole run, as recorded
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_ray_run_is_followed_to_its_last_event(tmp_path: Path) -> None:
-    batches: list[list[dict[str, Any]]] = []
+    batches: list[list[EventRecord]] = []
     run = run_training(_config(tmp_path, "ray"), listener=batches.append)
     events = _check_complete_stream(run, batches)
     assert not {"batch_progress", "prediction_delta"} & {e["type"] for e in events}  # nobody asked
-    written = (Path(run.run_dir) / "events.jsonl").read_text().splitlines()
-    assert len(written) == len(events)

@@ -9,7 +9,9 @@ import pytest
 from orchestrator.config import TrainConfig
 from orchestrator.errors import IllegalTransitionError
 from orchestrator.lifecycle import Run, RunState
+from orchestrator.messages import parse_message
 from orchestrator.states import StateTable
+from tests.made_events import error, fold_done, start
 
 
 class Door(str, enum.Enum):
@@ -68,13 +70,13 @@ def test_interrupted_is_a_terminal_run_state_reached_from_pending_or_running() -
 
 def test_a_run_executed_elsewhere_follows_its_lifecycle_from_its_events() -> None:
     run = Run("r3", TrainConfig(), "/tmp/r3")
-    run.follow({"type": "training_start", "run_id": "r3"})
+    run.follow(parse_message(start(2, 3)))
     assert run.state is RunState.RUNNING
-    run.follow({"type": "fold_complete", "run_id": "r3", "fold_id": 0})
-    run.follow({"type": "training_complete", "run_id": "r3", "summary_path": "s.json"})
+    run.follow(parse_message(fold_done(0)))
+    run.follow(parse_message({"type": "training_complete", "folds_completed": 2, "summary_path": "s.json"}))
     assert run.snapshot()["state"] == "completed" and run.summary_path == "s.json" and run.folds_done == 1
     cancelled = Run("r4", TrainConfig(), "/tmp/r4")
-    cancelled.follow({"type": "training_error", "run_id": "r4", "error": "run r4 was cancelled"})
+    cancelled.follow(parse_message(error("run r4 was cancelled")))
     assert cancelled.state is RunState.CANCELLED and cancelled.error == "run r4 was cancelled"
 
 

@@ -16,12 +16,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.errors import StoreError
+from orchestrator.events.record import EventRecord
 from orchestrator.store import JobStore, LeaseHeldError, default_url
 from orchestrator.store.lease import Holder, holder_gone
 from orchestrator.store.schema import SCHEMA_VERSION, schema_version
+from tests.made_events import epoch, fold_done, record, seqs, start
 from tests.pg_server import postgres_server
-
-Event = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +56,28 @@ def _run(run_id: str, created_at: float, epochs: int = 3) -> dict[str, Any]:
     }
 
 
-def _event(seq: int, run_id: str, kind: str, **fields: Any) -> tuple[Event, str]:
-    event = {"type": kind, **fields, "run_id": run_id, "seq": seq, "ts": 1000.0 + seq}
-    return event, json.dumps(event)
+def _event(seq: int, run_id: str, message: dict[str, Any]) -> EventRecord:
+    return record(seq, run_id, message, ts=1000.0 + seq)
 
 
 def test_events_are_read_back_exactly_as_stored_after_any_seq(store: JobStore) -> None:
-    batch = [
-        _event(seq, "r1" if seq % 2 else "r2", "epoch_metrics", fold_id=0, epoch=seq, val_auc=None)
-        for seq in range(1, 21)
-    ]
+    batch = [_event(seq, "r1" if seq % 2 else "r2", epoch(0, seq, val_auc=None)) for seq in range(1, 21)]
     store.append([_run("r1", 1.0), _run("r2", 2.0)], batch)
     assert store.last_seq() == 20
     for since in range(0, 21):
         got = store.events_since(since)
-        assert [e["seq"] for e in got] == list(range(since + 1, 21))
-        assert got == [e for e, _ in batch[since:]]
-    assert [e["seq"] for e in store.events_since(0, run_id="r2", limit=3)] == [2, 4, 6]
-    assert [e["seq"] for e in store.events_since(5, before=9)] == [6, 7, 8]
+        assert seqs(got) == list(range(since + 1, 21))
+        assert got == batch[since:]  # the same records: envelope and text, byte for byte
+    assert seqs(store.events_since(0, run_id="r2", limit=3)) == [2, 4, 6]
+    assert seqs(store.events_since(5, before=9)) == [6, 7, 8]
     assert store.events_since(0, types=frozenset({"training_start"})) == []
 
 
 def test_a_duplicate_seq_is_refused_and_nothing_of_its_batch_is_kept(store: JobStore) -> None:
-    store.append([_run("r1", 1.0)], [_event(1, "r1", "dataset_ready", size=5, min_samples=1)])
+    store.append([_run("r1", 1.0)], [_event(1, "r1", {"type": "dataset_ready", "size": 5, "min_samples": 1})])
     with pytest.raises(IntegrityError):
-        store.append([], [_event(2, "r1", "training_start"), _event(1, "r1", "training_start")])
-    assert [e["seq"] for e in store.events_since(0)] == [1]
+        store.append([], [_event(2, "r1", start(1, 1)), _event(1, "r1", start(1, 1))])
+    assert seqs(store.events_since(0)) == [1]
 
 
 def test_a_run_row_follows_its_events(store: JobStore) -> None:
@@ -90,17 +86,17 @@ def test_a_run_row_follows_its_events(store: JobStore) -> None:
     store.append(
         [],
         [
-            _event(1, "r1", "training_start", use_cv=True, total_folds=2, total_epochs=2),
-            _event(2, "r1", "epoch_metrics", fold_id=0, epoch=1, val_auc=0.5),
-            _event(3, "r1", "epoch_metrics", fold_id=1, epoch=1, val_auc=0.4),
+            _event(1, "r1", start(2, 2)),
+            _event(2, "r1", epoch(0, 1, val_auc=0.5)),
+            _event(3, "r1", epoch(1, 1, val_auc=0.4)),
         ],
     )
     store.append(
         [],
         [
-            _event(4, "r1", "epoch_metrics", fold_id=0, epoch=2, val_auc=0.6),
-            _event(5, "r1", "fold_complete", fold_id=0),
-            _event(6, "r1", "training_complete", folds_completed=2, summary_path="s.json"),
+            _event(4, "r1", epoch(0, 2, val_auc=0.6)),
+            _event(5, "r1", fold_done(0)),
+            _event(6, "r1", {"type": "training_complete", "folds_completed": 2, "summary_path": "s.json"}),
         ],
     )
     snap = store.get_run("r1")
@@ -128,7 +124,7 @@ def test_runs_are_listed_newest_first_in_pages(store: JobStore) -> None:
 
 
 def test_recording_a_run_twice_keeps_the_first_row(store: JobStore) -> None:
-    store.append([_run("r1", 1.0)], [_event(1, "r1", "training_start", total_folds=1)])
+    store.append([_run("r1", 1.0)], [_event(1, "r1", start(1, 3))])
     store.append([_run("r1", 5.0)], [])
     snap = store.get_run("r1")
     assert snap is not None and snap["created_at"] == 1.0 and snap["state"] == "running"
@@ -270,7 +266,7 @@ def test_queued_runs_come_back_in_order_and_an_admitted_one_is_no_longer_queued(
     assert store.unfinished_runs() == []  # queued runs never started: nothing to mark interrupted
     store.append(
         [],
-        [_event(1, "q1", "training_start", total_folds=2)],
+        [_event(1, "q1", start(2, 3))],
         admitted=[("q2", '{"epochs": 3, "max_concurrent_folds": 1}'), ("q1", "{}")],
     )
     admitted = store.get_run("q2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from orchestrator.events.record import EventRecord
 from orchestrator.store.runs import (
     INTERRUPTED_PREFIX,
     ended_state,
@@ -11,15 +12,15 @@ from orchestrator.store.runs import (
     patches_for,
     snapshot_of_row,
 )
+from tests.made_events import complete, epoch, error, fold_done, note, record, start
+
+
+def _at(ts: float, run_id: str, message: dict[str, object]) -> EventRecord:
+    return record(int(ts), run_id, message, ts=ts)
 
 
 def test_lifecycle_events_set_the_state_and_times() -> None:
-    patches = patches_for(
-        [
-            {"type": "training_start", "run_id": "a", "seq": 1, "ts": 10.0, "total_folds": 3},
-            {"type": "training_error", "run_id": "b", "seq": 2, "ts": 11.0, "error": "boom"},
-        ]
-    )
+    patches = patches_for([_at(10.0, "a", start(3, 5)), _at(11.0, "b", error("boom"))])
     assert patches["a"].values == {"state": "running", "started_at": 10.0, "folds_total": 3}
     assert patches["b"].values == {"state": "failed", "ended_at": 11.0, "error": "boom"}
 
@@ -27,20 +28,22 @@ def test_lifecycle_events_set_the_state_and_times() -> None:
 def test_the_last_lifecycle_event_of_a_batch_wins_and_progress_adds_up() -> None:
     patch = patches_for(
         [
-            {"type": "training_start", "run_id": "a", "ts": 1.0, "total_folds": 2},
-            {"type": "epoch_metrics", "run_id": "a", "ts": 2.0, "seq": 2, "fold_id": 0, "epoch": 1, "x": 1},
-            {"type": "epoch_metrics", "run_id": "a", "ts": 3.0, "seq": 3, "fold_id": 0, "epoch": 2, "x": 2},
-            {"type": "fold_complete", "run_id": "a", "ts": 4.0, "fold_id": 0},
-            {"type": "training_complete", "run_id": "a", "ts": 5.0, "summary_path": "s"},
+            _at(1.0, "a", start(2, 5)),
+            _at(2.0, "a", epoch(0, 1, val_auc=0.5)),
+            _at(3.0, "a", epoch(0, 2, val_auc=0.6)),
+            _at(4.0, "a", fold_done(0)),
+            _at(5.0, "a", complete()),
         ]
     )["a"]
     assert patch.values["state"] == "completed" and patch.values["ended_at"] == 5.0
     assert patch.increments == {"epochs_done": 2, "folds_done": 1}
-    assert patch.metrics == {"0": {"fold_id": 0, "epoch": 2, "x": 2}}
+    latest = patch.metrics["0"]
+    assert list(patch.metrics) == ["0"] and (latest["epoch"], latest["val_auc"]) == (2, 0.6)
+    assert {"type", "seq", "run_id", "ts"}.isdisjoint(latest) and latest["fold_id"] == 0
 
 
 def test_events_that_change_nothing_make_no_patch() -> None:
-    assert patches_for([{"type": "notification", "run_id": "a"}, {"type": "x"}]) == {}
+    assert patches_for([_at(1.0, "a", note(1))]) == {}
 
 
 def test_the_ended_state_of_an_error_message() -> None:

@@ -71,7 +71,7 @@ def test_every_subscriber_gets_the_events_released_after_start_in_seq_order() ->
         return first, second, stream.cursor
 
     first, second, cursor = run(scenario)
-    assert [e["seq"] for b in first for e in b.events] == [4, 5, 6, 7, 8]
+    assert [e.seq for b in first for e in b.events] == [4, 5, 6, 7, 8]
     assert first == second
     assert first[0].since == 3 and all(b.gap is None for b in first)
     assert cursor == 8
@@ -93,7 +93,7 @@ def test_a_stream_of_one_run_skips_the_others_and_still_advances() -> None:
         return seen, stream.cursor
 
     seen, cursor = run(scenario)
-    assert [(e["run_id"], e["seq"]) for e in seen] == [("b", 4)]
+    assert [(e.run_id, e.seq) for e in seen] == [("b", 4)]
     assert cursor == 4
 
 
@@ -126,7 +126,7 @@ def test_a_failing_subscriber_does_not_stop_the_others(caplog: pytest.LogCapture
         stream = EventStream(LocalHubClient(hub), poll_timeout_s=5)
         seen: list[int] = []
         stream.subscribe(broken)
-        stream.subscribe(lambda batch: seen.extend(e["seq"] for e in batch.events))
+        stream.subscribe(lambda batch: seen.extend(e.seq for e in batch.events))
         await stream.start()
         for i in range(3):
             publish(hub, "r", i, 1)
@@ -158,7 +158,7 @@ def test_an_unreachable_hub_is_retried_and_a_lost_stretch_arrives_as_a_gap() -> 
     assert health == [(False, "ConnectionError: last_seq unreachable"), (True, None)]
     (batch,) = batches
     assert batch.since == 0 and batch.gap == 8  # the hub holds 8..10 only
-    assert [e["seq"] for e in batch.events] == [8, 9, 10] and stream.cursor == 10
+    assert [e.seq for e in batch.events] == [8, 9, 10] and stream.cursor == 10
 
 
 def test_drain_waits_for_what_the_hub_had_released_and_can_time_out() -> None:
@@ -167,7 +167,7 @@ def test_drain_waits_for_what_the_hub_had_released_and_can_time_out() -> None:
     async def scenario() -> tuple[bool, bool, int]:
         stream = EventStream(LocalHubClient(hub), poll_timeout_s=5, batch_limit=2)
         seen: list[int] = []
-        stream.subscribe(lambda batch: seen.extend(e["seq"] for e in batch.events))
+        stream.subscribe(lambda batch: seen.extend(e.seq for e in batch.events))
         await stream.start()
         publish(hub, "r", 0, 7)  # more than one batch
         drained = await stream.drain(5)
@@ -189,7 +189,7 @@ def test_a_stream_thread_follows_for_callers_without_a_loop() -> None:
     hub = EventHub()
     stream = EventStream(LocalHubClient(hub), poll_timeout_s=5)
     seen: list[tuple[int, str]] = []
-    stream.subscribe(lambda b: seen.extend((e["seq"], threading.current_thread().name) for e in b.events))
+    stream.subscribe(lambda b: seen.extend((e.seq, threading.current_thread().name) for e in b.events))
     follower = StreamThread(stream, name="test-follower")
     follower.start()
     try:
@@ -217,7 +217,7 @@ def test_the_local_client_reads_the_hub() -> None:
 
     last, active, (events, gap), cursor = run(scenario)
     assert last == 2 and active == [] and gap is None and cursor == 1
-    assert [e["seq"] for e in events] == [2]
+    assert [e.seq for e in events] == [2]
     assert client.ray_connected() is False
 
 

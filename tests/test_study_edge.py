@@ -21,6 +21,7 @@ from orchestrator.config import config_from_mapping
 from orchestrator.hpo import HpoSpec, run_study
 from orchestrator.hpo.selection_files import MATRIX_FILE, StudySelection, read_selection
 from tests.edge_rules import dsr_by_rule, pbo_by_rule
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 
 # Small models that learn an AR(1) of 0.3 in 4 epochs; lr and width are what the trials vary.
@@ -69,7 +70,7 @@ def _session(spec: HpoSpec) -> tuple[list[list[int]], list[dict[str, Any]]]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         updates = _Updates(monkeypatch)
         events: list[dict[str, Any]] = []
-        run_study(spec, listener=events.extend)
+        run_study(spec, listener=lambda records: events.extend(bodies(records)))
     return updates.trials, events
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.ws.fanout import Outgoing
+from api.ws.fanout import ControlFrame, Outgoing
 from api.ws.subscription import Subscription, SubscriptionError, parse_types
+from orchestrator.events.record import EventRecord
 from orchestrator.messages import CORE_TYPES, HEAVY_TYPES, MESSAGE_TYPES
 
 
@@ -43,7 +44,9 @@ def test_parse_types_all_empty_and_unknown_names() -> None:
 
 
 def _item(kind: str, run_id: str | None, seq: int | None = 1) -> Outgoing:
-    return Outgoing(seq=seq, type=kind, run_id=run_id, text="{}")
+    if seq is None or run_id is None:
+        return ControlFrame(kind, run_id, "{}")
+    return EventRecord(seq, run_id, kind, 1.0, "{}")  # a subscription reads only the envelope
 
 
 def test_wants_filters_by_run_and_type_and_lets_control_messages_through() -> None:

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from orchestrator.console.watch import EXIT_COMPLETE, EXIT_ERROR, RunFollower, ws_url_with
-from orchestrator.messages import HEAVY_TYPES
+from orchestrator.messages import HEAVY_TYPES, parse_message
 
 pytest.register_assert_rewrite("tests.api_fixtures")
+from tests import made_events  # noqa: E402
 from tests.api_fixtures import ApiServer, assert_legal_run  # noqa: E402
 
 pytest_plugins = ["tests.api_fixtures"]
@@ -30,8 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- the pure part ---------------------------------------------------------------------------
 
 
-def event(seq: int, kind: str, run_id: str = "A", **fields: Any) -> dict[str, Any]:
-    return {"type": kind, "seq": seq, "run_id": run_id, **fields}
+_BODIES: dict[str, dict[str, Any]] = {
+    "dataset_ready": {"type": "dataset_ready", "size": 9, "min_samples": 1},
+    "training_start": made_events.start(1, 2),
+    "epoch_metrics": made_events.epoch(0, 0),
+    "notification": made_events.note(0),
+    "training_complete": made_events.complete(),
+    "training_error": made_events.error("x"),
+}
+
+
+def event(seq: int, kind: str, run_id: str = "A") -> BaseModel:
+    """A message as a client parses it from its frame."""
+    return parse_message({**_BODIES[kind], "seq": seq, "run_id": run_id, "ts": 1.0})
 
 
 def test_follower_follows_the_first_run_and_exits_with_its_outcome() -> None:
@@ -53,6 +66,16 @@ def test_follower_follows_the_first_run_and_exits_with_its_outcome() -> None:
     named = RunFollower(run_id="Z")
     assert not named.accept(event(1, "training_start"))
     assert named.exit_code(event(2, "training_complete", run_id="Z")) == EXIT_COMPLETE
+
+
+def test_after_a_hub_restart_the_follower_takes_the_events_after_the_resume_point_again() -> None:
+    follower = RunFollower()
+    for seq in (1, 2, 3, 4):
+        assert follower.accept(event(seq, "epoch_metrics" if seq > 1 else "training_start"))
+    follower.rewind(2)  # close 4012: "reconnect with ?since=2"
+    assert follower.last_seq == 2
+    assert follower.accept(event(3, "epoch_metrics"))  # seq 3 again: another event now, shown
+    assert not follower.accept(event(3, "epoch_metrics"))  # but never twice
 
 
 def test_ws_url_with_sets_query_parameters() -> None:

@@ -1,4 +1,4 @@
-"""The server's own routes: ``GET /`` (health, version, running runs, hub, clients) and the ``/ws`` contract documents."""
+"""The server's own routes: ``GET /`` (health, version, running runs, hub, job store, clients) and the ``/ws`` contract documents."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from api.ws.fanout import EventPump
 from orchestrator.asyncapi import asyncapi_document
 from orchestrator.events.stream import HubClient
 from orchestrator.messages import message_json_schema
+from orchestrator.store.health import HealthSnapshot
 
 __all__ = ["api_version", "meta_router"]
 
@@ -41,19 +42,35 @@ def meta_router(
             try:
                 return await asyncio.wait_for(hub.running_runs(), RUNNING_TIMEOUT_S)
             except Exception as err:  # health must answer: say what we know here
-                log.warning("GET /: the hub did not say which runs are running: %s", err)
+                log.warning("GET /: the hub did not say which runs are running: %r", err)
         return [run.run_id for run in manager.active()]
 
-    @router.get("/", summary="Health: status, Ray connection, running runs, version")
+    async def store() -> HealthSnapshot | None:
+        """The job store as the hub's writer sees it now; the last poll's word if it does not answer."""
+        try:
+            return await asyncio.wait_for(hub.store_health(), RUNNING_TIMEOUT_S)
+        except Exception:
+            return pump.store_health
+
+    @router.get("/", summary="Health: status, Ray connection, running runs, hub, job store, version")
     async def health() -> dict[str, Any]:
         ids = await running()
+        store_health = await store()
+        identity = pump.hub_identity
         return {
-            "status": "ok",
+            "status": "ok" if store_health is None or store_health["ok"] else "degraded",
             "version": api_version(),
             "ray_connected": hub.ray_connected(),
             "active_run_id": ids[0] if ids else None,
             "running": ids,
-            "hub": {"reachable": pump.healthy, "last_seq": pump.cursor, "error": pump.last_error},
+            "hub": {
+                "reachable": pump.healthy,
+                "last_seq": pump.cursor,
+                "error": pump.last_error,
+                "pid": None if identity is None else identity["pid"],
+                "restarts": pump.restarts,
+            },
+            "store": store_health,
             "clients": len(stream.connections),
             "queued": [run.run_id for run in manager.queued()],
         }

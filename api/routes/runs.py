@@ -24,7 +24,7 @@ from api.trust import BodyTrust, Refusal
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.data.names import is_bundled
 from orchestrator.errors import ConfigError, brief
-from orchestrator.events.hub import Event
+from orchestrator.events.record import EventRecord
 from orchestrator.events.stream import HubClient
 from orchestrator.jobs.admission import check_priority
 from orchestrator.jobs.manager import UnknownRunError
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.lifecycle import Run
     from orchestrator.store import JobStore
 
-__all__ = ["EVENTS_PAGE_MAX", "RUN_ID_MAX", "RunId", "RunService", "runs_router"]
+__all__ = ["EVENTS_PAGE_MAX", "RUN_ID_MAX", "RunId", "RunService", "events_page", "runs_router"]
 
 EVENTS_PAGE_MAX = 10_000
 # run ids are run_<date>_<time>_<hex> or hpo_<study>_t<n>_<hex> (a study name has <= 64 characters)
@@ -71,7 +71,7 @@ class RunService(Protocol):
 
     def cancel(self, run_id: str) -> Run: ...
 
-    def observe(self, event: Event) -> None: ...
+    def observe(self, record: EventRecord) -> None: ...
 
 
 def runs_router(
@@ -234,17 +234,20 @@ def runs_router(
             return error_response(404, f"run {run_id} has no summary (state: {body['state']}{detail})")
         return JSONResponse(json.loads(path.read_text()))
 
-    @router.get("/runs/{run_id}/events", summary="The run's events after seq `since`, as sent on /ws")
+    @router.get(
+        "/runs/{run_id}/events",
+        summary="The run's events after seq `since`, each the very text sent on /ws",
+        response_model=None,
+    )
     async def run_events(
         run_id: RunId,
         since: int = Query(0, ge=0, description="return events with seq > since"),
         limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
-    ) -> JSONResponse:
+    ) -> Response:
         if await snapshot(run_id) is None:
             return error_response(404, f"no run with run_id={run_id!r}")
         events, gap = await hub.events_since(since, run_id, None, limit)
-        next_since = events[-1]["seq"] if events else since
-        return JSONResponse({"run_id": run_id, "events": events, "next_since": next_since, "gap": gap})
+        return events_page(run_id, events, events[-1].seq if events else since, gap)
 
     @router.get(
         "/reports/{path:path}", summary="A file under the reports root (CSV, JSON)", response_model=None
@@ -263,6 +266,14 @@ _ENDED = frozenset(state.value for state in TERMINAL_STATES)
 
 def _created(snapshot: dict[str, Any]) -> tuple[float, str]:
     return (float(snapshot["created_at"]), str(snapshot["run_id"]))
+
+
+def events_page(run_id: str, events: list[EventRecord], next_since: int, gap: int | None) -> Response:
+    """``GET /runs/{id}/events``'s JSON, the events spliced in as their records' texts (the /ws
+    frames, byte for byte), never decoded and encoded again."""
+    head = json.dumps({"run_id": run_id, "next_since": next_since, "gap": gap})
+    body = f'{head[:-1]},"events":[{",".join(record.text for record in events)}]}}'
+    return Response(body, media_type="application/json")
 
 
 def _fields_of(err: ValidationError) -> list[str]:

@@ -28,11 +28,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from api.ws.fanout import Outgoing, encode_control, encode_event
+from api.ws.fanout import Outgoing, encode_control
 from api.ws.follow import RunFollow, Verdict
 from api.ws.subscription import FOLLOW_CONTROL_TYPES, Subscription
 from orchestrator.errors import IllegalTransitionError
-from orchestrator.events.stream import Event, HubClient
+from orchestrator.events.record import EventRecord
+from orchestrator.events.stream import HubClient
 from orchestrator.messages import HistoryGap
 from orchestrator.states import StateTable
 
@@ -56,6 +57,7 @@ class CloseCode(enum.IntEnum):
 
     SERVER_SHUTDOWN = 4001  # the server is stopping; reconnect later with ?since=<last seq>
     SLOW_CONSUMER = 4008  # the client's queue overflowed; reconnect with ?since=<last seq>
+    HUB_RESTARTED = 4012  # the event hub restarted; reconnect with the ?since= the reason gives
     BAD_REQUEST = 4400  # an invalid query parameter (since, run_id, types, unknown name)
     INTERNAL_ERROR = 4500  # the event hub failed during replay; reconnect with ?since=<last seq>
 
@@ -121,6 +123,11 @@ class _BoundedQueue:
         item = self._items.popleft()
         self._bytes -= len(item.text)
         return item
+
+    def drop_after(self, seq: int) -> None:
+        """Forget the queued events with a seq above ``seq`` (a restarted hub's stale ones)."""
+        kept = deque(item for item in self._items if item.seq is None or item.seq <= seq)
+        self._items, self._bytes = kept, sum(len(item.text) for item in kept)
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,18 @@ class ClientConnection:
                 f"too slow: {len(self._queue)} messages queued; {self.resume_hint()}",
             )
 
+    def hub_restarted(self, restored_at: int) -> None:
+        """The hub restarted, rebuilt up to ``restored_at``: events after it may come again under
+        other seqs. A live client that got nothing after it goes on (its stale queued events are
+        dropped); any other is closed with 4012, to resume from ``restored_at`` at the latest."""
+        if self.state not in (ClientState.REPLAYING, ClientState.LIVE):
+            return
+        if self._floor <= restored_at and self.state is ClientState.LIVE:
+            self._queue.drop_after(restored_at)
+            return
+        since = restored_at if self.resume_from is None else min(restored_at, self.resume_from)
+        self.request_close(CloseCode.HUB_RESTARTED, f"the event hub restarted; reconnect with ?since={since}")
+
     # ---- the sender's side ----------------------------------------------------------------
 
     async def stream(self) -> None:
@@ -238,7 +257,7 @@ class ClientConnection:
             return
         if sub.since is not None:  # beyond the hub's last seq: the server restarted since
             oldest_events, _ = await self.hub.events_since(0, None, None, 1)
-            oldest = oldest_events[0]["seq"] if oldest_events else head + 1
+            oldest = oldest_events[0].seq if oldest_events else head + 1
             await self._send_gap(
                 sub.since,
                 oldest,
@@ -252,21 +271,21 @@ class ClientConnection:
         else:  # every run: everything since the oldest running run began
             running = await self.hub.running_runs(head)
             first, _ = await self.hub.events_since(0, running[0], None, 1) if running else ([], None)
-            await self._send_history(min(head, first[0]["seq"] - 1) if first else head)
+            await self._send_history(min(head, first[0].seq - 1) if first else head)
 
     async def _send_history(self, since: int) -> None:
         """Send every held event after ``since`` that the client subscribed to, oldest first."""
         head = await self.hub.last_seq()  # the pages cover at least this far
         async for event in self._history(since, self.subscription.one_run, self.types):
-            if event["seq"] > self._floor:
-                await self._send(encode_event(event))
+            if event.seq > self._floor:
+                await self._send(event)
         # everything up to the hub's head is sent or not wanted
         self._floor = max(self._floor, head)
         self.resume_from = self._floor
 
     async def _history(
         self, since: int, run_id: str | None, types: frozenset[str], until: int | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[EventRecord]:
         """The held events after ``since`` (of ``run_id``, of ``types``, up to seq ``until``), page
         by page, straight from the hub; a ``history_gap`` is sent first when the hub no longer
         holds all of them."""
@@ -285,12 +304,12 @@ class ClientConnection:
                 )
             first_page = False
             for event in events:
-                if until is not None and event["seq"] > until:
+                if until is not None and event.seq > until:
                     return
                 yield event
             if len(events) < REPLAY_PAGE:
                 return
-            cursor = int(events[-1]["seq"])
+            cursor = events[-1].seq
 
     # ---- following one run at a time (no ?run_id=; the rule is api.ws.follow's) ----------
 
@@ -311,13 +330,13 @@ class ClientConnection:
         last = None
         if since > 0:
             found, _ = await self.hub.events_since(since - 1, None, None, 1)
-            last = found[0] if found and found[0]["seq"] == since else None
+            last = found[0] if found and found[0].seq == since else None
         if self._follow.resume(await self.hub.running_runs(since), last):
             assert self._follow.following is not None
             await self._replay_run(self._follow.following, since)
         self._floor = max(self._floor, since)
         async for event in self._history(since, None, self.types | FOLLOW_CONTROL_TYPES):
-            await self._follow_item(encode_event(event))
+            await self._follow_item(event)
         self._floor = max(self._floor, head)
 
     async def _follow_item(self, item: Outgoing) -> None:
@@ -340,7 +359,7 @@ class ClientConnection:
         """The followed run's events of the client's types up to seq ``until``, from its start
         (they go out whatever the floor: the client skipped them when they were live)."""
         async for event in self._history(0, run_id, self.types, until):
-            await self._send(encode_event(event))
+            await self._send(event)
 
     async def _send_gap(self, since: int, oldest: int, message: str, run_id: str | None = None) -> None:
         gap = HistoryGap(

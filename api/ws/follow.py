@@ -25,9 +25,9 @@ The rule. A *training run* is one that released a ``dataset_ready`` or ``trainin
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from orchestrator.events.record import EventRecord
 from orchestrator.messages import RUN_TYPES, START_TYPES, TERMINAL_TYPES
 
 __all__ = ["RunFollow", "Verdict"]
@@ -56,17 +56,17 @@ class RunFollow:
         self.ahead = set()
         return self.following
 
-    def resume(self, running: Sequence[str], last: Mapping[str, Any] | None) -> bool:
+    def resume(self, running: Sequence[str], last: EventRecord | None) -> bool:
         """Where a client resuming after ``last`` (the event with its ``since`` as seq; None if
         unknown) was, given the runs running at that seq. True when ``last`` ended a run: the
         followed run's history up to that seq is to be replayed first."""
         self.enter(running)
         if last is None:
             return False
-        kind, run_id = str(last.get("type")), last.get("run_id")
+        kind, run_id = last.type, last.run_id
         if kind in TERMINAL_TYPES:
             return self.following is not None
-        if isinstance(run_id, str) and run_id in running[1:] and self.is_run_event(kind, run_id):
+        if run_id in running[1:] and self.is_run_event(kind, run_id):
             self.following = run_id
             self.ahead = set(running[: list(running).index(run_id)])
         return False

@@ -104,6 +104,7 @@ def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.console.progress import EventFileWriter, selection_lines, trial_line
+    from orchestrator.events.record import EventRecord
     from orchestrator.hpo.selection_files import SELECTION_FILE, read_selection
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -137,9 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_store = recorder.close
     writer = EventFileWriter(args.events_out) if args.events_out else None
 
-    def fanout(events: list[dict[str, Any]]) -> None:
+    def fanout(events: list[EventRecord]) -> None:
         if not args.quiet:
-            for line in filter(None, map(trial_line, events)):
+            trials = (event.message for event in events if event.type == "hpo_trial")
+            for line in filter(None, map(trial_line, trials)):
                 print(line, file=sys.stderr, flush=True)
         if writer is not None:
             writer(events)

@@ -64,7 +64,7 @@ class TrialLines:
         self._best: float | None = None
 
     def new_lines(self, status: dict[str, Any]) -> list[str]:
-        from orchestrator.console.progress import trial_line
+        from orchestrator.console.progress import trial_text
 
         lines = []
         maximize = status.get("direction") == "maximize"
@@ -72,11 +72,11 @@ class TrialLines:
             number, state = int(row["number"]), _EVENT_STATE.get(str(row.get("state")))
             if state is None or number in self.finished:
                 continue
-            event = {"type": "hpo_trial", "trial": number, "params": row.get("params", {}), "state": state}
+            params = row.get("params", {})
             if state == "running":
                 if number not in self.started:
                     self.started.add(number)
-                    lines.append(trial_line(event))
+                    lines.append(trial_text(state, number, params=params))
                 continue
             self.finished.add(number)
             value = row.get("value")
@@ -86,16 +86,20 @@ class TrialLines:
                 and (self._best is None or (value > self._best if maximize else value < self._best))
             ):
                 self._best = value
-            event.update(
-                value=value,
-                duration_seconds=row.get("duration_seconds"),
-                error=row.get("error"),
-                trials_done=len(self.finished),
-                trials_total=status.get("trials_total", "?"),
-                best_value=self._best,
+            lines.append(
+                trial_text(
+                    state,
+                    number,
+                    params=params,
+                    value=value,
+                    duration_seconds=row.get("duration_seconds"),
+                    error=row.get("error"),
+                    trials_done=len(self.finished),
+                    trials_total=status.get("trials_total", "?"),
+                    best_value=self._best,
+                )
             )
-            lines.append(trial_line(event))
-        return [line for line in lines if line is not None]
+        return lines
 
 
 def _summary(status: dict[str, Any]) -> list[str]:

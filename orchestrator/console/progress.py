@@ -1,17 +1,42 @@
-"""Terminal progress for a run: one bar per fold, advanced by the run's own events."""
+"""What the terminal shows of events: one progress bar per fold, the events file, a line per trial."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
-from orchestrator.messages import TERMINAL_TYPES
+from orchestrator.events.record import EventRecord
+from orchestrator.messages import (
+    DatasetReady,
+    EpochMetrics,
+    FoldComplete,
+    HpoTrial,
+    Notification,
+    TrainingComplete,
+    TrainingError,
+    TrainingStart,
+)
 
-__all__ = ["ProgressView", "EventFileWriter", "selection_lines", "trial_line"]
+__all__ = ["ProgressView", "EventFileWriter", "selection_lines", "trial_line", "trial_text"]
+
+# What the bars and lines read; other types (live detail) are never parsed.
+_SHOWN_TYPES = frozenset(
+    {
+        "dataset_ready",
+        "training_start",
+        "epoch_metrics",
+        "fold_complete",
+        "notification",
+        "training_complete",
+        "training_error",
+    }
+)
 
 
 def _fmt(value: Any) -> str:
@@ -19,14 +44,14 @@ def _fmt(value: Any) -> str:
 
 
 class ProgressView:
-    """Consumes wire events (dicts) and draws per-fold bars with the key metrics."""
+    """Consumes released events (their typed messages) and draws per-fold bars with the key metrics."""
 
     def __init__(self, stream: IO[str] | None = None, enabled: bool = True) -> None:
         self._stream = stream or sys.stderr
         self._enabled = enabled
         self._bars: dict[int, tqdm] = {}
         self._total_epochs = 0
-        self.final: dict[str, Any] | None = None
+        self.final: TrainingComplete | TrainingError | None = None
 
     def _write(self, text: str) -> None:
         if self._enabled:
@@ -46,45 +71,44 @@ class ProgressView:
             )
         return self._bars[fold_id]
 
-    def __call__(self, events: list[dict[str, Any]]) -> None:
+    def __call__(self, events: Sequence[EventRecord]) -> None:
         for event in events:
-            self.handle(event)
+            if event.type in _SHOWN_TYPES:
+                self.handle(event.message)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "dataset_ready":
-            self._write(f"dataset ready: {event['size']} samples (min_samples {event['min_samples']})")
-        elif kind == "training_start":
-            self._total_epochs = event["total_epochs"]
+    def handle(self, message: BaseModel) -> None:
+        if isinstance(message, DatasetReady):
+            self._write(f"dataset ready: {message.size} samples (min_samples {message.min_samples})")
+        elif isinstance(message, TrainingStart):
+            self._total_epochs = message.total_epochs
             self._write(
-                f"training {event['total_folds']} fold(s) x {event['total_epochs']} epochs"
-                f" (cv={'on' if event['use_cv'] else 'off'}), run {event.get('run_id')}"
+                f"training {message.total_folds} fold(s) x {message.total_epochs} epochs"
+                f" (cv={'on' if message.use_cv else 'off'}), run {message.run_id}"
             )
-            for k in range(event["total_folds"]):
+            for k in range(message.total_folds):
                 self._bar(k)
-        elif kind == "epoch_metrics":
-            bar = self._bar(event["fold_id"])
-            bar.update(max(0, event["epoch"] + 1 - bar.n))
+        elif isinstance(message, EpochMetrics):
+            bar = self._bar(message.fold_id)
+            bar.update(max(0, message.epoch + 1 - bar.n))
             bar.set_postfix_str(
-                f"loss {_fmt(event['train_loss'])} val_nll {_fmt(event['val_nll'])} "
-                f"auc {_fmt(event['val_auc'])} cov {_fmt(event['conformal_coverage'])}",
+                f"loss {_fmt(message.train_loss)} val_nll {_fmt(message.val_nll)} "
+                f"auc {_fmt(message.val_auc)} cov {_fmt(message.conformal_coverage)}",
                 refresh=True,
             )
-        elif kind == "fold_complete":
-            bar = self._bar(event["fold_id"])
-            bar.set_description_str(f"fold {event['fold_id']} done ({event['calibration_method']})")
+        elif isinstance(message, FoldComplete):
+            bar = self._bar(message.fold_id)
+            bar.set_description_str(f"fold {message.fold_id} done ({message.calibration_method})")
             bar.refresh()
-        elif kind == "notification":
-            self._write(f"[{event['level']}] {event['message']}")
-        elif kind in TERMINAL_TYPES:
+        elif isinstance(message, Notification):
+            self._write(f"[{message.level}] {message.message}")
+        elif isinstance(message, TrainingComplete):
             self.close()
-            self.final = event
-            if kind == "training_complete":
-                self._write(
-                    f"training complete: {event['folds_completed']} folds, summary {event['summary_path']}"
-                )
-            else:
-                self._write(f"training error: {event['error']}")
+            self.final = message
+            self._write(f"training complete: {message.folds_completed} folds, summary {message.summary_path}")
+        elif isinstance(message, TrainingError):
+            self.close()
+            self.final = message
+            self._write(f"training error: {message.error}")
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -93,35 +117,65 @@ class ProgressView:
 
 
 class EventFileWriter:
-    """``--events-out``: every event exactly as sent on /ws, one JSON object per line."""
+    """``--events-out``: every event exactly as sent on /ws (its record's text), one per line."""
 
     def __init__(self, path: str) -> None:
         self._handle = open(path, "w", encoding="utf-8")
 
-    def __call__(self, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            self._handle.write(json.dumps(event, allow_nan=False) + "\n")
+    def __call__(self, events: Sequence[EventRecord]) -> None:
+        self.write_texts([event.text for event in events])
+
+    def write_texts(self, texts: Sequence[str]) -> None:
+        """Lines as received (a ``/ws`` client's frames)."""
+        for text in texts:
+            self._handle.write(text + "\n")
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
 
 
-def trial_line(event: dict[str, Any]) -> str | None:
-    """The console line of an ``hpo_trial`` event (None for any other event)."""
-    if event.get("type") != "hpo_trial":
+def trial_line(message: BaseModel) -> str | None:
+    """The console line of an ``hpo_trial`` message (None for any other message)."""
+    if not isinstance(message, HpoTrial):
         return None
-    state, best = event["state"], event.get("best_value")
-    if state == "running":
-        return f"trial {event['trial']} started {json.dumps(event['params'])}"
-    if state == "study_complete":
-        return f"study {event['study']} complete: best trial {event['trial']} value {best}"
-    line = (
-        f"trial {event['trial']} {state} value {event.get('value')} in "
-        f"{event.get('duration_seconds') or 0:.1f}s "
-        f"[{event['trials_done']}/{event['trials_total']}] best {best}"
+    return trial_text(
+        message.state,
+        message.trial,
+        study=message.study,
+        params=message.params,
+        value=message.value,
+        duration_seconds=message.duration_seconds,
+        trials_done=message.trials_done,
+        trials_total=message.trials_total,
+        best_value=message.best_value,
+        error=message.error,
     )
-    return f"{line}: {event['error']}" if event.get("error") else line
+
+
+def trial_text(
+    state: str,
+    trial: int,
+    *,
+    study: str = "",
+    params: dict[str, Any] | None = None,
+    value: float | None = None,
+    duration_seconds: float | None = None,
+    trials_done: int = 0,
+    trials_total: int | str = "?",
+    best_value: float | None = None,
+    error: str | None = None,
+) -> str:
+    """One trial's console line: started (running), ended (its state) or the study's end."""
+    if state == "running":
+        return f"trial {trial} started {json.dumps(params or {})}"
+    if state == "study_complete":
+        return f"study {study} complete: best trial {trial} value {best_value}"
+    line = (
+        f"trial {trial} {state} value {value} in {duration_seconds or 0:.1f}s "
+        f"[{trials_done}/{trials_total}] best {best_value}"
+    )
+    return f"{line}: {error}" if error else line
 
 
 def _num(value: Any, digits: int = 4, sign: bool = False) -> str:

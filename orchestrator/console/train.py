@@ -13,12 +13,13 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.config import TrainConfig
 from orchestrator.data.cache import run_data
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import EventSink, InProcessSink, Listener
+from orchestrator.events.record import EventRecord
 from orchestrator.events.stream import Batch, EventStream, HubClient, LocalHubClient, StreamThread
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
@@ -182,7 +183,7 @@ def train_command(args: argparse.Namespace) -> int:
     writer = EventFileWriter(args.events_out) if args.events_out else None
     listeners = [view] + ([writer] if writer else [])
 
-    def fanout(events: list[dict[str, Any]]) -> None:
+    def fanout(events: list[EventRecord]) -> None:
         for listener in listeners:
             listener(events)
 

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pydantic import BaseModel, ValidationError
+
 from orchestrator.console.flags import TOKEN_ENV, token_or_env
-from orchestrator.messages import RUN_TYPES, TERMINAL_TYPES
+from orchestrator.messages import RUN_TYPES, TERMINAL_TYPES, HistoryGap, TrainingComplete, parse_message
 
 __all__ = ["main", "build_parser", "RunFollower", "watch", "ws_url_with"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 # Close codes after which reconnecting cannot help (the request itself is wrong).
 FATAL_CLOSE_CODES = frozenset({4400})
+# The server's event hub restarted: resume from the since= its reason names.
+HUB_RESTARTED = 4012
 EXIT_COMPLETE, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
 
 
@@ -46,24 +50,30 @@ class RunFollower:
         self.finished: list[tuple[str, str]] = []  # (run_id, terminal type)
         self._last_of_run: dict[str | None, int] = {}
 
-    def accept(self, event: dict[str, Any]) -> bool:
-        """Record the event; True when it belongs to the followed run (or is a notice for all)."""
-        seq, run_id = event.get("seq"), event.get("run_id")
+    def accept(self, message: BaseModel) -> bool:
+        """Record the message; True when it belongs to the followed run (or is a notice for all)."""
+        seq, run_id = getattr(message, "seq", None), getattr(message, "run_id", None)
         if isinstance(seq, int):
             if seq <= self._last_of_run.get(run_id, 0):
                 return False  # a duplicate cannot come from the server; never show one twice
             self._last_of_run[run_id] = seq
             self.last_seq = seq
-        if event.get("type") not in RUN_TYPES or run_id is None:
+        if getattr(message, "type", None) not in RUN_TYPES or run_id is None:
             return True
         if self.run_id is None:
             self.run_id = run_id
         return bool(run_id == self.run_id)
 
-    def exit_code(self, event: dict[str, Any]) -> int | None:
-        """The exit code when ``event`` ends the followed run, else None."""
-        kind = event.get("type")
-        if kind not in TERMINAL_TYPES or event.get("run_id") != self.run_id:
+    def rewind(self, since: int) -> None:
+        """The server's event hub restarted: everything after ``since`` comes again, possibly
+        under other seqs (close code 4012), so seqs above it are no longer duplicates."""
+        self.last_seq = since if self.last_seq is None else min(self.last_seq, since)
+        self._last_of_run = {run: min(seq, since) for run, seq in self._last_of_run.items()}
+
+    def exit_code(self, message: BaseModel) -> int | None:
+        """The exit code when ``message`` ends the followed run, else None."""
+        kind = getattr(message, "type", None)
+        if kind not in TERMINAL_TYPES or getattr(message, "run_id", None) != self.run_id:
             return None
         self.finished.append((str(self.run_id), str(kind)))
         code = EXIT_COMPLETE if kind == "training_complete" else EXIT_ERROR
@@ -81,10 +91,10 @@ def ws_url_with(url: str, **params: Any) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _outcome(event: dict[str, Any]) -> str:
-    if event["type"] == "training_complete":
-        return f"training complete: {event.get('folds_completed')} folds, summary {event.get('summary_path')}"
-    return f"training error: {event.get('error')}"
+def _outcome(message: BaseModel) -> str:
+    if isinstance(message, TrainingComplete):
+        return f"training complete: {message.folds_completed} folds, summary {message.summary_path}"
+    return f"training error: {getattr(message, 'error', None)}"
 
 
 def _say(text: str, stream: IO[str]) -> None:
@@ -132,23 +142,31 @@ async def watch(
                         _say(f"reconnected; resuming after seq {follower.last_seq}", out)
                     elif follower.run_id is None:
                         _say(f"connected to {url}", out)
-                    async for text in ws:
-                        event = json.loads(text)
-                        if event.get("type") == "history_gap":
-                            _say(f"warning: {event.get('message')}", out)
+                    async for frame in ws:
+                        text = frame if isinstance(frame, str) else frame.decode()
+                        try:
+                            message = parse_message(text)
+                        except ValidationError as err:  # a newer server's type: shown, not fatal
+                            _say(
+                                f"warning: a message this client does not know: {err.error_count()} error(s)",
+                                out,
+                            )
                             continue
-                        if not follower.accept(event):
+                        if isinstance(message, HistoryGap):
+                            _say(f"warning: {message.message}", out)
+                            continue
+                        if not follower.accept(message):
                             continue
                         if writer is not None:
-                            writer([event])
-                        if event.get("type") == "training_start" and follower.finished:
+                            writer.write_texts([text])  # the frame as received, byte for byte
+                        if message.type == "training_start" and follower.finished:
                             view.close()
                             view = ProgressView(stream=out, enabled=not quiet)
-                        view.handle(event)
-                        code = follower.exit_code(event)
+                        view.handle(message)
+                        code = follower.exit_code(message)
                         if code is not None:
                             if quiet:  # the view said it otherwise
-                                print(_outcome(event), file=out)
+                                print(_outcome(message), file=out)
                             return code
             except InvalidStatus as err:
                 status = err.response.status_code
@@ -163,6 +181,9 @@ async def watch(
                 if code in FATAL_CLOSE_CODES:
                     print(f"error: the server closed the connection ({code}): {text}", file=sys.stderr)
                     return EXIT_REFUSED
+                resume = re.search(r"since=(\d+)", text) if code == HUB_RESTARTED else None
+                if resume is not None:
+                    follower.rewind(int(resume.group(1)))
                 reason = f"closed ({code}{': ' + text if text else ''})"
                 last_reachable = time.monotonic()
             except (TimeoutError, OSError) as err:

@@ -1,18 +1,26 @@
 """The EventHub as a named Ray actor: one per orchestrator namespace, pinned to the driver's node.
 
-The actor is the plain ``EventHub`` class with two remote-only methods; ``ray.remote`` is applied
-in ``get_or_create_hub``, so the same class runs in-process in a unit test.
+The actor is the plain ``EventHub`` class with a few remote-only methods; ``ray.remote`` is
+applied in ``get_or_create_hub``, so the same class runs in-process in a unit test. A hub with a
+job store survives its process (``kill -9``, a crash): Ray restarts it (``max_restarts``), it
+rebuilds its runs from the store (``durable.restore_runs``), and every call that was in flight
+is retried by Ray on the new process (``max_task_retries``). A publish is acknowledged only once
+its events are past the producer's order and written to the store, so a call the dead hub had
+taken but not stored is retried, and the rebuilt hub recognises by its pseq what it has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, cast
 
-from orchestrator.events.hub import Event, EventHub
+from orchestrator.events.hub import EventHub
+from orchestrator.events.record import Payload
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -30,6 +38,10 @@ _HUB_GET_ATTEMPTS = 5
 # with its creator's last handle, so the creator keeps one for its lifetime.
 _CREATED: dict[str, Any] = {}
 _HUB_READY_TIMEOUT_S = 120.0
+# A publish is acknowledged at the latest after this long, even when its events wait for earlier
+# ones that never come or the store does not answer (then they are only in the hub's memory).
+_ACK_TIMEOUT_S = 30.0
+_SETTLE_POLL_S = 0.01
 
 
 class _HubActor(EventHub):
@@ -38,15 +50,25 @@ class _HubActor(EventHub):
     publishes proceed, and ``max_concurrency`` bounds how many calls are in flight.
 
     With a ``store_url`` the hub takes the job store's lease, writes its journal there and
-    continues its ``seq``; runs the store still had unfinished are marked interrupted."""
+    continues its ``seq``; runs the store still had unfinished are marked interrupted, unless Ray
+    restarted this hub: then they are its own, rebuilt from the store, and go on."""
 
     def __init__(self, store_url: str | None = None, **hub_kwargs: Any) -> None:
-        from orchestrator.events.durable import mark_interrupted
+        import ray
+
+        from orchestrator.events.durable import mark_interrupted, restore_runs
         from orchestrator.events.recorder import open_recorder
 
         self._store = None if store_url is None else open_recorder(store_url)
         super().__init__(recorder=self._store, **hub_kwargs)
-        if self._store is not None:
+        if self._store is None:
+            return
+        with warnings.catch_warnings():  # Ray 2.60 warns from inside its own property
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
+            restore_runs(self, self._store.store, recent=hub_kwargs.get("max_runs", 20))
+        else:
             mark_interrupted(self, self._store.store)
 
     def flush_store(self, timeout: float = 10.0) -> bool:
@@ -64,17 +86,34 @@ class _HubActor(EventHub):
         if self._store is not None:
             self._store.close()
 
-    def publish_remote(self, run_id: str, producer: str, pseq: int, event: Event) -> int:
-        """``publish`` for a remote producer (``HubPublisher``): returns how many events it
-        released, not the events, which the producer never reads; sending a 100 KB
-        ``prediction_delta`` back to the fold that sent it would double its cost."""
-        return len(self.publish(run_id, producer, pseq, event))
+    async def publish_remote(self, run_id: str, producer: str, pseq: int, event: Payload) -> int:
+        """``publish`` for a remote producer (``HubPublisher``): returns, once the event is safe
+        (``_acknowledge``), how many events it released, not the events, which the producer never
+        reads; sending a 100 KB ``prediction_delta`` back to the fold that sent it would double
+        its cost."""
+        released = len(self.publish(run_id, producer, pseq, event))
+        await self._acknowledge(run_id, producer, pseq)
+        return released
 
-    def publish_batch_remote(self, run_id: str, producer: str, items: list[tuple[int, Event]]) -> int:
+    async def publish_batch_remote(self, run_id: str, producer: str, items: list[tuple[int, Payload]]) -> int:
         """``publish_remote`` for several (pseq, event) of one producer in one call (a
         ``HubPublisher``'s batch): one actor call instead of one per event."""
         self.note_batch()
-        return sum(len(self.publish(run_id, producer, pseq, event)) for pseq, event in items)
+        released = sum(len(self.publish(run_id, producer, pseq, event)) for pseq, event in items)
+        if items:
+            await self._acknowledge(run_id, producer, max(pseq for pseq, _ in items))
+        return released
+
+    async def _acknowledge(self, run_id: str, producer: str, pseq: int) -> None:
+        """Return once the producer's events up to ``pseq`` are past its order (released or
+        dropped, none waiting for an earlier one) and, with a store, written there: until then a
+        hub killed mid-way has the call retried by Ray, so nothing it took is lost. A store that
+        fails does not hold producers up (``StoreRecorder.durable``)."""
+        deadline = time.monotonic() + _ACK_TIMEOUT_S
+        while not self.settled(run_id, producer, pseq) and time.monotonic() < deadline:
+            await asyncio.sleep(_SETTLE_POLL_S)  # rare: Ray delivered a later call first
+        if self._store is not None:
+            await self._store.durable(self._store.queued, max(deadline - time.monotonic(), 0.1))
 
     def runtime_info(self) -> dict[str, Any]:
         """Where the hub runs: node id, actor id, assigned resources, pid."""
@@ -116,6 +155,9 @@ def get_or_create_hub(
     except (ValueError, RayActorError):  # none yet, or one being destroyed
         pass
     driver_node = ray.get_runtime_context().get_node_id()
+    # with a store, a dead hub comes back rebuilt and the calls in flight are retried; without
+    # one it could not rebuild anything, so it stays dead
+    restarts = -1 if hub_kwargs.get("store_url") else 0
     hub_class = ray.remote(_HubActor).options(
         name=HUB_NAME,
         namespace=namespace,
@@ -123,6 +165,8 @@ def get_or_create_hub(
         lifetime="detached" if detached else None,
         num_cpus=0,
         max_concurrency=1000,
+        max_restarts=restarts,
+        max_task_retries=restarts,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=driver_node, soft=False),
     )
     for attempt in range(_HUB_GET_ATTEMPTS):

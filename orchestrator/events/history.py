@@ -10,21 +10,20 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+
+from orchestrator.events.record import EventRecord
 
 __all__ = ["History"]
 
-Event = dict[str, Any]
-
 
 class History:
-    """Stamped events (each with ``seq``, ``run_id``, ``type``) in seq order, at most ``max_events``."""
+    """Released records in seq order, at most ``max_events``."""
 
     def __init__(self, max_events: int, last_seq: int = 0) -> None:
         """``last_seq``: the seq the events before this history's first had (a store's last)."""
         if not isinstance(max_events, int) or max_events < 1:
             raise ValueError(f"max_events must be an int >= 1, got max_events={max_events!r}")
-        self._held: deque[Event] = deque(maxlen=max_events)
+        self._held: deque[EventRecord] = deque(maxlen=max_events)
         self.last_seq = last_seq  # of the last event appended, whether still held or not
         # the events up to it were never held here: a run's first held seq does not prove that
         # none of its events came before (a run the store had, marked interrupted by a new hub)
@@ -35,14 +34,14 @@ class History:
 
     @property
     def oldest_seq(self) -> int | None:
-        return self._held[0]["seq"] if self._held else None
+        return self._held[0].seq if self._held else None
 
-    def append(self, event: Event) -> None:
-        """Hold ``event``, whose ``seq`` must be ``last_seq + 1``; the oldest may leave."""
-        if event["seq"] != self.last_seq + 1:
-            raise ValueError(f"seq must be {self.last_seq + 1}, got seq={event['seq']!r}")
-        self._held.append(event)
-        self.last_seq = event["seq"]
+    def append(self, record: EventRecord) -> None:
+        """Hold ``record``, whose ``seq`` must be ``last_seq + 1``; the oldest may leave."""
+        if record.seq != self.last_seq + 1:
+            raise ValueError(f"seq must be {self.last_seq + 1}, got seq={record.seq!r}")
+        self._held.append(record)
+        self.last_seq = record.seq
 
     def collect(
         self,
@@ -52,7 +51,7 @@ class History:
         limit: int | None = None,
         *,
         run_first_seq: int | None = None,
-    ) -> tuple[list[Event], int, int | None]:
+    ) -> tuple[list[EventRecord], int, int | None]:
         """(held events after ``since_seq``, the cursor to resume from, the gap or None).
 
         Filtered by ``run_id`` and ``types``, at most ``limit``. The gap is the oldest held seq
@@ -66,31 +65,31 @@ class History:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got limit={limit!r}")
         gap: int | None = None
-        oldest: int = self._held[0]["seq"] if self._held else self.last_seq + 1
+        oldest: int = self._held[0].seq if self._held else self.last_seq + 1
         if since_seq + 1 < oldest:
             gap = oldest
             if run_id is not None and run_first_seq is not None and run_first_seq >= oldest:
                 gap = None
-        events: list[Event] = []
+        events: list[EventRecord] = []
         start = since_seq + 1
         if run_id is not None and run_first_seq is not None:
             start = max(start, run_first_seq)  # nothing of the run comes before its first event
         for event in self.iter_from(start):
-            if run_id is not None and event["run_id"] != run_id:
+            if run_id is not None and event.run_id != run_id:
                 continue
-            if types is not None and event["type"] not in types:
+            if types is not None and event.type not in types:
                 continue
             events.append(event)
             if limit is not None and len(events) >= limit:
-                return events, event["seq"], gap
+                return events, event.seq, gap
         return events, max(self.last_seq, since_seq), gap
 
-    def iter_from(self, seq: int) -> Iterator[Event]:
+    def iter_from(self, seq: int) -> Iterator[EventRecord]:
         """Held events with seq >= ``seq``, oldest first, walking in from the nearer end."""
         held = self._held
         if not held:
             return iter(())
-        index = max(seq - held[0]["seq"], 0)  # one contiguous range of seq
+        index = max(seq - held[0].seq, 0)  # one contiguous range of seq
         if index >= len(held):
             return iter(())
         if index <= len(held) - index:
@@ -99,6 +98,6 @@ class History:
         tail.reverse()
         return iter(tail)
 
-    def of_run(self, run_id: str, first_seq: int = 0) -> Iterator[Event]:
+    def of_run(self, run_id: str, first_seq: int = 0) -> Iterator[EventRecord]:
         """The held events of one run, scanning from its ``first_seq`` (default: everything)."""
-        return (e for e in self.iter_from(first_seq) if e["run_id"] == run_id)
+        return (e for e in self.iter_from(first_seq) if e.run_id == run_id)

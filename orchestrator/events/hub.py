@@ -1,65 +1,69 @@
 """The EventHub: every event of every run passes through it to be ordered, stamped, held and served.
 
 ``EventHub`` is a plain class, unit-tested without Ray (``events.actor`` runs it as the named Ray
-actor, DESIGN 3). Each published event is put in its producer's order, a retried fold's repeats
-dropped (``ordering``); each released event is stamped with ``run_id``, ``seq`` (1, 2, 3, ...
-without holes; with a job store, continuing from its last) and ``ts``, made JSON-safe, appended
-to the run's ``events.jsonl`` exactly as it goes out on ``/ws`` (``journal``) and to the store
-(``recorder``), then followed by the notifications it gives rise to (``milestones``). The hub
-holds the last ``max_events`` events (``history``); older ones are read back from the store.
-Each run's start and end seqs say which runs were running at any seq (``tracked``).
+actor, DESIGN 3). Each published event is put in its producer's order (``ordering``), validated
+against the wire contract, a retried fold's repeats and a run's second end dropped; each released
+event becomes one ``EventRecord`` (``record``): ``run_id``, ``seq`` (1, 2, 3, ... without holes;
+with a job store, continuing from its last), ``ts`` and its one JSON text, the producer's text with
+the envelope put in front. That text goes to the run's ``events.jsonl`` (``journal``), the store
+(``recorder``), pollers and every ``/ws`` frame; the notifications the event gives rise to follow
+it (``milestones``). The hub holds the last ``max_events`` records (``history``), older ones are
+read back from the store; each run's start and end seqs say which runs ran at a seq (``tracked``).
 Publishing never waits for a consumer or the store; pollers are woken, never awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
 import threading
 import time
-from collections import deque
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from orchestrator.events.demand import Demand
 from orchestrator.events.history import History
-from orchestrator.events.journal import RunJournal, json_line
-from orchestrator.events.ordering import Refusal, RunOrdering
-from orchestrator.events.tracked import TrackedRun, running_order
+from orchestrator.events.ordering import Refusal
+from orchestrator.events.record import EventRecord, InvalidEvent, Payload, read_payload, stamped
+from orchestrator.events.tracked import TrackedRun, TrackedRuns, running_order
 from orchestrator.events.waiters import Waiters
+from orchestrator.messages import TERMINAL_TYPES
 
 if TYPE_CHECKING:
-    from orchestrator.events.recorder import StoreRecorder
+    from orchestrator.events.recorder import Origin, StoreRecorder
+    from orchestrator.store.health import HealthSnapshot
 
-__all__ = ["EventHub", "Event", "PollReply"]
+__all__ = ["EventHub", "HubIdentity", "PollReply"]
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-
-_FORGOTTEN_RUNS_KEPT = 1_000
-# stats(): what was published, released, dropped and why, and I/O errors of events.jsonl
+# stats(): what was published, released, dropped and why, I/O errors of events.jsonl, batched calls
 _COUNTERS = (
-    "published",
-    "released",
-    "dropped_stale",
-    "dropped_retry",
-    "dropped_invalid",
-    "dropped_closed",
-    "dropped_forgotten",
-    "order_gaps_skipped",
-    "io_errors",
-    "batches",
+    *("published", "released", "dropped_stale", "dropped_retry", "dropped_invalid", "dropped_closed"),
+    *("dropped_forgotten", "dropped_after_end", "order_gaps_skipped", "io_errors", "batches"),
 )
 
 
-class PollReply(TypedDict):
-    """A long poll's answer: the events, the cursor to poll from next, and the gap if any."""
+class HubIdentity(TypedDict):
+    """Which hub answered: ``id`` is new at every start (a restart by Ray included), ``pid`` its
+    process, ``restored_at`` the store's last seq when it started (what it continued from)."""
 
-    events: list[Event]
+    id: str
+    pid: int
+    restored_at: int
+
+
+class PollReply(TypedDict):
+    """A long poll's answer: the events, the cursor to poll from next, the gap if any, the hub
+    that answered and its job store's health (None without a store)."""
+
+    events: list[EventRecord]
     last_seq: int
     gap: int | None
+    hub: HubIdentity
+    store: HealthSnapshot | None
 
 
 class EventHub:
@@ -67,7 +71,7 @@ class EventHub:
 
     Thread-safe (one lock around the state). ``poll`` may be awaited from any event loop; a
     publish from another thread wakes pollers through their loop's ``call_soon_threadsafe``.
-    Returned event dicts are the held ones: treat them as read-only.
+    Returned records are the held ones (immutable).
     """
 
     def __init__(
@@ -81,13 +85,15 @@ class EventHub:
         for name, value in (("max_runs", max_runs), ("max_pending", max_pending)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
-        self._max_runs = max_runs
-        self._max_pending = max_pending
         self._lock = threading.Lock()
         self._recorder = recorder  # the job store's journal: seq continues from its last
         self._history = History(max_events, 0 if recorder is None else recorder.store.last_seq())
-        self._runs: dict[str, TrackedRun] = {}
-        self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_RUNS_KEPT)
+        self._runs = TrackedRuns(max_runs, max_pending, self._io_error)
+        self.identity: HubIdentity = {
+            "id": uuid.uuid4().hex[:12],
+            "pid": os.getpid(),
+            "restored_at": self._history.start_seq,
+        }
         self._waiters = Waiters()
         self._demand = Demand()
         self._counts = dict.fromkeys(_COUNTERS, 0)
@@ -104,22 +110,18 @@ class EventHub:
         if not isinstance(run_id, str) or not run_id:
             raise ValueError(f"run_id must be a non-empty string, got run_id={run_id!r}")
         with self._lock:
-            if run_id in self._forgotten:
-                self._forgotten.remove(run_id)
-            run = self._runs.get(run_id)
-            if run is not None and run.registered:
+            run = self._runs.remember(run_id)
+            if run.registered:
                 if run.journal.run_dir != run_dir:
                     raise ValueError(
                         f"run {run_id!r} is already registered with "
                         f"run_dir={run.journal.run_dir!r}, got run_dir={run_dir!r}"
                     )
                 return
-            if run is None:
-                run = self._new_run(run_id)
             run.registered = True
             run.journal.run_dir = run_dir
             if run.journal.open():
-                run.journal.write([json.dumps(e, allow_nan=False) for e in self._held_events_of(run)])
+                run.journal.write([record.text for record in self._held_events_of(run)])
                 if run.ended:
                     run.journal.close()
                 else:
@@ -142,7 +144,7 @@ class EventHub:
         """The runs running at seq ``at`` (default: now), oldest first (``tracked.running_order``);
         ended runs forgotten past ``max_runs`` are not counted."""
         with self._lock:
-            return running_order(self._runs.values(), self._history.last_seq if at is None else at)
+            return running_order(self._runs, self._history.last_seq if at is None else at)
 
     def close_producer(self, run_id: str, producer: str) -> None:
         """Stop waiting for a dead producer's missing events.
@@ -155,19 +157,20 @@ class EventHub:
             run = self._runs.get(run_id)
             if run is None:
                 return
-            released: list[Event] = []
-            for event in run.ordering.close_producer(producer):
-                self._release(run, event, released)
+            released: list[EventRecord] = []
+            for pseq, event in run.ordering.close_producer(producer):
+                self._release(run, event, released, (producer, pseq))
             run.journal.flush()
             if released:
                 self._waiters.wake_all()
 
     # ---- publishing -----------------------------------------------------------------------
 
-    def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> list[Event]:
-        """Accept event number ``pseq`` of ``producer`` in ``run_id``; return what it released:
-        nothing when it came early (buffered), twice, as a retried fold's repeat or invalid (no
-        string ``type``, or not JSON once NaN became null; it still takes its place in the order)."""
+    def publish(self, run_id: str, producer: str, pseq: int, event: Payload) -> list[EventRecord]:
+        """Accept event number ``pseq`` of ``producer`` in ``run_id`` (its message's JSON text
+        without the envelope, a message model or a dict; ``record.read_payload``); return the
+        records it released: none when it came early (buffered), twice, as a retried fold's repeat
+        or invalid (no message of the wire contract; it still takes its place in the order)."""
         if not isinstance(pseq, int) or isinstance(pseq, bool) or pseq < 0:
             raise ValueError(f"pseq must be an int >= 0, got pseq={pseq!r}")
         if not isinstance(run_id, str) or not isinstance(producer, str):
@@ -175,13 +178,28 @@ class EventHub:
                 f"run_id and producer must be strings, got run_id={run_id!r}, producer={producer!r}"
             )
         with self._lock:
-            released: list[Event] = []
+            released: list[EventRecord] = []
             run = self._accept(run_id, producer, pseq, event, released)
             if run is not None:
                 run.journal.flush()
             if released:
                 self._waiters.wake_all()
             return released
+
+    def settled(self, run_id: str, producer: str, pseq: int) -> bool:
+        """Whether event ``pseq`` of ``producer`` is past the hub's order (released, dropped, or
+        given up), never again waiting for an earlier one: a publish call's events are then done."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            return run is None or run.ordering.passed(producer, pseq)
+
+    def restore_run(
+        self, run_id: str, run_dir: str | None, records: list[EventRecord], positions: dict[str, int]
+    ) -> None:
+        """A run of the hub's previous incarnation (Ray restarted it), rebuilt from its ``records``
+        in the store, its producers continued at ``positions`` (``TrackedRuns.restore``)."""
+        with self._lock:
+            self._runs.restore(run_id, run_dir, records, positions)
 
     def note_interest(self, types: Iterable[str], hold_s: float) -> None:
         """Someone will deliver these message types for the next ``hold_s`` seconds."""
@@ -205,7 +223,7 @@ class EventHub:
         run_id: str | None = None,
         types: frozenset[str] | None = None,
         limit: int | None = None,
-    ) -> tuple[list[Event], int | None]:
+    ) -> tuple[list[EventRecord], int | None]:
         """Held events with ``seq > since_seq`` (optionally of one run / some types, at most
         ``limit``), oldest first, and the gap: the oldest held seq when events right after
         ``since_seq`` are no longer held (for ``run_id``: only if that run lost events), else None.
@@ -214,13 +232,21 @@ class EventHub:
             events, _, gap = self._collect(since_seq, run_id, types, limit)
             return events, gap
 
-    def run_events(self, run_id: str) -> list[Event]:
+    def run_events(self, run_id: str) -> list[EventRecord]:
         """The held events of one run, oldest first."""
         with self._lock:
             run = self._runs.get(run_id)
             if run is not None:
                 return list(self._held_events_of(run))
             return list(self._history.of_run(run_id))
+
+    def whoami(self) -> HubIdentity:
+        """This hub's identity (``PollReply.hub``)."""
+        return self.identity
+
+    def store_health(self) -> HealthSnapshot | None:
+        """The job store's health as this hub's writer sees it (None without a store)."""
+        return None if self._recorder is None else self._recorder.health()
 
     async def poll(
         self,
@@ -246,7 +272,14 @@ class EventHub:
                 events, cursor, gap = self._collect(since_seq, run_id, types, limit)
                 remaining = deadline - loop.time()
                 if events or gap is not None or remaining <= 0:
-                    return {"events": events, "last_seq": cursor, "gap": gap}
+                    store = self.store_health()
+                    return {
+                        "events": events,
+                        "last_seq": cursor,
+                        "gap": gap,
+                        "hub": self.identity,
+                        "store": store,
+                    }
                 # registered under the lock that publishers take: no wakeup can be missed
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._waiters.add(waiter)
@@ -271,52 +304,29 @@ class EventHub:
                 "held_events": len(self._history),
                 "oldest_held_seq": self._history.oldest_seq,
                 "runs": len(self._runs),
-                "active_runs": [r.run_id for r in self._runs.values() if r.registered and not r.ended],
-                "buffered": sum(r.ordering.buffered() for r in self._runs.values()),
+                "active_runs": [r.run_id for r in self._runs if r.registered and not r.ended],
+                "buffered": sum(r.ordering.buffered() for r in self._runs),
                 "pollers": len(self._waiters),
                 "store": None if self._recorder is None else self._recorder.stats(),
             }
 
     # ---- internals (called with the lock held) --------------------------------------------
 
-    def _new_run(self, run_id: str) -> TrackedRun:
-        run = TrackedRun(run_id, RunJournal(run_id, None, self._io_error), RunOrdering(self._max_pending))
-        self._runs[run_id] = run
-        self._forget_old_runs()
-        return run
-
     def _io_error(self) -> None:
         self._counts["io_errors"] += 1
 
-    def _forget_old_runs(self) -> None:
-        """Drop the bookkeeping (not the held events) of the oldest ended runs past ``max_runs``."""
-        excess = len(self._runs) - self._max_runs
-        if excess <= 0:
-            return
-        for run in [r for r in self._runs.values() if r.ended][:excess]:
-            run.journal.close()
-            del self._runs[run.run_id]
-            self._forgotten.append(run.run_id)
-        if len(self._runs) > self._max_runs:
-            logger.warning(
-                "EventHub holds %d runs, more than max_runs=%d, because none more has ended",
-                len(self._runs),
-                self._max_runs,
-            )
-
     def _accept(
-        self, run_id: str, producer: str, pseq: int, event: Any, released: list[Event]
+        self, run_id: str, producer: str, pseq: int, event: Payload, released: list[EventRecord]
     ) -> TrackedRun | None:
         self._counts["published"] += 1
         run = self._runs.get(run_id)
         if run is None:
-            if run_id in self._forgotten:
+            if self._runs.forgotten(run_id):
                 self._counts["dropped_forgotten"] += 1
                 logger.warning("dropping an event of forgotten run %r from %r", run_id, producer)
                 return None
-            run = self._new_run(run_id)
-        # a shallow copy, so stamping never touches the caller's dict
-        accepted = run.ordering.accept(producer, pseq, dict(event) if isinstance(event, dict) else event)
+            run = self._runs.new(run_id)
+        accepted = run.ordering.accept(producer, pseq, (pseq, event))
         if accepted.refused is Refusal.CLOSED:
             self._counts["dropped_closed"] += 1
         elif accepted.refused is Refusal.STALE:
@@ -324,54 +334,55 @@ class EventHub:
         if accepted.skipped is not None:
             missing, resumed = accepted.skipped
             logger.warning(
-                "producer %r of run %r: more than %d events buffered waiting for pseq %d; skipping to %d",
+                "producer %r of run %r: its buffer overflowed waiting for pseq %d; skipping to %d",
                 producer,
                 run_id,
-                self._max_pending,
                 missing,
                 resumed,
             )
             self._counts["order_gaps_skipped"] += 1
-        for ready in accepted.ready:
-            self._release(run, ready, released)
+        for ready_pseq, ready in accepted.ready:
+            self._release(run, ready, released, (producer, ready_pseq))
         return run
 
-    def _release(self, run: TrackedRun, event: Any, released: list[Event]) -> None:
-        """Stamp, record and write one event that is next in its producer's order."""
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+    def _release(
+        self, run: TrackedRun, payload: Payload, released: list[EventRecord], origin: Origin = None
+    ) -> None:
+        """Validate, stamp, record and write one event that is next in its producer's order
+        (``origin``: that producer and pseq; None for the hub's own notifications)."""
+        try:
+            message, body = read_payload(payload)
+        except InvalidEvent as err:
             self._counts["dropped_invalid"] += 1
-            logger.error("run %r: dropping an event without a string 'type': %.200r", run.run_id, event)
+            logger.error(
+                "run %r: dropping an event that is no message of the wire contract: %s", run.run_id, err
+            )
             return
-        if run.retries.is_repeat(event):
+        if run.retries.is_repeat(message):
             self._counts["dropped_retry"] += 1
             return
-        seq = self._history.last_seq + 1
-        event["run_id"] = run.run_id
-        event["seq"] = seq
-        event["ts"] = time.time()
-        try:
-            event, line = json_line(event)
-        except (TypeError, ValueError) as e:
-            self._counts["dropped_invalid"] += 1
-            logger.error("run %r: dropping a %r event not JSON: %s", run.run_id, event["type"], e)
+        if run.ended and message.type in TERMINAL_TYPES:  # a run ends once (a dead coordinator's
+            self._counts["dropped_after_end"] += 1  # error after its run completed, say)
+            logger.warning("run %r has ended: dropping a second %s", run.run_id, message.type)
             return
-        run.retries.remember(event)
-        run.released(event)
-        self._history.append(event)
+        record = stamped(message, body, run.run_id, self._history.last_seq + 1, time.time())
+        run.retries.remember(message)
+        run.released(record)
+        self._history.append(record)
         self._counts["released"] += 1
-        released.append(event)
-        run.journal.write([line])
+        released.append(record)
+        run.journal.write([record.text])
         if self._recorder is not None:
-            self._recorder.record(event, line)
+            self._recorder.record(record, origin)
         if run.ended:  # a late event after the end reopens the file just for itself
             run.journal.close()
         else:
-            for derived in run.milestones.observe(event):
+            for derived in run.milestones.observe(message):
                 self._release(run, derived, released)
 
     def _collect(
         self, since_seq: int, run_id: str | None, types: frozenset[str] | None, limit: int | None
-    ) -> tuple[list[Event], int, int | None]:
+    ) -> tuple[list[EventRecord], int, int | None]:
         run = self._runs.get(run_id) if run_id is not None else None
         first_seq = None if run is None or since_seq < self._history.start_seq else run.first_seq
         events, cursor, gap = self._history.collect(since_seq, run_id, types, limit, run_first_seq=first_seq)
@@ -379,7 +390,7 @@ class EventHub:
             return events, cursor, gap
         return self._recorder.backfill(since_seq, gap, run_id, types, limit, events, cursor)
 
-    def _held_events_of(self, run: TrackedRun) -> Iterator[Event]:
+    def _held_events_of(self, run: TrackedRun) -> Iterator[EventRecord]:
         if run.first_seq is None:
             return iter(())
         return self._history.of_run(run.run_id, run.first_seq)

@@ -1,5 +1,7 @@
 """One run's ``events.jsonl``: its released events as JSON lines, exactly as they go out on ``/ws``.
 
+Each line is a record's one text (``events.record``): the bytes of the ``/ws`` frame.
+
 An I/O error never stops publishing: it is logged once (the run's file is then left alone) and
 reported to ``on_failure`` so the hub can count it. The file opens on the first write and is
 closed at the run's end; a late event after the end reopens it just for itself.
@@ -7,46 +9,16 @@ closed at the run's end; a late event after the end reopens it just for itself.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
-from orchestrator.messages import sanitize
-
-__all__ = ["EVENTS_FILE", "RunJournal", "json_line"]
+__all__ = ["EVENTS_FILE", "RunJournal"]
 
 logger = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
-
-Event = dict[str, Any]
-
-
-def _plain(value: Any) -> Any:
-    """NumPy scalars and arrays (anything with ``tolist``) as plain Python, recursively."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
-def json_line(event: Event) -> tuple[Event, str]:
-    """The event as it goes out (on ``/ws`` and in the file) and its JSON text.
-
-    NaN and Infinity become null and NumPy values plain Python, but only when ``json.dumps``
-    refuses the event: a pure-Python walk of every event (a prediction_delta has ~1000 rows)
-    would cost each publish milliseconds. Raises TypeError/ValueError if it still is not JSON.
-    """
-    try:
-        return event, json.dumps(event, allow_nan=False)
-    except (TypeError, ValueError):
-        event = sanitize(_plain(event))
-        return event, json.dumps(event, allow_nan=False)
 
 
 class RunJournal:
@@ -84,6 +56,21 @@ class RunJournal:
         assert self._writer is not None
         try:
             self._writer.write("\n".join(lines) + "\n")
+        except OSError as err:
+            self._fail(err)
+
+    def rewrite(self, lines: list[str]) -> None:
+        """Make the file exactly ``lines`` (a hub rebuilt from its store drops what it had written
+        but not stored): written to a temporary name, then renamed over the file."""
+        self.close()
+        path = self.path
+        if path is None or self._failed:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+            os.replace(path + ".tmp", path)
         except OSError as err:
             self._fail(err)
 

@@ -15,20 +15,18 @@ A notification interrupts a person, so each says something worth it (docs/api.md
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel
 
-from orchestrator.messages import Notification, to_wire, without_envelope
+from orchestrator.messages import EpochMetrics, FoldComplete, Notification, TrainingStart
 
 __all__ = ["RunMilestones", "MILESTONES"]
 
 MILESTONES = (25, 50, 75)
 
-Event = dict[str, Any]
 
-
-def _notification(kind: str, message: str, fold_id: int | None = None) -> Event:
-    """An info notification as an unstamped wire dict (the hub adds the envelope)."""
-    return without_envelope(to_wire(Notification(level="info", kind=kind, message=message, fold_id=fold_id)))
+def _notification(kind: str, message: str, fold_id: int | None = None) -> Notification:
+    """An info notification, unstamped (the hub adds the envelope)."""
+    return Notification(level="info", kind=kind, message=message, fold_id=fold_id)
 
 
 class RunMilestones:
@@ -42,26 +40,23 @@ class RunMilestones:
         self.best_finished_auc: float | None = None  # over the folds finished so far
         self.folds_finished = 0
 
-    def observe(self, event: Event) -> list[Event]:
-        """The notifications ``event`` (the run's next released one) gives rise to."""
-        kind = event.get("type")
-        out: list[Event] = []
-        if kind == "training_start":
-            self.epochs_per_fold = int(event["total_epochs"])
-            self.total_epochs = int(event["total_folds"]) * self.epochs_per_fold
-        elif kind == "epoch_metrics":
-            fold, epoch = int(event["fold_id"]), int(event["epoch"])
-            self.done.add((fold, epoch))
+    def observe(self, message: BaseModel) -> list[Notification]:
+        """The notifications ``message`` (the run's next released one) gives rise to."""
+        out: list[Notification] = []
+        if isinstance(message, TrainingStart):
+            self.epochs_per_fold = message.total_epochs
+            self.total_epochs = message.total_folds * self.epochs_per_fold
+        elif isinstance(message, EpochMetrics):
+            self.done.add((message.fold_id, message.epoch))
             out += self._progress()
-        elif kind == "fold_complete":
+        elif isinstance(message, FoldComplete):
             # A fold that stopped early counts as all its epochs done.
-            fold = int(event["fold_id"])
-            self.done.update((fold, e) for e in range(self.epochs_per_fold))
-            out += self._best_fold(fold, event.get("val_auc"))
+            self.done.update((message.fold_id, e) for e in range(self.epochs_per_fold))
+            out += self._best_fold(message.fold_id, message.val_auc)
             out += self._progress()
         return out
 
-    def _best_fold(self, fold: int, auc: float | None) -> list[Event]:
+    def _best_fold(self, fold: int, auc: float | None) -> list[Notification]:
         self.folds_finished += 1
         previous = self.best_finished_auc
         if auc is None:
@@ -80,7 +75,7 @@ class RunMilestones:
             )
         ]
 
-    def _progress(self) -> list[Event]:
+    def _progress(self) -> list[Notification]:
         if not self.total_epochs:
             return []
         done = min(len(self.done), self.total_epochs)

@@ -13,9 +13,12 @@ No I/O, no clock, no lock: the EventHub calls these under its own lock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from orchestrator.messages import BatchProgress, EpochMetrics, FoldComplete, PredictionDelta
 
 __all__ = ["Accepted", "Refusal", "RetryFilter", "RetryKey", "RunOrdering", "retry_key"]
 
@@ -90,25 +93,35 @@ class RunOrdering(Generic[T]):
         order.closed = True
         return ready
 
+    def passed(self, producer: str, pseq: int) -> bool:
+        """Whether ``producer``'s order has gone past ``pseq``: released, given up or refused (a
+        closed producer), never again waiting in the buffer."""
+        order = self._producers.get(producer)
+        return order is not None and (order.closed or pseq < order.next_pseq)
+
+    def resume(self, producer: str, next_pseq: int) -> None:
+        """Continue ``producer``'s order at ``next_pseq`` (a hub rebuilt from its store): what it
+        sends below that again is a stale repeat."""
+        order = self._producers.setdefault(producer, _ProducerOrder())
+        order.next_pseq = max(order.next_pseq, next_pseq)
+        for pseq in [p for p in order.pending if p < order.next_pseq]:
+            del order.pending[pseq]
+
     def buffered(self) -> int:
         """How many early arrivals wait for a missing predecessor."""
         return sum(len(order.pending) for order in self._producers.values())
 
 
-def retry_key(event: Mapping[str, Any]) -> RetryKey | None:
+def retry_key(message: BaseModel) -> RetryKey | None:
     """The identity under which a retried fold's re-emitted event is a repeat, if it has one."""
-    kind = event.get("type")
-    fold_id = event.get("fold_id")
-    if fold_id is None:
-        return None
-    if kind == "epoch_metrics":
-        return (kind, fold_id, event.get("epoch"))
-    if kind == "prediction_delta":
-        return (kind, fold_id, event.get("epoch"), event.get("chunk"), event.get("final"))
-    if kind == "fold_complete":
-        return (kind, fold_id)
-    if kind == "batch_progress":
-        return (kind, fold_id, event.get("epoch"), event.get("batch"))
+    if isinstance(message, EpochMetrics):
+        return (message.type, message.fold_id, message.epoch)
+    if isinstance(message, PredictionDelta):
+        return (message.type, message.fold_id, message.epoch, message.chunk, message.final)
+    if isinstance(message, FoldComplete):
+        return (message.type, message.fold_id)
+    if isinstance(message, BatchProgress):
+        return (message.type, message.fold_id, message.epoch, message.batch)
     return None
 
 
@@ -118,12 +131,12 @@ class RetryFilter:
     def __init__(self) -> None:
         self._released: set[RetryKey] = set()
 
-    def is_repeat(self, event: Mapping[str, Any]) -> bool:
-        key = retry_key(event)
+    def is_repeat(self, message: BaseModel) -> bool:
+        key = retry_key(message)
         return key is not None and key in self._released
 
-    def remember(self, event: Mapping[str, Any]) -> None:
-        """Record a released event (only released ones: a dropped event may still come again)."""
-        key = retry_key(event)
+    def remember(self, message: BaseModel) -> None:
+        """Record a released message (only released ones: a dropped one may still come again)."""
+        key = retry_key(message)
         if key is not None:
             self._released.add(key)

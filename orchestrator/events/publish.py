@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from orchestrator.events.hub import Event, EventHub
-from orchestrator.messages import MESSAGE_TYPES, without_envelope
+from orchestrator.events.hub import EventHub
+from orchestrator.events.record import EventRecord, body_json, read_payload
+from orchestrator.messages import MESSAGE_TYPES
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -36,7 +37,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Listener = Callable[[list[Event]], None]
+Listener = Callable[[list[EventRecord]], None]
+# What a producer hands a publisher: a message model (a dict of one is validated into it).
+Outbound = BaseModel | dict[str, Any]
 
 # How often a HubPublisher asks the hub again which types are wanted.
 _DEMAND_REFRESH_S = 0.5
@@ -45,19 +48,23 @@ _DEMAND_FIRST_WAIT_S = 2.0
 # A batched producer's events within this many seconds of its last send go to the hub together,
 # in one actor call, at the end of that window (each call costs the hub far more than its event).
 BATCH_WINDOW_S = 0.05
+# How long ``flush`` waits for the hub by default: long enough for Ray to bring a dead hub back
+# (its process start and rebuild from the store take seconds) and acknowledge the retried calls.
+FLUSH_TIMEOUT_S = 60.0
 
 
-def _payload(event: Event | BaseModel) -> Event:
-    """What a producer sends for ``event``: a model as its JSON-mode dict without the envelope
-    (the hub stamps ``run_id``, ``seq``, ``ts``); a dict as is (the hub copies it and overwrites
-    those). NaN and Infinity are left for the hub, which replaces them only when it must."""
+def _payload(event: Outbound) -> str:
+    """What a producer sends for ``event``: its message's JSON text without the envelope (the hub
+    validates it, puts ``run_id``, ``seq``, ``ts`` in front and sends that text on). Encoded by
+    pydantic in Rust (NaN and Infinity as null); a string crosses Ray far cheaper than a dict.
+    A dict is validated here first (``InvalidEvent`` names what is wrong)."""
     if isinstance(event, BaseModel):
-        return without_envelope(event.model_dump(mode="json"))
-    return event
+        return body_json(event)
+    return read_payload(event)[1]
 
 
 class Publisher(Protocol):
-    def publish(self, event: Event | BaseModel) -> None: ...
+    def publish(self, event: Outbound) -> None: ...
 
     def flush(self, timeout: float | None = None) -> object: ...
 
@@ -82,7 +89,7 @@ class LocalPublisher:
         self._producer = producer
         self._pseq = 0
 
-    def publish(self, event: Event | BaseModel) -> None:
+    def publish(self, event: Outbound) -> None:
         self._sink.publish(self._run_id, self._producer, self._pseq, _payload(event))
         self._pseq += 1
 
@@ -122,7 +129,7 @@ class InProcessSink:
     def publisher(self, run_id: str, producer: str, *, batched: bool = False) -> LocalPublisher:
         return LocalPublisher(self, run_id, producer)  # synchronous: nothing to batch
 
-    def publish(self, run_id: str, producer: str, pseq: int, event: Event) -> None:
+    def publish(self, run_id: str, producer: str, pseq: int, event: str) -> None:
         released = self.hub.publish(run_id, producer, pseq, event)
         if released and self._listener is not None:
             self._listener(released)
@@ -133,8 +140,11 @@ class HubPublisher:
 
     One publisher per producer name: a copy (pickled into a task or actor) continues the same
     numbering, so give each actor or attempt its own name. ``publish`` returns at once; ``flush``
-    waits until the hub has received what was sent (call it before a fold returns, so its last
-    events reach the hub before the driver ends the run).
+    waits until the hub has acknowledged what was sent (call it before a fold returns, so its
+    last events reach the hub before the driver ends the run). The hub acknowledges a call once
+    its events are in order and in the job store; until then Ray retries the call if the hub
+    dies (``events.actor``), so a fold never loses an event to a hub restart, and ``flush``'s
+    default wait covers one.
     """
 
     _demand: frozenset[str] | None  # the hub's last answer to wanted(), None before the first
@@ -161,11 +171,11 @@ class HubPublisher:
         self._forget_demand()
 
     def _start_batching(self) -> None:
-        self._batch: list[tuple[int, Event]] = []  # (pseq, event) not sent yet
+        self._batch: list[tuple[int, str]] = []  # (pseq, message text) not sent yet
         self._last_send = 0.0
         self._timer: threading.Timer | None = None
 
-    def publish(self, event: Event | BaseModel) -> None:
+    def publish(self, event: Outbound) -> None:
         """Send one event (a wire model or its dict) to the hub; never waits for it.
 
         With a ``batch_window_s``, an event goes at once when the last send was at least that
@@ -174,8 +184,9 @@ class HubPublisher:
         waits longer. Only for a producer none of whose events another producer's must follow
         (a fold: the driver's ``fold_complete`` comes after the fold's ``flush``); the driver's
         ``training_start`` must reach the hub before the folds' first epochs, so it sends at once.
-        This runs in the fold's training loop, so it does the least it can: a pure-Python
-        ``sanitize`` here cost a fold more than a tenth of its time with ``prediction_delta``.
+        This runs in the fold's training loop, so it does the least it can: one
+        ``model_dump_json`` (Rust; a pure-Python ``sanitize`` here once cost a fold more than a
+        tenth of its time with ``prediction_delta``).
         """
         payload = _payload(event)
         with self._lock:
@@ -246,7 +257,7 @@ class HubPublisher:
         self._demand_ref = None
         self._demand_asked = 0.0
 
-    def flush(self, timeout: float | None = 10.0) -> bool:
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT_S) -> bool:
         """Wait up to ``timeout`` seconds until the hub took every tracked event; True if it did."""
         import ray
 

@@ -7,7 +7,13 @@ calls every subscriber with each ``Batch`` (never awaited: a subscriber that mus
 queues it). Each subscription names the types its subscriber passes on; the stream tells the
 hub (at once for new ones, and with every poll), so producers skip optional live detail that
 nobody receives. ``StreamThread`` runs a stream on its own thread and loop for synchronous
-callers (the ``train`` runner, HPO); the API's stream is ``events.fanout.EventPump`` (DESIGN 3).
+callers (the ``train`` runner, HPO); the API's stream is ``api.ws.fanout.EventPump`` (DESIGN 3).
+
+Every answer names the hub that gave it. When that changes, the hub restarted (Ray brought it
+back, rebuilt from its job store up to its ``restored_at`` seq): events the stream passed on
+after that seq may have been released again under other seqs, so subscribers get a ``Batch``
+with ``restart`` set and the stream goes on from ``restored_at``. Each answer also carries the
+job store's health (``store_health``).
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from orchestrator.events.demand import INTEREST_GRACE_S
-from orchestrator.events.hub import Event, EventHub, PollReply
+from orchestrator.events.hub import EventHub, HubIdentity, PollReply
+from orchestrator.events.record import EventRecord
+from orchestrator.store.health import HealthSnapshot
 
 __all__ = [
     "HubClient",
     "RayHubClient",
     "LocalHubClient",
-    "Event",
     "Batch",
     "BatchCallback",
     "Subscription",
@@ -74,13 +81,23 @@ class HubClient:
         run_id: str | None = None,
         types: frozenset[str] | None = None,
         limit: int | None = None,
-    ) -> tuple[list[Event], int | None]:
+    ) -> tuple[list[EventRecord], int | None]:
         """Held events after ``since`` (at once) and the gap (oldest held seq) or None."""
         events, gap = await self._call("events_since", since, run_id, types, limit)
         return list(events), gap
 
     async def last_seq(self) -> int:
         return int(await self._call("last_seq"))
+
+    async def whoami(self) -> HubIdentity:
+        """Which hub answers (``EventHub.identity``)."""
+        identity: HubIdentity = await self._call("whoami")
+        return identity
+
+    async def store_health(self) -> HealthSnapshot | None:
+        """The hub's job store as its writer sees it (None without a store)."""
+        health: HealthSnapshot | None = await self._call("store_health")
+        return health
 
     async def running_runs(self, at: int | None = None) -> list[str]:
         """Ids of the runs running at seq ``at`` (default: now), oldest first (``EventHub.running_runs``)."""
@@ -115,12 +132,15 @@ class LocalHubClient(HubClient):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One answer of the hub: ``events`` after ``since`` in seq order (held dicts: read-only);
-    ``gap`` is the oldest held seq when events right after ``since`` were lost, else None."""
+    """One answer of the hub: ``events`` after ``since`` in seq order (immutable records);
+    ``gap`` is the oldest held seq when events right after ``since`` were lost, else None;
+    ``restart`` is the seq a restarted hub continued from when events after it that were passed
+    on may have changed (then ``events`` is empty and the stream goes on from there)."""
 
     since: int
-    events: list[Event]
+    events: list[EventRecord]
     gap: int | None = None
+    restart: int | None = None
 
 
 BatchCallback = Callable[[Batch], None]
@@ -160,6 +180,9 @@ class EventStream:
         self.cursor = 0
         self.healthy = False
         self.last_error: str | None = None
+        self.hub_identity: HubIdentity | None = None  # of the hub that answered last
+        self.restarts = 0  # hub restarts seen
+        self.store_health: HealthSnapshot | None = None
         self._subscriptions: tuple[Subscription, ...] = ()
         self._lock = threading.Lock()  # subscribers may come and go from other threads
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -205,6 +228,7 @@ class EventStream:
         self._advanced = asyncio.Event()
         try:
             self.cursor = await self.hub.last_seq()
+            self.hub_identity = await self.hub.whoami()
             if self.interest:
                 await self.hub.note_interest(self.interest, self.poll_timeout_s + INTEREST_GRACE_S)
             self.healthy = True
@@ -258,11 +282,37 @@ class EventStream:
                 log.info("event hub reachable again; resuming after seq %d", self.cursor)
             self.healthy = True
             self.last_error = None
+            was, self.store_health = self.store_health, reply.get("store")
+            self.store_reported(was)
+            if self._restarted(reply["hub"]):
+                continue
             if reply["events"] or reply["gap"] is not None:
                 self._deliver(Batch(self.cursor, reply["events"], reply["gap"]))
             self.cursor = max(self.cursor, int(reply["last_seq"]))
             assert self._advanced is not None
             self._advanced.set()
+
+    def _restarted(self, hub: HubIdentity) -> bool:
+        """Whether the answer came from a hub that restarted since the last one, and the stream
+        goes back to where it continued from (its reply is then not used)."""
+        known, self.hub_identity = self.hub_identity, hub
+        if known is None or known["id"] == hub["id"]:
+            return False
+        self.restarts += 1
+        restored = int(hub["restored_at"])
+        log.warning(
+            "the event hub restarted (pid %s, then %s), rebuilt from its store up to seq %d; at seq %d here",
+            *(known["pid"], hub["pid"], restored, self.cursor),
+        )
+        if self.cursor <= restored:
+            return False  # nothing passed on was lost or can have changed
+        self._deliver(Batch(self.cursor, [], None, restart=restored))
+        self.cursor = restored
+        return True
+
+    def store_reported(self, was: HealthSnapshot | None) -> None:
+        """The hub's answer said how its job store is (``store_health``; ``was``: the last
+        answer's). Nothing here; the API's pump logs the changes (``api.ws.fanout``)."""
 
     def _deliver(self, batch: Batch) -> None:
         for subscription in self._subscriptions:

@@ -136,6 +136,15 @@ class WorkerPool:
         for worker in stale:
             self.discard(worker)
 
+    def discard_idle(self) -> int:
+        """Kill every idle actor now, giving its resources back to the cluster (a run placed by
+        another process needs them); how many went."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            self.discard(worker)
+        return len(idle)
+
     def idle_count(self) -> int:
         with self._lock:
             return len(self._idle)

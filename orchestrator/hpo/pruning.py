@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import optuna
+from pydantic import BaseModel
 
+from orchestrator.events.record import EventRecord
 from orchestrator.hpo.spec import HpoSpec
-from orchestrator.messages import TERMINAL_TYPES
+from orchestrator.messages import TERMINAL_TYPES, EpochMetrics, FoldComplete, TrainingStart
 
 __all__ = ["EpochTracker", "TrialPruning", "make_pruner"]
+
+# What the pruning of a trial reads of its run's events.
+_TRACKED_TYPES = frozenset({"training_start", "epoch_metrics", "fold_complete"}) | TERMINAL_TYPES
 
 
 def make_pruner(spec: HpoSpec) -> optuna.pruners.BasePruner:
@@ -51,19 +55,18 @@ class EpochTracker:
         self._ended = False
         self._next_step = 0
 
-    def observe(self, event: Mapping[str, Any]) -> list[tuple[int, float]]:
-        kind = event.get("type")
-        if kind == "training_start":
-            self.total_folds = int(event["total_folds"])
-        elif kind == "epoch_metrics":
-            value = event.get(self.metric)
+    def observe(self, message: BaseModel) -> list[tuple[int, float]]:
+        if isinstance(message, TrainingStart):
+            self.total_folds = message.total_folds
+        elif isinstance(message, EpochMetrics):
+            value = getattr(message, self.metric, None)  # the spec's metric: a field of EpochMetrics
             number = float(value) if isinstance(value, (int, float)) else math.nan
-            self._values.setdefault(int(event["fold_id"]), {})[int(event["epoch"])] = (
+            self._values.setdefault(message.fold_id, {})[message.epoch] = (
                 number if math.isfinite(number) else None
             )
-        elif kind == "fold_complete":
-            self._done.add(int(event["fold_id"]))
-        elif kind in TERMINAL_TYPES:
+        elif isinstance(message, FoldComplete):
+            self._done.add(message.fold_id)
+        elif getattr(message, "type", None) in TERMINAL_TYPES:
             self._ended = True
         else:
             return []
@@ -122,11 +125,13 @@ class TrialPruning:
         self._lock = threading.Lock()
         self._ended = threading.Event()
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, record: EventRecord) -> None:
+        if record.type not in _TRACKED_TYPES:
+            return  # never parsed: a trial's prediction_delta or batch_progress says nothing here
         with self._lock:
             if self._closed:
                 return
-            steps = self.tracker.observe(event)
+            steps = self.tracker.observe(record.message)
             if steps and not self.pruned:
                 for step, value in steps:
                     self.trial.report(value, step)
@@ -135,7 +140,7 @@ class TrialPruning:
                     self.trial.set_user_attr("pruned_at_epoch", steps[-1][0])
                     if self.run is not None:
                         self.run.request_cancel()  # the executor stops and releases its actors
-        if event.get("type") in TERMINAL_TYPES:
+        if record.type in TERMINAL_TYPES:
             self._ended.set()
 
     def wait_ended(self, timeout: float) -> bool:

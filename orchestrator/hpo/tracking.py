@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+
+from orchestrator.events.record import EventRecord
+from orchestrator.messages import HpoTrial
 
 __all__ = ["Listener", "StudyEvents"]
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[list[dict[str, Any]]], None]
+Listener = Callable[[list[EventRecord]], None]
 
 
 class StudyEvents:
@@ -27,13 +29,13 @@ class StudyEvents:
     def __init__(self, study_run_id: str, listener: Listener | None = None) -> None:
         self.study_run_id = study_run_id
         self._listener = listener
-        self._routes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._routes: dict[str, Callable[[EventRecord], None]] = {}
         # A trial's late events (after its route is gone) still go to the listener.
         self._run_ids = {study_run_id}
         self._lock = threading.Lock()
         self._ended = threading.Event()
 
-    def route(self, run_id: str, callback: Callable[[dict[str, Any]], None]) -> None:
+    def route(self, run_id: str, callback: Callable[[EventRecord], None]) -> None:
         with self._lock:
             self._routes[run_id] = callback
             self._run_ids.add(run_id)
@@ -42,24 +44,22 @@ class StudyEvents:
         with self._lock:
             self._routes.pop(run_id, None)
 
-    def receive(self, events: Sequence[dict[str, Any]]) -> None:
+    def receive(self, events: Sequence[EventRecord]) -> None:
         """One batch of released events, in hub order (the subscriber's entry point)."""
         with self._lock:
-            mine = [e for e in events if e.get("run_id") in self._run_ids]
+            mine = [e for e in events if e.run_id in self._run_ids]
             routes = dict(self._routes)
         for event in mine:
-            callback = routes.get(event["run_id"])
+            callback = routes.get(event.run_id)
             if callback is not None:
                 try:
                     callback(event)
                 except Exception:
-                    log.exception("HPO: handling event %s of %s failed", event.get("type"), event["run_id"])
-            if (
-                event["run_id"] == self.study_run_id
-                and event.get("type") == "hpo_trial"
-                and event.get("state") == "study_complete"
-            ):
-                self._ended.set()
+                    log.exception("HPO: handling event %s of %s failed", event.type, event.run_id)
+            if event.run_id == self.study_run_id and event.type == "hpo_trial":
+                message = event.message
+                if isinstance(message, HpoTrial) and message.state == "study_complete":
+                    self._ended.set()
         if mine and self._listener is not None:
             try:
                 self._listener(mine)

@@ -22,15 +22,11 @@ from typing import Any
 from orchestrator.config import TrainConfig
 from orchestrator.lifecycle import Run, RunState
 
-__all__ = ["COORDINATOR_PREFIX", "FOLLOWED_TYPES", "RunCoordinator", "launch_coordinator", "find_coordinator"]
+__all__ = ["COORDINATOR_PREFIX", "RunCoordinator", "launch_coordinator", "find_coordinator"]
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_PREFIX = "run:"
-# What a run's mirror learns from (``Run.observe`` and ``Run.follow``); other types are not read.
-FOLLOWED_TYPES = frozenset(
-    {"training_start", "epoch_metrics", "fold_complete", "training_complete", "training_error"}
-)
 # After its run ended, a coordinator waits this long (for a last snapshot call) before ending.
 _LINGER_S = 2.0
 
@@ -94,6 +90,10 @@ class RunCoordinator:
 
     def snapshot(self) -> dict[str, Any]:
         return self.run.snapshot()
+
+    def pid(self) -> int:
+        """This coordinator's process (an operator or a test that kills it needs its id)."""
+        return os.getpid()
 
 
 def _end_this_actor() -> None:

@@ -18,13 +18,21 @@ from typing import Any
 
 from orchestrator.config import TrainConfig
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.events.record import EventRecord
 from orchestrator.execution.base import FoldExecutor
 from orchestrator.execution.local import LocalExecutor
 from orchestrator.execution.placement import ClusterView, ResourceShape
 from orchestrator.jobs.admission import ask_of, default_capacity
+from orchestrator.jobs.coordinated import CoordinatedRuns
 from orchestrator.jobs.policy import Ask
 from orchestrator.jobs.queue import JobKind, JobQueue
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, TERMINAL_STATES, Run, RunState, ended_state
+from orchestrator.lifecycle import (
+    FOLLOWED_TYPES,
+    INTERRUPTED_PREFIX,
+    Run,
+    RunState,
+    ended_state,
+)
 from orchestrator.messages import TrainingError
 from orchestrator.run.driver import execute_run, new_run
 from orchestrator.store.runs import store_row
@@ -72,7 +80,7 @@ class RunManager:
         self.record_admission = record_admission
         self.coordinate_in = coordinate_in
         self.queue = queue if queue is not None else JobQueue(default_capacity)
-        self._coordinators: dict[str, Any] = {}
+        self.coordinated = CoordinatedRuns(self._end_unstarted)
         self._keep = keep
         self._runs: OrderedDict[str, Run] = OrderedDict()
         self._threads: dict[str, threading.Thread] = {}
@@ -100,8 +108,12 @@ class RunManager:
         return self.queue.position(run_id)
 
     def describe_queue(self) -> dict[str, Any]:
-        """``GET /queue``: ``JobQueue.describe``."""
-        return self.queue.describe()
+        """``GET /queue``: ``JobQueue.describe``, and the idle warm fold actors this process holds
+        (counted free: a run that cannot use them gets their resources at its admission)."""
+        return {
+            **self.queue.describe(),
+            "idle_warm_workers": 0 if self.pool is None else self.pool.idle_count(),
+        }
 
     def submit(
         self, config: TrainConfig, *, priority: int = 0, extra_summary: dict[str, Any] | None = None
@@ -241,10 +253,11 @@ class RunManager:
         return restored
 
     def _execute(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
-        if self.coordinate_in is not None and run.config.executor == "ray":
-            self._execute_in_cluster(run, extra_summary)
-            return
         try:
+            if self.coordinate_in is not None and run.config.executor == "ray":
+                self._give_back_idle_workers(run)
+                self.coordinated.drive(run, self.coordinate_in, extra_summary)
+                return
             executor = self._executor_for(run.config)
             try:
                 execute_run(run, self.sink, executor, extra_summary=extra_summary)
@@ -254,40 +267,21 @@ class RunManager:
         finally:
             self.queue.release(run.run_id)
 
-    def _execute_in_cluster(self, run: Run, extra_summary: dict[str, Any] | None) -> None:
-        from orchestrator.jobs.coordinator import launch_coordinator
-
-        assert self.coordinate_in is not None
-        try:
-            self._drive_in_cluster(run, launch_coordinator(run, self.coordinate_in, extra_summary))
-        finally:
-            self.queue.release(run.run_id)
-
-    def _drive_in_cluster(self, run: Run, handle: Any) -> None:
-        import ray
-
-        with self._lock:
-            self._coordinators[run.run_id] = handle
-        if run.cancel_requested.is_set():
-            handle.cancel.remote()
-        try:
-            final: dict[str, Any] = ray.get(handle.result.remote())
-        except Exception as err:  # the coordinator died: its run cannot go on
-            final = {"state": "failed", "error": f"the run's coordinator died: {err}", "summary_path": None}
-        if not run.done:  # its events may not all have come through the hub yet
-            run.summary_path = run.summary_path or final.get("summary_path")
-            state = RunState(final["state"])
-            if state is RunState.COMPLETED and run.state is RunState.PENDING:
-                run.transition(RunState.RUNNING)
-            if state in TERMINAL_STATES:
-                run.transition(state, error=final.get("error"))
+    def _give_back_idle_workers(self, run: Run) -> None:
+        """The queue admitted ``run`` against the cluster's resources, which this process's idle
+        warm actors (an HPO study's) may hold while the queue counts them free; its coordinator
+        places its own folds and cannot use them, so they go first (else its folds would wait
+        for resources the ledger calls free, and fail after ``placement_timeout_s``)."""
+        if self.pool is not None and (released := self.pool.discard_idle()):
+            log.info(
+                "run %s: %d idle warm fold actor(s) given back for its coordinator", run.run_id, released
+            )
 
     def adopt(self, run: Run, coordinator: Any) -> None:
         """Follow a run whose coordinator an earlier server process started (after a restart):
         ``run`` is its mirror, rebuilt from its stored events; cancel goes to ``coordinator``."""
         with self._lock:
             self._runs[run.run_id] = run
-            self._coordinators[run.run_id] = coordinator
         if run.done:
             return
         # what it holds counts against the queue until its coordinator ends: its admitted cap
@@ -300,14 +294,8 @@ class RunManager:
         self._threads[run.run_id] = thread
 
     def _watch_adopted(self, run: Run, coordinator: Any) -> None:
-        """Wait for an adopted run's coordinator to end (its events end the run's state), then
-        give back what it held."""
-        import ray
-
         try:
-            ray.get(coordinator.result.remote())
-        except Exception:  # already gone: its events (or their absence) tell the rest
-            pass
+            self.coordinated.watch(run, coordinator)
         finally:
             self.queue.release(run.run_id)
 
@@ -322,16 +310,17 @@ class RunManager:
         with self._lock:
             return list(self._runs.values())
 
-    def observe(self, event: dict[str, Any]) -> None:
-        run_id = event.get("run_id")
-        if run_id is None:
+    def observe(self, record: EventRecord) -> None:
+        """A released event: the progress of its run (and, for a run of a coordinator, its state);
+        only the types a run reads are parsed."""
+        if record.type not in FOLLOWED_TYPES:
             return
         with self._lock:
-            run = self._runs.get(run_id)
+            run = self._runs.get(record.run_id)
         if run is not None:
-            run.observe(event)
-            if run_id in self._coordinators:
-                run.follow(event)
+            run.observe(record.message)
+            if record.run_id in self.coordinated:
+                run.follow(record.message)
 
     def cancel(self, run_id: str) -> Run:
         """Stop a run: a queued one ends ``cancelled`` at once, a running one at its next epoch."""
@@ -339,9 +328,7 @@ class RunManager:
         if self._cancel_queued(run):
             return run
         run.request_cancel()
-        handle = self._coordinators.get(run_id)
-        if handle is not None:
-            handle.cancel.remote()
+        self.coordinated.cancel(run_id)
         return run
 
     def _cancel_queued(self, run: Run) -> bool:
@@ -353,8 +340,9 @@ class RunManager:
         return True
 
     def _end_unstarted(self, run: Run, error: str) -> None:
-        """End a run that never started with its one ``training_error`` event (the store's row
-        follows it) and its terminal state (the state even when the event cannot be sent)."""
+        """End a run that never started, or whose coordinator died, with its one
+        ``training_error`` event (the store's row, ``GET /`` and ``/ws`` follow it) and its
+        terminal state (the state even when the event cannot be sent)."""
         try:
             self.sink.register_run(run.run_id, run.run_dir)
             publisher = self.sink.publisher(run.run_id, "queue")
@@ -381,11 +369,11 @@ class RunManager:
         """Cancel this process's runs and wait for them; runs of coordinators go on, and queued
         runs stay queued in the job store (the next server admits them)."""
         self.queue.close()
-        local = [run for run in self.active() if run.run_id not in self._coordinators]
+        local = [run for run in self.active() if run.run_id not in self.coordinated]
         for run in local:
             run.request_cancel()
         for run_id, thread in list(self._threads.items()):
-            if run_id not in self._coordinators:
+            if run_id not in self.coordinated:
                 thread.join(timeout)
         if self.pool is not None:
             self.pool.shutdown()

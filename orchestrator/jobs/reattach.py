@@ -7,9 +7,11 @@ import logging
 from typing import Any
 
 from orchestrator.config import TrainConfig
-from orchestrator.jobs.coordinator import FOLLOWED_TYPES, find_coordinator
+from orchestrator.events.record import body_json
+from orchestrator.jobs.coordinator import find_coordinator
 from orchestrator.jobs.manager import RunManager
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run
+from orchestrator.lifecycle import FOLLOWED_TYPES, INTERRUPTED_PREFIX, Run
+from orchestrator.messages import TrainingError
 from orchestrator.store import JobStore
 
 __all__ = ["reattach_runs"]
@@ -31,17 +33,8 @@ def reattach_runs(store: JobStore, manager: RunManager, hub: Any, namespace: str
         snapshot = store.get_run(run_id)
         handle = find_coordinator(run_id, namespace)
         if handle is None or snapshot is None:
-            ray.get(
-                hub.publish.remote(
-                    run_id,
-                    "reattach",
-                    0,
-                    {
-                        "type": "training_error",
-                        "error": f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone",
-                    },
-                )
-            )
+            error = f"{INTERRUPTED_PREFIX}its coordinator (run by {owner or 'unknown'}) is gone"
+            ray.get(hub.publish.remote(run_id, "reattach", 0, body_json(TrainingError(error=error))))
             continue
         run = Run(
             run_id=run_id,
@@ -63,6 +56,6 @@ def _replay(run: Run, hub: Any, since: int) -> int:
 
     events, _ = ray.get(hub.events_since.remote(since, run.run_id, FOLLOWED_TYPES, None))
     for event in events:
-        run.observe(event)
-        run.follow(event)
-    return int(events[-1]["seq"]) if events else since
+        run.observe(event.message)
+        run.follow(event.message)
+    return events[-1].seq if events else since

@@ -2,24 +2,24 @@
 
 Writes come from one writer, the serving hub (``events.recorder``), in batches: ``append`` puts a
 batch's new runs, events and row changes in one transaction. Reads (``GET /runs...``, replay
-beyond the hub's memory) may come from anywhere. Events are stored as the exact JSON sent on
-``/ws`` and read back with ``json.loads``.
+beyond the hub's memory) may come from anywhere. Events are stored as their records' one text,
+the exact JSON sent on ``/ws``, and read back as records without parsing it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.events.record import EventRecord
 from orchestrator.lifecycle import TERMINAL_STATES, RunState
 from orchestrator.store import lease as leases
 from orchestrator.store.engine import describe, open_engine
 from orchestrator.store.runs import merge_metrics, patches_for, snapshot_of_row
-from orchestrator.store.schema import events, runs
+from orchestrator.store.schema import events, producers, runs
 
 __all__ = ["JobStore", "RUNS_PAGE_DEFAULT", "RUNS_PAGE_MAX", "UNFINISHED_STATES"]
 
@@ -27,8 +27,6 @@ RUNS_PAGE_DEFAULT = 100
 RUNS_PAGE_MAX = 1000
 # Runs that started and have not ended; queued runs wait for a server to admit them.
 UNFINISHED_STATES = tuple(s.value for s in RunState if s not in TERMINAL_STATES and s is not RunState.QUEUED)
-
-Event = dict[str, Any]
 
 
 class JobStore:
@@ -55,13 +53,15 @@ class JobStore:
     def append(
         self,
         new_runs: Sequence[dict[str, Any]],
-        batch: Sequence[tuple[Event, str]],
+        batch: Sequence[EventRecord],
         admitted: Sequence[tuple[str, str]] = (),
+        positions: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         """One transaction: insert ``new_runs`` (rows), mark the ``admitted`` queued runs
         ``pending`` with the config they were admitted with ((run_id, config JSON): the job queue
-        let them start), insert the ``batch`` of (event, its JSON) and make the changes the events
-        make to their runs' rows."""
+        let them start), insert the ``batch`` of released records, make the changes they make
+        to their runs' rows, and move each producer's next pseq to ``positions[(run_id,
+        producer)]`` (never back)."""
         with self.engine.begin() as conn:
             known = set()
             if new_runs:
@@ -80,20 +80,25 @@ class JobStore:
                 conn.execute(
                     insert(events),
                     [
-                        {
-                            "seq": e["seq"],
-                            "run_id": e["run_id"],
-                            "type": e["type"],
-                            "ts": e["ts"],
-                            "body": line,
-                        }
-                        for e, line in batch
+                        {"seq": r.seq, "run_id": r.run_id, "type": r.type, "ts": r.ts, "body": r.text}
+                        for r in batch
                     ],
                 )
-                self._patch_runs(conn, (e for e, _ in batch))
+                self._patch_runs(conn, batch)
+            for (run_id, producer), next_pseq in (positions or {}).items():
+                self._advance(conn, run_id, producer, next_pseq)
 
     @staticmethod
-    def _patch_runs(conn: Connection, released: Iterable[Event]) -> None:
+    def _advance(conn: Connection, run_id: str, producer: str, next_pseq: int) -> None:
+        where = (producers.c.run_id == run_id) & (producers.c.producer == producer)
+        moved = conn.execute(
+            update(producers).where(where, producers.c.next_pseq < next_pseq).values(next_pseq=next_pseq)
+        ).rowcount
+        if not moved and conn.execute(select(producers.c.next_pseq).where(where)).first() is None:
+            conn.execute(insert(producers).values(run_id=run_id, producer=producer, next_pseq=next_pseq))
+
+    @staticmethod
+    def _patch_runs(conn: Connection, released: Iterable[EventRecord]) -> None:
         for run_id, patch in patches_for(released).items():
             values: dict[str, Any] = dict(patch.values)
             for column, n in patch.increments.items():
@@ -119,9 +124,13 @@ class JobStore:
         types: frozenset[str] | None = None,
         limit: int | None = None,
         before: int | None = None,
-    ) -> list[Event]:
+    ) -> list[EventRecord]:
         """Stored events with ``since < seq`` (``< before`` if given), oldest first, at most ``limit``."""
-        query = select(events.c.body).where(events.c.seq > since).order_by(events.c.seq)
+        query = (
+            select(events.c.seq, events.c.run_id, events.c.type, events.c.ts, events.c.body)
+            .where(events.c.seq > since)
+            .order_by(events.c.seq)
+        )
         if before is not None:
             query = query.where(events.c.seq < before)
         if run_id is not None:
@@ -131,7 +140,15 @@ class JobStore:
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
-            return [json.loads(body) for body in conn.execute(query).scalars()]
+            return [
+                EventRecord(row.seq, row.run_id, row.type, row.ts, row.body) for row in conn.execute(query)
+            ]
+
+    def producer_positions(self, run_id: str) -> dict[str, int]:
+        """Each producer of the run and its next pseq (one past its last recorded event)."""
+        query = select(producers.c.producer, producers.c.next_pseq).where(producers.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return {row.producer: int(row.next_pseq) for row in conn.execute(query)}
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's snapshot, or None when the store has no such run."""

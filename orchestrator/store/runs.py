@@ -13,8 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState, ended_state
-from orchestrator.messages import ENVELOPE_FIELDS
+from orchestrator.events.record import EventRecord
+from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState, ended_state, latest_metrics_of
+from orchestrator.messages import (
+    EpochMetrics,
+    FoldComplete,
+    TrainingComplete,
+    TrainingError,
+    TrainingStart,
+)
 
 __all__ = [
     "INTERRUPTED_PREFIX",
@@ -26,8 +33,10 @@ __all__ = [
     "ended_state",
 ]
 
-
-Event = dict[str, Any]
+# The event types that change a run's row.
+_ROW_TYPES = frozenset(
+    {"training_start", "training_complete", "training_error", "fold_complete", "epoch_metrics"}
+)
 
 
 @dataclass
@@ -42,34 +51,28 @@ class RunPatch:
         self.increments[column] = self.increments.get(column, 0) + n
 
 
-def patches_for(events: Iterable[Event]) -> dict[str, RunPatch]:
-    """The row changes a batch of released events makes, per run, in seq order."""
+def patches_for(records: Iterable[EventRecord]) -> dict[str, RunPatch]:
+    """The row changes a batch of released records makes, per run, in seq order (only the types
+    that change a row are parsed)."""
     patches: dict[str, RunPatch] = {}
-    for event in events:
-        kind = event.get("type")
-        run_id = event.get("run_id")
-        if not isinstance(run_id, str):
+    for record in records:
+        if record.type not in _ROW_TYPES:
             continue
-        patch = patches.setdefault(run_id, RunPatch())
-        ts = event.get("ts")
-        if kind == "training_start":
+        patch = patches.setdefault(record.run_id, RunPatch())
+        message, ts = record.message, record.ts
+        if isinstance(message, TrainingStart):
+            patch.values.update(state=RunState.RUNNING.value, started_at=ts, folds_total=message.total_folds)
+        elif isinstance(message, TrainingComplete):
             patch.values.update(
-                state=RunState.RUNNING.value, started_at=ts, folds_total=event.get("total_folds", 0)
+                state=RunState.COMPLETED.value, ended_at=ts, summary_path=message.summary_path
             )
-        elif kind == "training_complete":
-            patch.values.update(
-                state=RunState.COMPLETED.value, ended_at=ts, summary_path=event.get("summary_path")
-            )
-        elif kind == "training_error":
-            error = str(event.get("error", ""))
-            patch.values.update(state=ended_state(error).value, ended_at=ts, error=error)
-        elif kind == "fold_complete":
+        elif isinstance(message, TrainingError):
+            patch.values.update(state=ended_state(message.error).value, ended_at=ts, error=message.error)
+        elif isinstance(message, FoldComplete):
             patch.add("folds_done")
-        elif kind == "epoch_metrics":
+        elif isinstance(message, EpochMetrics):
             patch.add("epochs_done")
-            patch.metrics[str(event.get("fold_id"))] = {
-                k: v for k, v in event.items() if k != "type" and k not in ENVELOPE_FIELDS
-            }
+            patch.metrics[str(message.fold_id)] = latest_metrics_of(message)
     return {run_id: p for run_id, p in patches.items() if p.values or p.increments or p.metrics}
 
 

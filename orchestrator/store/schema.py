@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 
@@ -29,13 +30,14 @@ __all__ = [
     "metadata",
     "runs",
     "events",
+    "producers",
     "lease",
     "schema_version",
     "ensure_schema",
 ]
 
 PREFIX = "orch_"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: orch_producers
 
 metadata = MetaData()
 
@@ -76,6 +78,17 @@ events = Table(
     Column("body", Text, nullable=False),  # the event's JSON exactly as sent on /ws
 )
 
+# Where each producer's numbered stream stands in the store: its next pseq (one past the last
+# recorded). A hub that Ray restarted continues each producer's order from here, so a publish
+# call retried after the restart is recognised as a repeat, not released twice.
+producers = Table(
+    f"{PREFIX}producers",
+    metadata,
+    Column("run_id", String(128), primary_key=True),
+    Column("producer", String(256), primary_key=True),
+    Column("next_pseq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+)
+
 lease = Table(
     f"{PREFIX}lease",
     metadata,
@@ -99,6 +112,8 @@ def ensure_schema(engine: Engine, where: str) -> None:
                 f"the job store {where} has schema version {found}, newer than this "
                 f"orchestrator's {SCHEMA_VERSION}: upgrade the orchestrator or use another --db"
             )
-        metadata.create_all(conn, checkfirst=True)
+        metadata.create_all(conn, checkfirst=True)  # an older store gets the tables it lacks
         if found is None:
             conn.execute(insert(schema_version).values(id=1, version=SCHEMA_VERSION))
+        elif found < SCHEMA_VERSION:
+            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))

@@ -4,7 +4,9 @@
  * for it, keeps it in sessionStorage (this tab only), and sends it as "Authorization: Bearer" on
  * REST and as ?token= on the /ws URL (a browser cannot set headers on a WebSocket). It never goes
  * into the address bar, the history or the console. A dropped /ws reconnects with ?since= the last
- * seq it processed, so nothing is missed or repeated.
+ * seq it processed, so nothing is missed or repeated; after the server's event hub restarted
+ * (close code 4012) with the since= the close reason names. The job store's health (GET /, every
+ * few seconds) shows in the top bar while it fails.
  */
 (function (global) {
   "use strict";
@@ -16,6 +18,8 @@
   const FEATURES = (document.body.dataset.features || "").split(/\s+/);
   const main = document.getElementById("main");
   const liveStatus = document.getElementById("live-status");
+  const storeStatus = document.getElementById("store-status");
+  const STORE_POLL_MS = 5000;
   const forget = document.getElementById("forget-token");
 
   let token = null;
@@ -105,6 +109,8 @@
           setLive("refused: " + event.reason);
           return;
         }
+        const resume = event.code === 4012 ? /since=(\d+)/.exec(event.reason || "") : null;
+        if (resume) this.since = Math.min(this.since === null ? Infinity : this.since, Number(resume[1]));
         setLive("reconnecting");
         this.retry();
       };
@@ -322,6 +328,25 @@
     }
     route();
   });
+  /* The job store's health from GET /: shown in the top bar while the store fails. */
+  function watchStore() {
+    fetch("/", { headers: headers(), cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((status) => {
+        const store = status && status.store;
+        const failing = Boolean(store && !store.ok);
+        storeStatus.hidden = !failing;
+        if (failing) {
+          const since = store.since ? new Date(store.since * 1000).toLocaleTimeString() : "?";
+          const then = store.retrying ? `retrying, ${store.pending} events kept in memory` : "not writing";
+          storeStatus.textContent = `job store failing since ${since}: ${store.error} (${then})`;
+        }
+      })
+      .catch(() => {})
+      .finally(() => setTimeout(watchStore, STORE_POLL_MS));
+  }
+
   global.addEventListener("hashchange", route);
   route();
+  watchStore();
 })(window);

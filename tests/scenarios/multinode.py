@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -33,6 +34,7 @@ from orchestrator.events.actor import get_or_create_hub  # noqa: E402
 from orchestrator.events.publish import RaySink  # noqa: E402
 from orchestrator.execution.ray import RayExecutor  # noqa: E402
 from orchestrator.run.driver import execute_run, new_run  # noqa: E402
+from tests.made_events import bodies  # noqa: E402
 from tests.synthetic import ar1_ohlcv  # noqa: E402
 
 
@@ -99,7 +101,7 @@ def main(scenario: str) -> None:
         # wait for epochs to flow, then remove a worker node mid-run
         deadline = time.time() + 120
         while time.time() < deadline:
-            events: list[dict[str, object]] = ray.get(hub.run_events.remote(run.run_id))
+            events: list[dict[str, Any]] = bodies(ray.get(hub.run_events.remote(run.run_id)))
             if sum(e["type"] == "epoch_metrics" for e in events) >= 4:
                 break
             time.sleep(0.2)
@@ -107,7 +109,7 @@ def main(scenario: str) -> None:
         out["removed_at_epochs"] = sum(e["type"] == "epoch_metrics" for e in events)
 
     thread.join(timeout=300)
-    events = ray.get(hub.run_events.remote(run.run_id))
+    events = bodies(ray.get(hub.run_events.remote(run.run_id)))
     out.update(
         {
             "state": run.state.value,
