@@ -1,0 +1,277 @@
+"""The train loop of a pack: folds or trials of one architecture trained as one stacked model.
+
+``fit_pack(members, device=...)`` gives every member what ``workers.train.fit`` gives it alone (the
+same epoch records in the same order, best epoch, early stop and final forecasts, equal to float32
+rounding; on a CPU the same batch orders and dropout masks), while each optimizer step trains all
+the models at once (``workers.pack_stack``). It reads top to bottom:
+
+    fit_pack -> per epoch: poll each member's should_stop -> one stacked epoch (its on_batch calls)
+             -> one stacked forward of every calibration and validation segment
+             -> per member, in member order: record, on_epoch, on_forecasts, early stopping
+             -> the models that are done leave the stack
+
+A member leaves when its epochs are done, early stopping says so or its ``should_stop()`` says
+stop (its outcome is the ``TrainOutcome`` that ``fit`` returns then); when its train loss is not
+finite (its outcome is ``NonFiniteLossError``); or when one of its own callbacks raises (its outcome
+is that exception). The others go on. The survivors are re-stacked on the CPU (a smaller stack
+is a cheaper step); a CUDA graph keeps the idle slots instead (a re-capture costs more).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+import torch
+
+from workers.metrics import Forecast, evaluate_epoch, segment_loss
+from workers.model import ForecastNet
+from workers.pack_stack import Slot, Stack
+from workers.stacked_dropout import fork_global_rng
+from workers.train import (
+    BatchReporter,
+    EpochCallback,
+    EpochRecord,
+    ForecastCallback,
+    NonFiniteLossError,
+    Segments,
+    TrainOutcome,
+    TrainSettings,
+    _predict,
+    seed_everything,
+)
+
+__all__ = ["PackMember", "PackOutcome", "fit_pack", "check_packable"]
+
+PackOutcome = TrainOutcome | Exception
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PackMember:
+    """One model of a pack: ``fit``'s arguments (its data, settings and its own callbacks)."""
+
+    segments: Segments
+    settings: TrainSettings
+    on_epoch: EpochCallback
+    elapsed: Callable[[], float]
+    on_batch: BatchReporter | None = None
+    on_forecasts: ForecastCallback | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class _Model:
+    """A member's progress: what ``fit`` keeps in its locals."""
+
+    slot: Slot
+    member: PackMember
+    net: ForecastNet  # the initial weights, until the best ones are loaded at the end
+    history: list[EpochRecord] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None  # None: the initial weights are the best so far
+    last_epoch: int = -1
+    stopped_early: bool = False
+    outcome: PackOutcome | None = None
+
+
+def check_packable(members: Sequence[PackMember]) -> None:
+    """Raise ``ValueError`` unless ``members`` can share one stack (same weight and batch shapes)."""
+    if not members:
+        raise ValueError("a pack needs at least one member, got none")
+
+    def shape(m: PackMember) -> tuple[int, int, int, int, bool, bool]:
+        s = m.settings
+        return (
+            m.segments.X_train.shape[1],
+            s.hidden,
+            s.depth,
+            s.batch_size,
+            s.cuda_graphs,
+            s.mixed_precision,
+        )
+
+    for i, member in enumerate(members):
+        if shape(member) != shape(members[0]):
+            raise ValueError(
+                "members of a pack must share (n_features, hidden, depth, batch_size, cuda_graphs, "
+                f"mixed_precision): member 0 has {shape(members[0])}, member {i} has {shape(member)}"
+            )
+
+
+def fit_pack(
+    members: Sequence[PackMember], *, device: torch.device, restack: bool | None = None
+) -> list[PackOutcome]:
+    """Train ``members`` as one stack; their outcomes in member order (see the module doc).
+
+    ``restack``: rebuild the stack when models leave (default: yes, unless the step is a CUDA graph).
+    """
+    check_packable(members)
+    models = [_start(i, member, device) for i, member in enumerate(members)]
+    stack = Stack.build([m.slot for m in models], [m.net for m in models], device)
+    restack = (not stack.graphed) if restack is None else restack
+
+    for epoch in range(max(member.settings.epochs for member in members)):
+        for model in _running(stack, models):  # fit polls should_stop before each epoch
+            model.last_epoch = epoch
+            stop = model.member.should_stop
+            if stop is not None and _guarded(model, stop) and model.outcome is None:
+                model.outcome = _finish(model)
+        survivors = _without_finished(stack, models, restack)
+        if survivors is None:
+            break
+        stack = survivors
+
+        train = _train_epoch(stack, models, epoch)
+        forecasts = stack.evaluate()
+        for position in stack.member_order():
+            model = models[stack.slots[position].index]
+            if model.outcome is not None:  # a callback of its own raised during the epoch
+                continue
+            if not np.all(np.isfinite(train[position])):
+                model.outcome = NonFiniteLossError(
+                    f"training loss is not finite at epoch {epoch} (loss={train[position][0]}); "
+                    f"lower lr (lr={model.member.settings.lr}) or check the data"
+                )
+                continue
+            cal, val = forecasts[position]
+            _end_epoch(model, epoch, train[position], cal, val)
+            if model.outcome is None and model.best_epoch == epoch:
+                model.best_state = stack.net.state_dict_of(position)
+            if model.outcome is None and (model.stopped_early or epoch + 1 >= model.member.settings.epochs):
+                model.outcome = _finish(model)
+
+    return [m.outcome if m.outcome is not None else _finish(m) for m in models]
+
+
+def _start(index: int, member: PackMember, device: torch.device) -> _Model:
+    """What ``fit`` does before its first epoch, in the same order (the same global RNG draws)."""
+    settings, segments = member.settings, member.segments
+    seed_everything(settings.seed)
+    y_scale = float(np.std(segments.y_train)) or 1.0
+    net = ForecastNet(segments.X_train.shape[1], settings.hidden, settings.depth, settings.dropout).to(device)
+    # From here on fit's global RNG feeds only this model's dropout: its own copy of the stream.
+    slot = Slot(
+        index=index,
+        segments=segments,
+        settings=settings,
+        y_scale=y_scale,
+        order=torch.Generator().manual_seed(settings.seed),
+        dropout=fork_global_rng(),
+    )
+    return _Model(slot=slot, member=member, net=net)
+
+
+def _running(stack: Stack, models: list[_Model]) -> list[_Model]:
+    """The models still training, in member order."""
+    return [
+        models[stack.slots[p].index]
+        for p in stack.member_order()
+        if models[stack.slots[p].index].outcome is None
+    ]
+
+
+def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
+    """One stacked pass over every live model's train rows: ``[K, 4]`` means (train_loss, _nll,
+    _bce, _brier); each member's ``on_batch`` is called at its own steps, as ``run_epoch`` calls it."""
+    plan = stack.plan_epoch()
+    reporting = [
+        (position, models[slot.index])
+        for position, slot in enumerate(stack.slots)
+        if stack.live[position] and models[slot.index].member.on_batch is not None
+    ]
+    batch = stack.batch_size
+    started = time.perf_counter()
+    stats = []
+    for t in range(plan.steps):
+        step_stats = stack.train_step(plan, t)
+        stats.append(step_stats)
+        for position, model in reporting:
+            reporter, n = model.member.on_batch, int(plan.n[position])
+            if reporter is None or model.outcome is not None or not plan.counts[t, position]:
+                continue
+            done = min((t + 1) * batch, n)
+            total = math.ceil(n / batch)
+            _guarded(model, reporter.maybe_report, epoch, t, total, step_stats[position, 0], done, started)
+    return stack.train_means(plan, stats)
+
+
+def _end_epoch(model: _Model, epoch: int, train: np.ndarray, cal: Forecast, val: Forecast) -> None:
+    """``fit``'s end of an epoch for one member: record, callbacks, early stopping bookkeeping."""
+    member, settings, segments = model.member, model.member.settings, model.member.segments
+    cal_loss = segment_loss(cal, segments.y_cal, settings.loss_weights)
+    metrics: EpochRecord = {
+        "epoch": epoch,
+        "train_loss": float(train[0]),
+        "train_nll": float(train[1]),
+        "train_bce": float(train[2]),
+        "train_brier": float(train[3]),
+    }
+    metrics.update(
+        evaluate_epoch(
+            cal, val, segments.y_cal, segments.y_val, alpha=settings.alpha, loss_weights=settings.loss_weights
+        )
+    )
+    metrics["cal_loss"] = cal_loss
+    elapsed = _guarded(model, member.elapsed)
+    if model.outcome is not None:
+        return
+    metrics["elapsed_seconds"] = elapsed
+    model.history.append(metrics)
+    _guarded(model, member.on_epoch, metrics)
+    if member.on_forecasts is not None and model.outcome is None:
+        _guarded(model, member.on_forecasts, epoch, cal, val)
+    if model.outcome is not None:
+        return
+    if cal_loss < model.best_loss:
+        model.best_loss, model.best_epoch = cal_loss, epoch
+    elif epoch - model.best_epoch >= settings.patience:
+        model.stopped_early = True
+
+
+def _guarded(model: _Model, callback: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T | None:
+    """``callback(...)``; an exception it raises becomes the member's outcome (it leaves the pack)."""
+    try:
+        return callback(*args, **kwargs)
+    except Exception as error:  # the member's own failure must not end its neighbours' training
+        if model.outcome is None:
+            model.outcome = error
+        return None
+
+
+def _finish(model: _Model) -> TrainOutcome:
+    """``fit``'s end: the best weights (or the initial ones) and their forecasts."""
+    segments = model.member.segments
+    best_epoch = model.best_epoch if model.best_epoch >= 0 else max(model.last_epoch, 0)
+    if model.best_state is not None:
+        model.net.load_state_dict(model.best_state)
+    device = next(model.net.parameters()).device
+    x_cal = torch.tensor(segments.X_cal, dtype=torch.float32, device=device)
+    x_val = torch.tensor(segments.X_val, dtype=torch.float32, device=device)
+    return TrainOutcome(
+        best_epoch=best_epoch,
+        epochs_run=len(model.history),
+        cal=_predict(model.net, x_cal, model.slot.y_scale),
+        val=_predict(model.net, x_val, model.slot.y_scale),
+        history=model.history,
+        stopped_early=model.stopped_early,
+    )
+
+
+def _without_finished(stack: Stack, models: list[_Model], restack: bool) -> Stack | None:
+    """The stack without the models that have an outcome; ``None`` when none is left."""
+    done = [p for p in stack.member_order() if models[stack.slots[p].index].outcome is not None]
+    if not done:
+        return stack
+    if restack:
+        keep = [p for p in range(len(stack.slots)) if stack.live[p] and p not in done]
+        return stack.restack(keep) if keep else None
+    for position in done:
+        stack.retire(position)
+    return stack if any(stack.live) else None
