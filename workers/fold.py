@@ -19,23 +19,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-from pydantic import BaseModel
+from functools import partial
+from typing import TYPE_CHECKING
 
 from orchestrator.config import FoldSpec, TrainConfig
 from orchestrator.errors import RunCancelledError
-from orchestrator.messages import BatchProgress, EpochMetrics
-from workers.deltas import PredictionDeltaTracker, as_rows
-from workers.features import FeatureSet, Standardizer
-from workers.metrics import Forecast
-from workers.scoring import Predictions, calibrated_predictions, finish_fold
+from workers.features import FeatureSet
+from workers.fold_types import FoldContext, FoldFailure, FoldOutcome, FoldResult, PackMember, Publisher
+from workers.member import FoldMember, train_settings
 
 if TYPE_CHECKING:
     import torch
 
-    from workers.train import EpochRecord, Segments, TrainOutcome, TrainSettings
+    from workers.train import TrainOutcome
 
 __all__ = [
     "FoldTrainer",
@@ -50,78 +46,6 @@ __all__ = [
     "train_settings",
 ]
 
-# Summary keys copied from the best epoch: the train segment has no rows in the predictions CSV.
-_TRAIN_KEYS = ("train_loss", "train_nll", "train_bce", "train_brier", "cal_loss")
-
-
-class Publisher(Protocol):
-    def publish(self, event: BaseModel) -> None: ...
-
-    def flush(self, timeout: float | None = None) -> object: ...
-
-    def wants(self, kind: str) -> bool:
-        """Whether a consumer receives ``kind`` now: optional live detail is skipped if not."""
-        ...
-
-
-@dataclass(frozen=True)
-class FoldContext:
-    """What a fold needs to know about its run."""
-
-    run_id: str
-    training_started_at: float  # time.time() of training_start: elapsed_seconds counts from it
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class PackMember:
-    """One fold of one run in a pack: its segments, its run's config, where its events go."""
-
-    spec: FoldSpec
-    config: TrainConfig
-    context: FoldContext
-    publisher: Publisher
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """What a trained fold hands back to the driver (its summary entry and predictions CSV)."""
-
-    fold_id: int
-    predictions: Predictions
-    metrics: dict[str, float | None]  # validation metrics, then the best epoch's train_* and epoch
-    calibration_method: str
-    calibration_scores: dict[str, float]
-    calibration_warning: str | None
-    coverage_warning: str | None
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
-    # Seconds of the fold's compute: its pack's training (shared with the pack's other models,
-    # each counted in full: the pack's wall time) plus its own scoring.
-    train_seconds: float
-    device: str
-    attempt: int
-    run_id: str = ""
-    pack_size: int = 1  # the models trained together with this one (itself included)
-    # Set by the executor: seconds from its dispatch of the fold to the result back in the driver.
-    round_trip_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class FoldFailure:
-    """A fold of a pack that did not produce a result: its run was cancelled, or its model failed
-    (a non-finite loss: a retry would diverge again). The pack's other folds went on."""
-
-    run_id: str
-    fold_id: int
-    attempt: int
-    message: str
-    cancelled: bool
-
-
-FoldOutcome = FoldResult | FoldFailure
-
 
 def _device_for(config: TrainConfig) -> torch.device:
     import torch
@@ -132,136 +56,8 @@ def _device_for(config: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def train_settings(config: TrainConfig, fold_id: int) -> TrainSettings:
-    from workers.train import TrainSettings
-
-    return TrainSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        hidden=config.hidden,
-        depth=config.depth,
-        dropout=config.dropout,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        loss_weights=(config.w_nll, config.w_bce, config.w_brier),
-        patience=config.patience,
-        alpha=config.alpha,
-        seed=config.seed + 7919 * fold_id,
-        cuda_graphs=config.cuda_graphs,
-        mixed_precision=config.mixed_precision,
-    )
-
-
 def _never(run_id: str) -> bool:
     return False
-
-
-class _Fold:
-    """One member's side of training: its scaled segments and settings, and the callbacks that turn
-    its epochs into events."""
-
-    def __init__(self, features: FeatureSet, member: PackMember) -> None:
-        from workers.train import BatchReporter, Segments
-
-        self.member = member
-        self.features = features
-        spec, config = member.spec, member.config
-        train, cal, val = spec.train.as_slice(), spec.calibration.as_slice(), spec.validation.as_slice()
-        scaler = Standardizer.fit(features.X[train])  # train segment only
-        self.segments: Segments = Segments(
-            X_train=scaler.transform(features.X[train]),
-            y_train=features.y[train],
-            X_cal=scaler.transform(features.X[cal]),
-            y_cal=features.y[cal],
-            X_val=scaler.transform(features.X[val]),
-            y_val=features.y[val],
-        )
-        self.settings = train_settings(config, spec.fold_id)
-        self.deltas = PredictionDeltaTracker(features.timestamps[val], rtol=config.prediction_delta_rtol)
-        interval = config.batch_progress_interval_s
-        self.on_batch = BatchReporter(interval, self._batch) if interval > 0 else None
-        self.on_forecasts = self._forecasts if config.prediction_deltas else None
-
-    @property
-    def run_id(self) -> str:
-        return self.member.context.run_id
-
-    def elapsed(self) -> float:
-        return time.time() - self.member.context.training_started_at
-
-    def on_epoch(self, metrics: EpochRecord) -> None:
-        self.member.publisher.publish(
-            EpochMetrics.model_validate({"fold_id": self.member.spec.fold_id, **metrics})
-        )
-
-    def _forecasts(self, epoch: int, cal: Forecast, val: Forecast) -> None:
-        # A calibration per epoch is most of a small fold's time: only for a live audience.
-        # Without one, the next delta starts over with every row (a newcomer sees them all).
-        publisher = self.member.publisher
-        if not publisher.wants("prediction_delta"):
-            self.deltas.forget()
-            return
-        segs, spec = self.segments, self.member.spec
-        out = calibrated_predictions(
-            spec, self.features, segs.y_cal, segs.y_val, cal, val, self.member.config
-        )
-        for message in self.deltas.update(spec.fold_id, epoch, as_rows(out.predictions, out.validation)):
-            publisher.publish(message)
-
-    def _batch(self, epoch: int, batch: int, total: int, loss: float, rate: float) -> None:
-        publisher = self.member.publisher
-        if not publisher.wants("batch_progress"):
-            return
-        publisher.publish(
-            BatchProgress(
-                fold_id=self.member.spec.fold_id,
-                epoch=epoch,
-                batch=batch,
-                total_batches=total,
-                train_loss=loss,
-                samples_per_second=rate,
-            )
-        )
-
-    def result(self, outcome: TrainOutcome, train_seconds: float, device: str, pack_size: int) -> FoldResult:
-        """Score the selected model; every event of the fold reaches the hub before the result
-        (and so ``fold_complete``) does."""
-        scoring_started = time.perf_counter()
-        spec, config, segs = self.member.spec, self.member.config, self.segments
-        best = outcome.history[outcome.best_epoch] if outcome.history else {}
-        scores = finish_fold(spec, self.features, segs.y_cal, segs.y_val, outcome.cal, outcome.val, config)
-        if config.prediction_deltas and self.member.publisher.wants("prediction_delta"):
-            # the selected model's rows; without an audience they are in the predictions CSV
-            rows = as_rows(scores.predictions, scores.predictions["segment"] == "validation")
-            for message in self.deltas.update(spec.fold_id, outcome.best_epoch, rows, final=True):
-                self.member.publisher.publish(message)
-        self.member.publisher.flush()
-        return FoldResult(
-            fold_id=spec.fold_id,
-            predictions=scores.predictions,
-            metrics={
-                **scores.metrics,
-                **{key: best.get(key) for key in _TRAIN_KEYS},
-                "epoch": outcome.best_epoch,
-            },
-            calibration_method=scores.calibration_method,
-            calibration_scores=dict(scores.calibration_scores),
-            calibration_warning=scores.calibration_warning,
-            coverage_warning=scores.coverage_warning,
-            best_epoch=outcome.best_epoch,
-            epochs_run=outcome.epochs_run,
-            stopped_early=outcome.stopped_early,
-            train_seconds=train_seconds + time.perf_counter() - scoring_started,
-            device=device,
-            attempt=self.member.context.attempt,
-            run_id=self.run_id,
-            pack_size=pack_size,
-        )
-
-    def failure(self, message: str, *, cancelled: bool) -> FoldFailure:
-        self.member.publisher.flush()
-        context = self.member.context
-        return FoldFailure(context.run_id, self.member.spec.fold_id, context.attempt, message, cancelled)
 
 
 def _prepare_device(config: TrainConfig) -> torch.device:
@@ -294,9 +90,9 @@ def run_pack(
     if not members:
         return []
     device = _prepare_device(members[0].config)
-    folds = [_Fold(features, member) for member in members]
+    folds = [FoldMember(features, member) for member in members]
     started = time.perf_counter()
-    trained: list[TrainOutcome | BaseException]
+    trained: list[TrainOutcome | Exception]
     if len(folds) == 1:
         fold = folds[0]
         try:
@@ -335,21 +131,22 @@ def run_pack(
 
 
 def _fit_stacked(
-    folds: Sequence[_Fold], device: torch.device, stopped: Callable[[str], bool]
-) -> list[TrainOutcome | BaseException]:
+    folds: Sequence[FoldMember], device: torch.device, stopped: Callable[[str], bool]
+) -> list[TrainOutcome | Exception]:
     """The folds' models as one stacked model (``workers.packed.fit_pack``)."""
-    from workers.packed import PackedFold, fit_pack
+    from workers.packed import PackMember as StackMember
+    from workers.packed import fit_pack
 
     return fit_pack(
         [
-            PackedFold(
+            StackMember(
                 segments=fold.segments,
                 settings=fold.settings,
                 on_epoch=fold.on_epoch,
                 elapsed=fold.elapsed,
                 on_batch=fold.on_batch,
                 on_forecasts=fold.on_forecasts,
-                should_stop=(lambda run_id=fold.run_id: stopped(run_id)),
+                should_stop=partial(stopped, fold.run_id),
             )
             for fold in folds
         ],

@@ -83,10 +83,9 @@ def plan_packs(tasks: Sequence[PackTask[T]], workers: int) -> list[list[T]]:
         if cap == 1:
             packs.extend((task.cost, [task.item]) for task in group)
             continue
-        count = max(shares[key], 1)
-        if cap is not None:
-            count = max(count, -(-len(group) // cap))
-        count = min(count, len(group))
+        count = min(max(shares[key], 1), len(group))
+        if cap is not None and len(group) > count * cap:
+            group = group[: count * cap]  # full packs now, in queue order; the rest waits
         packs.extend(_balanced(group, count, cap))
     if all(task.cap == 1 for task in tasks):
         return [items for _, items in packs][:workers]

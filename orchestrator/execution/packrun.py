@@ -13,20 +13,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import ray
-from ray.exceptions import (
-    NodeDiedError,
-    OutOfMemoryError,
-    RayActorError,
-    RayTaskError,
-    WorkerCrashedError,
-)
+from ray.exceptions import RayTaskError
 
-from orchestrator.config import FoldSpec
-from orchestrator.errors import OrchestratorError, RunCancelledError
+from orchestrator.errors import RunCancelledError
 from orchestrator.execution.base import EndCallback, FoldJob, ResultCallback, fold_producer
 from orchestrator.execution.cluster import cluster_view, free_resources, is_placed
 from orchestrator.execution.packing import PackTask, pack_cap, pack_key, plan_packs
@@ -38,11 +30,22 @@ from orchestrator.execution.placement import (
     reachable_resources,
     scale_up_types,
 )
-from orchestrator.execution.pool import Worker, WorkerPool
+from orchestrator.execution.pool import Worker
+from orchestrator.execution.ray_calls import (
+    CANCEL_GRACE_S,
+    WORKER_DEATH,
+    Call,
+    Member,
+    PackedRun,
+    PackExecutor,
+    cause_text,
+    close_producers,
+    scale_up_message,
+    short,
+    stop_packs,
+)
 from orchestrator.execution.scheduler import (
     EndRun,
-    FoldScheduler,
-    RetryPolicy,
     fold_cost,
     launch_order,
 )
@@ -53,58 +56,8 @@ __all__ = ["PackRun", "CANCEL_GRACE_S"]
 
 log = logging.getLogger(__name__)
 
-# Seconds a stopped fold gets to finish its epoch and flush its events before its actor is killed.
-CANCEL_GRACE_S = 2.0
 # How often the driver wakes to check for cancels and placement timeouts while folds run.
 WAIT_SLICE_S = 0.2
-# What a dead worker process looks like to the caller of one of its methods.
-_WORKER_DEATH: tuple[type[BaseException], ...] = (
-    RayActorError,
-    WorkerCrashedError,
-    OutOfMemoryError,
-    NodeDiedError,
-)
-
-
-class _Executor(Protocol):
-    pool: WorkerPool
-    keep_workers_on_cancel: bool
-    current_pids: dict[int, int]
-    run_actor_names: set[str]
-
-
-@dataclass(frozen=True)
-class _Member:
-    """A fold in a call: its run (an index of the call's runs), fold and attempt."""
-
-    run: int
-    fold_id: int
-    attempt: int
-
-
-@dataclass
-class _Call:
-    """A call in flight on a worker: its ``ping`` (it is coming up) or its pack's run."""
-
-    worker: Worker
-    ping: bool
-    members: list[_Member]
-    since: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class _Run:
-    """One run of the call: its job, scheduler, producers, and how it ended."""
-
-    job: FoldJob
-    scheduler: FoldScheduler
-    specs: dict[int, FoldSpec]
-    notices: Any
-    features_ref: Any = None
-    producers: list[str] = field(default_factory=list)
-    delivered: int = 0
-    ended: bool = False
-    error: Exception | None = None
 
 
 class PackRun:
@@ -112,7 +65,7 @@ class PackRun:
 
     def __init__(
         self,
-        executor: _Executor,
+        executor: PackExecutor,
         jobs: Sequence[FoldJob],
         shape: ResourceShape,
         view: ClusterView,
@@ -126,33 +79,19 @@ class PackRun:
         self.placement = placement
         self.on_result = on_result
         self.on_end = on_end
-        self.max_concurrent = min(
-            (job.config.max_concurrent_folds for job in jobs if job.config.max_concurrent_folds),
-            default=None,
-        )
+        # each run was admitted with its own fold concurrency: together they may use the sum
+        caps = [job.config.max_concurrent_folds for job in jobs]
+        self.max_concurrent = None if None in caps else sum(cap or 0 for cap in caps)
         self.tasks = sum(len(job.specs) for job in jobs)
         self.capacity = self._capacity(view)
         scale_up = scale_up_types(shape, view)
         self.runs = [
-            _Run(
-                job=job,
-                scheduler=FoldScheduler(
-                    job.run_id,
-                    launch_order(job.specs, self.capacity),
-                    limit=len(job.specs),
-                    policy=RetryPolicy(job.config.max_retries, job.config.placement_timeout_s),
-                    shape=shape,
-                    scale_up=scale_up,
-                ),
-                specs={spec.fold_id: spec for spec in job.specs},
-                notices=job.sink.publisher(job.run_id, "executor"),
-            )
-            for job in jobs
+            PackedRun.of(job, launch_order(job.specs, self.capacity), shape, scale_up) for job in jobs
         ]
-        self.calls: dict[Any, _Call] = {}  # ObjectRef of a ping or a pack -> the call
+        self.calls: dict[Any, Call] = {}  # ObjectRef of a ping or a pack -> the call
         self.free: list[Worker] = []  # this call's actors between two packs
-        self.finished: list[tuple[_Run, FoldResult]] = []  # results not yet handed to on_result
-        self.deferred: list[_Run] = []  # ended runs whose on_end waits for the call's end
+        self.finished: list[tuple[PackedRun, FoldResult]] = []  # results not yet handed to on_result
+        self.deferred: list[PackedRun] = []  # ended runs whose on_end waits for the call's end
 
     def execute(self) -> dict[str, Exception]:
         try:
@@ -181,7 +120,7 @@ class PackRun:
 
     # ---- one step at a time ------------------------------------------------------------------
 
-    def _live(self) -> list[_Run]:
+    def _live(self) -> list[PackedRun]:
         return [run for run in self.runs if not run.ended]
 
     def _capacity(self, view: ClusterView) -> int:
@@ -190,12 +129,7 @@ class PackRun:
 
     def _announce_scale_up(self) -> None:
         run = self.runs[0]
-        types = " or ".join(run.scheduler.scale_up)
-        timeout = run.job.config.placement_timeout_s
-        message = (
-            f"no live node can host a fold with {self.shape.describe()}: waiting up to "
-            f"placement_timeout_s={timeout:g} for the autoscaler to add a node of type {types}"
-        )
+        message = scale_up_message(self.shape, run.job.config.placement_timeout_s, run.scheduler.scale_up)
         log.info("runs %s: %s", ", ".join(r.job.run_id for r in self.runs), message)
         for each in self.runs:
             each.notices.publish(Notification(level="info", kind="autoscaling", message=message))
@@ -223,7 +157,7 @@ class PackRun:
             return
         for pack in plan_packs(tasks, slots):
             members = [
-                _Member(index, fold_id, self.runs[index].scheduler.launch(fold_id).attempt)
+                Member(index, fold_id, self.runs[index].scheduler.launch(fold_id).attempt)
                 for index, fold_id in pack
             ]
             if self.free and self.free[-1].pid is not None:
@@ -238,9 +172,9 @@ class PackRun:
         self.executor.run_actor_names.add(worker.name)
         return worker
 
-    def _ping(self, worker: Worker, members: list[_Member], since: float | None = None) -> None:
+    def _ping(self, worker: Worker, members: list[Member], since: float | None = None) -> None:
         # A warm actor answers at once; a new one once its process is up and torch imported.
-        call = _Call(worker, ping=True, members=members)
+        call = Call(worker, ping=True, members=members)
         if since is not None:
             call.since = since
         self.calls[worker.actor.ping.remote()] = call
@@ -303,22 +237,22 @@ class PackRun:
                 self.pool.discard(call.worker)
                 self.capacity = max(1, self._busy_workers())
 
-    def _on_started(self, ref: Any, call: _Call) -> None:
+    def _on_started(self, ref: Any, call: Call) -> None:
         try:
             call.worker.pid = int(ray.get(ref))
-        except _WORKER_DEATH as err:  # died before its first call: a new actor, not a new attempt
+        except WORKER_DEATH as err:  # died before its first call: a new actor, not a new attempt
             self.pool.discard(call.worker)
             for member in call.members:
                 run = self.runs[member.run]
                 if run.ended:
                     continue
-                failed = run.scheduler.start_failed(member.fold_id, _short(err))
+                failed = run.scheduler.start_failed(member.fold_id, short(err))
                 if failed is not None:
                     self._end_run(run, failed.error)
             return
         self._submit(call.worker, call.members)
 
-    def _submit(self, worker: Worker, members: list[_Member]) -> None:
+    def _submit(self, worker: Worker, members: list[Member]) -> None:
         members = [m for m in members if not self.runs[m.run].ended]
         if not members:
             self.free.append(worker)
@@ -335,12 +269,12 @@ class PackRun:
             publisher = job.sink.publisher(job.run_id, producer, batched=True)
             pack.append(PackMember(run.specs[member.fold_id], job.config, context, publisher))
         features_ref = self.runs[members[0].run].features_ref
-        self.calls[worker.actor.run_pack.remote(features_ref, pack)] = _Call(worker, False, members)
+        self.calls[worker.actor.run_pack.remote(features_ref, pack)] = Call(worker, False, members)
 
-    def _on_finished(self, ref: Any, call: _Call) -> None:
+    def _on_finished(self, ref: Any, call: Call) -> None:
         try:
             outcomes = ray.get(ref)
-        except _WORKER_DEATH as err:
+        except WORKER_DEATH as err:
             self._worker_died(call, err)
             return
         except RayTaskError as err:
@@ -352,7 +286,7 @@ class PackRun:
                 if run.ended:
                     continue
                 cancelled = isinstance(cause, RunCancelledError) and run.job.cancel_event.is_set()
-                message = str(cause) if cancelled else _cause_text(err)
+                message = str(cause) if cancelled else cause_text(err)
                 first = min(m.fold_id for m in call.members if m.run == index)
                 self._end_run(run, run.scheduler.fold_raised(first, message, cancelled=cancelled).error)
             return
@@ -371,7 +305,7 @@ class PackRun:
             trip = time.monotonic() - call.since
             self.finished.append((run, dataclasses.replace(outcome, round_trip_seconds=trip)))
 
-    def _worker_died(self, call: _Call, err: BaseException) -> None:
+    def _worker_died(self, call: Call, err: BaseException) -> None:
         self.pool.discard(call.worker)
         capacity = self._capacity(cluster_view())  # a lost node took its resources along
         self.capacity = max(1, min(self.capacity, capacity))
@@ -380,9 +314,9 @@ class PackRun:
             if run.ended:
                 continue
             lost = [m for m in call.members if m.run == index]
-            self._close_producers(run, [fold_producer(m.fold_id, m.attempt) for m in lost], wait=False)
+            close_producers(run.job, [fold_producer(m.fold_id, m.attempt) for m in lost], wait=False)
             for member in lost:
-                decision = run.scheduler.worker_died(member.fold_id, call.worker.pid, _short(err), capacity)
+                decision = run.scheduler.worker_died(member.fold_id, call.worker.pid, short(err), capacity)
                 if isinstance(decision, EndRun):
                     self._end_run(run, decision.error)
                     break
@@ -406,7 +340,7 @@ class PackRun:
 
     # ---- the end -----------------------------------------------------------------------------
 
-    def _end_run(self, run: _Run, error: Exception | None) -> None:
+    def _end_run(self, run: PackedRun, error: Exception | None) -> None:
         """``run`` ends (``error`` None: completed). Its folds still in a shared pack are stopped
         there and its producers closed before ``on_end`` hears of it; when it was the last run of
         the call, ``on_end`` waits for the call's end (its folds stopped, its workers released)."""
@@ -417,20 +351,21 @@ class PackRun:
             for call in self.calls.values():
                 if not call.ping and any(self.runs[m.run] is run for m in call.members):
                     call.worker.actor.cancel.remote([run.job.run_id])
-            self._close_producers(run, run.producers, wait=True)
+            close_producers(run.job, run.producers, wait=True)
         if self._live():
             self._notify_end(run)
         else:
             self.deferred.append(run)
 
-    def _notify_end(self, run: _Run) -> None:
+    def _notify_end(self, run: PackedRun) -> None:
         run.notices.flush()
         if self.on_end is not None:
             self.on_end(run.job.run_id, run.error)
 
     def _end(self) -> None:
         try:
-            self._stop_packs()
+            self.free.extend(stop_packs(self.calls, self.pool))
+            self.calls = {}
             for run in self.runs:
                 if not run.ended:  # the loop broke off (an error of its own): the run ends with it
                     run.ended = True
@@ -446,71 +381,8 @@ class PackRun:
             self.free.clear()
             for run in self.deferred:
                 if run.error is not None:
-                    self._close_producers(run, run.producers, wait=True)
+                    close_producers(run.job, run.producers, wait=True)
         finally:
             for run in self.deferred:
                 self._notify_end(run)
             self.deferred.clear()
-
-    def _stop_packs(self) -> None:
-        """Ask the packs still training to stop; kill what has not stopped within the grace."""
-        calls, self.calls = self.calls, {}
-        # A placed actor still starting is healthy as far as anyone knows (its next user pings
-        # it); one still waiting for resources would take them later, unasked: it goes.
-        for call in calls.values():
-            if call.ping:
-                if is_placed(call.worker.actor):
-                    self.free.append(call.worker)
-                else:
-                    self.pool.discard(call.worker)
-        stopping = {ref: call for ref, call in calls.items() if not call.ping}
-        if not stopping:
-            return
-        for call in stopping.values():
-            try:
-                call.worker.actor.cancel.remote()
-            except Exception:  # its actor is gone already
-                pass
-        stopped, _ = ray.wait(
-            list(stopping), num_returns=len(stopping), timeout=CANCEL_GRACE_S, fetch_local=False
-        )
-        for ref, call in stopping.items():
-            if ref in stopped and _returned(ref):
-                self.free.append(call.worker)
-            else:
-                self.pool.discard(call.worker)
-
-    def _close_producers(self, run: _Run, producers: list[str], *, wait: bool) -> None:
-        close = getattr(run.job.sink, "close_producers", None)
-        if close is None or not producers:
-            return
-        try:
-            close(run.job.run_id, producers, timeout=10.0 if wait else None)
-        except Exception:  # the hub is gone: nothing left to protect
-            log.exception("run %s: could not close producers %s", run.job.run_id, producers)
-
-
-def _returned(ref: Any) -> bool:
-    """True when the pack's call ended in its own process (a result or an exception)."""
-    try:
-        ray.get(ref, timeout=0)
-    except _WORKER_DEATH:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-def _cause_text(err: RayTaskError) -> str:
-    """The pack's own exception as ``Type: message`` (an OrchestratorError: its message)."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, OrchestratorError):
-        return str(cause)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    return _short(err)
-
-
-def _short(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:300] if lines else type(err).__name__
