@@ -103,7 +103,9 @@ def train(jobs: list[FoldJob]) -> tuple[dict[str, list[FoldResult]], dict[str, E
 
 def assert_same_folds(packed: list[FoldResult], alone: list[FoldResult]) -> None:
     assert len(packed) == len(alone) > 0
-    for a, b in zip(sorted(packed, key=lambda r: r.fold_id), sorted(alone, key=lambda r: r.fold_id), strict=True):
+    for a, b in zip(
+        sorted(packed, key=lambda r: r.fold_id), sorted(alone, key=lambda r: r.fold_id), strict=True
+    ):
         assert (a.fold_id, a.best_epoch, a.epochs_run, a.stopped_early) == (
             b.fold_id,
             b.best_epoch,

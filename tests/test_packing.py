@@ -19,7 +19,13 @@ def test_the_key_is_what_shapes_the_weights_and_the_rows() -> None:
     base = TrainConfig()
     assert pack_key(base) == pack_key(base.model_copy(update={"lr": 0.5, "dropout": 0.3, "seed": 9}))
     assert pack_key(base) == pack_key(base.model_copy(update={"w_bce": 0.0, "patience": 2, "epochs": 3}))
-    for name, other in (("hidden", 32), ("depth", 3), ("lookback", 30), ("batch_size", 64), ("data", "x.csv")):
+    for name, other in (
+        ("hidden", 32),
+        ("depth", 3),
+        ("lookback", 30),
+        ("batch_size", 64),
+        ("data", "x.csv"),
+    ):
         assert name in PACK_KEY_FIELDS
         assert pack_key(base) != pack_key(base.model_copy(update={name: other})), name
 

@@ -107,11 +107,6 @@ class HpoSpec(BaseModel):
                 f"metric must be an epoch_metrics field ({', '.join(EPOCH_METRIC_FIELDS)}), "
                 f"got metric={self.metric!r}"
             )
-        if self.config.executor == "local" and self.parallel != 1:
-            raise ValueError(
-                "parallel must be 1 with executor=local (trials run one at a time in this "
-                f"process, without Ray), got parallel={self.parallel}"
-            )
         if self.direction is None:
             inferred = default_direction(self.metric)
             if inferred is None:

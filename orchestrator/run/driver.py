@@ -324,6 +324,7 @@ def _fold_summary(
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "train_seconds": result.train_seconds,
+        "pack_size": result.pack_size,
         "device": result.device,
         "attempt": result.attempt,
     }
