@@ -66,6 +66,11 @@ def test_state_dict_of_round_trips_forecastnet_state_exactly() -> None:
     assert all(torch.equal(stack.state_dict_from_row(row)[n], t) for n, t in models[1].state_dict().items())
     picked = stack.select([2, 1])
     assert torch.equal(picked.flat, stack.flat[[2, 1]])
+    # exports are copies: training the stack on does not change a best-epoch snapshot
+    with torch.no_grad():
+        stack.flat.add_(1.0)
+    assert all(torch.equal(exported[n], t) for n, t in models[2].state_dict().items())
+    assert all(torch.equal(stack.state_dict_from_row(row)[n], t) for n, t in models[1].state_dict().items())
 
 
 def test_from_models_refuses_mixed_shapes_and_to_is_refused() -> None:
