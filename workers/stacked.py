@@ -6,9 +6,11 @@ views ``W [K, in, out]`` and ``b [K, 1, out]`` and runs one ``torch.baddbmm`` pe
 models cost one op per layer instead of K; the split's backward is a single ``cat``, so the
 gradient arrives as one ``[K, P]`` tensor that ``StackedAdamW`` updates with a few ops.
 
-Row layout of one model, layer after layer (the trunk's ``depth`` layers, then the heads):
-``W`` as ``[in, out]`` (``nn.Linear.weight`` transposed, the operand ``baddbmm`` takes), then the
-bias ``[out]``. ``state_dict_of(k)`` / ``load_model_state(k, ...)`` convert a row to and from
+Row layout of one model, layer after layer: each trunk layer's ``W`` as ``[in, out]``
+(``nn.Linear.weight`` transposed: ``h @ W``) then its bias ``[out]``; then the heads' ``W`` as
+``[3, hidden]`` (``nn.Linear``'s own layout) and bias ``[3]``. The heads compute ``W @ h^T``, a
+``[K, 3, B]`` result: a 3-wide output is a poor matmul shape the other way round (about 4x slower
+forward and weight gradient at K=5, B=256) and the three heads come out as contiguous rows. ``state_dict_of(k)`` / ``load_model_state(k, ...)`` convert a row to and from
 ``ForecastNet``'s own ``state_dict``, exactly (a transpose and a copy), so best-epoch snapshots,
 predictions and calibration run per model as they do for one ``ForecastNet``.
 
@@ -88,14 +90,24 @@ class StackedForecastNet(nn.Module):
         )
 
     def layers(self, flat: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(W [K, in, out], b [K, 1, out])`` per layer: views of ``flat`` (default: the parameter)."""
+        """Views of ``flat`` (default: the parameter): per trunk layer ``(W [K, in, out], b [K, 1, out])``,
+        then the heads' ``(W [K, 3, hidden], b [K, 3, 1])``."""
         source = self.flat if flat is None else flat
         k = source.shape[0]
         pieces = torch.split(source, self.sizes, dim=1)  # one autograd node; its backward is one cat
-        return [
+        trunk = [
             (pieces[2 * i].view(k, fan_in, fan_out), pieces[2 * i + 1].view(k, 1, fan_out))
-            for i, (fan_in, fan_out) in enumerate(self.shapes)
+            for i, (fan_in, fan_out) in enumerate(self.shapes[:-1])
         ]
+        heads = (pieces[-2].view(k, 3, self.hidden), pieces[-1].view(k, 3, 1))
+        return [*trunk, heads]
+
+    def _linear_weights(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight [K, out, in], bias [K, out])`` per Linear, as ``nn.Linear`` holds them (views)."""
+        layers = self.layers(flat)
+        out = [(weight.transpose(1, 2), bias[:, 0]) for weight, bias in layers[:-1]]
+        weight, bias = layers[-1]
+        return [*out, (weight, bias[:, :, 0])]
 
     def forward(
         self, x: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
@@ -112,10 +124,10 @@ class StackedForecastNet(nn.Module):
             if masks is not None:
                 h = h * masks[i]
         weight, bias = layers[-1]
-        out = torch.baddbmm(bias, h, weight)
-        mu = out[..., 0]
-        sigma = F.softplus(out[..., 1]) + SIGMA_FLOOR
-        logit = out[..., 2]
+        out = torch.baddbmm(bias, weight, h.transpose(1, 2))  # [K, 3, B]
+        mu = out[:, 0]
+        sigma = F.softplus(out[:, 1]) + SIGMA_FLOOR
+        logit = out[:, 2]
         return mu, sigma, logit
 
     def snapshot(self, k: int) -> torch.Tensor:
@@ -125,9 +137,11 @@ class StackedForecastNet(nn.Module):
     def state_dict_from_row(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """``ForecastNet``'s ``state_dict`` of one weight row ``[P]`` (copies, contiguous)."""
         out: dict[str, torch.Tensor] = {}
-        for name, (weight, bias) in zip(_linear_names(self.depth), self.layers(row[None]), strict=True):
-            out[f"{name}.weight"] = weight[0].t().contiguous()
-            out[f"{name}.bias"] = bias[0, 0].clone()
+        for name, (weight, bias) in zip(
+            _linear_names(self.depth), self._linear_weights(row[None]), strict=True
+        ):
+            out[f"{name}.weight"] = weight[0].clone(memory_format=torch.contiguous_format)
+            out[f"{name}.bias"] = bias[0].clone()
         return out
 
     def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
@@ -137,9 +151,10 @@ class StackedForecastNet(nn.Module):
     def load_model_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
         """Set model ``k``'s weights from a ``ForecastNet`` state dict (``KeyError`` if one is missing)."""
         with torch.no_grad():
-            for name, (weight, bias) in zip(_linear_names(self.depth), self.layers(), strict=True):
-                weight[k].copy_(state[f"{name}.weight"].t())
-                bias[k, 0].copy_(state[f"{name}.bias"])
+            linears = self._linear_weights(self.flat)
+            for name, (weight, bias) in zip(_linear_names(self.depth), linears, strict=True):
+                weight[k].copy_(state[f"{name}.weight"])
+                bias[k].copy_(state[f"{name}.bias"])
 
     def select(self, rows: Sequence[int]) -> StackedForecastNet:
         """A new stack of models ``rows`` (in that order), their weights copied: re-stacking."""

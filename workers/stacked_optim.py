@@ -56,6 +56,21 @@ class StackedAdamW:
         self.steps = torch.zeros(self.k, dtype=torch.float64, device=device)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # Per-step scalars that are linear in the 0/1 active flag: offset + slope * active, in the
+        # order (decay, moment weight, second-moment factor, second-moment weight): an idle model
+        # gets (1, 0, 1, 0), an active one torch's 1 - lr*wd, 1 - beta1, beta2, 1 - beta2.
+        ones, zeros = torch.ones_like(self.lr), torch.zeros_like(self.lr)
+        self._offset = torch.stack((ones, zeros, ones, zeros))
+        self._slope = torch.stack(
+            (
+                -self.lr * self.weight_decay,
+                zeros + (1.0 - self.beta1),
+                zeros - (1.0 - self.beta2),
+                zeros + (1.0 - self.beta2),
+            )
+        )
+        self._neg_lr = -self.lr
+        self._betas = torch.tensor([[self.beta1], [self.beta2]], dtype=torch.float64, device=device)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -66,14 +81,10 @@ class StackedAdamW:
         on = active.to(torch.float64)
         self.steps += on
         t = self.steps.clamp(min=1.0)  # a model never active yet: any finite value, it is masked
-        lr = self.lr * on
-        decay = 1.0 - lr * self.weight_decay
-        keep_avg = (1.0 - self.beta1) * on  # lerp weight: 0 leaves the moment as it is
-        keep_sq = torch.full_like(on, self.beta2).where(active > 0, 1.0)
-        add_sq = (1.0 - self.beta2) * on
-        neg_step = -lr / (1.0 - self.beta1**t)
-        bias2_sqrt = (1.0 - self.beta2**t).sqrt()
-        coefficients = torch.stack((decay, keep_avg, keep_sq, add_sq, neg_step, bias2_sqrt)).float()
+        bias_correction = 1.0 - self._betas**t  # [2, K]: 1 - beta1**t, 1 - beta2**t
+        linear = torch.addcmul(self._offset, self._slope, on)
+        neg_step = self._neg_lr * on / bias_correction[0]
+        coefficients = torch.cat((linear, neg_step[None], bias_correction[1:].sqrt())).float()
         return list(coefficients.unbind(0))
 
     @torch.no_grad()
