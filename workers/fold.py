@@ -202,7 +202,7 @@ class FoldTrainer:
         """Stop every fold of the current call at its next epoch, or only those of ``run_ids``."""
         if run_ids is None:
             self._cancelled = True
-        else:
+        else:  # run ids are unique: a cancelled run never trains here again
             self._cancelled_runs.update(run_ids)
 
     def _stopped(self, run_id: str, should_stop: Callable[[str], bool] | None) -> bool:
@@ -223,7 +223,6 @@ class FoldTrainer:
     ) -> FoldResult:
         """``run_fold``, stopped by ``cancel()`` (an actor) or ``should_stop`` (in-process)."""
         self._cancelled = False
-        self._cancelled_runs.clear()
 
         def stop() -> bool:
             return self._stopped(context.run_id, None) or (should_stop is not None and should_stop())
@@ -236,7 +235,10 @@ class FoldTrainer:
         members: Sequence[PackMember],
         should_stop: Callable[[str], bool] | None = None,
     ) -> list[FoldOutcome]:
-        """``run_pack``, its runs stopped by ``cancel`` (an actor) or ``should_stop`` (in-process)."""
+        """``run_pack``, its runs stopped by ``cancel`` (an actor) or ``should_stop`` (in-process).
+
+        A run's cancel stands for later calls too (it may arrive before the call that holds its
+        folds starts: the actor takes two calls at a time); a cancel of everything ends with the
+        call it stopped."""
         self._cancelled = False
-        self._cancelled_runs.clear()
         return run_pack(features, members, lambda run_id: self._stopped(run_id, should_stop))

@@ -139,10 +139,10 @@ class _StudySession:
             if on_open is not None:
                 on_open(study, self.trials_total)
             cluster = self.backend.cluster_resources()
-            if cluster is not None:
-                self.base = config_from_mapping(
-                    pack_resources(self.base, self.spec.parallel, cluster), base=self.base
-                )
+            if cluster is not None:  # a job queue holds each trial's share: shrink them for it
+                shrink = self.gate is not None or self.base.pack == 1
+                changes = pack_resources(self.base, self.spec.parallel, cluster, shrink=shrink)
+                self.base = config_from_mapping(changes, base=self.base)
             # Follow the hub from its last event on, before the study's run exists.
             stream = EventStream(self.backend.hub_client(), poll_timeout_s=_POLL_S, batch_limit=2000)
             stream.subscribe(lambda batch: self.events.receive(batch.events))
