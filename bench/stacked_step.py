@@ -183,7 +183,8 @@ def bench_steps(
 
 
 class Sections:
-    """Wall time inside wrapped functions, by section (perf_counter around each call)."""
+    """Thread CPU time inside wrapped functions, by section (``time.thread_time`` around each call:
+    on a shared machine the time other processes take the core is not counted)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -193,11 +194,11 @@ class Sections:
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds[section] = self.seconds.get(section, 0.0) + time.perf_counter() - started
+                self.seconds[section] = self.seconds.get(section, 0.0) + time.thread_time() - started
 
         setattr(owner, name, timed)
         try:
@@ -217,9 +218,9 @@ def fit_packed(data: list[tuple[Segments, TrainSettings]], restack: bool = True)
 
 
 def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str, float]:
-    """One instrumented run: seconds in steps, per-epoch evaluation and the rest."""
+    """One instrumented run: CPU seconds in steps, per-epoch evaluation and the rest."""
     sections = Sections()
-    started = time.perf_counter()
+    started = time.thread_time()
     if way == "separate":
         with (
             sections.wrap("steps", train_module, "run_epoch"),
@@ -237,7 +238,7 @@ def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str,
             sections.wrap("evaluation", packed_module, "segment_loss"),
         ):
             fit_packed(data)
-    total = time.perf_counter() - started
+    total = time.thread_time() - started
     out = {key: round(value, 3) for key, value in sections.seconds.items()}
     out["rest"] = round(total - sum(sections.seconds.values()), 3)
     out["total"] = round(total, 3)

@@ -181,10 +181,10 @@ def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
     """One stacked pass over every live model's train rows: ``[K, 4]`` means (train_loss, _nll,
     _bce, _brier); each member's ``on_batch`` is called at its own steps, as ``run_epoch`` calls it."""
     plan = stack.plan_epoch()
-    reporting = [
-        (position, models[slot.index])
-        for position, slot in enumerate(stack.slots)
-        if stack.live[position] and models[slot.index].member.on_batch is not None
+    reporting = [  # in member order: within a step, members hear of it in their order
+        (position, models[stack.slots[position].index])
+        for position in stack.member_order()
+        if models[stack.slots[position].index].member.on_batch is not None
     ]
     batch = stack.batch_size
     started = time.perf_counter()
@@ -192,13 +192,15 @@ def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
     for t in range(plan.steps):
         step_stats = stack.train_step(plan, t)
         stats.append(step_stats)
+        losses = step_stats[:, 0].unbind() if reporting else ()  # 0-d views, read only when a report is due
         for position, model in reporting:
             reporter, n = model.member.on_batch, int(plan.n[position])
             if reporter is None or model.outcome is not None or not plan.counts[t, position]:
                 continue
             done = min((t + 1) * batch, n)
-            total = math.ceil(n / batch)
-            _guarded(model, reporter.maybe_report, epoch, t, total, step_stats[position, 0], done, started)
+            _guarded(
+                model, reporter.maybe_report, epoch, t, math.ceil(n / batch), losses[position], done, started
+            )
     return stack.train_means(plan, stats)
 
 
