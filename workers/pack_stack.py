@@ -8,6 +8,12 @@ epoch out as padded ``[steps, K, batch]`` index and weight tensors, uploaded onc
 ``evaluate`` runs the calibration and validation segments of every model in one stacked forward.
 ``restack`` builds the stack of the survivors (weights, moments, step counts and generators carried
 over); ``retire`` keeps a model's slot but gives it no rows (no re-capture of a CUDA graph).
+
+Memory on the device: every model's train rows once (``[N, n_features + 2]`` float32), their
+calibration and validation rows zero-padded to the longest (``[K, M, n_features]``), one epoch's
+padded plan (``[steps, K, batch]`` indices and weights), weights and two moments (``3 x [K, P]``);
+on the CPU the dropout buffers (``[K, depth * batch * hidden]`` int64, bool and float32: 2.1 MB at
+K=5 of the default job). Best-epoch snapshots are ``ForecastNet`` state dicts, one per model.
 """
 
 from __future__ import annotations

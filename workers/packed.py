@@ -15,6 +15,16 @@ stop (its outcome is the ``TrainOutcome`` that ``fit`` returns then); when its t
 finite (its outcome is ``NonFiniteLossError``); or when one of its own callbacks raises (its outcome
 is that exception). The others go on. The survivors are re-stacked on the CPU (a smaller stack
 is a cheaper step); a CUDA graph keeps the idle slots instead (a re-capture costs more).
+
+Callbacks across members: at an epoch's start every member's ``should_stop`` in member order;
+during the epoch each step's ``on_batch`` reports in member order (members without a batch at
+that step skip it); after it, member after member: ``on_epoch`` then ``on_forecasts``. Each
+member sees exactly ``fit``'s sequence; only the interleaving with its neighbours is new.
+
+RNG: every member's ``seed_everything(seed)`` and ``ForecastNet`` init run up front, in member
+order; its batch orders come from its own generator seeded with ``seed`` and its dropout from a
+copy of the global CPU RNG taken right after its init, so no member draws from the global RNG
+afterwards (the global state the pack leaves differs from that of ``fit`` run K times).
 """
 
 from __future__ import annotations
