@@ -3,15 +3,19 @@
 ``step``: ms per round of K optimizer steps of the default architecture (11 features, 64 wide,
 depth 2, dropout 0.1, batch 256, real S&P 500 rows): K ``ForecastNet`` + ``torch.optim.AdamW``
 through ``workers.steps.EagerStep`` one after the other, against one ``EagerStackedStep`` with
-the exact CPU dropout streams. ``stacked_parts``: where a stacked step's time goes at K=5.
+the exact CPU dropout streams. ``stacked_parts_K5_cpu_ms``: where a stacked step's time goes at K=5.
 
 ``fit``: the default job's 5 real folds (``TrainConfig()``: 25 epochs, patience 10) trained by
 ``workers.train.fit`` one after the other against ``workers.packed.fit_pack`` (and against
-``fit_pack`` that keeps idle slots instead of re-stacking), with a breakdown of each: optimizer
-steps, per-epoch evaluation (forward passes, metrics, cal loss) and the rest.
+``fit_pack`` keeping idle slots instead of re-stacking), each member with the callbacks
+``run_fold`` gives (a no-op ``on_epoch``, a 0.25 s ``BatchReporter``), and a breakdown of each:
+optimizer steps, per-epoch evaluation (forward passes, metrics, cal loss, final predictions), rest.
 
-Every repetition runs the ways back to back in one process, order rotated, so load changes on a
-shared machine hit them alike; medians are reported with every repetition's figure.
+Two clocks: wall (``perf_counter``) and the thread's CPU time (``thread_time``). On a shared,
+loaded machine the wall clock also counts the time other processes hold the core; CPU time does
+not (it still pays for their cache and memory traffic). Every repetition runs the ways back to back
+in one process, order rotated; medians are reported with every repetition's figure, and the
+ratios are of the medians.
 
 Usage: python bench/stacked_step.py [--repeats 5] [--rounds 200] [--ks 1,5,20] [--epochs 25]
 """
@@ -25,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +54,7 @@ from workers.stacked_dropout import ExactDropout, fork_global_rng  # noqa: E402
 from workers.stacked_optim import StackedAdamW  # noqa: E402
 from workers.stacked_steps import EagerStackedStep, TrainTable, stacked_batch_loss  # noqa: E402
 from workers.steps import EagerStep  # noqa: E402
-from workers.train import Segments, TrainSettings, fit  # noqa: E402
+from workers.train import BatchReporter, Segments, TrainOutcome, TrainSettings, fit  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -73,17 +78,52 @@ def folds(config: TrainConfig) -> list[tuple[Segments, TrainSettings]]:
     return out
 
 
-def timed_rounds(step: Callable[[int], object], rounds: int) -> float:
-    """ms per call of ``step(i)`` over ``rounds`` calls (after 10 warm-up calls)."""
+class Clock:
+    """Wall and thread-CPU seconds of a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.thread_time() - self.cpu
+
+
+def timed_rounds(step: Callable[[int], object], rounds: int) -> tuple[float, float]:
+    """(wall, cpu) ms per call of ``step(i)`` over ``rounds`` calls (after 10 warm-up calls)."""
     for i in range(10):
         step(i)
-    started = time.perf_counter()
-    for i in range(rounds):
-        step(i)
-    return (time.perf_counter() - started) / rounds * 1e3
+    with Clock() as clock:
+        for i in range(rounds):
+            step(i)
+    return clock.wall / rounds * 1e3, clock.cpu / rounds * 1e3
 
 
-def step_ways(k: int, segments: Segments, settings: TrainSettings) -> dict[str, Callable[[int], object]]:
+def summary(runs: dict[str, list[tuple[float, float]]], digits: int = 3) -> dict[str, Any]:
+    """Medians per way and clock, every run's figures, and the ratio first way / each other way."""
+    out: dict[str, Any] = {}
+    names = list(runs)
+    for index, clock in enumerate(("wall", "cpu")):
+        medians = {name: statistics.median(run[index] for run in runs[name]) for name in names}
+        out[clock] = {name: round(value, digits) for name, value in medians.items()}
+        for name in names[1:]:
+            out[clock][f"{names[0]}/{name}"] = round(medians[names[0]] / medians[name], 2)
+    out["runs"] = {
+        name: [[round(w, digits), round(c, digits)] for w, c in values] for name, values in runs.items()
+    }
+    return out
+
+
+@dataclass(frozen=True)
+class StepWays:
+    """One round of K steps each way, and a timed split of one stacked step."""
+
+    separate: Callable[[int], None]
+    stacked: Callable[[int], None]
+    parts: Callable[[int], dict[str, float]]
+
+
+def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
     """One round of K steps, both ways, on the same rows (each model its own random batches)."""
     X = torch.tensor(segments.X_train, dtype=torch.float32)
     y = torch.tensor(segments.y_train, dtype=torch.float32)
@@ -152,38 +192,31 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> dict[str, 
         t_optimizer = lap()
         return {"masks": t_masks, "forward_loss": t_forward, "backward": t_backward, "optimizer": t_optimizer}
 
-    return {"separate": separate_round, "stacked": stacked_round, "parts": parts}  # type: ignore[dict-item]
+    return StepWays(separate_round, stacked_round, parts)
 
 
 def bench_steps(
     ks: list[int], repeats: int, rounds: int, fold: tuple[Segments, TrainSettings]
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"unit": "ms per round of K steps; runs are [wall, cpu]"}
     for k in ks:
         ways = step_ways(k, *fold)
-        runs: dict[str, list[float]] = {"separate": [], "stacked": []}
+        runs: dict[str, list[tuple[float, float]]] = {"separate": [], "stacked": []}
         for r in range(repeats):
-            order = ["separate", "stacked"] if r % 2 == 0 else ["stacked", "separate"]
-            for name in order:
-                runs[name].append(timed_rounds(ways[name], max(rounds // k, 20)))
-        separate, stacked = statistics.median(runs["separate"]), statistics.median(runs["stacked"])
-        out[f"K={k}"] = {
-            "separate_ms_per_round": round(separate, 3),
-            "stacked_ms_per_round": round(stacked, 3),
-            "speedup": round(separate / stacked, 2),
-            "runs_ms": {name: [round(v, 3) for v in values] for name, values in runs.items()},
-        }
+            for name in ["separate", "stacked"] if r % 2 == 0 else ["stacked", "separate"]:
+                runs[name].append(timed_rounds(getattr(ways, name), max(rounds // k, 20)))
+        out[f"K={k}"] = summary(runs)
         if k == 5:
-            samples = [ways["parts"](i) for i in range(rounds)]
-            out["stacked_parts_K5_ms"] = {
-                key: round(statistics.median(s[key] for s in samples), 3)
-                for key in samples[0]  # type: ignore[index]
+            samples = [ways.parts(i) for i in range(rounds)]
+            out["stacked_parts_K5_cpu_ms"] = {
+                key: round(statistics.median(s[key] for s in samples), 3) for key in samples[0]
             }
     return out
 
 
 class Sections:
-    """Wall time inside wrapped functions, by section (perf_counter around each call)."""
+    """Thread CPU time inside wrapped functions, by section (``time.thread_time`` around each call:
+    on a shared machine the time other processes take the core is not counted)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -193,11 +226,11 @@ class Sections:
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds[section] = self.seconds.get(section, 0.0) + time.perf_counter() - started
+                self.seconds[section] = self.seconds.get(section, 0.0) + time.thread_time() - started
 
         setattr(owner, name, timed)
         try:
@@ -206,20 +239,28 @@ class Sections:
             setattr(owner, name, original)
 
 
+def _callbacks() -> dict[str, Any]:
+    """What run_fold gives fit when nobody watches: a no-op publisher behind each callback."""
+    return {
+        "on_epoch": lambda record: None,
+        "elapsed": lambda: 0.0,
+        "on_batch": BatchReporter(0.25, lambda *report: None),
+    }
+
+
 def fit_separately(data: list[tuple[Segments, TrainSettings]]) -> None:
     for segments, settings in data:
-        fit(segments, settings, device=CPU, on_epoch=lambda record: None, elapsed=lambda: 0.0)
+        fit(segments, settings, device=CPU, **_callbacks())
 
 
 def fit_packed(data: list[tuple[Segments, TrainSettings]], restack: bool = True) -> None:
-    members = [PackMember(s, t, on_epoch=lambda record: None, elapsed=lambda: 0.0) for s, t in data]
-    fit_pack(members, device=CPU, restack=restack)
+    fit_pack([PackMember(s, t, **_callbacks()) for s, t in data], device=CPU, restack=restack)
 
 
 def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str, float]:
-    """One instrumented run: seconds in steps, per-epoch evaluation and the rest."""
+    """One instrumented run: CPU seconds in steps, per-epoch evaluation and the rest."""
     sections = Sections()
-    started = time.perf_counter()
+    started = time.thread_time()
     if way == "separate":
         with (
             sections.wrap("steps", train_module, "run_epoch"),
@@ -237,7 +278,7 @@ def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str,
             sections.wrap("evaluation", packed_module, "segment_loss"),
         ):
             fit_packed(data)
-    total = time.perf_counter() - started
+    total = time.thread_time() - started
     out = {key: round(value, 3) for key, value in sections.seconds.items()}
     out["rest"] = round(total - sum(sections.seconds.values()), 3)
     out["total"] = round(total, 3)
@@ -254,25 +295,22 @@ def bench_fit(repeats: int, epochs: int) -> dict[str, Any]:
     }
     for way in ways.values():  # warm-up: lazy imports, first-call costs
         way()
-    runs: dict[str, list[float]] = {name: [] for name in ways}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     names = list(ways)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = time.perf_counter()
-            ways[name]()
-            runs[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) for name, values in runs.items()}
+            with Clock() as clock:
+                ways[name]()
+            runs[name].append((clock.wall, clock.cpu))
+    outcomes = fit_pack([PackMember(s, t, **_callbacks()) for s, t in data], device=CPU)
     return {
         "folds": len(data),
         "epochs": epochs,
         "train_rows": [len(s.y_train) for s, _ in data],
-        "separate_s": round(medians["separate"], 3),
-        "packed_s": round(medians["packed"], 3),
-        "packed_no_restack_s": round(medians["packed_no_restack"], 3),
-        "speedup": round(medians["separate"] / medians["packed"], 2),
-        "restack_saves": round(1 - medians["packed"] / medians["packed_no_restack"], 3),
-        "runs_s": {name: [round(v, 3) for v in values] for name, values in runs.items()},
-        "breakdown_s": {way: breakdown(way, data) for way in ("separate", "packed")},
+        "epochs_run": [o.epochs_run if isinstance(o, TrainOutcome) else None for o in outcomes],
+        "unit": "seconds for all folds; runs are [wall, cpu]",
+        **summary(runs),
+        "breakdown_cpu_s": {way: breakdown(way, data) for way in ("separate", "packed")},
     }
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from workers.model import ForecastNet, forecast_loss
 from workers.stacked import StackedForecastNet, stacked_forecast_loss
-from workers.stacked_dropout import ExactDropout, fork_global_rng
+from workers.stacked_dropout import ExactDropout, device_masks, fork_global_rng
 from workers.stacked_optim import StackedAdamW
 
 N_FEATURES, HIDDEN, DEPTH = 11, 16, 2
@@ -132,6 +132,18 @@ def test_dropout_masks_are_bit_identical_to_nn_dropout_from_the_global_rng() -> 
     for k in range(len(ps)):
         assert torch.equal(generators[k].get_state(), expected[k][1])  # the streams advanced alike
     assert set(torch.unique(layers[0][0]).tolist()) <= {0.0, float(torch.ones(1) / 0.9)}
+
+
+def test_device_masks_keep_each_models_rate_and_scale() -> None:
+    """The graph's masks (device generator): per model 0 or 1/(1-p), kept at the rate 1-p."""
+    keep = torch.tensor([0.9, 0.5, 1.0])
+    torch.manual_seed(0)
+    masks = device_masks(keep, 1.0 / keep, DEPTH, 256, 64)
+    assert len(masks) == DEPTH and masks[0].shape == (3, 256, 64)
+    for mask in masks:
+        for k in range(3):
+            assert set(torch.unique(mask[k]).tolist()) <= {0.0, float(1.0 / keep[k])}
+            assert float((mask[k] > 0).float().mean()) == pytest.approx(float(keep[k]), abs=0.01)
 
 
 def _stacked_and_torch(

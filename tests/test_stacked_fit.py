@@ -250,6 +250,21 @@ def test_a_members_raising_callback_is_its_outcome_and_the_others_go_on(
         _assert_same(fitted[i], (outcomes[i], calls[i]))
 
 
+def test_each_member_keeps_its_own_dropout_loss_weights_epochs_and_patience(small_folds: list[Fold]) -> None:
+    folds = [
+        (small_folds[0][0], dataclasses.replace(small_folds[0][1], dropout=0.3, lr=3e-3)),
+        (
+            small_folds[1][0],
+            dataclasses.replace(small_folds[1][1], loss_weights=(1.0, 0.5, 2.0), dropout=0.0),
+        ),
+        (small_folds[2][0], dataclasses.replace(small_folds[2][1], epochs=2, patience=1, alpha=0.2)),
+    ]
+    fitted, packed = _fit_each(folds), _pack(folds)
+    assert [o.epochs_run for o, _ in packed if isinstance(o, TrainOutcome)] == [4, 4, 2]
+    for want, got in zip(fitted, packed, strict=True):
+        _assert_same(want, got)
+
+
 def test_a_pack_of_one_is_fit(
     small_folds: list[Fold], small_fitted: list[tuple[TrainOutcome | Exception, Calls]]
 ) -> None:

@@ -8,6 +8,12 @@ epoch out as padded ``[steps, K, batch]`` index and weight tensors, uploaded onc
 ``evaluate`` runs the calibration and validation segments of every model in one stacked forward.
 ``restack`` builds the stack of the survivors (weights, moments, step counts and generators carried
 over); ``retire`` keeps a model's slot but gives it no rows (no re-capture of a CUDA graph).
+
+Memory on the device: every model's train rows once (``[N, n_features + 2]`` float32), their
+calibration and validation rows zero-padded to the longest (``[K, M, n_features]``), one epoch's
+padded plan (``[steps, K, batch]`` indices and weights), weights and two moments (``3 x [K, P]``);
+on the CPU the dropout buffers (``[K, depth * batch * hidden]`` int64, bool and float32: 2.1 MB at
+K=5 of the default job). Best-epoch snapshots are ``ForecastNet`` state dicts, one per model.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class EpochPlan:
     """One epoch of the stack, padded: step ``t`` trains model ``k`` on ``counts[t, k]`` rows.
 
     ``idx``, ``row_weight``: ``[steps, K, batch]`` on the device; ``active``: ``[steps, K]``
-    (0/1 float); ``counts``: host ints; ``n``: each model's train rows this epoch (0: retired).
+    (0/1 float); ``counts``: host ints; ``n``: each model's train rows this epoch (0: retired);
+    ``width[t]``: the models a step must run, a prefix of the stack (the last one with rows, + 1).
     """
 
     idx: torch.Tensor
@@ -59,6 +66,7 @@ class EpochPlan:
     active: torch.Tensor
     counts: np.ndarray
     n: np.ndarray
+    width: list[int]
 
     @property
     def steps(self) -> int:
@@ -148,17 +156,25 @@ class Stack:
                 idx[k, : n[k]] = order + self.offsets[k]
         counts = np.clip(n[None, :] - batch * np.arange(steps)[:, None], 0, batch)  # [steps, K]
         weight = (np.arange(batch)[None, None, :] < counts[:, :, None]) / np.maximum(counts, 1)[:, :, None]
+        last_with_rows = len(n) - 1 - np.argmax(counts[:, ::-1] > 0, axis=1)
+        # a CUDA graph has one shape: it always runs every slot
+        width = [len(n)] * steps if self.graphed else [int(w) + 1 for w in last_with_rows]
         return EpochPlan(
             idx=torch.from_numpy(idx.reshape(len(n), steps, batch).transpose(1, 0, 2).copy()).to(self.device),
             row_weight=torch.from_numpy(weight.astype(np.float32)).to(self.device),
             active=torch.from_numpy((counts > 0).astype(np.float32)).to(self.device),
             counts=counts,
             n=n,
+            width=width,
         )
 
     def train_step(self, plan: EpochPlan, t: int) -> torch.Tensor:
-        """Step ``t`` of ``plan``: ``[K, 4]`` per-model (loss, nll, bce, brier) means, on the device."""
-        return self.step(plan.idx[t], plan.row_weight[t], plan.active[t], plan.counts[t].tolist())
+        """Step ``t`` of ``plan``: ``[width, 4]`` per-model (loss, nll, bce, brier) means of the
+        stack's first ``plan.width[t]`` models, on the device."""
+        k = plan.width[t]
+        return self.step(
+            plan.idx[t, :k], plan.row_weight[t, :k], plan.active[t, :k], plan.counts[t, :k].tolist()
+        )
 
     def train_means(self, plan: EpochPlan, stats: Sequence[torch.Tensor]) -> np.ndarray:
         """``[K, 4]`` float64 means over each model's rows of the epoch (nan for a retired model).
@@ -166,7 +182,14 @@ class Stack:
         The one host read of the epoch's train loop (a sync on a GPU).
         """
         counts = torch.from_numpy(plan.counts).to(self.device, torch.float64)
-        sums = (torch.stack(list(stats)).double() * counts[:, :, None]).sum(dim=0)
+        sums = torch.zeros(len(self.slots), 4, dtype=torch.float64, device=self.device)
+        start = 0
+        for end in range(1, plan.steps + 1):  # steps of one width are consecutive: one sum each
+            if end == plan.steps or plan.width[end] != plan.width[start]:
+                k = plan.width[start]
+                group = torch.stack(list(stats[start:end])).double() * counts[start:end, :k, None]
+                sums[:k] += group.sum(dim=0)
+                start = end
         with np.errstate(invalid="ignore", divide="ignore"):
             means: np.ndarray = sums.cpu().numpy() / plan.n[:, None]
         return means

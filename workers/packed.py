@@ -15,6 +15,16 @@ stop (its outcome is the ``TrainOutcome`` that ``fit`` returns then); when its t
 finite (its outcome is ``NonFiniteLossError``); or when one of its own callbacks raises (its outcome
 is that exception). The others go on. The survivors are re-stacked on the CPU (a smaller stack
 is a cheaper step); a CUDA graph keeps the idle slots instead (a re-capture costs more).
+
+Callbacks across members: at an epoch's start every member's ``should_stop`` in member order;
+during the epoch each step's ``on_batch`` reports in member order (members without a batch at
+that step skip it); after it, member after member: ``on_epoch`` then ``on_forecasts``. Each
+member sees exactly ``fit``'s sequence; only the interleaving with its neighbours is new.
+
+RNG: every member's ``seed_everything(seed)`` and ``ForecastNet`` init run up front, in member
+order; its batch orders come from its own generator seeded with ``seed`` and its dropout from a
+copy of the global CPU RNG taken right after its init, so no member draws from the global RNG
+afterwards (the global state the pack leaves differs from that of ``fit`` run K times).
 """
 
 from __future__ import annotations
@@ -181,10 +191,10 @@ def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
     """One stacked pass over every live model's train rows: ``[K, 4]`` means (train_loss, _nll,
     _bce, _brier); each member's ``on_batch`` is called at its own steps, as ``run_epoch`` calls it."""
     plan = stack.plan_epoch()
-    reporting = [
-        (position, models[slot.index])
-        for position, slot in enumerate(stack.slots)
-        if stack.live[position] and models[slot.index].member.on_batch is not None
+    reporting = [  # in member order: within a step, members hear of it in their order
+        (position, models[stack.slots[position].index])
+        for position in stack.member_order()
+        if models[stack.slots[position].index].member.on_batch is not None
     ]
     batch = stack.batch_size
     started = time.perf_counter()
@@ -192,13 +202,15 @@ def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
     for t in range(plan.steps):
         step_stats = stack.train_step(plan, t)
         stats.append(step_stats)
+        losses = step_stats[:, 0].unbind() if reporting else ()  # 0-d views, read only when a report is due
         for position, model in reporting:
             reporter, n = model.member.on_batch, int(plan.n[position])
             if reporter is None or model.outcome is not None or not plan.counts[t, position]:
                 continue
             done = min((t + 1) * batch, n)
-            total = math.ceil(n / batch)
-            _guarded(model, reporter.maybe_report, epoch, t, total, step_stats[position, 0], done, started)
+            _guarded(
+                model, reporter.maybe_report, epoch, t, math.ceil(n / batch), losses[position], done, started
+            )
     return stack.train_means(plan, stats)
 
 

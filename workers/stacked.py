@@ -112,12 +112,15 @@ class StackedForecastNet(nn.Module):
     def forward(
         self, x: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x [K, B, n_features]`` -> ``(mu, sigma, logit)``, each ``[K, B]`` (standardized units).
+        """``x [k, B, n_features]`` -> ``(mu, sigma, logit)``, each ``[k, B]`` (standardized units).
 
-        ``masks``: one ``[K, B, hidden]`` per trunk layer, multiplied after its GELU (dropout's
-        scaled keep mask, ``0`` or ``1 / (1 - p)``); ``None``: no dropout (evaluation).
+        ``k <= K``: the first ``k`` models run (a step at which the last models of the stack have
+        no batch skips their compute; their gradient rows are zero). ``masks``: one
+        ``[k, B, hidden]`` per trunk layer, multiplied after its GELU (dropout's scaled keep
+        mask, ``0`` or ``1 / (1 - p)``); ``None``: no dropout (evaluation).
         """
-        layers = self.layers()
+        k = x.shape[0]
+        layers = self.layers(self.flat if k == self.k else self.flat[:k])
         h = x
         for i, (weight, bias) in enumerate(layers[:-1]):
             h = F.gelu(torch.baddbmm(bias, h, weight))

@@ -75,10 +75,11 @@ class ExactDropout:
         self.masks = torch.empty(k, depth * batch_size * hidden)
 
     def draw(self, counts: Sequence[int]) -> list[torch.Tensor]:
-        """One ``[K, batch_size, hidden]`` float mask per trunk layer (``0`` or ``1/(1-p)``).
+        """One ``[k, batch_size, hidden]`` float mask per trunk layer (``0`` or ``1/(1-p)``).
 
-        ``counts[k]``: model ``k``'s real rows at this step (0 .. batch_size). The masks of rows
-        past a model's count are finite but meaningless (the loss gives those rows no weight).
+        ``counts[i]``: model ``i``'s real rows at this step (0 .. batch_size), for the first
+        ``k = len(counts)`` models. The masks of rows past a model's count are finite but
+        meaningless (the loss gives those rows no weight).
         """
         full = self.batch_size
         for k, count in enumerate(counts):
@@ -90,9 +91,11 @@ class ExactDropout:
                 part = torch.empty(self.depth, count, self.hidden, dtype=torch.int64)
                 part.random_(0, 2**_DRAW_BITS, generator=self.generators[k])
                 self.draws[k].view(self.depth, full, self.hidden)[:, :count] = part
-        torch.lt(self.draws, self.threshold, out=self.kept)
-        torch.mul(self.kept, self.scale, out=self.masks)  # 0 or the scale: cheaper than a where
-        masks = self.masks.view(len(counts), self.depth, full, self.hidden)
+        k = len(counts)  # the first k models of the stack (the others have no rows at this step)
+        kept, masks = self.kept[:k], self.masks[:k]
+        torch.lt(self.draws[:k], self.threshold[:k], out=kept)
+        torch.mul(kept, self.scale[:k], out=masks)  # 0 or the scale: cheaper than a where
+        masks = masks.view(k, self.depth, full, self.hidden)
         if self.device.type != "cpu":
             masks = masks.to(self.device, non_blocking=False)  # the buffer is rewritten next step
         return list(masks.unbind(1))

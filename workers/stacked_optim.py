@@ -77,25 +77,37 @@ class StackedAdamW:
             p.grad = None
 
     def _coefficients(self, active: torch.Tensor) -> list[torch.Tensor]:
-        """Per-model float32 scalars ``[K]`` of this step (a dozen ops on K elements)."""
+        """Per-model float32 scalars ``[k]`` of this step (a dozen ops on k elements)."""
+        k = active.shape[0]
         on = active.to(torch.float64)
-        self.steps += on
-        t = self.steps.clamp(min=1.0)  # a model never active yet: any finite value, it is masked
-        bias_correction = 1.0 - self._betas**t  # [2, K]: 1 - beta1**t, 1 - beta2**t
-        linear = torch.addcmul(self._offset, self._slope, on)
-        neg_step = self._neg_lr * on / bias_correction[0]
+        steps = self.steps[:k]
+        steps += on
+        t = steps.clamp(min=1.0)  # a model never active yet: any finite value, it is masked
+        bias_correction = 1.0 - self._betas**t  # [2, k]: 1 - beta1**t, 1 - beta2**t
+        linear = torch.addcmul(self._offset[:, :k], self._slope[:, :k], on)
+        neg_step = self._neg_lr[:k] * on / bias_correction[0]
         coefficients = torch.cat((linear, neg_step[None], bias_correction[1:].sqrt())).float()
         return list(coefficients.unbind(0))
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        """One AdamW step for the models with ``active[k] > 0`` (``active``: ``[K]``, 0/1, on the device)."""
+        """One AdamW step for the models with ``active[i] > 0``.
+
+        ``active``: ``[k]`` 0/1 on the device, ``k <= K``: the models past the first ``k`` are idle
+        too (and cost nothing: the update runs on the first ``k`` rows).
+        """
+        k = active.shape[0]
         decay, keep_avg, keep_sq, add_sq, neg_step, bias2_sqrt = self._coefficients(active)
-        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
-            grad = p.grad
-            if grad is None:
+        for param, exp_avg_all, exp_avg_sq_all in zip(
+            self.params, self.exp_avg, self.exp_avg_sq, strict=True
+        ):
+            if param.grad is None:
                 continue
-            shape = (self.k,) + (1,) * (p.dim() - 1)
+            if k == self.k:
+                p, grad, exp_avg, exp_avg_sq = param, param.grad, exp_avg_all, exp_avg_sq_all
+            else:  # leading rows of row-major tensors: contiguous views
+                p, grad, exp_avg, exp_avg_sq = param[:k], param.grad[:k], exp_avg_all[:k], exp_avg_sq_all[:k]
+            shape = (k,) + (1,) * (p.dim() - 1)
             p.mul_(decay.view(shape))
             exp_avg.lerp_(grad, keep_avg.view(shape))
             exp_avg_sq.mul_(keep_sq.view(shape)).addcmul_(grad * add_sq.view(shape), grad)

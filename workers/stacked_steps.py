@@ -1,11 +1,13 @@
 """The optimizer step of a stack of models, eager or captured in a CUDA graph (``workers.steps``, stacked).
 
 A step trains every model of the stack on its own batch at once. Its input is one padded batch
-per model: ``idx [K, B]`` (rows of the pack's ``TrainTable``), ``row_weight [K, B]`` (``1/count``
-on a model's real rows, 0 on padding), ``active [K]`` (1 where the model has rows at this step)
+per model: ``idx [k, B]`` (rows of the pack's ``TrainTable``), ``row_weight [k, B]`` (``1/count``
+on a model's real rows, 0 on padding), ``active [k]`` (1 where the model has rows at this step)
 and ``counts`` (the real rows per model, host ints: what the CPU dropout draw needs). It returns
-each model's ``[loss, nll, bce, brier]`` means, ``[K, 4]``, as a device tensor: nothing here
-reads a value back to the host.
+each model's ``[loss, nll, bce, brier]`` means, ``[k, 4]``, as a device tensor: nothing here
+reads a value back to the host. ``k <= K``: the eager step trains the stack's first ``k`` models
+only (at the ragged end of an epoch the last models of a stack sorted by size have no batch:
+skipping them saves their compute); the graphed step always takes all ``K``.
 
 ``GraphedStackedStep`` records gather, dropout draw, forward, loss, backward and the AdamW update
 once and replays them with a single launch; its shapes are static, which padding already gives.
@@ -64,7 +66,8 @@ def stacked_batch_loss(
     masks: Sequence[torch.Tensor] | None,
     amp: bool,
 ) -> torch.Tensor:
-    """``[K, 4]`` per-model ``(loss, nll, bce, brier)`` of the padded batch ``idx [K, B]``."""
+    """``[k, 4]`` per-model ``(loss, nll, bce, brier)`` of the padded batch ``idx [k, B]`` of the
+    stack's first ``k`` models."""
     k, batch = idx.shape
     gathered = torch.index_select(table.rows, 0, idx.view(-1)).view(k, batch, -1)  # one gather
     n_features = table.n_features
@@ -73,9 +76,8 @@ def stacked_batch_loss(
         mu, sigma, logit = model(x, masks)
     if amp:
         mu, sigma, logit = mu.float(), sigma.float(), logit.float()
-    return stacked_forecast_loss(
-        mu * table.y_scale, sigma * table.y_scale, logit, y, y_up, row_weight, table.loss_weights
-    )
+    y_scale, loss_weights = table.y_scale[:k], table.loss_weights[:k]  # the first k models
+    return stacked_forecast_loss(mu * y_scale, sigma * y_scale, logit, y, y_up, row_weight, loss_weights)
 
 
 class EagerStackedStep:
