@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from orchestrator.config import config_from_mapping
-from orchestrator.cv import plan_folds_for
+from orchestrator.run.cv import plan_folds_for
 from tests.synthetic import ar1_ohlcv
 from workers.features import Standardizer, build_features
 from workers.fold import train_settings

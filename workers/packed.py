@@ -29,6 +29,7 @@ afterwards (the global state the pack leaves differs from that of ``fit`` run K 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from workers.metrics import Forecast, evaluate_epoch, segment_loss
 from workers.model import ForecastNet
 from workers.pack_stack import Slot, Stack
 from workers.stacked_dropout import fork_global_rng
+from workers.stacked_metrics import StackedForecast, evaluate_epochs
 from workers.train import (
     BatchReporter,
     EpochCallback,
@@ -51,7 +53,7 @@ from workers.train import (
     Segments,
     TrainOutcome,
     TrainSettings,
-    _predict,
+    predict,
     seed_everything,
 )
 
@@ -89,6 +91,7 @@ class _Model:
     last_epoch: int = -1
     stopped_early: bool = False
     outcome: PackOutcome | None = None
+    rows_key: bytes = b""  # the rows it is scored on (``_rows_key``)
 
 
 def check_packable(members: Sequence[PackMember]) -> None:
@@ -140,6 +143,7 @@ def fit_pack(
 
         train = _train_epoch(stack, models, epoch)
         forecasts = stack.evaluate()
+        fields = _validation_fields(stack, models, forecasts, train)
         for position in stack.member_order():
             model = models[stack.slots[position].index]
             if model.outcome is not None:  # a callback of its own raised during the epoch
@@ -151,7 +155,7 @@ def fit_pack(
                 )
                 continue
             cal, val = forecasts[position]
-            _end_epoch(model, epoch, train[position], cal, val)
+            _end_epoch(model, epoch, train[position], cal, val, fields[position])
             if model.outcome is None and model.best_epoch == epoch:
                 model.best_state = stack.net.state_dict_of(position)
             if model.outcome is None and (model.stopped_early or epoch + 1 >= model.member.settings.epochs):
@@ -175,7 +179,7 @@ def _start(index: int, member: PackMember, device: torch.device) -> _Model:
         order=torch.Generator().manual_seed(settings.seed),
         dropout=fork_global_rng(),
     )
-    return _Model(slot=slot, member=member, net=net)
+    return _Model(slot=slot, member=member, net=net, rows_key=_rows_key(segments))
 
 
 def _running(stack: Stack, models: list[_Model]) -> list[_Model]:
@@ -214,8 +218,67 @@ def _train_epoch(stack: Stack, models: list[_Model], epoch: int) -> np.ndarray:
     return stack.train_means(plan, stats)
 
 
-def _end_epoch(model: _Model, epoch: int, train: np.ndarray, cal: Forecast, val: Forecast) -> None:
-    """``fit``'s end of an epoch for one member: record, callbacks, early stopping bookkeeping."""
+def _validation_fields(
+    stack: Stack, models: list[_Model], forecasts: list[tuple[Forecast, Forecast]], train: np.ndarray
+) -> dict[int, dict[str, float | None]]:
+    """``evaluate_epoch`` of every live model that trained cleanly, by stack position. Models that
+    forecast the same rows (fold k of HPO trials asked together) are scored at once
+    (``workers.stacked_metrics``: the same values, a fraction of the per-model cost)."""
+    groups: dict[bytes, list[int]] = {}
+    for position in stack.member_order():
+        model = models[stack.slots[position].index]
+        if model.outcome is None and np.all(np.isfinite(train[position])):
+            groups.setdefault(model.rows_key, []).append(position)
+    fields: dict[int, dict[str, float | None]] = {}
+    for positions in groups.values():
+        first = models[stack.slots[positions[0]].index].member
+        y_cal, y_val = first.segments.y_cal, first.segments.y_val
+        settings = [models[stack.slots[p].index].member.settings for p in positions]
+        if len(positions) == 1:
+            cal, val = forecasts[positions[0]]
+            alpha, weights = settings[0].alpha, settings[0].loss_weights
+            fields[positions[0]] = evaluate_epoch(cal, val, y_cal, y_val, alpha=alpha, loss_weights=weights)
+            continue
+        cal_k = StackedForecast(
+            *(np.stack([getattr(forecasts[p][0], f) for p in positions]) for f in _FIELDS)
+        )
+        val_k = StackedForecast(
+            *(np.stack([getattr(forecasts[p][1], f) for p in positions]) for f in _FIELDS)
+        )
+        scored = evaluate_epochs(
+            cal_k,
+            val_k,
+            y_cal,
+            y_val,
+            alpha=[s.alpha for s in settings],
+            loss_weights=[s.loss_weights for s in settings],
+        )
+        fields.update(zip(positions, scored, strict=True))
+    return fields
+
+
+_FIELDS = ("mu", "sigma", "p_up")
+
+
+def _rows_key(segments: Segments) -> bytes:
+    """Which rows a model is scored on: equal keys, equal calibration and validation returns."""
+    digest = hashlib.blake2b(digest_size=16)
+    for y in (segments.y_cal, segments.y_val):
+        digest.update(len(y).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
+    return digest.digest()
+
+
+def _end_epoch(
+    model: _Model,
+    epoch: int,
+    train: np.ndarray,
+    cal: Forecast,
+    val: Forecast,
+    fields: dict[str, float | None],
+) -> None:
+    """``fit``'s end of an epoch for one member: record, callbacks, early stopping bookkeeping
+    (``fields``: its ``evaluate_epoch``)."""
     member, settings, segments = model.member, model.member.settings, model.member.segments
     cal_loss = segment_loss(cal, segments.y_cal, settings.loss_weights)
     metrics: EpochRecord = {
@@ -225,11 +288,7 @@ def _end_epoch(model: _Model, epoch: int, train: np.ndarray, cal: Forecast, val:
         "train_bce": float(train[2]),
         "train_brier": float(train[3]),
     }
-    metrics.update(
-        evaluate_epoch(
-            cal, val, segments.y_cal, segments.y_val, alpha=settings.alpha, loss_weights=settings.loss_weights
-        )
-    )
+    metrics.update(fields)
     metrics["cal_loss"] = cal_loss
     elapsed = _guarded(model, member.elapsed)
     if model.outcome is not None:
@@ -269,8 +328,8 @@ def _finish(model: _Model) -> TrainOutcome:
     return TrainOutcome(
         best_epoch=best_epoch,
         epochs_run=len(model.history),
-        cal=_predict(model.net, x_cal, model.slot.y_scale),
-        val=_predict(model.net, x_val, model.slot.y_scale),
+        cal=predict(model.net, x_cal, model.slot.y_scale),
+        val=predict(model.net, x_val, model.slot.y_scale),
         history=model.history,
         stopped_early=model.stopped_early,
     )

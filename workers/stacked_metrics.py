@@ -111,7 +111,8 @@ def _ece(y_up: FloatArray, p: FloatArray, n_bins: int = 10) -> FloatArray:
     sum_y = np.bincount(flat, weights=np.broadcast_to(y_up, (k, n)).ravel(), minlength=k * n_bins)
     sum_p = np.bincount(flat, weights=p.ravel(), minlength=k * n_bins)
     # empty bins add |0 - 0|: the sum over non-empty bins
-    return np.sum(np.abs(sum_y - sum_p).reshape(k, n_bins), axis=1) / n
+    ece: FloatArray = np.sum(np.abs(sum_y - sum_p).reshape(k, n_bins), axis=1) / n
+    return ece
 
 
 def _mincer_zarnowitz(y: FloatArray, mu: FloatArray) -> dict[str, list[float | None]]:

@@ -25,7 +25,7 @@ import torch
 from workers.stacked import StackedForecastNet, stacked_forecast_loss
 from workers.stacked_dropout import ExactDropout, device_masks
 from workers.stacked_optim import StackedAdamW
-from workers.steps import _autocast
+from workers.steps import autocast
 
 __all__ = ["TrainTable", "StackedStep", "EagerStackedStep", "GraphedStackedStep", "stacked_batch_loss"]
 
@@ -72,7 +72,7 @@ def stacked_batch_loss(
     gathered = torch.index_select(table.rows, 0, idx.view(-1)).view(k, batch, -1)  # one gather
     n_features = table.n_features
     x, y, y_up = gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
-    with _autocast(table.rows.device, amp):
+    with autocast(table.rows.device, amp):
         mu, sigma, logit = model(x, masks)
     if amp:
         mu, sigma, logit = mu.float(), sigma.float(), logit.float()
