@@ -42,8 +42,8 @@ import workers.packed as packed_module  # noqa: E402
 import workers.train as train_module  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from orchestrator.config import TrainConfig  # noqa: E402
-from orchestrator.run.cv import plan_folds_for  # noqa: E402
 from orchestrator.data.cache import run_data  # noqa: E402
+from orchestrator.run.cv import plan_folds_for  # noqa: E402
 from workers.features import Standardizer  # noqa: E402
 from workers.fold import train_settings  # noqa: E402
 from workers.model import ForecastNet  # noqa: E402

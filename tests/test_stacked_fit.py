@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from orchestrator.config import TrainConfig, config_from_mapping
-from orchestrator.run.cv import plan_folds_for
 from orchestrator.data.cache import run_data
+from orchestrator.run.cv import plan_folds_for
 from tests.synthetic import ar1_ohlcv
 from workers.features import FeatureSet, Standardizer, build_features
 from workers.fold import train_settings

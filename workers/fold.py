@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -113,6 +114,7 @@ def run_pack(
     else:
         trained = _fit_stacked(folds, device, stopped)
     train_seconds = time.perf_counter() - started
+    pack_id = uuid.uuid4().hex[:12]
     outcomes: list[FoldOutcome] = []
     for fold, outcome in zip(folds, trained, strict=True):
         spec = fold.member.spec
@@ -123,7 +125,7 @@ def run_pack(
         elif isinstance(outcome, BaseException):
             result = fold.failure(f"{type(outcome).__name__}: {outcome}", cancelled=False)
         else:
-            result = fold.result(outcome, train_seconds, str(device), len(folds))
+            result = fold.result(outcome, train_seconds, str(device), len(folds), pack_id)
         outcomes.append(result)
         if on_outcome is not None:
             on_outcome(result)

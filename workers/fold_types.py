@@ -64,6 +64,7 @@ class FoldResult:
     attempt: int
     run_id: str = ""
     pack_size: int = 1  # the models trained together with this one (itself included)
+    pack_id: str = ""  # the pack it trained in (one per ``run_pack`` call; retried folds get a new one)
     # Set by the executor: seconds from its dispatch of the fold to the result back in the driver.
     round_trip_seconds: float | None = None
 

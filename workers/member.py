@@ -111,7 +111,9 @@ class FoldMember:
             )
         )
 
-    def result(self, outcome: TrainOutcome, train_seconds: float, device: str, pack_size: int) -> FoldResult:
+    def result(
+        self, outcome: TrainOutcome, train_seconds: float, device: str, pack_size: int, pack_id: str
+    ) -> FoldResult:
         """Score the selected model; every event of the fold reaches the hub before the result
         (and so ``fold_complete``) does."""
         scoring_started = time.perf_counter()
@@ -144,6 +146,7 @@ class FoldMember:
             attempt=self.member.context.attempt,
             run_id=self.run_id,
             pack_size=pack_size,
+            pack_id=pack_id,
         )
 
     def failure(self, message: str, *, cancelled: bool) -> FoldFailure:

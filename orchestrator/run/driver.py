@@ -325,6 +325,7 @@ def _fold_summary(
         "stopped_early": result.stopped_early,
         "train_seconds": result.train_seconds,
         "pack_size": result.pack_size,
+        "pack_id": result.pack_id,
         "device": result.device,
         "attempt": result.attempt,
     }
