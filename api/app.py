@@ -2,8 +2,9 @@
 
 ``create_app(hub, manager, settings)`` takes its dependencies, so a test builds it around a real
 hub and run manager. The routes are in ``api.routes``, the WebSocket endpoint in ``api.ws``,
-the token and Origin checks in ``api.security``. Every 4xx answer is a JSON object with an
-``error`` string (and ``fields`` when request fields are at fault).
+the token and Origin checks in ``api.security``, what a body may name on the server in
+``api.trust``, the body limits in ``api.limits``. Every 4xx/5xx answer is a JSON object with an
+``error`` string (and ``fields`` when request fields are at fault): ``api.errors``.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from api.bodies import error_response
+from api.errors import JsonErrorMiddleware, http_error, validation_error
+from api.files import ReportFiles
+from api.limits import MAX_BODY_BYTES, BodyLimitMiddleware
 from api.routes.dashboard import dashboard_router
 from api.routes.data import CandleSource, data_router, lazy_candles
 from api.routes.hpo import StudyService, hpo_router
 from api.routes.meta import api_version, meta_router
 from api.routes.runs import RunService, runs_router
 from api.security import LOOPBACK_ORIGIN_REGEX, AccessMiddleware, AccessPolicy
+from api.trust import BodyTrust
 from api.ws.connection import CloseCode
 from api.ws.endpoint import ClientSlots, EventStreamEndpoint
 from api.ws.fanout import EventPump
@@ -48,6 +51,9 @@ class ApiSettings:
     allow_origins: tuple[str, ...] = ()
     own_origins: tuple[str, ...] = ()
     base_config: TrainConfig = field(default_factory=lambda: TrainConfig.model_validate({}))
+    # folders whose files a body may name as its data, relative to one of them (serve --data-root)
+    data_roots: tuple[str, ...] = ()
+    max_body_bytes: int = MAX_BODY_BYTES
     max_clients: int = 200
     client_queue_events: int = 1000
     client_queue_bytes: int = 16 * 2**20
@@ -55,13 +61,16 @@ class ApiSettings:
     poll_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("max_clients", "client_queue_events", "client_queue_bytes"):
+        for name in ("max_clients", "client_queue_events", "client_queue_bytes", "max_body_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
         for name in ("close_timeout_s", "poll_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {name}={getattr(self, name)!r}")
+        for root in self.data_roots:
+            if not Path(root).is_dir():
+                raise ValueError(f"data root {root!r} is not a folder (serve --data-root DIR)")
         if Path(self.base_config.reports_dir).resolve() != Path(self.reports_dir).resolve():
             # runs must write where /reports serves from
             object.__setattr__(
@@ -111,6 +120,9 @@ def create_app(
     )
     app.state.stream = stream  # the server closes its clients with 4001 before uvicorn's 1012
 
+    # outermost last: JSON 500 catch-all -> access -> CORS -> body limit -> routes, so a request
+    # without the token is refused before its body is read, and a 413 still carries CORS headers
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # CORS answers for the origins the access policy lets in (browser dashboards on localhost)
     app.add_middleware(
         CORSMiddleware,
@@ -120,30 +132,19 @@ def create_app(
         allow_headers=["Authorization", "Content-Type"],
     )
     app.add_middleware(AccessMiddleware, policy=policy)
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_middleware(JsonErrorMiddleware)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
 
+    trust = BodyTrust.of(settings.base_config.data, settings.data_roots)
+    reports = ReportFiles.of(settings.reports_dir, [store.url if store is not None else None])
     app.include_router(meta_router(hub, manager, pump, stream))
-    app.include_router(runs_router(manager, hub, settings.base_config, settings.reports_dir, store))
+    app.include_router(runs_router(manager, hub, settings.base_config, reports, trust, store))
     if hpo is not None:
-        app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir))
+        app.include_router(hpo_router(hpo, settings.base_config, settings.reports_dir, trust))
     app.include_router(
         data_router(candles or lazy_candles(settings.base_config.data, settings.base_config.date_format))
     )
     app.include_router(dashboard_router(manager, studies=hpo is not None))
     app.add_api_websocket_route("/ws", stream)
     return app
-
-
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    parts, fields = [], []
-    for item in exc.errors():
-        loc = [str(p) for p in item.get("loc", ()) if p not in ("query", "path", "body")]
-        name = ".".join(loc) or "request"
-        fields.append(name)
-        parts.append(f"{name}: {item.get('msg', 'invalid')} (got {item.get('input')!r})")
-    return error_response(422, "; ".join(parts), fields=sorted(set(fields)))

@@ -9,9 +9,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from api.limits import MAX_JSON_DEPTH, json_depth
 from api.server_owned import owned_field_refusal
+from api.trust import Refusal
 
-__all__ = ["error_response", "json_object_body", "owned_field_response"]
+__all__ = ["error_response", "json_object_body", "owned_field_response", "refusal_response"]
 
 
 def error_response(status: int, error: str, **extra: Any) -> JSONResponse:
@@ -19,15 +21,28 @@ def error_response(status: int, error: str, **extra: Any) -> JSONResponse:
 
 
 async def json_object_body(request: Request, what: str) -> dict[str, Any] | JSONResponse:
-    """The body as a JSON object (empty body: {}), or the 400/422 response that refuses it."""
+    """The body as a JSON object (empty body: {}), or the 400/422 response that refuses it.
+
+    The size limit is the app's (``api.limits``, 413); here a body nesting deeper than
+    ``MAX_JSON_DEPTH`` is refused (422), also one too deep for the parser itself."""
     raw = await request.body()
+    too_deep = f"the body nests deeper than {MAX_JSON_DEPTH} levels of objects and arrays"
     try:
         values = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return error_response(400, f"malformed JSON body: {err}")
+    except RecursionError:
+        return error_response(422, too_deep)
+    if json_depth(values) > MAX_JSON_DEPTH:
+        return error_response(422, too_deep)
     if not isinstance(values, dict):
         return error_response(422, f"the body must be a JSON object of {what}, got {type(values).__name__}")
     return values
+
+
+def refusal_response(refusal: Refusal) -> JSONResponse:
+    """The 422 of a body field the trust model refuses (``api.trust``)."""
+    return error_response(422, refusal.message, fields=[refusal.field])
 
 
 def owned_field_response(values: Mapping[str, object], reports_dir: str) -> JSONResponse | None:

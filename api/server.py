@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also accept this browser Origin, e.g. https://dash.example.com (repeatable; '*' any)",
     )
     parser.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose files a request may train on, named relative to it (POST /train "
+        '{"data": "bars.csv"}); repeatable, searched in order. Without it a request\'s data '
+        "is 'sp500' or this server's own --data; no request names any other path",
+    )
+    parser.add_argument(
         "--address",
         help="Ray cluster address (default: RAY_ADDRESS or a local instance); "
         "on a cluster the event hub is detached and outlives this process",
@@ -176,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_origins=tuple(args.allow_origin),
             own_origins=tuple(own_origins(args.host, args.port)),
             base_config=base,
+            data_roots=tuple(args.data_root),
             max_clients=args.max_clients,
             client_queue_events=args.client_queue,
         )
@@ -270,9 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             *([train_on_start] if args.train_on_start else []),
         ],
     )
+    data = dict.fromkeys(["sp500", base.data, *(f"names under {root}" for root in settings.data_roots)])
     print(
         f"serving http://{args.host}:{args.port} (events: ws://{args.host}:{args.port}/ws; "
-        f"token {'required' if token else 'not required'}; reports from {settings.reports_dir})",
+        f"token {'required' if token else 'not required'}; reports from {settings.reports_dir}; "
+        f"data: {', '.join(data)})",
         file=sys.stderr,
     )
     try:

@@ -12,9 +12,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import FastAPI
@@ -55,18 +56,34 @@ class Server(uvicorn.Server):
 
 
 class RedactTokens(logging.Filter):
-    """Mask ``token=...`` in log lines: uvicorn logs each WebSocket path with its query."""
+    """Mask ``token=...`` in log records: uvicorn logs each request path with its query.
 
-    _PATTERN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+    The message and each string argument are masked in place, so a record keeps its shape:
+    uvicorn's ``AccessFormatter`` unpacks ``record.args`` as (client, method, path, version,
+    status), and a record whose arguments were folded into its message breaks it.
+    """
+
+    # a query parameter: its name (maybe percent-encoded, as parse_qs decodes it) and its value
+    _PARAM = re.compile(r"(?:^|(?<=[?&\s\"']))([^=&?\s\"']+)=([^&\s\"']*)")
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        if "=" not in text:
+            return text
+
+        def mask(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return f"{name}=***" if unquote_plus(name).lower() == "token" else match.group(0)
+
+        return cls._PARAM.sub(mask, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return True
-        if "token=" in text.lower():
-            record.msg = self._PATTERN.sub(r"\1***", text)
-            record.args = ()
+        if isinstance(record.msg, str):
+            record.msg = self.redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: self.redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
         return True
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, brief
 
 __all__ = [
     "TrainConfig",
@@ -182,15 +182,17 @@ class FoldSpec:
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """'field: problem (got value)' for each error, joined by '; '."""
+    """'field: problem (got value)' for each error, joined by '; ' (long values and names cut short)."""
     parts = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "config"
+        if len(loc) > 64:
+            loc = brief(loc, 64)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             parts.append(f"{loc}: unknown field")
         elif "input" in item and item["type"] != "missing" and loc != "config":
-            parts.append(f"{loc}: {msg} (got {item['input']!r})")
+            parts.append(f"{loc}: {msg} (got {brief(item['input'])})")
         else:
             parts.append(f"{loc}: {msg}" if loc != "config" else msg)
     return "; ".join(parts)

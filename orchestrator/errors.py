@@ -3,11 +3,15 @@
 Every error a user can cause or meet derives from ``OrchestratorError``; its message is the
 human-readable text that ends up in ``training_error`` and in REST 4xx bodies. Errors that cross
 Ray keep their message because the driver unwraps ``RayTaskError.cause`` (see ``executors``).
+``brief`` is how a message shows a value a client sent: its repr, cut short when it is long (a
+10 MB field must not come back in its own error).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BRIEF_CHARS",
+    "brief",
     "OrchestratorError",
     "ConfigError",
     "DataValidationError",
@@ -17,6 +21,20 @@ __all__ = [
     "IllegalTransitionError",
     "StoreError",
 ]
+
+
+BRIEF_CHARS = 80
+
+
+def brief(value: object, limit: int = BRIEF_CHARS) -> str:
+    """``repr(value)``, or for a long one its first ``limit`` characters and how long it was."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = (
+        f"{len(value)} characters" if isinstance(value, (str, bytes)) else f"{len(text)} characters as text"
+    )
+    return f"{text[:limit]}... ({size})"
 
 
 class OrchestratorError(Exception):

@@ -52,6 +52,7 @@ class ApiServer:
     reports_dir: Path
     data_csv: str
     base_config: TrainConfig
+    data_root: Path  # the server's one data root (serve --data-root): bodies name files under it
     extra: list[BackgroundServer] = field(default_factory=list)
 
     @property
@@ -75,7 +76,11 @@ class ApiServer:
     @contextmanager
     def another_server(self, **settings: Any) -> Iterator[BackgroundServer]:
         """A second app on the same hub and runs, with other settings (token, limits)."""
-        values: dict[str, Any] = {"reports_dir": str(self.reports_dir), "base_config": self.base_config}
+        values: dict[str, Any] = {
+            "reports_dir": str(self.reports_dir),
+            "base_config": self.base_config,
+            "data_roots": (str(self.data_root),),
+        }
         values.update(settings)
         app = create_app(RayHubClient(self.hub), self.manager, ApiSettings(**values))
         server = BackgroundServer(app).start()
@@ -99,15 +104,19 @@ def api_server(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     data_csv = tmp / "bars.csv"
     ar1_ohlcv(1200, seed=11).to_csv(data_csv, index=False)
     reports = tmp / "reports"
+    data_root = tmp / "data-root"
+    data_root.mkdir()
     base = config_from_mapping({**RUN_DEFAULTS, "data": str(data_csv), "reports_dir": str(reports)})
     hub = get_or_create_hub(namespace=HUB_NAMESPACE)
     manager = RunManager(RaySink(hub), pool=WorkerPool())
     # studies' trials wait in the manager's queue next to plain runs, on its warm workers
     hpo = HpoService(hub, pool=manager.pool, reports_dir=str(reports), gate=manager)
-    settings = ApiSettings(reports_dir=str(reports), base_config=base, close_timeout_s=3.0)
+    settings = ApiSettings(
+        reports_dir=str(reports), base_config=base, data_roots=(str(data_root),), close_timeout_s=3.0
+    )
     app = create_app(RayHubClient(hub), manager, settings, hpo=hpo)
     server = BackgroundServer(app).start()
-    _RUNNING.append(ApiServer(server, app, hub, manager, reports, str(data_csv), base))
+    _RUNNING.append(ApiServer(server, app, hub, manager, reports, str(data_csv), base, data_root))
     try:
         yield _RUNNING[0]
     finally:

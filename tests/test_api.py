@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from api.routes.runs import resolve_report_path
+from api.files import file_under
 from api.security import AccessPolicy, InsecureBindError, check_bind, is_loopback_host
 from api.serving import RedactTokens
 from orchestrator.messages import message_json_schema
@@ -80,7 +80,8 @@ BAD_BODIES = [
     (b'{"epochs": "many"}', 422, "epochs", "epochs"),
     (b'{"epochs": -1}', 422, "epochs", "epochs"),
     (b'{"folds": 1}', 422, "folds must be >= 2", None),
-    (b'{"data": "/no/such/bars.csv"}', 422, "no such file", "data"),
+    (b'{"data": "/no/such/bars.csv"}', 422, "data: '/no/such/bars.csv' is not a data name", "data"),
+    (b'{"data": "no/such/bars.csv"}', 422, "data: no data file named 'no/such/bars.csv'", "data"),
     (b'{"reports_dir": "/tmp/elsewhere"}', 422, "reports_dir: set by the server", "reports_dir"),
     (b'{"executor": "local"}', 422, "executor", "executor"),
     (
@@ -177,15 +178,15 @@ def escaping_symlink(api_server: ApiServer) -> None:
         link.symlink_to("/etc", target_is_directory=True)
 
 
-def test_resolve_report_path_refuses_everything_that_escapes(tmp_path: Path) -> None:
+def test_file_under_refuses_everything_that_escapes(tmp_path: Path) -> None:
     root = tmp_path / "reports"
     (root / "run" / "predictions").mkdir(parents=True)
     (root / "run" / "predictions" / "p.csv").write_text("a\n")
     (tmp_path / "secret.txt").write_text("no")
     (root / "out").symlink_to(tmp_path)
     (root / "inner").symlink_to(root / "run")
-    assert resolve_report_path(root, "run/predictions/p.csv") == (root / "run/predictions/p.csv").resolve()
-    assert resolve_report_path(root, "inner/predictions/p.csv") is not None  # a link inside is fine
+    assert file_under(root, "run/predictions/p.csv") == (root / "run/predictions/p.csv").resolve()
+    assert file_under(root, "inner/predictions/p.csv") is not None  # a link inside is fine
     for bad in (
         "../secret.txt",
         "run/../../secret.txt",
@@ -197,7 +198,7 @@ def test_resolve_report_path_refuses_everything_that_escapes(tmp_path: Path) -> 
         "",
         "run/\x00",
     ):
-        assert resolve_report_path(root, bad) is None, bad
+        assert file_under(root, bad) is None, bad
 
 
 def test_token_is_required_on_rest_by_header_or_query(api_server: ApiServer) -> None:
@@ -275,8 +276,8 @@ def test_importing_the_api_never_imports_torch() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_missing_columns_end_the_run_with_a_training_error(api_server: ApiServer, tmp_path: Path) -> None:
-    path = tmp_path / "no_volume.csv"
+def test_missing_columns_end_the_run_with_a_training_error(api_server: ApiServer) -> None:
+    path = api_server.data_root / "no_volume.csv"  # a body names its data under a data root
     random_walk_ohlcv(800, seed=5).drop(columns="volume").to_csv(path, index=False)
 
     async def main() -> tuple[str, list[dict[str, Any]]]:
@@ -284,7 +285,7 @@ def test_missing_columns_end_the_run_with_a_training_error(api_server: ApiServer
         client = asyncio.create_task(collect(api_server.ws_url))
         await clients_connected(api_server.app, 1, before=before)
         async with httpx.AsyncClient(base_url=api_server.url) as http:
-            response = await http.post("/train", json={"data": str(path)})
+            response = await http.post("/train", json={"data": path.name})
         return response.json()["run_id"], await client
 
     run_id, messages = asyncio.run(main())

@@ -138,9 +138,13 @@ def test_hpo_routes_start_report_and_refuse(api_server: ApiServer) -> None:
             ({"executor": "local"}, "executor"),
             ({"config": {"reports_dir": "/tmp/elsewhere"}}, "reports_dir"),
             ({"config": [1]}, "config"),
+            ({"storage": "/tmp/elsewhere/x.journal"}, "storage"),
+            ({"search_space": "/etc/passwd"}, "search_space"),
+            ({"config": {"data": "/etc/passwd"}}, "config.data"),
         ):
             response = httpx.post(f"{server.url}/hpo", json={**body, **refused})
             assert response.status_code == 422 and response.json()["fields"] == [field], response.text
+            assert "root:" not in response.text  # no line of /etc/passwd
         started = httpx.post(f"{server.url}/hpo", json=body)
         assert started.status_code == 202, started.text
         assert httpx.post(f"{server.url}/hpo", json=body).status_code == 409

@@ -60,7 +60,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     hub = EventHub(recorder=recorder)
     manager = RunManager(InProcessSink(hub), record=hub.record_run)
     hpo = HpoService(hub, reports_dir=base.reports_dir, default_storage=url)
-    settings = ApiSettings(reports_dir=base.reports_dir, base_config=base, token=TOKEN, close_timeout_s=3.0)
+    settings = ApiSettings(
+        reports_dir=base.reports_dir,
+        base_config=base,
+        token=TOKEN,
+        data_roots=(str(Path(base.data).parent),),  # bars.csv is a name bodies may give
+        close_timeout_s=3.0,
+    )
     server = BackgroundServer(
         create_app(LocalHubClient(hub), manager, settings, hpo=hpo, store=JobStore.open(url))
     ).start()
@@ -200,6 +206,25 @@ def test_a_priority_out_of_range_is_refused_before_anything_is_posted(
         assert "error: priority must be an integer from -100 to 100 (higher first), got priority=" in err, err
 
 
+def test_a_path_of_this_machine_as_data_or_a_storage_is_refused_before_anything_is_posted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    nowhere = "http://127.0.0.1:9"  # nothing listens: a request would say "cannot reach"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {tmp_path / 'bars.csv'}\n")
+    for argv in (
+        ["submit", "--data", "/srv/bars.csv"],
+        ["submit", "--data", "../bars.csv"],
+        ["submit", "--config", str(config)],
+        ["hpo", "--trials", "1", "--data", "/srv/bars.csv"],
+    ):
+        code, out, err = cli(capsys, *argv, "--url", nowhere)
+        assert code == 2 and out == "", argv
+        assert "error: data: " in err and "is not a data name" in err and "serve --data-root" in err, err
+    code, out, err = cli(capsys, "hpo", "--url", nowhere, "--storage", str(tmp_path / "x.journal"))
+    assert code == 2 and "--storage only apply to a study run here" in err, err
+
+
 def test_an_unreachable_server_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["submit"], ["runs"], ["cancel", "run_x"], ["hpo", "--trials", "1"]):
         code, out, err = cli(capsys, *argv, "--url", "http://127.0.0.1:9")
@@ -279,6 +304,17 @@ def test_refusals_print_the_servers_error_and_exit_2(
     monkeypatch.delenv("ORCHESTRATOR_TOKEN")
     code, _, err = cli(capsys, "runs", "--url", served.url)
     assert code == 2 and "(HTTP 401 from GET /runs)" in err, err
+
+
+def test_submit_names_data_under_the_servers_data_root(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "submit", "--url", served.url, "--data", "bars.csv", "--epochs", "1")
+    assert code == 0, err
+    run = served.manager.wait(out.strip(), 120).snapshot()
+    assert run["state"] == "completed" and Path(run["config"]["data"]).name == "bars.csv", run["error"]
+    code, _, err = cli(capsys, "submit", "--url", served.url, "--data", "elsewhere.csv")
+    assert code == 2 and "data: no data file named 'elsewhere.csv' under this server's data roots" in err
 
 
 def test_cancel_a_running_run_then_again_once_it_has_ended(
@@ -368,6 +404,20 @@ def test_hpo_url_runs_the_study_on_the_server_and_follows_it(
     )
     assert code == 0 and out == "remote2\n", err
     handle = served.hpo.get("remote2")
+    assert handle.wait(120) is not None and handle.state.value == "completed"
+
+
+def test_hpo_url_sends_a_search_space_file_of_this_machine_as_its_mapping(
+    served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    argv = ["--study", "remote3", "--trials", "1", "--search-space", str(path), "--detach"]
+    code, out, err = cli(capsys, "hpo", "--url", served.url, *argv)
+    assert code == 0 and out == "remote3\n", err
+    handle = served.hpo.get("remote3")
+    assert handle.spec.search_space == space
     assert handle.wait(120) is not None and handle.state.value == "completed"
 
 

@@ -42,13 +42,23 @@ def test_spec_validation_names_the_field() -> None:
         spec_from_mapping({"study": "s", "epochs": 0})
 
 
-def test_spec_from_mapping_reads_a_search_space_file(tmp_path: Any) -> None:
+def test_spec_from_mapping_takes_a_search_space_mapping_and_reads_no_file(tmp_path: Any) -> None:
+    space = {"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
+    assert list(spec_from_mapping({"study": "s", "search_space": space}).distributions) == ["lr"]
     path = tmp_path / "space.yaml"
-    path.write_text("lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n")
-    loaded = spec_from_mapping({"study": "s", "search_space": str(path)})
-    assert list(loaded.distributions) == ["lr"]
-    with pytest.raises(ConfigError, match="search space file not found"):
-        spec_from_mapping({"study": "s", "search_space": str(tmp_path / "none.yaml")})
+    path.write_text("lr: {type: float, low: 1e-5, high: s3cret}\n")
+    answers = set()
+    for given in (str(path), str(tmp_path / "none.yaml")):
+        with pytest.raises(ConfigError, match="search_space must be a mapping") as err:
+            spec_from_mapping({"study": "s", "search_space": given})
+        answers.add(str(err.value))
+    assert len(answers) == 1 and "s3cret" not in answers.pop()
+
+
+def test_a_long_study_name_is_refused_without_echoing_it_whole() -> None:
+    with pytest.raises(ConfigError, match=r"study must be 1-64 characters.*\(10240 characters\)") as err:
+        spec_from_mapping({"study": "a" * 10_240})
+    assert len(str(err.value)) < 400
 
 
 def test_spec_paths_and_run_id() -> None:

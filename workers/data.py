@@ -3,7 +3,10 @@
 The canonical frame has exactly the columns ``timestamp`` (``datetime64[ns]``, tz-naive, UTC
 where the input carried a zone), ``open``, ``high``, ``low``, ``close``, ``volume`` (all
 ``float64``) and a ``RangeIndex``. Every check raises ``DataValidationError`` with a message
-that names the column and the row.
+that names the column and the row. A message never quotes a file's text (a cell as written, a
+header, a parser's excerpt): the file may hold anything, and the message reaches ``/ws`` as a
+run's ``training_error``. Values already read as numbers or timestamps of the OHLCV columns
+(a price, a duplicate time) are named: they are the data the run trains on.
 
 Row numbers in messages are **0-based data row positions** (the first bar after the header of a
 CSV is row 0), whatever index the input frame carried.
@@ -93,10 +96,10 @@ def validate_ohlcv(df: pd.DataFrame, date_format: str | None = None) -> pd.DataF
     if time_source is None:
         missing.insert(0, "timestamp")
     if missing:
-        found = ", ".join(repr(str(c)) for c in df.columns) or "none"
         raise DataValidationError(
-            f"missing column(s) {', '.join(missing)}; columns found: {found} "
-            f"(the time column may be named {'/'.join(TIME_COLUMN_ALIASES)} or be a DatetimeIndex)"
+            f"missing column(s) {', '.join(missing)}; the data has {len(df.columns)} column(s), "
+            "matched by name ignoring case and surrounding blanks (the time column may be named "
+            f"{'/'.join(TIME_COLUMN_ALIASES)} or be a DatetimeIndex)"
         )
     if len(df) == 0:
         raise DataValidationError("the data has no rows")
@@ -153,7 +156,10 @@ def _read_file(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise DataValidationError(f"cannot read data file {str(path)!r}: {err}") from err
+        # a parser's message says where the structure breaks; others may quote the file's bytes
+        reason = str(err) if isinstance(err, (pd.errors.ParserError, pd.errors.EmptyDataError)) else ""
+        reason = reason or (err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__)
+        raise DataValidationError(f"cannot read data file {str(path)!r}: {reason}") from err
 
 
 # --- columns and timestamps ---------------------------------------------------------------------
@@ -201,9 +207,7 @@ def _parse_timestamps(values: pd.Series, label: str, date_format: str | None) ->
         bad = (parsed.isna() & values.notna()).to_numpy()
         if (row := _first_row(bad)) is not None:
             given = f" (date_format {date_format!r})" if date_format is not None else ""
-            raise DataValidationError(
-                f"unparseable timestamp in column {label!r} at row {row}: {values.iloc[row]!r}{given}"
-            )
+            raise DataValidationError(f"unparseable timestamp in column {label!r} at row {row}{given}")
     if parsed.isna().any():
         row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
         raise DataValidationError(f"missing timestamp in column {label!r} at row {row}")
@@ -264,8 +268,8 @@ def infer_date_format(values: pd.Series, label: str = "timestamp") -> str:
     order = "both readings keep" if ordered else "neither reading keeps"
     raise DataValidationError(
         f"ambiguous timestamps in column {label!r}: every value reads as {fmt_a!r} and as "
-        f"{fmt_b!r} with different dates (row {row}: {values.iloc[row]!r} is "
-        f"{a.iloc[row]:%Y-%m-%d} or {b.iloc[row]:%Y-%m-%d}), and {order} the times in "
+        f"{fmt_b!r} with different dates (row {row} is {a.iloc[row]:%Y-%m-%d} or "
+        f"{b.iloc[row]:%Y-%m-%d}), and {order} the times in "
         f"order; give the format with --date-format (config field date_format), "
         f"e.g. --date-format '{fmt_a}'"
     )
@@ -338,9 +342,7 @@ def _numeric_column(values: pd.Series, name: str) -> pd.Series:
         bad = (coerced.isna() & values.notna()).to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataValidationError(
-                f"column {name!r} has a non-numeric value at row {row}: {values.iloc[row]!r}"
-            )
+            raise DataValidationError(f"column {name!r} has a non-numeric value at row {row}")
         values = coerced
     return values.astype("float64").rename(name)
 

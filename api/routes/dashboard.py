@@ -18,7 +18,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from api.bodies import error_response
-from api.routes.runs import RunService, resolve_report_path
+from api.files import file_under
+from api.routes.runs import RunId, RunService
+from orchestrator.errors import brief
 from orchestrator.jobs.manager import UnknownRunError
 from orchestrator.run.files import diagnostics_of_fold
 from orchestrator.run.report_html import web_asset
@@ -42,9 +44,9 @@ def dashboard_router(manager: RunService, *, studies: bool = False) -> APIRouter
 
     @router.get("/ui/static/{path:path}", summary="A script or style of the dashboard", response_model=None)
     async def static_file(path: str) -> Response:
-        resolved = resolve_report_path(WEB_ROOT, path)
+        resolved = file_under(WEB_ROOT, path)
         if resolved is None or resolved.suffix not in (".js", ".css"):
-            return error_response(404, f"no dashboard file {path!r}")
+            return error_response(404, f"no dashboard file {brief(path)}")
         return FileResponse(resolved, headers=_NO_CACHE)
 
     @router.get(
@@ -53,7 +55,7 @@ def dashboard_router(manager: RunService, *, studies: bool = False) -> APIRouter
         responses={404: {"description": "unknown run, or the fold has no predictions CSV yet"}},
     )
     async def diagnostics(
-        run_id: str,
+        run_id: RunId,
         fold_id: int = PathParam(ge=0),
         bins: int = Query(10, ge=2, le=50, description="reliability and PIT bins"),
     ) -> JSONResponse:

@@ -42,7 +42,7 @@ def data_router(book: Callable[[], CandleSource]) -> APIRouter:
 
     @router.get("/candles", summary="Page the dataset's OHLCV candles")
     async def candles(
-        since: str | None = Query(None, description="exclusive ISO timestamp cursor"),
+        since: str | None = Query(None, max_length=64, description="exclusive ISO timestamp cursor"),
         limit: int = Query(500, ge=1, le=5000),
     ) -> JSONResponse:
         try:

@@ -9,18 +9,21 @@ answered from their live state, the others (earlier processes, reattached runs) 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from api.bodies import error_response, json_object_body, owned_field_response
+from api.bodies import error_response, json_object_body, owned_field_response, refusal_response
+from api.files import ReportFiles
+from api.trust import BodyTrust, Refusal
 from orchestrator.config import TrainConfig, config_from_mapping
-from orchestrator.errors import ConfigError
+from orchestrator.data.names import is_bundled
+from orchestrator.errors import ConfigError, brief
 from orchestrator.events.hub import Event
 from orchestrator.events.stream import HubClient
 from orchestrator.jobs.admission import check_priority
@@ -33,9 +36,20 @@ if TYPE_CHECKING:
     from orchestrator.lifecycle import Run
     from orchestrator.store import JobStore
 
-__all__ = ["EVENTS_PAGE_MAX", "RunService", "resolve_report_path", "runs_router"]
+__all__ = ["EVENTS_PAGE_MAX", "RUN_ID_MAX", "RunId", "RunService", "runs_router"]
 
 EVENTS_PAGE_MAX = 10_000
+# run ids are run_<date>_<time>_<hex> or hpo_<study>_t<n>_<hex> (a study name has <= 64 characters)
+RUN_ID_MAX = 128
+RUN_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{RUN_ID_MAX - 1}}}$"
+RunId = Annotated[
+    str,
+    PathParam(
+        max_length=RUN_ID_MAX,
+        pattern=RUN_ID_PATTERN,
+        description=f"a run id: letters, digits, '_', '.', '-', at most {RUN_ID_MAX} characters",
+    ),
+]
 
 
 class RunService(Protocol):
@@ -60,36 +74,18 @@ class RunService(Protocol):
     def observe(self, event: Event) -> None: ...
 
 
-def resolve_report_path(root: Path, relative: str) -> Path | None:
-    """The file ``relative`` names under ``root``, or None for anything that escapes it.
-
-    Refused: absolute paths, any ``..`` or empty component, backslashes, NUL, and anything whose
-    real path (symlinks followed) is not inside the real ``root``, or is not a regular file.
-    """
-    if not relative or "\x00" in relative or "\\" in relative or relative.startswith("/"):
-        return None
-    parts = relative.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return None
-    try:
-        real_root = root.resolve(strict=True)
-        candidate = (real_root / Path(*parts)).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    if not candidate.is_relative_to(real_root) or not candidate.is_file():
-        return None
-    return candidate
-
-
 def runs_router(
     manager: RunService,
     hub: HubClient,
     base_config: TrainConfig,
-    reports_dir: str,
+    reports: ReportFiles,
+    trust: BodyTrust,
     store: JobStore | None = None,
 ) -> APIRouter:
-    """Runs start from ``base_config`` (the server's flags), overridden field by field by the body."""
-    reports_root = Path(reports_dir)
+    """Runs start from ``base_config`` (the server's flags), overridden field by field by the body
+    (its ``data`` resolved by ``trust``); ``reports`` is what ``/reports/...`` serves."""
+    reports_root = reports.root
+    reports_dir = str(reports.root)
     router = APIRouter()
 
     def live_snapshot(run: Run) -> dict[str, Any]:
@@ -132,15 +128,19 @@ def runs_router(
             priority = check_priority(values.pop("priority", 0))
         except ConfigError as err:
             return error_response(422, str(err), fields=["priority"])
+        trusted = trust.run_values(values)
+        if isinstance(trusted, Refusal):
+            return refusal_response(trusted)
         try:
-            config = config_from_mapping(values, base=base_config)
+            config = config_from_mapping(trusted, base=base_config)
         except ConfigError as err:
             cause = err.__cause__
             fields = _fields_of(cause) if isinstance(cause, ValidationError) else []
             return error_response(422, str(err), fields=fields)
-        missing = _missing_data_file(config.data)
-        if missing is not None:
-            return error_response(422, missing, fields=["data"])
+        if not is_bundled(config.data) and not Path(config.data).is_file():  # the server's own --data
+            return error_response(
+                422, f"data: the server's own data file {brief(config.data)} is missing", fields=["data"]
+            )
         try:
             run = await run_in_threadpool(manager.submit, config, priority=priority)
         except ResourceError as err:  # its folds' resources fit no node, live or to come
@@ -164,7 +164,12 @@ def runs_router(
     @router.get("/runs", summary="Runs, newest first, a page at a time (every run of the job store)")
     async def runs(
         limit: int = Query(RUNS_PAGE_DEFAULT, ge=1, le=RUNS_PAGE_MAX),
-        before: str | None = Query(None, description="the next page: runs created before this run"),
+        before: str | None = Query(
+            None,
+            max_length=RUN_ID_MAX,
+            pattern=RUN_ID_PATTERN,
+            description="the next page: runs created before this run",
+        ),
     ) -> JSONResponse:
         live = {run.run_id: live_snapshot(run) for run in manager.runs()}
         if store is None:
@@ -192,7 +197,7 @@ def runs_router(
         )
 
     @router.get("/runs/{run_id}", summary="A run: state, progress, latest metrics, report files")
-    async def get_run(run_id: str) -> JSONResponse:
+    async def get_run(run_id: RunId) -> JSONResponse:
         body = await snapshot(run_id)
         if body is None:
             return error_response(404, f"no run with run_id={run_id!r}")
@@ -201,7 +206,7 @@ def runs_router(
         return JSONResponse(body)
 
     @router.post("/runs/{run_id}/cancel", status_code=202, summary="Ask a run to stop")
-    async def cancel(run_id: str) -> JSONResponse:
+    async def cancel(run_id: RunId) -> JSONResponse:
         try:
             run = manager.get(run_id)
         except UnknownRunError as err:
@@ -219,7 +224,7 @@ def runs_router(
         )
 
     @router.get("/runs/{run_id}/summary", summary="The run's summary.json")
-    async def summary(run_id: str) -> JSONResponse:
+    async def summary(run_id: RunId) -> JSONResponse:
         body = await snapshot(run_id)
         if body is None:
             return error_response(404, f"no run with run_id={run_id!r}")
@@ -231,7 +236,7 @@ def runs_router(
 
     @router.get("/runs/{run_id}/events", summary="The run's events after seq `since`, as sent on /ws")
     async def run_events(
-        run_id: str,
+        run_id: RunId,
         since: int = Query(0, ge=0, description="return events with seq > since"),
         limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
     ) -> JSONResponse:
@@ -245,9 +250,9 @@ def runs_router(
         "/reports/{path:path}", summary="A file under the reports root (CSV, JSON)", response_model=None
     )
     async def report_file(path: str) -> Response:
-        resolved = resolve_report_path(reports_root, path)
+        resolved = reports.resolve(path)
         if resolved is None:
-            return error_response(404, f"no report file {path!r}")
+            return error_response(404, f"no report file {brief(path)}")
         return FileResponse(resolved)
 
     return router
@@ -287,12 +292,3 @@ def _report_files(root: Path, run_dir: Path) -> dict[str, Any]:
         "events": f"{prefix}/events.jsonl" if (run_dir / "events.jsonl").is_file() else None,
         "predictions": [f"{prefix}/predictions/{name}" for name in predictions],
     }
-
-
-def _missing_data_file(data: str) -> str | None:
-    if data.strip().lower() == "sp500" or Path(data).is_file():
-        return None
-    return (
-        f"data: no such file {data!r} (paths are read by the server, relative to its working "
-        f"directory {os.getcwd()}; or use 'sp500')"
-    )

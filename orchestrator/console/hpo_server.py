@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from orchestrator.console.remote import Server, ServerError
+from orchestrator.console.remote import Server, ServerError, check_remote_data
 from orchestrator.errors import ConfigError
 from orchestrator.hpo.state import TERMINAL_STUDY_STATES
 
@@ -33,10 +33,14 @@ UNREACHABLE_LIMIT_S = 60.0
 
 def study_body(args: argparse.Namespace, search: dict[str, Any]) -> dict[str, Any]:
     """The POST /hpo body: ``search`` (the HPO fields given) plus the run fields given under
-    ``config``. Raises ``ConfigError`` for a flag that only means something for a study run here."""
+    ``config``. Raises ``ConfigError`` for a flag that only means something for a study run here
+    (``--storage`` too: a server keeps its studies in its own store) and for a ``data`` that is
+    a path here rather than a name under the server's data roots."""
     from orchestrator.console.run_flags import given_config_values
 
     local = [flag for field, flag in _LOCAL_ONLY.items() if getattr(args, field, None)]
+    if search.get("storage") is not None:
+        local.append("--storage")
     if local:
         raise ConfigError(
             f"{', '.join(local)} only apply to a study run here; with --url the server's cluster "
@@ -44,6 +48,7 @@ def study_body(args: argparse.Namespace, search: dict[str, Any]) -> dict[str, An
         )
     body = dict(search)
     config = given_config_values(args)
+    check_remote_data(config)
     if config:
         body["config"] = config
     return body

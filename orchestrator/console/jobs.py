@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from orchestrator.console.remote import Server, ServerError, add_server_flags
+from orchestrator.console.remote import Server, ServerError, add_server_flags, check_remote_data
 from orchestrator.errors import ConfigError
 from orchestrator.jobs.admission import check_priority
 from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN
@@ -66,10 +66,12 @@ def build_submit_parser() -> argparse.ArgumentParser:
 
 def submit_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /train body: the fields given (--config, flags, --set) and ``priority`` if given.
-    Raises ``ConfigError`` for a priority that is not an integer in [-100, 100]."""
+    Raises ``ConfigError`` for a priority that is not an integer in [-100, 100] and for a
+    ``data`` that is a path here rather than a name under the server's data roots."""
     from orchestrator.console.run_flags import given_config_values
 
     body = given_config_values(args)
+    check_remote_data(body)
     if getattr(args, "priority", None) is not None:
         body["priority"] = args.priority
     if "priority" in body:

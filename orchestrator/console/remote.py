@@ -4,7 +4,9 @@
 (default ``http://127.0.0.1:8000`` and ``$ORCHESTRATOR_TOKEN``, as ``serve`` and ``watch`` name
 it), one JSON request helper, and one error, ``ServerError``, for a server that refused a request
 (its ``error`` text) or could not be reached. The commands let it reach ``orchestrator.console.main.main``,
-which prints it and exits 2.
+which prints it and exits 2. ``check_remote_data`` refuses, before anything is posted, a ``data``
+that a server would refuse anyway: a path of this machine (the server reads data only by name
+under its data roots, ``orchestrator.data.names``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from orchestrator.console.flags import TOKEN_ENV, token_or_env
+from orchestrator.data.names import data_name_problem
 from orchestrator.errors import ConfigError, OrchestratorError
 
-__all__ = ["DEFAULT_SERVER_URL", "Server", "ServerError", "add_server_flags"]
+__all__ = ["DEFAULT_SERVER_URL", "Server", "ServerError", "add_server_flags", "check_remote_data"]
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 
@@ -32,6 +35,20 @@ class ServerError(OrchestratorError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+def check_remote_data(values: dict[str, Any]) -> None:
+    """``ConfigError`` when ``values["data"]`` cannot name data on a server (an absolute path, a
+    ``..``): the server never reads this machine's files, nor any path a client names."""
+    if "data" not in values:
+        return
+    problem = data_name_problem(values["data"])
+    if problem is not None:
+        raise ConfigError(
+            f"data: {problem}. It never reads this machine's files: copy the file under one of "
+            "its data roots and give its name there (e.g. --data bars.csv), or send no --data "
+            "to train on the server's own"
+        )
 
 
 def add_server_flags(

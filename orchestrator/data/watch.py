@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.errors import DataValidationError
+from orchestrator.errors import DataValidationError, brief
 from orchestrator.messages import Candle
 from workers.data import CANONICAL_COLUMNS, load_ohlcv, text_date_format, validate_ohlcv
 
@@ -73,7 +73,9 @@ class CandleBook:
                 try:
                     cutoff = pd.Timestamp(since)
                 except ValueError as err:
-                    raise DataValidationError(f"since must be an ISO timestamp, got since={since!r}") from err
+                    raise DataValidationError(
+                        f"since must be an ISO timestamp, got since={brief(since)}"
+                    ) from err
                 if cutoff.tzinfo is not None:
                     cutoff = cutoff.tz_convert("UTC").tz_localize(None)
                 frame = frame[frame["timestamp"] > cutoff]

@@ -20,7 +20,13 @@ from orchestrator.hpo.space import (
     load_search_space,
     parse_search_space,
 )
-from orchestrator.hpo.spec import HpoSpec, default_direction, pack_resources, spec_from_mapping
+from orchestrator.hpo.spec import (
+    STUDY_NAME_PATTERN,
+    HpoSpec,
+    default_direction,
+    pack_resources,
+    spec_from_mapping,
+)
 from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.study import run_study
 
@@ -41,5 +47,6 @@ __all__ = [
     "parse_search_space",
     "run_study",
     "spec_from_mapping",
+    "STUDY_NAME_PATTERN",
     "study_status",
 ]

@@ -12,17 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.config import TrainConfig, config_from_mapping, format_validation_error
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, brief
 from orchestrator.execution.placement import folds_within
 from orchestrator.hpo.space import (
     DEFAULT_SEARCH_SPACE,
     SearchSpace,
     contains,
-    load_search_space,
     parse_search_space,
 )
 from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN
@@ -31,6 +29,7 @@ from orchestrator.messages import EPOCH_METRIC_FIELDS
 __all__ = [
     "Direction",
     "HpoSpec",
+    "STUDY_NAME_PATTERN",
     "spec_from_mapping",
     "pack_resources",
     "default_direction",
@@ -38,7 +37,8 @@ __all__ = [
 
 Direction = Literal["minimize", "maximize"]
 
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_STUDY_NAME = re.compile(STUDY_NAME_PATTERN)
 
 
 def default_direction(metric: str) -> Direction | None:
@@ -100,12 +100,12 @@ class HpoSpec(BaseModel):
         if not _STUDY_NAME.match(self.study):
             raise ValueError(
                 "study must be 1-64 characters of letters, digits, '_', '.', '-' (starting with a "
-                f"letter or digit), got study={self.study!r}"
+                f"letter or digit), got study={brief(self.study)}"
             )
         if self.metric not in EPOCH_METRIC_FIELDS:
             raise ValueError(
                 f"metric must be an epoch_metrics field ({', '.join(EPOCH_METRIC_FIELDS)}), "
-                f"got metric={self.metric!r}"
+                f"got metric={brief(self.metric)}"
             )
         if self.direction is None:
             inferred = default_direction(self.metric)
@@ -147,8 +147,9 @@ class HpoSpec(BaseModel):
 def spec_from_mapping(values: Mapping[str, Any]) -> HpoSpec:
     """An ``HpoSpec`` from a flat mapping (REST body): HPO fields plus ``TrainConfig`` fields.
 
-    Train fields may also come nested under ``config``. ``search_space`` may be a mapping or a
-    path to a YAML file. Raises ``ConfigError`` naming the field.
+    Train fields may also come nested under ``config``. ``search_space`` is a mapping, never a
+    path: this reads no file (``load_search_space`` reads one). Raises ``ConfigError`` naming the
+    field.
     """
     hpo_fields = set(HpoSpec.model_fields) - {"config"}
     spec_values = {k: v for k, v in values.items() if k in hpo_fields}
@@ -156,9 +157,11 @@ def spec_from_mapping(values: Mapping[str, Any]) -> HpoSpec:
     train_values.update({k: v for k, v in values.items() if k not in hpo_fields and k != "config"})
     config = config_from_mapping(train_values)
     space = spec_values.get("search_space")
-    if isinstance(space, (str, Path)):
-        load_search_space(space, config)  # names the file when it is missing or not YAML
-        spec_values["search_space"] = yaml.safe_load(Path(space).read_text())
+    if space is not None and not isinstance(space, Mapping):
+        raise ConfigError(
+            f"search_space must be a mapping of field -> distribution, got {type(space).__name__} "
+            "(a YAML file is read by load_search_space, or by the CLI's --search-space)"
+        )
     try:
         return HpoSpec.model_validate({**spec_values, "config": config})
     except ValidationError as err:

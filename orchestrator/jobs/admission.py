@@ -7,7 +7,7 @@ import os
 import sys
 
 from orchestrator.config import TrainConfig
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, brief
 from orchestrator.execution.placement import ClusterView, ResourceShape
 from orchestrator.jobs.policy import PRIORITY_MAX, PRIORITY_MIN, Ask
 
@@ -25,7 +25,7 @@ def check_priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise ConfigError(
             f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (higher "
-            f"first), got priority={value!r}"
+            f"first), got priority={brief(value)}"
         )
     return value
 
