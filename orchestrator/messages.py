@@ -118,6 +118,16 @@ class FoldComplete(_Envelope):
         None, description="extra: validation AUC of the fold's model (the one in the CSV)"
     )
     best_epoch: int | None = Field(None, description="extra: the epoch of that model")
+    nll_diff: Metric = Field(
+        None,
+        description="extra: the model's mean Gaussian NLL minus the naive forecast's (train mean and "
+        "std) on the fold's validation rows; below 0 the model is better (docs/edge.md)",
+    )
+    dm_p: Metric = Field(
+        None,
+        description="extra: one-sided Diebold-Mariano p of the model against the naive forecast "
+        "(log scores, Newey-West variance); small: the model is better",
+    )
 
 
 class TrainingComplete(_Envelope):

@@ -392,6 +392,10 @@ def test_hpo_url_runs_the_study_on_the_server_and_follows_it(
     assert lines[0] == "remote1"
     assert lines[1] == "study remote1: completed, 2 trials done"
     assert lines[2].startswith("best trial ") and lines[3].startswith("trials: ")
+    shown = get(served, "/hpo/remote1").json()["selection"]
+    assert lines[4].startswith(f"edge: {shown['verdict']}: best trial {shown['best_trial']} vs naive: ")
+    assert lines[5].startswith("selection: ") and lines[6].startswith("selection diagnostics: ")
+    assert "logits" not in shown and shown["n_trials"] == 2
     finished = [line for line in err.splitlines() if " completed value " in line]
     assert [line.split()[:2] for line in finished] == [["trial", "0"], ["trial", "1"]], err
     assert "[2/2]" in finished[-1]

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from api.app import ApiSettings, create_app
 from api.serving import BackgroundServer
 from orchestrator.events.stream import RayHubClient
+from orchestrator.hpo.selection import selection_diagnostics
+from orchestrator.hpo.selection import trial_rows as validation_rows
+from orchestrator.hpo.selection_files import selection_view
 from orchestrator.run.report_html import study_status_of_rows, write_study_report
 from tests.browser.cdp import Tab
 from tests.browser.check_seed_client import chromium, find_chromium
@@ -127,6 +131,7 @@ class LiveRun:
     errors: list[str]
     run_dir: Path
     runs_list: dict[str, Any]  # the runs page after the run: its column heads and the run's state
+    vs_naive: int  # rows of the run page's table against the naive forecast
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +154,11 @@ def live_run(api_server: ApiServer, devtools: str, tmp_path_factory: pytest.Temp
         screenshot(tab, shots, "dashboard-run-1280x800.png", 1280, 800)
         screenshot(tab, shots, "dashboard-run-1280-full.png", 1280, 800, full_page=True)
         screenshot(tab, shots, "dashboard-run-480.png", 480, 900, full_page=True)
+        tab.wait_for("!!document.getElementById('run-vs-naive')", 30, "the run against the naive forecast")
+        vs_naive = tab.evaluate("document.querySelectorAll('#naive tbody tr').length")
+        tab.resize(1280, 800)
+        tab.evaluate("document.getElementById('naive').scrollIntoView()")
+        screenshot(tab, shots, "dashboard-run-naive-1280x800.png", 1280, 800)
         tab.resize(1280, 800)
         tab.evaluate("location.hash = '#/'")
         tab.wait_for(
@@ -163,6 +173,7 @@ def live_run(api_server: ApiServer, devtools: str, tmp_path_factory: pytest.Temp
             tab.errors(),
             Path(api_server.manager.get(run_id).run_dir),
             runs_list,
+            vs_naive,
         )
     finally:
         tab.close()
@@ -170,6 +181,7 @@ def live_run(api_server: ApiServer, devtools: str, tmp_path_factory: pytest.Temp
 
 def test_each_fold_curve_gets_a_point_per_epoch_and_the_run_shows_completed(live_run: LiveRun) -> None:
     assert live_run.errors == []
+    assert live_run.vs_naive == FOLDS + 1  # each fold against its naive forecast, then all folds
     for fold in range(FOLDS):
         counts = [t["points"] for t in live_run.trace if t["chart"] == "loss" and t["fold"] == fold]
         assert counts == list(range(1, EPOCHS + 1)), f"fold {fold} drew {counts}"
@@ -218,6 +230,8 @@ def test_the_report_opens_from_a_file_and_makes_no_request(
         tab.evaluate("document.getElementById('chart-loss').dataset.foldPoints").count(f":{EPOCHS}") == FOLDS
     )
     assert tab.evaluate("document.querySelectorAll('#summary table').length") >= 2
+    assert tab.evaluate("document.querySelectorAll('#naive tbody tr').length") == FOLDS + 1
+    assert tab.evaluate("!!document.getElementById('chart-vs-naive')")
     tab.resize(480, 900)
     tab.wait_for("document.documentElement.scrollWidth <= 480", 10, "the report to fit 480 px")
     assert tab.requests == [report.as_uri()]
@@ -300,6 +314,40 @@ class FakeStudies:
         raise NotImplementedError
 
 
+def canned_selection() -> dict[str, Any]:
+    """The selection view of the canned study's completed trials (0, 1, 3, 5), computed by the
+    product from simulated validation rows: 640 returns of scale 0.42 (so val_nll is near the
+    canned values, about 0.55) and four forecasts that are equally useless noise."""
+    rng = np.random.default_rng(6)
+    n, scale = 640, 0.42
+    times = np.datetime64("2024-01-01T00:00:00") + np.arange(n) * np.timedelta64(1, "D")
+    y = rng.normal(0.0, scale, n)
+    sigma = np.full(n, scale)
+    trials = []
+    for number in (0, 1, 3, 5):
+        mu = rng.normal(0.0, 0.05 * scale, n)
+        p_up = np.clip(0.5 + 2.0 * mu / scale, 0.01, 0.99)
+        trials.append(
+            validation_rows(number, times, y, mu, sigma, p_up, p_up, naive_mu=np.zeros(n), naive_sigma=sigma)
+        )
+    report = selection_diagnostics(trials, metric="val_nll", direction="minimize", best_trial=3).report
+    assert report["selection"] == "luck" and report["verdict"] == "no evidence of skill"
+    naive = {"nll_diff": 0.0009, "brier_skill": -0.004, "dm_stat": 0.19, "dm_p": report["best_dm_p"]}
+    view = selection_view({**report, "best_vs_naive": naive})
+    assert view is not None
+    return view
+
+
+def check_the_edge(tab: Tab, selection: dict[str, Any]) -> None:
+    """The study page's (or report's) verdict, selection and both CSCV charts."""
+    tab.wait_for("!!document.getElementById('chart-is-oos')", 30, "the in-sample/out-of-sample scatter")
+    facts = tab.evaluate("document.getElementById('edge-facts').textContent")
+    assert facts.startswith(f"Verdict{selection['verdict']}Selection{selection['selection']}")
+    assert f"PBO{selection['pbo']:.3f} over 12870 CSCV splits" in facts
+    legend = tab.evaluate("document.getElementById('chart-pbo').textContent")
+    assert f"PBO {selection['pbo']:.3f}" in legend and "overfit" in legend
+
+
 def test_study_page_and_report_mark_pruned_and_failed_trials(
     api_server: ApiServer, tab: Tab, tmp_path: Path
 ) -> None:
@@ -307,6 +355,7 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(
     status = study_status_of_rows(
         tmp_path, rows, study="demo", metric="val_nll", direction="minimize", state="running", trials_total=8
     )
+    status["selection"] = selection = canned_selection()
     settings = ApiSettings(reports_dir=str(api_server.reports_dir), base_config=api_server.base_config)
     app = create_app(RayHubClient(api_server.hub), api_server.manager, settings, hpo=FakeStudies(status))
     server = BackgroundServer(app).start()
@@ -322,6 +371,7 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(
         assert tab.evaluate("document.querySelectorAll('#trials tbody tr').length") == len(rows)
         legend = tab.evaluate("document.getElementById('chart-objective').textContent")
         assert "pruned" in legend and "failed" in legend and "best so far" in legend
+        check_the_edge(tab, selection)
         tab.wait_for("document.getElementById('live-status').dataset.state === 'live'", 30)
         screenshot(tab, tmp_path, "dashboard-study-1280x800.png", 1280, 800)
         screenshot(tab, tmp_path, "dashboard-study-480.png", 480, 900, full_page=True)
@@ -331,7 +381,7 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(
     finally:
         server.stop()
     report = write_study_report(
-        tmp_path / "study", rows, study="demo", metric="val_nll", direction="minimize"
+        tmp_path / "study", rows, study="demo", metric="val_nll", direction="minimize", selection=selection
     )
     tab.requests.clear()
     tab.navigate(report.as_uri())
@@ -340,5 +390,7 @@ def test_study_page_and_report_mark_pruned_and_failed_trials(
         30,
     )
     assert tab.evaluate("document.querySelectorAll('#params figure').length") == 3
+    check_the_edge(tab, selection)
+    screenshot(tab, tmp_path, "report-study-1280-full.png", 1280, 800, full_page=True)
     assert tab.requests == [report.as_uri()]
     assert tab.errors() == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.console.hpo import _spec_from_args, build_parser, main
-from orchestrator.console.progress import trial_line
+from orchestrator.console.progress import selection_lines, trial_line
 from orchestrator.errors import ConfigError
 from tests.synthetic import random_walk_ohlcv
 
@@ -34,6 +34,44 @@ def test_one_line_per_trial_start_and_end_and_one_for_the_study() -> None:
     )
     assert trial_line({**base, "state": "study_complete"}) == ("study s complete: best trial 3 value 0.5")
     assert trial_line({"type": "epoch_metrics"}) is None
+
+
+def test_the_closing_lines_say_the_edge_and_the_selection() -> None:
+    report = {
+        "verdict": "no evidence of skill",
+        "best_trial": 2,
+        "best_dm_p": 0.98583,
+        "best_vs_naive": {"nll_diff": 0.0116, "brier_skill": -0.0015},
+        "dsr": 0.0034,
+        "sr0": 0.0402,
+        "dsr_inputs": {"sr": 0.0121},
+        "n_trials": 4,
+        "pbo": 0.0283,
+        "selection": "informative",
+        "blocks": 16,
+        "rows": 794,
+        "pbo_trials": [0, 1, 2, 3],
+    }
+    assert selection_lines(report) == [
+        "edge: no evidence of skill: best trial 2 vs naive: nll_diff +0.0116, Brier skill -0.0015, "
+        "DM p 0.9858; deflated Sharpe 0.003 (SR 0.0121 per row vs 0.0402 expected of the best of 4 "
+        "trials without skill)",
+        "selection: informative: PBO 0.028 over 12870 CSCV splits (16 blocks of 794 shared rows, 4 trials)",
+    ]
+    few = {
+        **report,
+        "pbo": None,
+        "blocks": 0,
+        "notes": ["pbo: 30 shared rows make fewer than 2 blocks of 20"],
+    }
+    assert (
+        selection_lines(few)[1]
+        == "selection: not judged (pbo: 30 shared rows make fewer than 2 blocks of 20)"
+    )
+    assert selection_lines(None) == ["edge: no completed trial to judge"]
+    assert selection_lines({"error": "trials 0 and 1 have different y"}) == [
+        "edge: no selection diagnostics: trials 0 and 1 have different y"
+    ]
 
 
 def test_flags_make_the_spec() -> None:
@@ -164,6 +202,12 @@ def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Pa
     summaries = sorted((tmp_path / "r" / "hpo" / "inproc" / "runs").glob("*/summary.json"))
     assert len(summaries) == 2
     assert {json.loads(p.read_text())["executor"] for p in summaries} == {"local"}
+    report = json.loads((tmp_path / "r" / "hpo" / "inproc" / "selection.json").read_text())
+    closing = proc.stdout.splitlines()
+    edge = next(i for i, line in enumerate(closing) if line.startswith("edge: "))
+    assert closing[edge].startswith(f"edge: {report['verdict']}: best trial {report['best_trial']} vs naive")
+    assert closing[edge + 1].startswith("selection: ")
+    assert closing[edge + 2].endswith("inproc/selection.json (docs/edge.md)")
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])

@@ -19,6 +19,8 @@ from orchestrator.lifecycle import RunState
 from orchestrator.run.driver import execute_run, new_run
 from tests.synthetic import ar1_ohlcv, random_walk_ohlcv
 from tests.wire import validate_wire
+from workers.data import load_ohlcv
+from workers.features import build_features
 
 
 def run_local(tmp_path: Path, data: str, **overrides: Any) -> tuple[Any, list[dict[str, Any]]]:
@@ -155,6 +157,55 @@ def test_planted_signal_is_learned(ar1_run: Any) -> None:
     run, _, _ = ar1_run
     summary = json.loads(Path(run.summary_path).read_text())
     assert summary["aggregate"]["val_auc"]["mean"] > 0.56
+
+
+def test_every_fold_and_the_run_are_scored_against_the_naive_forecast(ar1_run: Any) -> None:
+    """DESIGN 12: each fold's naive forecast (its train segment's mean, std, up-share), its scores
+    and the model's skill on the CSV's validation rows, recomputed with numpy, scipy, statsmodels."""
+    run, events, _ = ar1_run
+    summary = json.loads(Path(run.summary_path).read_text())
+    features = build_features(load_ohlcv(run.config.data), run.config.lookback)
+    completes = {e["fold_id"]: e for e in events if e["type"] == "fold_complete"}
+    diffs, truths = [], []
+    for fold in summary["folds"]:
+        train, valid = fold["segments"]["train"], fold["segments"]["validation"]
+        y_train = features.y[train["start"] : train["stop"]]
+        val = pd.read_csv(fold["predictions_path"]).query("segment == 'validation'")
+        y = val["y"].to_numpy()
+        assert np.array_equal(y, features.y[valid["start"] : valid["stop"]])  # the same rows
+        m, s, share = y_train.mean(), y_train.std(ddof=1), np.mean(y_train > 0)
+        assert fold["naive"] == pytest.approx({"mu": m, "sigma": s, "p_up": share, "n_train": len(y_train)})
+        up = (y > 0).astype(float)
+        naive_nll = -stats.norm.logpdf(y, m, s)
+        assert fold["baseline"]["val_nll"] == pytest.approx(naive_nll.mean(), rel=1e-9)
+        assert fold["baseline"]["val_brier"] == pytest.approx(np.mean((share - up) ** 2), rel=1e-9)
+        assert fold["baseline"]["DirAcc"] == pytest.approx(np.mean((share > 0.5) == up), rel=1e-12)
+        d = -stats.norm.logpdf(y, val["mu"], val["sigma"]) - naive_nll
+        p = val["p_up_cal"].to_numpy()
+        skill = fold["skill"]
+        assert skill["nll_diff"] == pytest.approx(d.mean(), rel=1e-9)
+        assert skill["brier_skill"] == pytest.approx(1 - np.mean((p - up) ** 2) / np.mean((share - up) ** 2))
+        assert skill["dm_p"] == pytest.approx(_one_sided_dm(d), rel=1e-9)
+        assert (completes[fold["fold_id"]]["nll_diff"], completes[fold["fold_id"]]["dm_p"]) == (
+            skill["nll_diff"],
+            skill["dm_p"],
+        )
+        diffs.append(d)
+        truths.append(val["timestamp"].to_numpy())
+    path = np.concatenate(diffs)
+    assert list(np.concatenate(truths)) == sorted(np.concatenate(truths))  # folds tile the time line
+    whole = summary["aggregate"]["skill"]
+    assert whole["nll_diff"] == pytest.approx(path.mean(), rel=1e-9)
+    assert whole["dm_p"] == pytest.approx(_one_sided_dm(path), rel=1e-9)
+    assert whole["nll_diff"] < 0 and whole["dm_p"] < 0.01  # the planted AR(1) beats doing nothing
+
+
+def _one_sided_dm(d: np.ndarray) -> float:
+    import statsmodels.api as sm
+
+    lags = int(4 * (len(d) / 100) ** (2 / 9))
+    fit = sm.OLS(d, np.ones_like(d)).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
+    return float(stats.norm.cdf(fit.tvalues[0]))
 
 
 def test_random_walk_has_nothing_to_learn(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ def _spec_from_args(args: argparse.Namespace) -> HpoSpec:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestrator.console.progress import EventFileWriter, trial_line
+    from orchestrator.console.progress import EventFileWriter, selection_lines, trial_line
+    from orchestrator.hpo.selection_files import SELECTION_FILE, read_selection
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.url is not None:
@@ -162,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"best config: {result.best_config}")
     print(f"trials: {result.trials_csv}")
+    for line in selection_lines(read_selection(spec.study_dir)):
+        print(line)
+    print(f"selection diagnostics: {spec.study_dir / SELECTION_FILE} (docs/edge.md)")
     code = 0
     if result.state is StudyState.CANCELLED:
         code = 130

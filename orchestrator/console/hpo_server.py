@@ -99,6 +99,8 @@ class TrialLines:
 
 
 def _summary(status: dict[str, Any]) -> list[str]:
+    from orchestrator.console.progress import selection_lines
+
     lines = [
         f"study {status.get('study')}: {status.get('state')}, {status.get('trials_done', 0)} trials done"
     ]
@@ -111,6 +113,9 @@ def _summary(status: dict[str, Any]) -> list[str]:
     paths = status.get("paths") or {}
     if paths.get("trials_csv"):
         lines.append(f"trials: {paths['trials_csv']} (on the server)")
+    lines += selection_lines(status.get("selection"))
+    if paths.get("selection"):
+        lines.append(f"selection diagnostics: {paths['selection']} (on the server; docs/edge.md)")
     return lines
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import IO, Any
 
@@ -10,7 +11,7 @@ from tqdm import tqdm
 
 from orchestrator.messages import TERMINAL_TYPES
 
-__all__ = ["ProgressView", "EventFileWriter", "trial_line"]
+__all__ = ["ProgressView", "EventFileWriter", "selection_lines", "trial_line"]
 
 
 def _fmt(value: Any) -> str:
@@ -121,3 +122,38 @@ def trial_line(event: dict[str, Any]) -> str | None:
         f"[{event['trials_done']}/{event['trials_total']}] best {best}"
     )
     return f"{line}: {event['error']}" if event.get("error") else line
+
+
+def _num(value: Any, digits: int = 4, sign: bool = False) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def selection_lines(report: dict[str, Any] | None) -> list[str]:
+    """A study's closing lines on its edge (docs/edge.md): the verdict with the best trial against
+    the naive forecast and its deflated Sharpe ratio, then the selection judgement with PBO.
+    ``report``: selection.json, or its view in ``GET /hpo/{study}``; None: no completed trial."""
+    if report is None:
+        return ["edge: no completed trial to judge"]
+    if report.get("error"):
+        return [f"edge: no selection diagnostics: {report['error']}"]
+    naive = report.get("best_vs_naive") or {}
+    inputs = report.get("dsr_inputs") or {}
+    edge = (
+        f"edge: {report.get('verdict')}: best trial {report.get('best_trial')} vs naive: "
+        f"nll_diff {_num(naive.get('nll_diff'), sign=True)}, Brier skill "
+        f"{_num(naive.get('brier_skill'), sign=True)}, DM p {_num(report.get('best_dm_p'))}; "
+        f"deflated Sharpe {_num(report.get('dsr'), 3)} (SR {_num(inputs.get('sr'))} per row vs "
+        f"{_num(report.get('sr0'))} expected of the best of {report.get('n_trials')} trials without skill)"
+    )
+    blocks = int(report.get("blocks") or 0)
+    if report.get("pbo") is None:
+        notes = "; ".join(n for n in report.get("notes", []) if n.startswith("pbo"))
+        return [edge, f"selection: not judged ({notes or 'no PBO'})"]
+    splits = math.comb(blocks, blocks // 2)
+    selection = (
+        f"selection: {report.get('selection')}: PBO {_num(report.get('pbo'), 3)} over {splits} CSCV "
+        f"splits ({blocks} blocks of {report.get('rows')} shared rows, {len(report.get('pbo_trials') or [])} trials)"
+    )
+    return [edge, selection]

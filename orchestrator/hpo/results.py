@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestrator.hpo.selection_files import StudySelection, selection_view
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
 from orchestrator.lifecycle import Run, RunState
@@ -224,17 +225,27 @@ def status_of(study: optuna.Study) -> dict[str, Any]:
 
 
 def write_study_files(
-    study: optuna.Study, spec: HpoSpec, *, cancelled: bool, trials_total: int, best_written: int | None
+    study: optuna.Study,
+    spec: HpoSpec,
+    *,
+    cancelled: bool,
+    trials_total: int,
+    best_written: int | None,
+    selection: StudySelection | None = None,
 ) -> int | None:
-    """Rewrite the study folder's ``trials.csv`` and ``report.html``, and ``best_config.yaml`` when
-    the best trial is not ``best_written`` (or the file is missing). Returns the best trial's number."""
+    """Rewrite the study folder's ``trials.csv``, ``selection.json`` and ``selection_matrix.csv``
+    (through ``selection``, which keeps the completed trials' rows between calls: pass the same
+    one each time) and ``report.html``, and ``best_config.yaml`` when the best trial is not
+    ``best_written`` (or the file is missing). Returns the best trial's number."""
     from orchestrator.run.report_html import write_study_report
 
     trials = study.get_trials(deepcopy=False)
     write_trials_csv(spec.study_dir / "trials.csv", trials)
+    report = (selection or StudySelection()).update(study, spec)
     write_study_report(
         spec.study_dir,
         trials_frame(trials).to_dict("records"),
+        selection=selection_view(report),
         study=spec.study,
         metric=spec.metric,
         direction=str(spec.direction),

@@ -19,6 +19,7 @@ from optuna.storages import BaseStorage
 from orchestrator.errors import OrchestratorError
 from orchestrator.hpo.backend import TrialGate
 from orchestrator.hpo.results import StudyResult, status_of
+from orchestrator.hpo.selection_files import SELECTION_FILE, read_selection, selection_view
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import TERMINAL_STUDY_STATES, StudyState, study_transition
 from orchestrator.hpo.storage import journal_storage, open_storage
@@ -44,13 +45,20 @@ class UnknownStudyError(OrchestratorError):
     """No study of that name is known (not running here, not in the storage)."""
 
 
-def study_status(study_name: str, storage: str | BaseStorage) -> dict[str, Any]:
-    """The trials table and the best trial of a stored study, JSON-ready (NaN as null)."""
+def study_status(
+    study_name: str, storage: str | BaseStorage, study_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """The trials table and the best trial of a stored study, JSON-ready (NaN as null), and with
+    ``study_dir`` (its folder) its ``selection``: the selection diagnostics as ``selection_view``
+    shows them (null before a trial completed)."""
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
         raise UnknownStudyError(f"no study named {study_name!r} in {storage}") from err
-    return status_of(study)
+    status = status_of(study)
+    if study_dir is not None:
+        status["selection"] = selection_view(read_selection(study_dir))
+    return status
 
 
 @dataclass
@@ -175,7 +183,8 @@ class HpoService:
         return handle
 
     def status(self, study: str) -> dict[str, Any]:
-        """The study's state, trials table and best trial (also for a study only in storage)."""
+        """The study's state, trials table, best trial and selection diagnostics (also for a study
+        only in storage)."""
         with self._lock:
             handle = self._handles.get(study)
         if handle is not None and handle.study is not None:
@@ -202,6 +211,8 @@ class HpoService:
                 if handle is None:
                     raise
                 status = {"study": study, "trials": [], "best": None, "trials_done": 0}
+        study_dir = handle.spec.study_dir if handle is not None else Path(self.reports_dir) / "hpo" / study
+        status["selection"] = selection_view(read_selection(study_dir))
         status["state"] = handle.state.value if handle is not None else "idle"
         status["error"] = handle.error if handle is not None else None
         if handle is not None:
@@ -209,6 +220,7 @@ class HpoService:
             status["paths"] = {
                 "trials_csv": str(handle.spec.study_dir / "trials.csv"),
                 "best_config": str(handle.spec.study_dir / "best_config.yaml"),
+                "selection": str(handle.spec.study_dir / SELECTION_FILE),
             }
         return status
 

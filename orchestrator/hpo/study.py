@@ -40,6 +40,7 @@ from orchestrator.hpo.results import (
     trial_outcome,
     write_study_files,
 )
+from orchestrator.hpo.selection_files import StudySelection, selection_notification
 from orchestrator.hpo.space import suggest
 from orchestrator.hpo.spec import HpoSpec, pack_resources
 from orchestrator.hpo.state import StudyState
@@ -127,6 +128,7 @@ class _StudySession:
         self._lock = threading.Lock()
         self._best_number: int | None = None
         self._publisher: Any = None
+        self._selection = StudySelection()  # the completed trials' rows, read once each
 
     def run(self, on_open: Callable[[optuna.Study, int], None] | None) -> StudyResult:
         LIVE_SESSIONS.add(self.session)
@@ -372,9 +374,12 @@ class _StudySession:
         )
 
     def _publish_end(self) -> None:
+        """The selection warning, if any (docs/hpo.md), then ``study_complete``, which ends the stream."""
         assert self.study is not None
         best = best_trial(self.study)
         with self._lock:
+            if (warning := selection_notification(self._selection.report, self.spec.study)) is not None:
+                self._publisher.publish(warning)
             self._publish(
                 best.number if best else -1,
                 "study_complete",
@@ -391,4 +396,5 @@ class _StudySession:
             cancelled=self.cancel.is_set(),
             trials_total=self.trials_total,
             best_written=self._best_number,
+            selection=self._selection,
         )

@@ -39,6 +39,7 @@ from orchestrator.run.reports import (
     write_predictions_csv,
     write_summary,
 )
+from orchestrator.run.skill import fold_edge, run_skill
 from workers.features import FeatureSet, FeatureWarning, scaling_warnings
 from workers.fold import FoldResult
 
@@ -123,6 +124,7 @@ class RunDriver:
         self.folder = Path(run.run_dir)
         self.results: dict[int, FoldResult] = {}
         self.paths: dict[int, str] = {}
+        self.edges: dict[int, dict[str, Any]] = {}  # each fold against the naive forecast (run/skill.py)
         self._data: Any = None
         self._specs: list[FoldSpec] = []
         self._data_warnings: dict[int, list[FeatureWarning]] = {}
@@ -190,6 +192,9 @@ class RunDriver:
         path = write_predictions_csv(self.folder, result.fold_id, result.predictions)
         self.results[result.fold_id] = result
         self.paths[result.fold_id] = str(path)
+        spec = self._specs[result.fold_id]
+        y_train = self._data.features.y[spec.train.as_slice()]
+        self.edges[result.fold_id] = edge = fold_edge(y_train, result.predictions)
         self.run.folds_done = len(self.results)
         warnings = (
             ("calibration_warning", result.calibration_warning),
@@ -214,6 +219,8 @@ class RunDriver:
                 coverage_warning=result.coverage_warning,
                 val_auc=result.metrics.get("val_auc"),
                 best_epoch=result.best_epoch,
+                nll_diff=edge["skill"]["nll_diff"],
+                dm_p=edge["skill"]["dm_p"],
             )
         )
 
@@ -240,7 +247,9 @@ class RunDriver:
         frame, features = data.frame, data.features
         training_seconds = time.time() - self._training_started_at
         per_fold = [
-            _fold_summary(results[k], self.paths[k], self._specs[k], features, self._data_warnings[k])
+            _fold_summary(
+                results[k], self.paths[k], self._specs[k], features, self._data_warnings[k], self.edges[k]
+            )
             for k in sorted(results)
         ]
         summary = {
@@ -258,7 +267,13 @@ class RunDriver:
                 "feature_names": list(features.feature_names),
             },
             "folds": per_fold,
-            "aggregate": aggregate_metrics([f["metrics"] for f in per_fold]),
+            "aggregate": {
+                **aggregate_metrics([f["metrics"] for f in per_fold]),
+                "skill": run_skill(
+                    {k: r.predictions for k, r in results.items()},
+                    {k: e["naive"] for k, e in self.edges.items()},
+                ),
+            },
             "timings": {
                 "data_seconds": self._data_seconds,
                 "training_seconds": training_seconds,
@@ -296,7 +311,12 @@ def _data_warnings(features: FeatureSet, spec: FoldSpec) -> list[FeatureWarning]
 
 
 def _fold_summary(
-    result: FoldResult, path: str, spec: Any, features: Any, data_warnings: list[FeatureWarning]
+    result: FoldResult,
+    path: str,
+    spec: Any,
+    features: Any,
+    data_warnings: list[FeatureWarning],
+    edge: dict[str, Any],
 ) -> dict[str, Any]:
     def span(segment: Any) -> dict[str, Any]:
         return {
@@ -315,6 +335,7 @@ def _fold_summary(
         },
         "predictions_path": path,
         "metrics": result.metrics,
+        **edge,  # naive, baseline, skill
         "calibration_method": result.calibration_method,
         "calibration_cv_bce": result.calibration_scores,
         "calibration_warning": result.calibration_warning,

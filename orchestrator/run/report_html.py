@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
-SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js", "views.js", "report.js")
+SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js", "edge.js", "views.js", "report.js")
 STYLES = ("vendor/uPlot.min.css", "dashboard.css")
 RUN_EVENT_TYPES = frozenset(
     {"training_start", "epoch_metrics", "fold_complete", "notification", "training_complete"}
@@ -185,9 +185,14 @@ def study_status_of_rows(
 
 
 def write_study_report(
-    study_dir: str | Path, trials_rows: Iterable[Mapping[Any, Any]], **labels: Unpack[StudyLabels]
+    study_dir: str | Path,
+    trials_rows: Iterable[Mapping[Any, Any]],
+    *,
+    selection: Mapping[str, Any] | None = None,
+    **labels: Unpack[StudyLabels],
 ) -> Path:
-    """``<study_dir>/report.html`` from the trials table (the rows of trials.csv, as dicts)."""
-    status = study_status_of_rows(study_dir, trials_rows, **labels)
+    """``<study_dir>/report.html`` from the trials table (the rows of trials.csv, as dicts) and the
+    study's selection diagnostics as ``GET /hpo/{study}`` shows them (``selection``, or none yet)."""
+    status = {**study_status_of_rows(study_dir, trials_rows, **labels), "selection": selection}
     html = render_page(f"Study {labels['study']} · report", {"kind": "study", "status": status})
     return atomic_write_text(Path(study_dir) / REPORT_FILE, html)

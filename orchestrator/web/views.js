@@ -85,6 +85,7 @@
         description: "Validation AUC per epoch, one colour per fold",
       });
       this.metricsBox = section(root, "Latest metrics per fold", "metrics");
+      this.naive = global.Edge.runSection(section(root, "Against the naive forecast", "naive"));
       this.notesBox = section(root, "Notifications", "notifications");
       this.diagBox = section(root, "Fold diagnostics", "diagnostics");
       this.diagBox.append(el("p", { class: "muted", id: "diag-empty" }, "Each fold's calibration pictures appear when it completes."));
@@ -125,6 +126,7 @@
         }
         case "fold_complete":
           this.complete.set(m.fold_id, m);
+          this.naive.foldComplete(m);
           if (this.diagnostics.has(m.fold_id)) this.setDiagnostics(m.fold_id, this.diagnostics.get(m.fold_id));
           this.renderMetrics();
           this.renderHeader();
@@ -289,6 +291,7 @@
     }
 
     setSummary(summary) {
+      this.naive.summary(summary);
       const agg = summary.aggregate || {};
       const keys = ["val_auc", "val_nll", "val_brier", "DirAcc", "ECE", "PIT_KS_p", "conformal_coverage", "conformal_width", "MZ_slope"];
       const aggRows = keys.filter((k) => agg[k]).map((k) => [k, fmt(agg[k].mean), fmt(agg[k].std), String(agg[k].n)]);
@@ -317,6 +320,7 @@
       root.replaceChildren();
       this.header = el("header", { class: "run-header" });
       root.append(this.header);
+      this.edge = global.Edge.studySection(section(root, "Is the edge real?", "edge"));
       const charts = section(root, "Objective", "objective");
       this.objective = plot(charts, {
         id: "chart-objective", title: "Objective per trial over time, best so far", xLabel: "trial finished", yLabel: "objective",
@@ -334,6 +338,7 @@
         ["Metric", `${s.metric || "?"} (${s.direction || "?"})`],
         ["Trials", `${s.trials_done || 0} finished of ${s.trials_total || trials.length}`],
         ["Best", best ? `${fmt(best.value)} (trial ${best.trial})` : "–"],
+        ["Edge", s.selection && !s.selection.error ? global.Edge.verdictBadge(s.selection.verdict) : "–"],
       ];
       if (s.error) rows.push(["Error", el("span", { class: "error-text" }, s.error)]);
       this.header.replaceChildren(el("h1", {}, "Study ", el("code", {}, s.study)),
@@ -363,6 +368,7 @@
         [bestPoints.map((p) => p[0]), bestPoints.map((p) => p[1])],
       ]));
       this.objective.element.dataset.trials = String(trials.length);
+      this.edge.update(s.selection);
       this.renderParams(complete, pruned, failed.length);
       this.renderTable(s, trials);
     }
