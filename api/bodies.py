@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from api.limits import MAX_JSON_DEPTH, json_depth
 from api.server_owned import owned_field_refusal
 from api.trust import Refusal
+from orchestrator.config import parse_json
+from orchestrator.errors import ConfigError
 
 __all__ = ["error_response", "json_object_body", "owned_field_response", "refusal_response"]
 
@@ -35,6 +37,10 @@ async def json_object_body(request: Request, what: str) -> dict[str, Any] | JSON
         return error_response(422, too_deep)
     if json_depth(values) > MAX_JSON_DEPTH:
         return error_response(422, too_deep)
+    try:  # json keeps the last of two equal keys without a word: refuse them (docs/api.md)
+        parse_json(raw.decode(), "the JSON body")
+    except ConfigError as err:
+        return error_response(400, str(err))
     if not isinstance(values, dict):
         return error_response(422, f"the body must be a JSON object of {what}, got {type(values).__name__}")
     return values

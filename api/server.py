@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -198,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.events.publish import RaySink
     from orchestrator.events.stream import RayHubClient
     from orchestrator.execution.cluster import ensure_ray
+    from orchestrator.execution.connect import CONNECT_DEADLINE_S
     from orchestrator.execution.pool import WorkerPool
     from orchestrator.hpo import HpoService
     from orchestrator.jobs.admission import default_capacity
@@ -205,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from orchestrator.jobs.queue import JobQueue
 
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    ensure_ray(args.address)
     try:
+        ensure_ray(args.address, connect_deadline_s=CONNECT_DEADLINE_S)
+        _exit_143_on_sigterm()
         hub = hub_for_store(store_url, detached=on_cluster)
     except OrchestratorError as err:
         store.close()
@@ -302,6 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.get(hub.close_store.remote())
         store.close()
     return 0 if server.started else 1
+
+
+def _exit_143_on_sigterm() -> None:
+    """SIGTERM ends the process with 143 (128 + 15, what a shell and systemd expect of a server
+    stopped by it), cleanups run. ``ray.init`` installs ``sys.exit(15)`` instead, which uvicorn
+    calls again after its graceful shutdown: the server exited with status 15."""
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 def _open_store(db: str | None, reports_dir: str) -> tuple[str, JobStore]:

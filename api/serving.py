@@ -1,6 +1,7 @@
 """uvicorn as this app's server: ``Server`` closes ``/ws`` clients with 4001 before uvicorn's own
 shutdown would send them 1012 (a code Qt reports as a protocol error) and runs callbacks once the
-socket is listening (``--train-on-start``); access lines carry no token (``RedactTokens``);
+socket is listening (``--train-on-start``); access lines carry no token (``RedactTokens``); a
+client's invalid UTF-8 is a WARNING line (``api.ws.bad_frames``);
 ``BackgroundServer`` runs the same server in a thread on a free loopback port (tests, benchmarks,
 notebooks).
 """
@@ -21,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.refusals import DeliberateRefusalFilter
+from api.ws.bad_frames import BadFrameFilter
 from api.ws.connection import CloseCode
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ def _redact_uvicorn_logs() -> None:
     refusals = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, DeliberateRefusalFilter) for f in refusals.filters):
         refusals.addFilter(DeliberateRefusalFilter())
+    if not any(isinstance(f, BadFrameFilter) for f in refusals.filters):
+        refusals.addFilter(BadFrameFilter())  # a client's invalid UTF-8: a WARNING, no traceback
 
 
 def uvicorn_config(

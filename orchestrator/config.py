@@ -23,6 +23,8 @@ __all__ = [
     "Segment",
     "FoldSpec",
     "load_config_file",
+    "parse_yaml",
+    "parse_json",
     "config_from_mapping",
     "format_validation_error",
 ]
@@ -31,7 +33,9 @@ __all__ = [
 class TrainConfig(BaseModel):
     """Everything that defines one CV training run. Defaults give the README's main job."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every number finite: YAML reads `.inf` and `.nan`, and an infinite loss weight or timeout
+    # would only fail (or never end) once training runs.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # data
     data: str = Field("sp500", description="'sp500' (bundled, no network) or a CSV/Parquet path")
@@ -213,12 +217,108 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     text = p.read_text()
-    try:
-        loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'YAML'}: {err}") from err
+    loaded = (
+        parse_json(text, f"config file {p}") if p.suffix == ".json" else parse_yaml(text, f"config file {p}")
+    )
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {p} must hold a mapping of field: value")
     return loaded
+
+
+# --- YAML and JSON that keep no key twice ---------------------------------------------------------
+# PyYAML and json keep the last of two equal keys in one mapping without a word (yacs#17): a config
+# with an old `lr: 0.01` left below the new one trains with the old value. Both readers here refuse.
+
+
+class _DuplicateKeys(Exception):
+    """Keys written twice in one mapping: (key, first line, second line), lines 1-based or 0."""
+
+    def __init__(self, found: list[tuple[Any, int, int]]) -> None:
+        self.found = found
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+    """PyYAML's safe loader, refusing a mapping that holds one key twice."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    repeated: list[tuple[Any, int, int]] = []
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override on purpose
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                repeated.append((key, seen[key], line))
+            else:
+                seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+    if repeated:
+        raise _DuplicateKeys(repeated)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _duplicate_message(err: _DuplicateKeys, where: str, text: str) -> str:
+    rows = text.splitlines()
+
+    def line(number: int) -> str:
+        return f"line {number}: {rows[number - 1].strip()[:60]!r}"
+
+    def described(key: Any, first: int, second: int) -> str:
+        if not 0 < first <= second <= len(rows):
+            return repr(key)
+        return (
+            f"{key!r} (twice on {line(first)})"
+            if first == second
+            else f"{key!r} ({line(first)}; {line(second)})"
+        )
+
+    parts = [described(*found) for found in err.found]
+    return (
+        f"{where}: {'key' if len(parts) == 1 else 'keys'} written twice in one mapping: "
+        f"{', '.join(parts)}; YAML and JSON readers silently keep the last one: delete the one "
+        "you do not mean"
+    )
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` as YAML (safe tags only); ``ConfigError`` naming ``where`` for a syntax error or
+    a key written twice in one mapping (with both lines)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeys as err:
+        raise ConfigError(_duplicate_message(err, where, text)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from err
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``text`` as JSON; ``ConfigError`` naming ``where`` for a syntax error or a key written twice
+    in one object (with both lines, found by reading the text again as YAML, where it can be)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found = dict(pairs)
+        if len(found) < len(pairs):
+            keys = [key for key, _ in pairs]
+            raise _DuplicateKeys([(key, 0, 0) for key in found if keys.count(key) > 1])
+        return found
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except _DuplicateKeys as err:
+        try:
+            parse_yaml(text, where)  # JSON is YAML's flow style: the same refusal, with lines
+        except ConfigError as with_lines:
+            if "written twice" in str(with_lines):
+                raise with_lines from None
+        raise ConfigError(_duplicate_message(err, where, text)) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON: {err}") from err

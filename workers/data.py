@@ -21,7 +21,8 @@ Sources:
 
 Column names are matched case-insensitively after stripping blanks. The time column may be
 called ``timestamp``, ``date``, ``datetime`` or ``time`` (first found in that order), or be the
-frame's ``DatetimeIndex``. Extra columns are ignored.
+frame's ``DatetimeIndex``. Extra columns are ignored; a file whose header names a column that is
+read (a time column's name or ``open``..``volume``) twice is refused (``workers.sources``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
 from orchestrator.errors import DataValidationError
+from workers.sources import load_sp500, read_source_file
 
 __all__ = [
     "OHLCV_COLUMNS",
@@ -51,9 +53,9 @@ PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 OHLCV_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 TIME_COLUMN_ALIASES: tuple[str, ...] = ("timestamp", "date", "datetime", "time")
 CANONICAL_COLUMNS: tuple[str, ...] = ("timestamp", *OHLCV_COLUMNS)
+# The columns read from a file: a header naming one of them twice is refused (workers.sources).
+_READ_NAMES: tuple[str, ...] = (*TIME_COLUMN_ALIASES, *OHLCV_COLUMNS)
 
-_CSV_SUFFIXES = (".csv", ".csv.gz")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 _FINGERPRINT_VERSION = b"ohlcv-fingerprint-v1\n"
 
 
@@ -66,9 +68,9 @@ def load_ohlcv(source: str | Path | pd.DataFrame, date_format: str | None = None
     if isinstance(source, pd.DataFrame):
         raw = source
     elif isinstance(source, str) and source.strip().lower() == "sp500":
-        raw = _load_sp500()
+        raw = load_sp500()
     else:
-        raw = _read_file(Path(source))
+        raw = read_source_file(Path(source), _READ_NAMES)
     return validate_ohlcv(raw, date_format)
 
 
@@ -76,7 +78,7 @@ def text_date_format(source: str | Path, date_format: str | None = None) -> str 
     """The one format of ``source``'s text time column: ``date_format`` if given, else the one
     ``infer_date_format`` finds in the whole column; None when the times are not text. Rows
     appended to a watched file later are read with it, not guessed again row by row."""
-    raw = _read_file(Path(source))
+    raw = read_source_file(Path(source), _READ_NAMES)
     found = _find_time_source(raw, _normalized_columns(raw))
     if found is None or not pd.api.types.is_string_dtype(found[0].dtype):
         return date_format
@@ -129,37 +131,6 @@ def data_fingerprint(df: pd.DataFrame) -> str:
     for name in OHLCV_COLUMNS:
         digest.update(np.ascontiguousarray(canonical[name].to_numpy(), dtype="<f8").tobytes())
     return digest.hexdigest()
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-
-def _load_sp500() -> pd.DataFrame:
-    from arch.data import sp500  # lazy: arch is only needed for the bundled data set
-
-    bars = sp500.load()
-    return bars.drop(columns=["Adj Close"])
-
-
-def _read_file(path: Path) -> pd.DataFrame:
-    name = path.name.lower()
-    if not name.endswith(_CSV_SUFFIXES + _PARQUET_SUFFIXES):
-        known = ", ".join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)
-        raise DataValidationError(
-            f"unknown data file extension for {str(path)!r} (suffix {''.join(path.suffixes)!r}); "
-            f"expected one of {known}, or 'sp500'"
-        )
-    if not path.is_file():
-        raise DataValidationError(f"data file not found: {str(path)!r}")
-    try:
-        if name.endswith(_CSV_SUFFIXES):
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        # a parser's message says where the structure breaks; others may quote the file's bytes
-        reason = str(err) if isinstance(err, (pd.errors.ParserError, pd.errors.EmptyDataError)) else ""
-        reason = reason or (err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__)
-        raise DataValidationError(f"cannot read data file {str(path)!r}: {reason}") from err
 
 
 # --- columns and timestamps ---------------------------------------------------------------------

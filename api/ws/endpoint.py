@@ -7,6 +7,7 @@
   ahead of queued events; other client messages are ignored.
 - Close codes are ``api.ws.connection.CloseCode``; a close frame that the client does not take
   within ``close_timeout_s`` is given up on.
+- The first subprotocol a client offers is accepted (there is one protocol, whatever its name).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class EventStreamEndpoint:
         try:
             subscription = Subscription.from_query(params)
         except SubscriptionError as err:
-            await websocket.accept()
+            await websocket.accept(subprotocol=_first_offered(websocket))
             await self._close(websocket, CloseCode.BAD_REQUEST, close_reason(str(err)))
             return
         self._counter += 1
@@ -109,7 +110,7 @@ class EventStreamEndpoint:
             max_queue_bytes=self.max_queue_bytes,
             name=f"ws#{self._counter} {client.host}:{client.port}" if client else f"ws#{self._counter}",
         )
-        await websocket.accept()
+        await websocket.accept(subprotocol=_first_offered(websocket))
         conn.transition(ClientState.REPLAYING)
         self.connections.add(conn)
         self.pump.add(conn)  # before the replay: live events queue up while history is sent
@@ -154,3 +155,11 @@ class EventStreamEndpoint:
             return
         with contextlib.suppress(asyncio.TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
             await asyncio.wait_for(websocket.close(code, reason), self.close_timeout_s)
+
+
+def _first_offered(websocket: WebSocket) -> str | None:
+    """The first subprotocol the client offered (``Sec-WebSocket-Protocol``), echoed back: a
+    browser refuses a connection whose answer names none of those it offered. The messages are
+    the same whatever it is called (docs/api.md)."""
+    offered = websocket.scope.get("subprotocols") or []
+    return str(offered[0]) if offered else None

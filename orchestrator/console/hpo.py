@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from pydantic import ValidationError
 
-from orchestrator.config import format_validation_error
+from orchestrator.config import format_validation_error, parse_json, parse_yaml
 from orchestrator.console.flags import add_model_flags, flag_specs, given_values
 from orchestrator.console.remote import add_server_flags
 from orchestrator.errors import ConfigError
@@ -78,17 +77,15 @@ def search_values(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.search_space)
         if not path.is_file():
             raise ConfigError(f"search space file not found: {path}")
-        try:
-            values["search_space"] = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"search space file {path} is not valid YAML: {err}") from err
+        values["search_space"] = parse_yaml(path.read_text(), f"search space file {path}")
     if args.enqueue:
         values["enqueue"] = []
     for text in args.enqueue:
         try:
-            values["enqueue"].append(json.loads(text))
+            json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--enqueue expects a JSON object, got {text!r}: {err}") from err
+        values["enqueue"].append(parse_json(text, f"--enqueue {text!r}"))  # no key twice
     return values
 
 
@@ -128,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from orchestrator.events.actor import hub_for_store
         from orchestrator.execution.cluster import ensure_ray
+        from orchestrator.execution.connect import CONNECT_DEADLINE_S
 
-        ensure_ray(args.address)
+        ensure_ray(args.address, connect_deadline_s=CONNECT_DEADLINE_S)
         hub = hub_for_store(store_url, detached=False, reattach=False)
         close_store: Callable[[], object] = lambda: ray.get(hub.close_store.remote())  # noqa: E731
     else:

@@ -50,6 +50,7 @@ def run_training(
     pool: WorkerPool | None = None,
     interest: frozenset[str] = frozenset(),
     store_url: str | None = None,
+    connect_deadline_s: float | None = None,
 ) -> Run:
     """Train one run to the end and return it; ``listener`` sees every event as it is released.
 
@@ -62,6 +63,8 @@ def run_training(
 
     ``store_url``: the job store this run is recorded in, whose lease the command's hub takes
     (``LeaseHeldError`` naming the holder while a server or another command writes it).
+    ``connect_deadline_s``: joining a cluster at ``address`` (``ensure_ray``) ends the process
+    after that long, or on SIGTERM meanwhile (the command's bound).
     """
     run = new_run(config)
     sink: EventSink
@@ -89,7 +92,7 @@ def run_training(
         # fold actors once Ray and the hub are up, so that their imports overlap the rest.
         prefetch = threading.Thread(target=_prefetch_data, args=(config,), daemon=True)
         prefetch.start()
-        ensure_ray(address)
+        ensure_ray(address, connect_deadline_s=connect_deadline_s)
         if store_url is None:
             handle = get_or_create_hub()
         else:
@@ -170,6 +173,7 @@ def train_command(args: argparse.Namespace) -> int:
     """``orchestrator train``: one run with progress bars; exit 0 completed, 1 failed."""
     from orchestrator.console.progress import EventFileWriter, ProgressView
     from orchestrator.console.run_flags import config_from_args
+    from orchestrator.execution.connect import CONNECT_DEADLINE_S
     from orchestrator.messages import MESSAGE_TYPES
     from orchestrator.store.engine import resolve_store_url
 
@@ -187,7 +191,12 @@ def train_command(args: argparse.Namespace) -> int:
         interest = frozenset(MESSAGE_TYPES) if writer else frozenset()
         store_url = resolve_store_url(args.db, config.reports_dir)
         run = run_training(
-            config, listener=fanout, address=args.address, interest=interest, store_url=store_url
+            config,
+            listener=fanout,
+            address=args.address,
+            interest=interest,
+            store_url=store_url,
+            connect_deadline_s=CONNECT_DEADLINE_S,
         )
     finally:
         view.close()

@@ -72,8 +72,8 @@ class RunJournal:
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             self._writer = open(os.path.join(self.run_dir, EVENTS_FILE), "a", encoding="utf-8")
-        except OSError:
-            self._fail()
+        except OSError as err:
+            self._fail(err)
             return False
         return True
 
@@ -84,16 +84,16 @@ class RunJournal:
         assert self._writer is not None
         try:
             self._writer.write("\n".join(lines) + "\n")
-        except OSError:
-            self._fail()
+        except OSError as err:
+            self._fail(err)
 
     def flush(self) -> None:
         if self._writer is None:
             return
         try:
             self._writer.flush()
-        except OSError:
-            self._fail()
+        except OSError as err:
+            self._fail(err)
 
     def close(self) -> None:
         writer, self._writer = self._writer, None
@@ -101,17 +101,40 @@ class RunJournal:
             return
         try:
             writer.close()
-        except OSError:
-            self._fail()
+        except OSError as err:
+            self._fail(err)
 
-    def _fail(self) -> None:
-        # one log per run, then the file is left alone: publishing must go on
+    def _fail(self, err: OSError) -> None:
+        # one line per run (a full disk is not a bug: no traceback), then the file is left alone
+        # but for its torn last line: publishing must go on
         self._on_failure()
         self._failed = True
-        logger.exception("run %r: cannot write %s; no more events go to it", self.run_id, self.path)
+        logger.error(
+            "run %r: cannot write %s (%s); no more events go to it",
+            self.run_id,
+            self.path,
+            err.strerror or err,
+        )
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
                 writer.close()
             except OSError:
                 pass
+        if self.path is not None:
+            _trim_torn_line(self.path)
+
+
+def _trim_torn_line(path: str) -> None:
+    """Cut a last line that a failed write left half-written: every line left is a whole event."""
+    try:
+        with open(path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - (1 << 20))  # events are far shorter than 1 MiB
+            handle.seek(start)
+            tail = handle.read()
+            cut = tail.rfind(b"\n")
+            if tail and not tail.endswith(b"\n") and (cut >= 0 or start == 0):
+                handle.truncate(start + cut + 1)
+    except OSError:
+        pass

@@ -138,14 +138,23 @@ class StoreRecorder:
                 self.store.release_lease(self.owner)
             except Exception as err:
                 log.warning("could not give the job store's lease up: %s", err)
+        else:
+            log.error(
+                "%d events could not be written to the job store %s before closing it",
+                self.stats()["pending"],
+                self.store.where,
+            )
         self.store.close()
 
     def _run(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT_S
         delay = self._interval
+        failing: str | None = None  # why the writes of the current streak of failures fail
         while True:
             with self._cond:
-                if not self._closing and len(self._events) < self._max_batch:
+                # after a failure the retry waits its delay, closing or not (a full disk made
+                # a closing recorder retry, and log, in a tight loop)
+                if failing is not None or (not self._closing and len(self._events) < self._max_batch):
                     self._cond.wait(delay)
                 if self._closing and not self._events and not self._runs and not self._admitted:
                     return
@@ -160,14 +169,22 @@ class StoreRecorder:
                 except Exception as err:
                     with self._cond:
                         self._counts["write_errors"] += 1
-                    log.error(
-                        "cannot write %d events to the job store %s (retrying): %s",
-                        len(batch),
-                        self.store.where,
-                        err,
-                    )
+                    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+                    if failing is None:  # one line per streak, not one per retry
+                        log.error(
+                            "cannot write %d events to the job store %s (retrying every %g s at "
+                            "most until it answers): %s",
+                            len(batch),
+                            self.store.where,
+                            _RETRY_MAX_S,
+                            reason,
+                        )
+                    failing = reason
                     delay = min(max(delay * 2, 0.2), _RETRY_MAX_S)
                     continue
+                if failing is not None:
+                    log.warning("the job store %s is written again", self.store.where)
+                    failing = None
                 delay = self._interval
                 with self._cond:
                     del self._runs[: len(runs)]

@@ -19,6 +19,7 @@ import ray
 import yaml
 
 from orchestrator.events.actor import NAMESPACE
+from orchestrator.execution.connect import ClusterUnreachableError, advice, bounded_join, probe_gcs
 from orchestrator.execution.placement import (
     LAUNCHER_CONFIG_PATH,
     ClusterView,
@@ -43,30 +44,66 @@ log = logging.getLogger(__name__)
 _OWN_INSTANCE: list[subprocess.Popen[bytes]] = []
 
 
-def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
+def ensure_ray(
+    address: str | None = None, *, connect_deadline_s: float | None = None, **init_kwargs: Any
+) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start a local instance; no-op if connected.
 
     Without an address this starts a new instance (``address="local"``): a bare ``ray.init()``
     would join whatever cluster ``ray start`` left running on the machine, someone else's too.
     That instance is this process's own, so a watchdog ends it if the process dies without
     shutting it down (``kill -9``), orphaned agents included (``execution.watchdog``).
+
+    With an address, the cluster's GCS is probed first (``execution.connect``):
+    ``ClusterUnreachableError`` naming the address and what to do when nothing answers.
+    ``connect_deadline_s`` (the commands: ``CONNECT_DEADLINE_S``) ends the process when the
+    join then hangs, or on SIGTERM meanwhile.
     """
     if ray.is_initialized():
         return
+    source = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "ignore_reinit_error": True}
     if address == "local":
         kwargs["include_dashboard"] = False
     kwargs.update(init_kwargs)
+    if address != "local":
+        host, port = _gcs_host_port(address, source)
+        probe_gcs(host, port, address, source)
+        with bounded_join(connect_deadline_s, address, source):
+            ray.init(address=address, **kwargs)
+        return
     # Started before the instance exists, it sees each of its processes appear; it comes up
     # while Ray starts, and is ready before this returns.
-    watchdog = start_watchdog() if address == "local" else None
+    watchdog = start_watchdog()
     ray.init(address=address, **kwargs)
-    if watchdog is not None:
-        if wait_ready(watchdog):
-            _OWN_INSTANCE.append(watchdog)
+    if wait_ready(watchdog):
+        _OWN_INSTANCE.append(watchdog)
+    else:
+        log.warning("the Ray watchdog did not start: a kill -9 may leave Ray processes behind")
+
+
+def _gcs_host_port(address: str, source: str) -> tuple[str, int]:
+    """Where ``ray.init(address)`` connects: Ray's own resolution (``auto``: the last cluster
+    ``ray start`` recorded; a local host name: this node's IP); ``ray://host:port`` as written."""
+    from ray._private import services
+
+    try:
+        if "://" in address:
+            resolved = address.split("://", 1)[1].split("/", 1)[0]
         else:
-            log.warning("the Ray watchdog did not start: a kill -9 may leave Ray processes behind")
+            resolved = services.canonicalize_bootstrap_address(address) or ""
+        host, _, port = resolved.rpartition(":")
+        return host.strip("[]"), int(port)
+    except ConnectionError:  # "auto" and no cluster recorded or running on this machine
+        raise ClusterUnreachableError(
+            f"no running Ray cluster found on this machine for address {address!r} (from "
+            f"{source}); {advice(address, source)}"
+        ) from None
+    except ValueError:
+        raise ClusterUnreachableError(
+            f"{source}={address!r} is not a Ray address (host:port, auto, or ray://host:port)"
+        ) from None
 
 
 def exit_leaving_own_instance(code: int) -> None:

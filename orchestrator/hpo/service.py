@@ -25,6 +25,7 @@ from orchestrator.hpo.state import TERMINAL_STUDY_STATES, StudyState, study_tran
 from orchestrator.hpo.storage import journal_storage, open_storage
 from orchestrator.hpo.study import run_study
 from orchestrator.hpo.tracking import Listener
+from orchestrator.store.urls import describe
 
 __all__ = [
     "StudyConflictError",
@@ -54,7 +55,8 @@ def study_status(
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
-        raise UnknownStudyError(f"no study named {study_name!r} in {storage}") from err
+        where = describe(storage) if isinstance(storage, str) else type(storage).__name__
+        raise UnknownStudyError(f"no study named {study_name!r} in {where}") from err  # no password
     status = status_of(study)
     if study_dir is not None:
         status["selection"] = selection_view(read_selection(study_dir))
@@ -168,7 +170,10 @@ class HpoService:
             )
             handle.advance(handle.result.state)
         except Exception as err:
-            log.exception("study %s failed", handle.spec.study)
+            if isinstance(err, OrchestratorError):  # a refusal (a changed space or data): one line
+                log.warning("study %s failed: %s", handle.spec.study, err)
+            else:
+                log.exception("study %s failed", handle.spec.study)
             handle.error = str(err) if isinstance(err, OrchestratorError) else f"{type(err).__name__}: {err}"
             if not handle.done:
                 handle.advance(StudyState.FAILED)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -29,7 +28,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from orchestrator.config import TrainConfig, config_from_mapping
+from orchestrator.config import TrainConfig, config_from_mapping, parse_yaml
 from orchestrator.errors import ConfigError
 
 __all__ = [
@@ -118,10 +117,7 @@ def load_search_space(path: str | Path, base: TrainConfig | None = None) -> Sear
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space file not found: {p}")
-    try:
-        loaded = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"search space file {p} is not valid YAML: {err}") from err
+    loaded = parse_yaml(p.read_text(), f"search space file {p}")  # keys written twice refused
     return parse_search_space(loaded, base)
 
 

@@ -1,5 +1,7 @@
 """Opening a study in its storage: journal or RDB, sampler and pruner, comparability, stale trials.
 
+What a continued study may change is ``orchestrator.hpo.resume``'s (checked before any trial).
+
 Running the same study again continues it: the storage keeps every trial. Trials a process that
 died left RUNNING are failed (and retried once) by ``fail_stale_trials``: Optuna's heartbeat and
 ``RetryFailedTrialCallback`` do this for an RDB storage only, and the default is a journal file.
@@ -19,11 +21,12 @@ from optuna.trial import TrialState
 
 from orchestrator.errors import ConfigError
 from orchestrator.hpo.pruning import make_pruner
+from orchestrator.hpo.resume import check_continuation
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.store.lease import pid_alive
+from orchestrator.store.urls import parse_url
 
 __all__ = [
-    "COMPARABLE_FIELDS",
     "LIVE_SESSIONS",
     "open_storage",
     "journal_storage",
@@ -33,8 +36,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A study's trials are comparable only while these fields stay the same.
-COMPARABLE_FIELDS = ("data", "use_cv", "folds", "window", "val_fraction", "epochs")
 # Sessions of this process that are running a study: their RUNNING trials are not stale.
 LIVE_SESSIONS: set[str] = set()
 
@@ -45,6 +46,8 @@ def journal_storage(path: Path) -> JournalStorage:
 
 def open_storage(spec: HpoSpec) -> str | BaseStorage:
     """An RDB URL as is; otherwise an Optuna journal file (default in the study folder)."""
+    if spec.storage and "://" in spec.storage:
+        parse_url(spec.storage)  # a password that needs percent-encoding: one line, never shown
     if spec.storage and spec.storage.startswith("sqlite:"):
         # the job store writes the same file: wait for its lock rather than fail at once
         return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"connect_args": {"timeout": 30}})
@@ -76,7 +79,7 @@ def open_study(spec: HpoSpec) -> optuna.Study:
             f"study {spec.study!r} exists with direction={probe.direction.name.lower()}, "
             f"got direction={spec.direction}; use another --study name"
         )
-    _check_comparable(probe, spec)
+    check_continuation(probe, spec)  # before any trial: a changed space, data or metric
     study = optuna.load_study(
         study_name=spec.study,
         storage=storage,
@@ -87,31 +90,6 @@ def open_study(spec: HpoSpec) -> optuna.Study:
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
-
-
-def _check_comparable(study: optuna.Study, spec: HpoSpec) -> None:
-    attrs = study.user_attrs
-    if "metric" not in attrs:
-        study.set_user_attr("metric", spec.metric)
-        study.set_user_attr("base_config", spec.config.model_dump(mode="json"))
-        return
-    if attrs["metric"] != spec.metric:
-        raise ConfigError(
-            f"study {spec.study!r} optimizes metric={attrs['metric']}, got "
-            f"metric={spec.metric}; use another --study name"
-        )
-    before = attrs.get("base_config", {})
-    now = spec.config.model_dump(mode="json")
-    for name in COMPARABLE_FIELDS:
-        if name in before and before[name] != now[name]:
-            raise ConfigError(
-                f"study {spec.study!r} was run with {name}={before[name]!r}, got "
-                f"{name}={now[name]!r}: its trials would not be comparable; use another "
-                "--study name"
-            )
-    changed = sorted(k for k in now if k in before and before[k] != now[k])
-    if changed:
-        log.warning("study %s continues with changed base config fields: %s", spec.study, changed)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -285,7 +285,11 @@ class RunDriver:
             **(self.extra_summary or {}),
         }
         summary_path = write_summary(self.folder, summary)
-        write_run_report(self.folder, summary)
+        try:
+            write_run_report(self.folder, summary)
+        except BaseException:  # a full disk: no summary.json of a run that did not complete
+            summary_path.unlink(missing_ok=True)
+            raise
         run.summary_path = str(summary_path)
         self._driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
         self._driver.flush()

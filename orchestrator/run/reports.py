@@ -1,11 +1,13 @@
 """Run folders, predictions CSVs and the summary JSON (DESIGN 7), written atomically.
 
 Every file is written to a temporary name in its final folder and renamed into place, so a reader
-never sees half a file under a name that an event announced.
+never sees half a file under a name that an event announced; a write that fails (a full disk)
+leaves no temporary file and raises ``ReportWriteError`` naming the file and its folder.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -22,11 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.messages import sanitize
 
 __all__ = [
     "new_run_id",
     "run_dir",
+    "ReportWriteError",
     "atomic_write_text",
     "write_predictions_csv",
     "write_summary",
@@ -59,17 +63,42 @@ def run_dir(reports_root: str | Path, run_id: str) -> Path:
     return Path(reports_root) / run_id
 
 
+class ReportWriteError(OrchestratorError):
+    """A run's or study's file could not be written (a full disk, a quota, a read-only folder);
+    the message names the file and its folder, never a bare ``[Errno 28]``."""
+
+
+def _write_failure(path: Path, err: OSError) -> ReportWriteError:
+    folder = path.parent
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if err.errno == errno.ENOSPC else "no quota left on the disk"
+        return ReportWriteError(
+            f"the reports folder is full: {what} that holds {folder} (writing {path.name}); free "
+            "space there (or use another --reports-dir) and run again"
+        )
+    reason = err.strerror or str(err)
+    return ReportWriteError(f"cannot write {path.name} in the reports folder {folder}: {reason}")
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place: a reader sees
+    the old file or the whole new one. On an OSError (a full disk) the temporary file is removed
+    and ``ReportWriteError`` names the file and its folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_failure(path, err) from err
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_failure(path, err) from err
         raise
     return path
 

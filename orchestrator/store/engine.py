@@ -1,6 +1,7 @@
 """Opening the job store's database from a URL: SQLite (WAL, busy timeout) by default, any SQLAlchemy URL.
 
-Every way the database can be unusable at start-up (a malformed or unreachable URL, a missing
+Every way the database can be unusable at start-up (a malformed or unreachable URL, a password
+that needs percent-encoding (``store.urls``), a missing
 driver, a corrupt or locked SQLite file, a folder that cannot be written) becomes one
 ``StoreError`` naming the URL (password hidden) or the file, never a traceback; nothing is created
 or overwritten before the check passes.
@@ -9,15 +10,17 @@ or overwritten before the check passes.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from orchestrator.errors import StoreError
 from orchestrator.store.schema import ensure_schema
+from orchestrator.store.urls import describe, parse_url
 
 __all__ = [
     "DB_ENV",
@@ -26,6 +29,7 @@ __all__ = [
     "absolute_url",
     "default_url",
     "describe",
+    "locked_message",
     "open_engine",
     "resolve_store_url",
 ]
@@ -47,7 +51,7 @@ def default_url(reports_dir: str | os.PathLike[str]) -> str:
 
 def absolute_url(url: str) -> str:
     """``url`` with a relative SQLite file made absolute (the hub may run in another folder)."""
-    parsed = _parse(url)
+    parsed = parse_url(url)
     database = parsed.database
     if (
         parsed.get_backend_name() != "sqlite"
@@ -70,24 +74,6 @@ def resolve_store_url(db: str | None, reports_dir: str | os.PathLike[str]) -> st
         except OSError as err:
             raise StoreError(f"cannot create the reports folder {reports_dir}: {err.strerror}") from None
     return absolute_url(db or default_url(reports_dir))
-
-
-def describe(url: str | URL) -> str:
-    """The URL as it may be shown: password hidden; for SQLite, the file."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return repr(str(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        return f"SQLite file {parsed.database}"
-    return parsed.render_as_string(hide_password=True)
-
-
-def _parse(url: str) -> URL:
-    try:
-        return make_url(url)
-    except ArgumentError as err:
-        raise StoreError(f"--db {url!r} is not a database URL ({err})") from None
 
 
 def _check_sqlite_file(parsed: URL) -> None:
@@ -122,7 +108,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     ``create``: create the tables where they are missing (False only checks what is there).
     Raises ``StoreError`` naming the URL or file for anything that stops the store from working.
     """
-    parsed = _parse(url)
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
@@ -150,6 +136,8 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
                 if found != "ok":
                     raise StoreError(f"the job store {where} is corrupt: {found}")
         if create:
+            if backend == "sqlite":
+                _check_writable(engine)
             ensure_schema(engine, where)
     except StoreError:
         engine.dispose()
@@ -157,5 +145,59 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     except SQLAlchemyError as err:
         engine.dispose()
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        if backend == "sqlite" and "locked" in reason:
+            raise StoreError(locked_message(parsed.database or "")) from None
         raise StoreError(f"cannot use the job store {where}: {reason}") from None
     return engine
+
+
+def _check_writable(engine: Engine) -> None:
+    """Take SQLite's write lock and give it back at once: another process's open write
+    transaction (DB Browser with unsaved edits holds ``BEGIN IMMEDIATE``) fails here, after the
+    busy timeout, rather than in the middle of the first write."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("ROLLBACK")
+        cursor.close()
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err):
+            raise
+        database = engine.url.database or ""
+        raise StoreError(locked_message(database)) from None
+    finally:
+        raw.close()
+
+
+def locked_message(database: str) -> str:
+    """One line: the SQLite file, the lock, who has the file open (Linux), what to do."""
+    holders = _processes_with_open(database)
+    who = f"; processes with it open: {', '.join(holders)}" if holders else ""
+    return (
+        f"the job store SQLite file {database} is locked for writing: another connection holds a "
+        f"write transaction on it (waited {BUSY_TIMEOUT_MS / 1000:g} s{who}); commit or roll back "
+        "there (DB Browser: Write Changes or Revert Changes) or close it, then try again, or use "
+        "another --db"
+    )
+
+
+def _processes_with_open(database: str, limit: int = 3) -> list[str]:
+    """``pid N (command)`` of other processes holding ``database`` open, from /proc (Linux)."""
+    try:
+        target = os.path.realpath(database)
+        found = []
+        for entry in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if any(os.path.realpath(fd) == target for fd in (entry / "fd").iterdir()):
+                    command = (entry / "comm").read_text().strip()
+                    found.append(f"pid {entry.name} ({command})")
+            except OSError:  # gone, or not ours to read
+                continue
+            if len(found) >= limit:
+                break
+        return found
+    except OSError:  # no /proc
+        return []
