@@ -1,12 +1,14 @@
-"""HPO sessions side by side: in-process sequential, Ray one trial at a time, Ray two at a time. Prints JSON.
+"""HPO sessions side by side: the plain loop, in-process packed, Ray packed one and two trials at a time. Prints JSON.
 
-The method of issue 16: three ``orchestrator hpo`` sessions of ``--trials`` trials, each trial the
+The method of issues 16 and 22: ``orchestrator hpo`` sessions of ``--trials`` trials, each trial the
 default job (sp500, 5 folds, 25 epochs) with a search space that pins ``lr`` and ``hidden`` to
 their defaults, ``--sampler random --sampler-seed 1 --pruner none``, an SQLite Optuna storage:
 
-- ``local``: ``--executor local --parallel 1`` (trials one after the other in this process, no Ray);
-- ``ray_p1``: Ray ``--parallel 1`` (one trial at a time, its folds in parallel);
-- ``ray_p2``: Ray ``--parallel 2``.
+- ``plain``: ``--executor local --parallel 1 --pack 1``: one fold after the other in this process,
+  one model at a time (the plain in-process loop, the baseline);
+- ``local_packed``: ``--executor local --parallel 1``: a trial's folds as one stacked model;
+- ``ray_p1``: Ray ``--parallel 1``: one trial at a time, its folds packed on the two workers;
+- ``ray_p2``: Ray ``--parallel 2``: two trials at a time, their folds packed on the two workers.
 
 Each session is a fresh ``python -m orchestrator hpo`` process, as a user starts it. Trial start
 and end times are read from Optuna's own storage. "Steady" is the trials after the first wave
@@ -15,7 +17,7 @@ their median duration and ``steady_trials_per_minute`` their count over the span
 the first wave to the last trial's end. ``session_seconds`` runs from the process launch to the
 last trial's end (Ray's start included). Sessions run in a rotated order in each repeat, and the
 medians over repeats are reported with every repeat's figures, so a change of load on the
-machine hits all three alike. Every trial must complete.
+machine hits all alike. Every trial must complete.
 
 Usage: python bench/hpo_sessions.py [--trials 16] [--repeats 1] [--folds 5] [--epochs 25]
 """
@@ -39,9 +41,35 @@ from bench.machine import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES: dict[str, list[str]] = {
-    "local": ["--executor", "local", "--parallel", "1"],
+    "plain": ["--executor", "local", "--parallel", "1", "--pack", "1"],
+    "local_packed": ["--executor", "local", "--parallel", "1"],
     "ray_p1": ["--executor", "ray", "--parallel", "1"],
     "ray_p2": ["--executor", "ray", "--parallel", "2"],
+}
+# issue 22's goals: ratio name -> (numerator mode and figure, denominator mode and figure, goal)
+GOALS: dict[str, tuple[str, str, str, str, str]] = {
+    "packing_alone_plain_over_local_packed": (
+        "plain",
+        "steady_trial_seconds",
+        "local_packed",
+        "steady_trial_seconds",
+        ">= 1.5",
+    ),
+    "single_run_plain_over_ray_p1": (
+        "plain",
+        "steady_trial_seconds",
+        "ray_p1",
+        "steady_trial_seconds",
+        ">= 2.5",
+    ),
+    "steady_throughput_ray_p2_over_plain": (
+        "ray_p2",
+        "steady_trials_per_minute",
+        "plain",
+        "steady_trials_per_minute",
+        ">= 3.0",
+    ),
+    "session_plain_over_ray_p2": ("plain", "session_seconds", "ray_p2", "session_seconds", ">= 2.0"),
 }
 PINNED_SPACE = "lr: {type: categorical, choices: [0.001]}\nhidden: {type: categorical, choices: [64]}\n"
 
@@ -135,18 +163,11 @@ def main() -> None:
         m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("mode", "trials")}
         for m, rs in runs.items()
     }
-    ratios: dict[str, float] = {}
-    if {"local", "ray_p1"} <= set(median):
-        ratios["warm_run_local_over_ray_p1"] = round(
-            median["local"]["steady_trial_seconds"] / median["ray_p1"]["steady_trial_seconds"], 3
-        )
-    if {"local", "ray_p2"} <= set(median):
-        ratios["steady_throughput_ray_p2_over_local"] = round(
-            median["ray_p2"]["steady_trials_per_minute"] / median["local"]["steady_trials_per_minute"], 3
-        )
-        ratios["session_local_over_ray_p2"] = round(
-            median["local"]["session_seconds"] / median["ray_p2"]["session_seconds"], 3
-        )
+    ratios = {
+        name: round(median[top][top_key] / median[bottom][bottom_key], 3)
+        for name, (top, top_key, bottom, bottom_key, _) in GOALS.items()
+        if {top, bottom} <= set(median)
+    }
     print(
         json.dumps(
             {
@@ -154,11 +175,7 @@ def main() -> None:
                 "machine": machine(("ray", "torch", "optuna")),
                 "load_average": os.getloadavg(),
                 "args": vars(args),
-                "goals": {
-                    "warm_run_local_over_ray_p1": ">= 1.75",
-                    "steady_throughput_ray_p2_over_local": ">= 1.8",
-                    "session_local_over_ray_p2": ">= 1.3",
-                },
+                "goals": {name: goal[4] for name, goal in GOALS.items()},
                 "ratios": ratios,
                 "median": median,
                 "runs": runs,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError, brief
 
@@ -108,6 +108,11 @@ class TrainConfig(BaseModel):
     placement_timeout_s: float = Field(
         60.0, gt=0.0, description="seconds a fold may wait for resources before the run fails"
     )
+    pack: Literal["auto"] | int = Field(
+        "auto",
+        description="models trained as one stacked model by a worker: auto (every fold it holds, "
+        "and same-architecture HPO trials admitted together), N (at most N), 1 (one at a time)",
+    )
     cuda_graphs: bool = Field(True, description="capture the train step in a CUDA graph on GPU")
     mixed_precision: bool = Field(False, description="bfloat16 autocast in the train step")
 
@@ -124,6 +129,15 @@ class TrainConfig(BaseModel):
 
     # outputs
     reports_dir: str = Field("reports", description="reports root: one folder per run")
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _check_pack(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError("must be 'auto' or an integer >= 1")
 
     @model_validator(mode="after")
     def _check_cv(self) -> TrainConfig:

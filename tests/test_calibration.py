@@ -234,6 +234,26 @@ def test_temperature_is_the_minimum_a_generic_optimizer_finds(seed: int) -> None
     assert loss(np.log(ours)) <= reference.fun + 1e-12
 
 
+def test_newton_landing_on_an_exactly_zero_slope_keeps_that_temperature() -> None:
+    # These inputs make Newton's fifth step land where the slope is exactly 0.0; the fit used
+    # to move to the middle of its bracket then (T = 0.0133 where the minimum is T = 0.674).
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(41)
+    n = int(rng.integers(50, 1500))
+    q = expit(rng.normal(0.0, 1.0, n))
+    p = expit(0.8 * logit(q))
+    y_up = (rng.uniform(size=n) < q).astype(np.float64)
+    z = logit(np.clip(p, 1e-12, 1 - 1e-12))
+
+    def loss(log_t: float) -> float:
+        zt = z * np.exp(-log_t)
+        return float(np.mean(np.logaddexp(0.0, zt) - y_up * zt))
+
+    reference = minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded", options={"xatol": 1e-10})
+    assert fit_temperature(p, y_up) == pytest.approx(np.exp(reference.x), rel=1e-6)
+
+
 def test_temperature_at_the_bounds_and_for_uninformative_p() -> None:
     p = np.array([0.2, 0.3, 0.7, 0.8])
     assert fit_temperature(p, np.array([0.0, 0.0, 1.0, 1.0])) == pytest.approx(np.exp(-5.0))  # separable

@@ -216,6 +216,61 @@ def test_hpo_executor_local_runs_every_trial_in_process_without_ray(tmp_path: Pa
     assert closing[edge + 2].endswith("inproc/selection.json (docs/edge.md)")
 
 
-def test_local_studies_run_one_trial_at_a_time() -> None:
-    with pytest.raises(ConfigError, match="parallel must be 1 with executor=local"):
-        _spec_from_args(build_parser().parse_args(["--executor", "local", "--parallel", "2"]))
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_local_batch_of_trials_trains_as_one_stack_with_the_values_of_one_at_a_time(
+    tmp_path: Path, sampler: str
+) -> None:
+    import json
+
+    from orchestrator.hpo import run_study
+    from tests.hpo_fixtures import make_spec
+
+    data = tmp_path / "bars.csv"
+    random_walk_ohlcv(900, seed=2).to_csv(data, index=False)
+    space = {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    }
+    outcomes = {}
+    for parallel in (1, 2):
+        spec = make_spec(
+            str(data),
+            tmp_path / f"p{parallel}",
+            {
+                "data": str(data),
+                "reports_dir": str(tmp_path / f"p{parallel}"),
+                "executor": "local",
+                "min_samples": 300,
+                "folds": 2,
+                "epochs": 3,
+                "lookback": 10,
+                "hidden": 16,
+            },
+            study="stacked",
+            trials=4,
+            parallel=parallel,
+            sampler=sampler,
+            sampler_seed=5,
+            pruner="none",
+            search_space=space,
+        )
+        result = run_study(spec)
+        assert result.trials_done == 4
+        summaries = sorted((tmp_path / f"p{parallel}" / "hpo" / "stacked" / "runs").glob("*/summary.json"))
+        assert len(summaries) == 4
+        outcomes[parallel] = {
+            s["hpo"]["trial"]: (
+                s["hpo"]["params"],
+                s["aggregate"]["val_nll"]["mean"],
+                [f["pack_size"] for f in s["folds"]],
+            )
+            for s in (json.loads(path.read_text()) for path in summaries)
+        }
+    assert {trial: packs for trial, (_, _, packs) in outcomes[2].items()} == dict.fromkeys(range(4), [4, 4])
+    assert {trial: packs for trial, (_, _, packs) in outcomes[1].items()} == dict.fromkeys(range(4), [2, 2])
+    if sampler == "random":  # the same draws, trial by trial, whatever the batches
+        for trial in range(4):
+            assert outcomes[2][trial][0] == outcomes[1][trial][0]
+            assert outcomes[2][trial][1] == pytest.approx(outcomes[1][trial][1], rel=1e-4)
+    else:  # TPE's constant liar keeps a batch's members apart
+        assert outcomes[2][0][0] != outcomes[2][1][0] and outcomes[2][2][0] != outcomes[2][3][0]

@@ -250,19 +250,28 @@ def test_prestarted_workers_are_the_ones_a_run_uses(
     assert pool.created == created + 2 and pool.reused == reused + 2  # the run took them
 
 
-def test_max_concurrent_folds_caps_the_folds_in_flight(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path
+@pytest.mark.parametrize("pack", [1, "auto"])
+def test_max_concurrent_folds_caps_the_workers(
+    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, pack: int | str
 ) -> None:
     executor = RayExecutor(pool)
-    config = make_config(tmp_path, bars, folds=3, epochs=3, max_concurrent_folds=1)
+    config = make_config(tmp_path, bars, folds=3, epochs=3, max_concurrent_folds=1, pack=pack)
     started = RayRun(hub, executor, config)
     run = started.wait()
     assert run.state is RunState.COMPLETED, run.error
     events = started.events()
     assert_legal_stream(events, run, folds=3, epochs=3)
     order = [e["fold_id"] for e in events if e["type"] == "epoch_metrics"]
-    assert order == [2, 2, 2, 1, 1, 1, 0, 0, 0]  # one fold after the other, the largest first
-    assert len(executor.run_actor_names) == 1  # one actor took the folds in turn
+    assert len(set(executor.current_pids.values())) == 1  # one worker did it all
+    if pack == 1:
+        assert order == [2, 2, 2, 1, 1, 1, 0, 0, 0]  # one fold after the other, the largest first
+    else:  # one stack of the three folds on the one worker
+        summary = json.loads(Path(str(run.summary_path)).read_text())
+        assert [(f["fold_id"], f["pack_size"], f["attempt"]) for f in summary["folds"]] == [
+            (0, 3, 0),
+            (1, 3, 0),
+            (2, 3, 0),
+        ]
 
 
 def test_python_error_in_a_fold_fails_the_run_without_retry(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import config_from_mapping
+from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.hpo.space import DEFAULT_SEARCH_SPACE
 from orchestrator.hpo.spec import HpoSpec, default_direction, pack_resources, spec_from_mapping
@@ -64,6 +64,15 @@ def test_a_long_study_name_is_refused_without_echoing_it_whole() -> None:
 def test_spec_paths_and_run_id() -> None:
     s = spec(study="s1", config=config_from_mapping({"reports_dir": "out"}))
     assert str(s.study_dir) == "out/hpo/s1" and s.study_run_id == "hpo_s1"
+
+
+def test_packed_trials_without_a_queue_share_the_workers_without_shrinking() -> None:
+    config = TrainConfig(folds=5, cpus_per_fold=1.0)
+    assert pack_resources(config, 1, {"CPU": 2.0}, shrink=False) == {"max_concurrent_folds": 2}
+    assert pack_resources(config, 2, {"CPU": 2.0}, shrink=False) == {"max_concurrent_folds": 1}
+    assert pack_resources(config, 100, {"CPU": 2.0}, shrink=False) == {"max_concurrent_folds": 1}
+    gpu = TrainConfig(folds=5, cpus_per_fold=1.0, gpus_per_fold=1.0)
+    assert pack_resources(gpu, 100, {"CPU": 16.0, "GPU": 1.0}, shrink=False) == {"max_concurrent_folds": 1}
 
 
 def test_pack_resources_gives_up_fold_concurrency_before_cpu() -> None:

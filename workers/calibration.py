@@ -153,13 +153,15 @@ def fit_temperature(p: npt.ArrayLike, y_up: npt.ArrayLike) -> float:
     scale = 1.0 if lo < 1.0 < hi else (lo + hi) / 2
     for _ in range(100):
         gradient, curvature = slope(scale)
+        if gradient == 0.0:  # the minimum itself (Newton lands on it exactly now and then)
+            break
         if gradient > 0.0:
             hi = scale
         else:
             lo = scale
         step = scale - gradient / curvature if curvature > 0.0 else math.nan
         previous, scale = scale, step if lo < step < hi else (lo + hi) / 2
-        if abs(scale - previous) <= 1e-13 * scale or gradient == 0.0:
+        if abs(scale - previous) <= 1e-13 * scale:
             break
     return 1.0 / scale
 

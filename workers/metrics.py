@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 from workers.conformal import (
     conformal_interval,
@@ -224,9 +224,19 @@ def _newey_west_cov(x: FloatArray, resid: FloatArray, xtx_inv: FloatArray, maxla
 
 
 def pit_ks_pvalue(y: npt.ArrayLike, mu: npt.ArrayLike, sigma: npt.ArrayLike) -> float:
-    """p-value of scipy's default (two-sided, method 'auto') KS test of (y-mu)/sigma vs N(0, 1)."""
+    """p-value of scipy's default (two-sided, method 'auto') KS test of (y-mu)/sigma vs N(0, 1).
+
+    Computed as ``stats.kstest`` computes it ('auto' is its exact branch: ``kstwo.sf`` of the
+    two-sided D, clipped to [0, 1]), without kstest's per-call wrapper, which costs about three
+    quarters of the call at n=400 (0.71 ms against 0.16; ``bench/metrics_ks.py``) and a third of
+    ``evaluate_epoch``. ``tests/test_metrics.py`` holds it equal to ``stats.kstest``.
+    """
     y_, mu_, sigma_ = _vectors(y, mu, sigma)
-    return float(stats.kstest((y_ - mu_) / sigma_, "norm").pvalue)
+    z = np.sort((y_ - mu_) / sigma_)
+    n = z.shape[0]
+    cdf = special.ndtr(z)  # stats.norm.cdf
+    d = max(float(np.max(np.arange(1.0, n + 1) / n - cdf)), float(np.max(cdf - np.arange(0.0, n) / n)))
+    return float(np.clip(stats.kstwo.sf(d, n), 0.0, 1.0))
 
 
 def _gaussian_interval_coverage(y: FloatArray, mu: FloatArray, sigma: FloatArray, alpha: float) -> float:

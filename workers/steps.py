@@ -19,7 +19,7 @@ import torch
 
 from workers.model import ForecastNet, forecast_loss
 
-__all__ = ["Step", "EagerStep", "GraphedStep", "make_step"]
+__all__ = ["Step", "EagerStep", "GraphedStep", "autocast", "make_step"]
 
 # Eager iterations on a side stream before capture (lets cuDNN/cuBLAS pick kernels and
 # allocate workspaces outside the graph). They run with lr = 0 and the optimizer's state is
@@ -31,7 +31,7 @@ class Step(Protocol):
     def __call__(self, idx: torch.Tensor) -> torch.Tensor: ...
 
 
-def _autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[object]:
     if not enabled:
         return nullcontext()
     dtype = torch.bfloat16
@@ -50,7 +50,7 @@ def _batch_loss(
     amp: bool,
 ) -> torch.Tensor:
     xb, yb = X[idx], y[idx]
-    with _autocast(X.device, amp):
+    with autocast(X.device, amp):
         mu, sigma, logit = model(xb)
     stats = forecast_loss(
         mu.float() * y_scale,

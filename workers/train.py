@@ -29,6 +29,7 @@ __all__ = [
     "BatchReporter",
     "EpochRecord",
     "fit",
+    "predict",
     "seed_everything",
 ]
 
@@ -109,7 +110,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _predict(model: ForecastNet, X: torch.Tensor, y_scale: float) -> Forecast:
+def predict(model: ForecastNet, X: torch.Tensor, y_scale: float) -> Forecast:
     model.eval()
     with torch.no_grad():
         mu, sigma, logit = model(X)
@@ -168,8 +169,8 @@ def fit(
         if should_stop is not None and should_stop():
             break
         train_stats = run_epoch(model, step, X_train.shape[0], settings, generator, epoch, on_batch)
-        cal = _predict(model, X_cal, y_scale)
-        val = _predict(model, X_val, y_scale)
+        cal = predict(model, X_cal, y_scale)
+        val = predict(model, X_val, y_scale)
         cal_loss = segment_loss(cal, segments.y_cal, settings.loss_weights)
         metrics: EpochRecord = {"epoch": epoch, **train_stats}
         metrics.update(
@@ -202,8 +203,8 @@ def fit(
     return TrainOutcome(
         best_epoch=best_epoch,
         epochs_run=len(history),
-        cal=_predict(model, X_cal, y_scale),
-        val=_predict(model, X_val, y_scale),
+        cal=predict(model, X_cal, y_scale),
+        val=predict(model, X_val, y_scale),
         history=history,
         stopped_early=stopped_early,
     )

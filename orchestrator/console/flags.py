@@ -39,7 +39,7 @@ class FlagSpec:
 
     field: str
     flag: str
-    kind: str  # "int", "float", "str", "bool" or "choice"
+    kind: str  # "int", "float", "str", "bool", "choice" or "int_or_choice" (a word or an int)
     choices: tuple[Any, ...] = ()
     help: str = ""
 
@@ -49,7 +49,12 @@ def _scalar_kind(annotation: Any) -> tuple[str, tuple[Any, ...]] | None:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
-        return _scalar_kind(members[0]) if len(members) == 1 else None
+        if len(members) == 1:
+            return _scalar_kind(members[0])
+        kinds = [_scalar_kind(member) for member in members]
+        if len(kinds) == 2 and sorted(k[0] for k in kinds if k is not None) == ["choice", "int"]:
+            return "int_or_choice", next(k[1] for k in kinds if k is not None and k[0] == "choice")
+        return None
     if origin is Literal:
         return "choice", get_args(annotation)
     if isinstance(annotation, type) and annotation in _SCALARS:
@@ -103,6 +108,15 @@ def add_model_flags(group: argparse._ActionsContainer, specs: Iterable[FlagSpec]
             group.add_argument(
                 spec.flag, dest=spec.field, choices=list(spec.choices), default=None, help=spec.help
             )
+        elif spec.kind == "int_or_choice":
+            group.add_argument(
+                spec.flag,
+                dest=spec.field,
+                type=_int_or_choice(spec.choices),
+                default=None,
+                metavar="{" + ",".join(map(str, spec.choices)) + ",N}",
+                help=spec.help,
+            )
         else:
             parse = {"int": int, "float": float, "str": str}[spec.kind]
             group.add_argument(spec.flag, dest=spec.field, type=parse, default=None, help=spec.help)
@@ -116,3 +130,19 @@ def given_values(args: argparse.Namespace, specs: Iterable[FlagSpec]) -> dict[st
         if value is not None:
             values[spec.field] = value
     return values
+
+
+def _int_or_choice(choices: tuple[Any, ...]) -> Any:
+    """An argparse ``type``: one of ``choices`` as written, else an integer."""
+
+    def parse(text: str) -> Any:
+        if text in choices:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected one of {', '.join(map(str, choices))} or an integer, got {text!r}"
+            ) from None
+
+    return parse

@@ -263,6 +263,18 @@ class FoldScheduler:
             decisions.append(Launch(attempt.fold_id, attempt.number))
         return decisions
 
+    def queued(self) -> list[int]:
+        """The folds waiting for a worker, front of the queue first."""
+        return list(self._queue)
+
+    def launch(self, fold_id: int) -> Launch:
+        """Give ``fold_id`` (queued) a worker now, whatever ``limit`` says: the packed executor
+        counts workers itself and launches several folds on one."""
+        self._queue.remove(fold_id)
+        attempt = self._attempts[fold_id]
+        attempt.transition(AttemptState.PLACING)
+        return Launch(attempt.fold_id, attempt.number)
+
     def started(self, fold_id: int) -> Train:
         attempt = self._attempts[fold_id]
         attempt.transition(AttemptState.RUNNING)

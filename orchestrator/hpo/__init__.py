@@ -6,7 +6,7 @@ The public names, re-exported from the modules that define them: ``space`` (what
 """
 
 from orchestrator.hpo.pruning import EpochTracker
-from orchestrator.hpo.results import StudyResult, TrialFailed
+from orchestrator.hpo.results import StudyResult
 from orchestrator.hpo.service import (
     HpoService,
     StudyConflictError,
@@ -40,7 +40,6 @@ __all__ = [
     "StudyHandle",
     "StudyResult",
     "StudyState",
-    "TrialFailed",
     "UnknownStudyError",
     "default_direction",
     "load_search_space",

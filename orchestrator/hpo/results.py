@@ -7,7 +7,6 @@ Pure functions of Optuna's frozen trials, except the two writers (``write_trials
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,16 +18,16 @@ import pandas as pd
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from orchestrator.errors import OrchestratorError
 from orchestrator.hpo.selection_files import StudySelection, selection_view
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.hpo.state import StudyState
-from orchestrator.messages import sanitize
+from orchestrator.lifecycle import Run, RunState
+from orchestrator.messages import HpoTrial, sanitize
 from orchestrator.run.reports import atomic_write_text
 
 __all__ = [
-    "TrialFailed",
-    "quiet_trial_failures",
+    "trial_outcome",
+    "trial_event",
     "write_study_files",
     "FINISHED",
     "EVENT_STATE",
@@ -42,30 +41,6 @@ __all__ = [
     "write_best_config",
     "status_of",
 ]
-
-
-class TrialFailed(OrchestratorError):
-    """A trial's run failed (or its value is undefined); Optuna records the trial as FAIL."""
-
-
-class _NoTracebackForTrialFailed(logging.Filter):
-    """Optuna logs a failing objective with its traceback; a failed run is an expected outcome
-    (its error is in the trial's ``error`` attribute and its event), so only the message stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
-            record.exc_info = None
-        return True
-
-
-# The logger of Optuna's trial loop (optuna/study/_optimize.py); addFilter ignores a repeat.
-_OPTUNA_LOOP_LOG = logging.getLogger("optuna.study._optimize")
-_QUIET_FAILURES = _NoTracebackForTrialFailed()
-
-
-def quiet_trial_failures() -> None:
-    """Optuna's trial loop logs a ``TrialFailed`` without its traceback from now on."""
-    _OPTUNA_LOOP_LOG.addFilter(_QUIET_FAILURES)
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -284,3 +259,59 @@ def write_study_files(
     if best.number != best_written or not path.exists():
         write_best_config(path, spec, best)
     return best.number
+
+
+def trial_event(
+    study: optuna.Study,
+    spec: HpoSpec,
+    trials_total: int,
+    pending: Collection[int],
+    number: int,
+    state: str,
+    params: dict[str, Any],
+    *,
+    value: float | None = None,
+    duration: float | None = None,
+    trial_run_id: str | None = None,
+    error: str | None = None,
+) -> HpoTrial:
+    """The ``hpo_trial`` event of trial ``number``. Trials that ended together are announced one
+    at a time: a session trial in ``pending`` (its ending not out yet) counts neither in
+    ``trials_done`` nor for ``best_value``."""
+    done, best = standing(study.get_trials(deepcopy=False), str(spec.direction), pending)
+    return HpoTrial.model_validate(
+        {
+            "study": spec.study,
+            "trial": number,
+            "state": state,
+            "params": params,
+            "value": value,
+            "duration_seconds": duration,
+            "best_value": best.value if best else None,
+            "best_params": dict(best.params) if best else None,
+            "trials_done": done,
+            "trials_total": max(trials_total, done),
+            "trial_run_id": trial_run_id,
+            "error": error,
+        }
+    )
+
+
+def trial_outcome(
+    run: Run | None, pruned: bool, error: str | None, metric: str
+) -> tuple[TrialState, float | None, str | None]:
+    """How a trial ended: PRUNED (the pruner stopped its run), COMPLETE with its value, or FAIL
+    with why (``error``: its config was refused or the batch crashed; or its run's failure)."""
+    if error is None and pruned:
+        return TrialState.PRUNED, None, None
+    if error is None and run is not None:
+        if run.state is RunState.COMPLETED and run.summary_path:
+            summary = json.loads(Path(run.summary_path).read_text())
+            value, error = objective_value(summary, metric)
+            if value is not None:
+                return TrialState.COMPLETE, value, None
+        elif run.state is RunState.CANCELLED:
+            error = "cancelled with the study"
+        else:
+            error = run.error or f"run ended {run.state.value}"
+    return TrialState.FAIL, None, error

@@ -107,11 +107,6 @@ class HpoSpec(BaseModel):
                 f"metric must be an epoch_metrics field ({', '.join(EPOCH_METRIC_FIELDS)}), "
                 f"got metric={brief(self.metric)}"
             )
-        if self.config.executor == "local" and self.parallel != 1:
-            raise ValueError(
-                "parallel must be 1 with executor=local (trials run one at a time in this "
-                f"process, without Ray), got parallel={self.parallel}"
-            )
         if self.direction is None:
             inferred = default_direction(self.metric)
             if inferred is None:
@@ -173,8 +168,16 @@ def spec_from_mapping(values: Mapping[str, Any]) -> HpoSpec:
         raise ConfigError(f"invalid HPO spec: {format_validation_error(err)}") from err
 
 
-def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, float]) -> dict[str, Any]:
+def pack_resources(
+    config: TrainConfig, parallel: int, cluster: Mapping[str, float], *, shrink: bool = True
+) -> dict[str, Any]:
     """The config changes under which ``parallel`` trials' fold actors all fit ``cluster`` at once.
+
+    ``shrink=False`` (a batch of packed trials trained in one executor call, with no job queue to
+    hold each trial's share): the batch shares the workers the cluster holds of the fold's own
+    shape, so only fold concurrency is set (each trial's share of the workers, at least one; the
+    executor adds them up and caps them by the cluster) and no CPU or GPU share is shrunk: one
+    worker per GPU trains one stack of the whole batch.
 
     Fold actors hold their resources while they are alive (they stay warm in the pool). Trials
     in parallel first give up fold concurrency, not CPU: on C CPUs, P trials of folds asking c
@@ -188,6 +191,9 @@ def pack_resources(config: TrainConfig, parallel: int, cluster: Mapping[str, flo
     per_trial = min(config.total_folds, config.max_concurrent_folds or config.total_folds)
     changes: dict[str, Any] = {}
     cpus, have_cpus = float(config.cpus_per_fold), float(cluster.get("CPU", 0.0))
+    if not shrink:
+        fit = folds_within(have_cpus, parallel * cpus, per_trial) if cpus > 0 and have_cpus > 0 else per_trial
+        return {"max_concurrent_folds": max(fit, 1)} if max(fit, 1) < per_trial else {}
     if cpus > 0 and have_cpus > 0:
         fit = folds_within(have_cpus, parallel * cpus, per_trial)
         if fit < per_trial:

@@ -63,7 +63,8 @@ def _make_sampler(spec: HpoSpec, n_existing: int) -> optuna.samplers.BaseSampler
     seed = None if spec.sampler_seed is None else spec.sampler_seed + n_existing
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # a batch's trials are asked before any is told: the constant liar keeps them apart
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def open_study(spec: HpoSpec) -> optuna.Study:

@@ -1,27 +1,26 @@
-"""One session of a study: Optuna's own trial loop, each trial one CV run on the warm Ray workers.
+"""One session of a study: Optuna's ask-and-tell in batches, each trial one CV run, a batch's runs
+trained together.
 
-Each trial is an ordinary run (``execute_run``) of the base ``TrainConfig`` with the trial's
-parameters applied: its own ``run_id``, its own folder under ``<reports>/hpo/<study>/runs/``, its
-folds on the warm fold workers of one ``WorkerPool`` shared by all trials. The objective is the
-mean over folds of the metric on the validation segments. ``study.optimize(n_jobs=parallel)``
-runs the trials, each on its own thread, and turns what the objective raises into the trial's
-state: ``optuna.TrialPruned`` (the pruner stopped the run) into PRUNED, ``TrialFailed`` (the run
-failed) into FAIL, so the study goes on. Its callback announces each ending (an ``hpo_trial``
-event under run ``hpo_<study>``) and rewrites ``trials.csv`` / ``best_config.yaml``; a cancel
-stops the loop there and cancels the running trials' runs.
+Each trial is an ordinary run of the base config with the trial's parameters applied (its own
+``run_id``, folder under ``<reports>/hpo/<study>/runs/``, events and summary); its value is the
+mean over folds of the metric on the validation segments. ``parallel`` trials are asked at once
+and their runs trained in one executor call: folds of trials that share an architecture train as
+one stacked model (DESIGN 9) on the warm workers of one ``WorkerPool``. ``_tell`` decides each
+outcome (value, PRUNED: its models left the stack, or FAIL), announces it (``hpo_trial`` under run
+``hpo_<study>``) and rewrites the study's files; a cancel stops asking and cancels running trials.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -29,19 +28,16 @@ from optuna.trial import FrozenTrial, TrialState
 from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.events.stream import EventStream, StreamThread
-from orchestrator.execution.base import FoldExecutor
 from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
 from orchestrator.hpo.pruning import TrialPruning
 from orchestrator.hpo.results import (
     EVENT_STATE,
     FINISHED,
     StudyResult,
-    TrialFailed,
     best_trial,
-    objective_value,
-    quiet_trial_failures,
     session_result,
-    standing,
+    trial_event,
+    trial_outcome,
     write_study_files,
 )
 from orchestrator.hpo.selection_files import StudySelection, selection_notification
@@ -51,9 +47,11 @@ from orchestrator.hpo.state import StudyState
 from orchestrator.hpo.storage import LIVE_SESSIONS, open_study
 from orchestrator.hpo.tracking import Listener, StudyEvents
 from orchestrator.lifecycle import Run, RunState
-from orchestrator.messages import HpoTrial
 
-__all__ = ["TrialFailed", "TrialGate", "run_study"]
+if TYPE_CHECKING:
+    from orchestrator.run.driver import RunDriver
+
+__all__ = ["TrialGate", "run_study"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +86,18 @@ def run_study(
     backend = backend_for(spec.config.executor, hub, pool, reuse_workers)
     session = _StudySession(spec, backend, listener, cancel or threading.Event(), gate)
     return session.run(on_open)
+
+
+@dataclass(eq=False)
+class TrialEntry:
+    """One asked trial of a batch: its parameters, run (None when its config was refused), pruning
+    and the error that failed it."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    pruning: TrialPruning
+    run: Run | None = None
+    error: str | None = None
 
 
 class _StudySession:
@@ -131,10 +141,10 @@ class _StudySession:
             if on_open is not None:
                 on_open(study, self.trials_total)
             cluster = self.backend.cluster_resources()
-            if cluster is not None:
-                self.base = config_from_mapping(
-                    pack_resources(self.base, self.spec.parallel, cluster), base=self.base
-                )
+            if cluster is not None:  # a job queue holds each trial's share: shrink them for it
+                shrink = self.gate is not None or self.base.pack == 1
+                changes = pack_resources(self.base, self.spec.parallel, cluster, shrink=shrink)
+                self.base = config_from_mapping(changes, base=self.base)
             # Follow the hub from its last event on, before the study's run exists.
             stream = EventStream(self.backend.hub_client(), poll_timeout_s=_POLL_S, batch_limit=2000)
             stream.subscribe(lambda batch: self.events.receive(batch.events))
@@ -173,21 +183,13 @@ class _StudySession:
     # -- the loop
 
     def _optimize(self, study: optuna.Study) -> None:
-        """``study.optimize`` on its own thread, so that this one can carry a cancel (or Ctrl-C
-        in the CLI) to the running trials' runs while Optuna waits for them."""
+        """The session's trials (``_batches``) on their own thread, so that this one can carry a
+        cancel (or Ctrl-C in the CLI) to the running trials' runs while they train."""
         failure: list[BaseException] = []
-        quiet_trial_failures()
 
         def optimize() -> None:
             try:
-                study.optimize(
-                    self._objective,
-                    n_trials=self.spec.trials,
-                    timeout=self.spec.timeout_s,
-                    n_jobs=self.spec.parallel,
-                    catch=(TrialFailed,),
-                    callbacks=[self._trial_ended],
-                )
+                self._batches(study)
             except BaseException as err:
                 failure.append(err)
 
@@ -204,7 +206,6 @@ class _StudySession:
                     runs = list(self._runs.values())
                 for run in runs:
                     run.request_cancel()
-        # Optuna may stop on the callback's error without raising it (the stop flag wins).
         error = failure[0] if failure else self._callback_error
         if error is not None:
             raise error
@@ -212,8 +213,31 @@ class _StudySession:
     def _stopping(self) -> bool:
         return self.cancel.is_set() or self._callback_error is not None
 
-    def _objective(self, trial: optuna.Trial) -> float:
-        """One trial: its run on the warm pool, then its value, ``TrialPruned`` or ``TrialFailed``."""
+    def _batches(self, study: optuna.Study) -> None:
+        """Optuna's ask-and-tell, ``parallel`` trials at a time: each batch is asked at once (TPE
+        with the constant liar keeps its members apart), trained together (their folds packed
+        where they share an architecture: DESIGN 9) and told, until the session's trials are
+        done, its timeout has passed or it is cancelled."""
+        started = time.monotonic()
+        asked = 0
+        while asked < self.spec.trials and not self._stopping():
+            if self.spec.timeout_s is not None and time.monotonic() - started >= self.spec.timeout_s:
+                break
+            size = min(self.spec.parallel, self.spec.trials - asked)
+            trials = [study.ask() for _ in range(size)]
+            asked += size
+            entries = [self._start_trial(trial) for trial in trials]
+            try:
+                self._train_batch([entry for entry in entries if entry.run is not None])
+            except Exception as err:  # a bug around the batch: its trials fail, the study goes on
+                log.exception("study %s: a batch of trials crashed", self.spec.study)
+                for entry in entries:
+                    entry.error = entry.error or f"{type(err).__name__}: {err}"
+            for entry in entries:
+                self._tell(study, entry)
+
+    def _start_trial(self, trial: optuna.Trial) -> TrialEntry:
+        """A trial's parameters, run and pruning, announced as running."""
         # The owner first: a trial whose process dies from here on is found stale on resume.
         run_id = f"hpo_{self.spec.study}_t{trial.number:04d}_{secrets.token_hex(3)}"
         run_dir = str(self.spec.study_dir / "runs" / run_id)
@@ -223,89 +247,82 @@ class _StudySession:
         with self._lock:
             self.session_trials.append(trial.number)
             self._publish(trial.number, "running", params, trial_run_id=run_id)
-        pruning = TrialPruning(trial, self.spec.metric)
-        run: Run | None = None
-        error: str | None = None
+        entry = TrialEntry(trial, params, TrialPruning(trial, self.spec.metric))
         try:
             config = config_from_mapping(params, base=self.base)
-            trial.set_user_attr("config", config.model_dump(mode="json"))
-            run = Run(
-                run_id=run_id,
-                config=config,
-                run_dir=run_dir,
-                priority=self.spec.priority,
-                state=RunState.PENDING if self.gate is None else RunState.QUEUED,
-            )
-            self._execute(trial.number, params, run, pruning)
         except ConfigError as err:  # an invalid parameter combination
-            error = str(err)
-        except Exception as err:  # a bug in the trial: the study goes on
-            log.exception("study %s: trial %d crashed", self.spec.study, trial.number)
-            error = f"{type(err).__name__}: {err}"
-        finally:
-            pruned = pruning.close()
-        return self._conclude(trial, run, pruned, error)
-
-    def _execute(self, number: int, params: dict[str, Any], run: Run, pruning: TrialPruning) -> None:
-        pruning.run = run
-        executor = self.backend.executor()
+            entry.error = str(err)
+            return entry
+        trial.set_user_attr("config", config.model_dump(mode="json"))
+        entry.run = entry.pruning.run = Run(
+            run_id=run_id,
+            config=config,
+            run_dir=run_dir,
+            priority=self.spec.priority,
+            state=RunState.PENDING if self.gate is None else RunState.QUEUED,
+        )
         with self._lock:
-            self._runs[number] = run
+            self._runs[trial.number] = entry.run
         if self._stopping():
-            run.request_cancel()
-        self.events.route(run.run_id, pruning.observe)
+            entry.run.request_cancel()
+        self.events.route(run_id, entry.pruning.observe)
+        return entry
+
+    def _train_batch(self, entries: list[TrialEntry]) -> None:
+        """The batch's runs, each through the gate (a server's job queue), trained in one
+        executor call; then their last events are awaited."""
+        admitted: list[TrialEntry] = []
         try:
-            if self.gate is not None and not self.gate.wait_turn(
-                run, study=self.spec.study, cancel=self.cancel
-            ):
-                return  # cancelled while queued: the run ended cancelled
-            try:
-                self._train(number, params, run, executor)
-            finally:
-                if self.gate is not None:
-                    self.gate.done(run)
-            pruning.wait_ended(_DRAIN_TIMEOUT_S)
+            for entry in entries:
+                assert entry.run is not None
+                if self.gate is None or self.gate.wait_turn(
+                    entry.run, study=self.spec.study, cancel=self.cancel
+                ):
+                    admitted.append(entry)  # else cancelled while queued: the run ended cancelled
+            if admitted:
+                from orchestrator.run.driver import execute_runs
+
+                drivers = [self._driver(entry) for entry in admitted]
+                executor = self.backend.executor()
+                try:
+                    execute_runs(drivers, executor)
+                finally:
+                    self.backend.end_trial(executor)
+            for entry in admitted:
+                entry.pruning.wait_ended(_DRAIN_TIMEOUT_S)
         finally:
-            self.events.unroute(run.run_id)
-            with self._lock:
-                del self._runs[number]
-            self.backend.end_trial(executor)
+            for entry in entries:
+                assert entry.run is not None
+                if self.gate is not None and entry in admitted:
+                    self.gate.done(entry.run)
+                self.events.unroute(entry.run.run_id)
+                with self._lock:
+                    self._runs.pop(entry.trial.number, None)
 
-    def _train(self, number: int, params: dict[str, Any], run: Run, executor: FoldExecutor) -> None:
-        from orchestrator.run.driver import execute_run
+    def _driver(self, entry: TrialEntry) -> RunDriver:
+        from orchestrator.run.driver import RunDriver  # the API imports this module, never torch
 
-        s = self.spec
-        hpo = dict(study=s.study, trial=number, params=params, metric=s.metric, direction=s.direction)
-        execute_run(run, self.backend.sink, executor, hpo_trial=number, extra_summary={"hpo": hpo})
+        assert entry.run is not None
+        spec, number = self.spec, entry.trial.number
+        hpo = {"study": spec.study, "trial": number, "params": entry.params, "metric": spec.metric}
+        summary = {"hpo": {**hpo, "direction": spec.direction}}
+        return RunDriver(entry.run, self.backend.sink, extra_summary=summary, hpo_trial=number)
 
-    def _conclude(self, trial: optuna.Trial, run: Run | None, pruned: bool, error: str | None) -> float:
-        """The one place a trial's outcome is decided; Optuna turns the exceptions into states."""
+    def _tell(self, study: optuna.Study, entry: TrialEntry) -> None:
+        """The one place a trial's outcome is decided and told to Optuna, then announced."""
+        trial, run = entry.trial, entry.run
         if run is not None:
             trial.set_user_attr("run_state", run.state.value)
             if run.summary_path:
                 trial.set_user_attr("summary_path", run.summary_path)
-        if error is None and pruned:
-            raise optuna.TrialPruned()
-        value: float | None = None
-        if error is None and run is not None:
-            value, error = self._value_of(run)
-        if value is None:
+        state, value, error = trial_outcome(run, entry.pruning.close(), entry.error, self.spec.metric)
+        if state is TrialState.FAIL:
             trial.set_user_attr("error", error)
-            raise TrialFailed(error)
-        return value
+            log.warning("study %s: trial %d failed: %s", self.spec.study, trial.number, error)
+        self._trial_ended(study.tell(trial, value, state=state))
 
-    def _value_of(self, run: Run) -> tuple[float | None, str | None]:
-        if run.state is RunState.COMPLETED and run.summary_path:
-            summary = json.loads(Path(run.summary_path).read_text())
-            return objective_value(summary, self.spec.metric)
-        if run.state is RunState.CANCELLED:
-            return None, "cancelled with the study"
-        return None, run.error or f"run ended {run.state.value}"
-
-    def _trial_ended(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna's callback once a trial is told: stop on cancel, announce it, rewrite files."""
-        if self._stopping():
-            study.stop()
+    def _trial_ended(self, trial: FrozenTrial) -> None:
+        """After a trial is told: announce it, rewrite the study's files."""
         try:
             with self._lock:
                 self._announced.add(trial.number)
@@ -322,7 +339,6 @@ class _StudySession:
                 self._write_results()
         except BaseException as err:
             self._callback_error = err
-            study.stop()
             raise
 
     # -- events and results
@@ -338,28 +354,22 @@ class _StudySession:
         trial_run_id: str | None = None,
         error: str | None = None,
     ) -> None:
-        """One ``hpo_trial`` event, under ``_lock``. Trials that ended together are announced
-        one at a time: a session trial whose ending is not out yet counts neither in
-        ``trials_done`` nor for ``best_value``."""
+        """One ``hpo_trial`` event, under ``_lock`` (``results.trial_event``)."""
         assert self.study is not None
         pending = set(self.session_trials) - self._announced
-        done, best = standing(self.study.get_trials(deepcopy=False), str(self.spec.direction), pending)
         self._publisher.publish(
-            HpoTrial.model_validate(
-                {
-                    "study": self.spec.study,
-                    "trial": number,
-                    "state": state,
-                    "params": params,
-                    "value": value,
-                    "duration_seconds": duration,
-                    "best_value": best.value if best else None,
-                    "best_params": dict(best.params) if best else None,
-                    "trials_done": done,
-                    "trials_total": max(self.trials_total, done),
-                    "trial_run_id": trial_run_id,
-                    "error": error,
-                }
+            trial_event(
+                self.study,
+                self.spec,
+                self.trials_total,
+                pending,
+                number,
+                state,
+                params,
+                value=value,
+                duration=duration,
+                trial_run_id=trial_run_id,
+                error=error,
             )
         )
 
@@ -368,8 +378,7 @@ class _StudySession:
         assert self.study is not None
         best = best_trial(self.study)
         with self._lock:
-            warning = selection_notification(self._selection.report, self.spec.study)
-            if warning is not None:
+            if (warning := selection_notification(self._selection.report, self.spec.study)) is not None:
                 self._publisher.publish(warning)
             self._publish(
                 best.number if best else -1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from orchestrator.run.skill import fold_edge, run_skill
 from workers.features import FeatureSet, FeatureWarning, scaling_warnings
 from workers.fold import FoldResult
 
-__all__ = ["new_run", "execute_run"]
+__all__ = ["new_run", "execute_run", "execute_runs", "RunDriver"]
 
 log = logging.getLogger(__name__)
 
@@ -68,105 +69,194 @@ def execute_run(
     hpo_trial: int | None = None,
 ) -> Run:
     """Run to the end; never raises for a run failure (the state and events say how it ended)."""
-    config = run.config
-    folder = Path(run.run_dir)
-    sink.register_run(run.run_id, run.run_dir)
-    driver = sink.publisher(run.run_id, "driver")
-    started = time.time()
+    execute_runs([RunDriver(run, sink, extra_summary=extra_summary, hpo_trial=hpo_trial)], executor)
+    return run
+
+
+def execute_runs(drivers: Sequence[RunDriver], executor: FoldExecutor) -> None:
+    """Several runs to their ends, their folds trained in one executor call (packed together where
+    they share an architecture: HPO trials admitted together). A run that fails (its data, a fold,
+    its files, a cancel) ends alone; the others go on. Never raises for a run failure."""
+    by_run: dict[str, RunDriver] = {}
+    jobs: list[FoldJob] = []
+    for driver in drivers:
+        job = driver.prepare()
+        if job is not None:
+            by_run[job.run_id] = driver
+            jobs.append(job)
+    if not jobs:
+        return
+    finished: set[str] = set()
+
+    def on_end(run_id: str, error: Exception | None) -> None:  # a run ends as soon as its folds do
+        finished.add(run_id)
+        by_run[run_id].finish(executor.name, error)
+
     try:
-        run.transition(RunState.RUNNING)
-        data = run_data(config.data, config.date_format, config.lookback)
-        frame, features = data.frame, data.features
-        driver.publish(DatasetReady(size=len(features), min_samples=config.min_samples))
-        if len(features) < config.min_samples:
-            raise InsufficientDataError(len(features), config.min_samples)
-        specs = plan_feasible_folds(config, len(features))
-        check_folds(config, specs)  # refuse what the data cannot support before any fold trains
-        data_warnings = {spec.fold_id: _data_warnings(features, spec) for spec in specs}
-        run.folds_total = len(specs)
-        data_seconds = time.time() - started
+        errors = executor.run_jobs(jobs, lambda result: by_run[result.run_id].on_result(result), on_end)
+    except Exception as err:  # the executor itself broke: every run of the call ends with it
+        if not isinstance(err, OrchestratorError):
+            log.exception("runs %s: the executor failed", ", ".join(by_run))
+        errors = dict.fromkeys(by_run, err)
+    for run_id, driver in by_run.items():
+        if run_id not in finished:
+            driver.finish(executor.name, errors.get(run_id))
 
-        training_started_at = time.time()
-        driver.publish(
-            TrainingStart(
-                use_cv=config.use_cv,
-                total_folds=len(specs),
-                total_epochs=config.epochs,
-                hpo_trial=hpo_trial,
-            )
-        )
-        for fold_id, found in data_warnings.items():
-            if found:
-                driver.publish(
-                    Notification(
-                        level="warning",
-                        kind="data_warning",
-                        fold_id=fold_id,
-                        message=f"fold {fold_id}: " + "; ".join(w.message for w in found),
-                    )
+
+class RunDriver:
+    """One run's driver side in three phases (``prepare``, ``on_result`` per fold, ``finish``), so
+    that the folds of several runs can train in one executor call. It publishes the lifecycle
+    events as producer ``driver``; whatever happens, the run ends with exactly one of
+    ``training_complete`` or ``training_error`` and a terminal state."""
+
+    def __init__(
+        self,
+        run: Run,
+        sink: EventSink,
+        *,
+        extra_summary: dict[str, Any] | None = None,
+        hpo_trial: int | None = None,
+    ) -> None:
+        self.run = run
+        self.sink = sink
+        self.extra_summary = extra_summary
+        self.hpo_trial = hpo_trial
+        self.folder = Path(run.run_dir)
+        self.results: dict[int, FoldResult] = {}
+        self.paths: dict[int, str] = {}
+        self.edges: dict[int, dict[str, Any]] = {}  # each fold against the naive forecast (run/skill.py)
+        self._data: Any = None
+        self._specs: list[FoldSpec] = []
+        self._data_warnings: dict[int, list[FeatureWarning]] = {}
+        self._started = time.time()
+        self._data_seconds = 0.0
+        self._training_started_at = 0.0
+        self._driver: Any = None
+
+    def prepare(self) -> FoldJob | None:
+        """Data, features, the fold plan, ``training_start``: the run's fold job, or None when the
+        run has already ended (its data or config refused, a cancel)."""
+        run, config = self.run, self.run.config
+        self.sink.register_run(run.run_id, run.run_dir)
+        self._driver = driver = self.sink.publisher(run.run_id, "driver")
+        self._started = time.time()
+        try:
+            run.transition(RunState.RUNNING)
+            self._data = data = run_data(config.data, config.date_format, config.lookback)
+            features = data.features
+            driver.publish(DatasetReady(size=len(features), min_samples=config.min_samples))
+            if len(features) < config.min_samples:
+                raise InsufficientDataError(len(features), config.min_samples)
+            specs = self._specs = plan_feasible_folds(config, len(features))
+            check_folds(config, specs)  # refuse what the data cannot support before any fold trains
+            self._data_warnings = {spec.fold_id: _data_warnings(features, spec) for spec in specs}
+            run.folds_total = len(specs)
+            self._data_seconds = time.time() - self._started
+
+            self._training_started_at = time.time()
+            driver.publish(
+                TrainingStart(
+                    use_cv=config.use_cv,
+                    total_folds=len(specs),
+                    total_epochs=config.epochs,
+                    hpo_trial=self.hpo_trial,
                 )
-        results: dict[int, FoldResult] = {}
-        paths: dict[int, str] = {}
-        edges: dict[int, dict[str, Any]] = {}  # each fold against the naive forecast (run/skill.py)
-
-        def on_result(result: FoldResult) -> None:
-            path = write_predictions_csv(folder, result.fold_id, result.predictions)
-            results[result.fold_id] = result
-            paths[result.fold_id] = str(path)
-            spec = specs[result.fold_id]
-            edges[result.fold_id] = edge = fold_edge(features.y[spec.train.as_slice()], result.predictions)
-            run.folds_done = len(results)
-            warnings = (
-                ("calibration_warning", result.calibration_warning),
-                ("coverage_warning", result.coverage_warning),
             )
-            for kind, warning in warnings:
-                if warning:
+            for fold_id, found in self._data_warnings.items():
+                if found:
                     driver.publish(
                         Notification(
                             level="warning",
-                            kind=kind,
-                            fold_id=result.fold_id,
-                            message=f"fold {result.fold_id}: {warning}",
+                            kind="data_warning",
+                            fold_id=fold_id,
+                            message=f"fold {fold_id}: " + "; ".join(w.message for w in found),
                         )
                     )
-            driver.publish(
-                FoldComplete(
-                    fold_id=result.fold_id,
-                    predictions_path=str(path),
-                    calibration_method=result.calibration_method,
-                    calibration_warning=result.calibration_warning,
-                    coverage_warning=result.coverage_warning,
-                    val_auc=result.metrics.get("val_auc"),
-                    best_epoch=result.best_epoch,
-                    nll_diff=edge["skill"]["nll_diff"],
-                    dm_p=edge["skill"]["dm_p"],
-                )
-            )
-
-        job = FoldJob(
+            if run.cancel_requested.is_set():
+                raise RunCancelledError(f"run {run.run_id} was cancelled")
+        except Exception as err:
+            self.finish("", err)
+            return None
+        return FoldJob(
             run_id=run.run_id,
             features=features,
             specs=specs,
             config=config,
-            training_started_at=training_started_at,
-            sink=sink,
+            training_started_at=self._training_started_at,
+            sink=self.sink,
             cancel_event=run.cancel_requested,
         )
-        executor.run_folds(job, on_result)
-        if run.cancel_requested.is_set():
-            raise RunCancelledError(f"run {run.run_id} was cancelled")
-        training_seconds = time.time() - training_started_at
 
+    def on_result(self, result: FoldResult) -> None:
+        """A fold's result: its predictions CSV, its warnings, ``fold_complete``."""
+        path = write_predictions_csv(self.folder, result.fold_id, result.predictions)
+        self.results[result.fold_id] = result
+        self.paths[result.fold_id] = str(path)
+        spec = self._specs[result.fold_id]
+        y_train = self._data.features.y[spec.train.as_slice()]
+        self.edges[result.fold_id] = edge = fold_edge(y_train, result.predictions)
+        self.run.folds_done = len(self.results)
+        warnings = (
+            ("calibration_warning", result.calibration_warning),
+            ("coverage_warning", result.coverage_warning),
+        )
+        for kind, warning in warnings:
+            if warning:
+                self._driver.publish(
+                    Notification(
+                        level="warning",
+                        kind=kind,
+                        fold_id=result.fold_id,
+                        message=f"fold {result.fold_id}: {warning}",
+                    )
+                )
+        self._driver.publish(
+            FoldComplete(
+                fold_id=result.fold_id,
+                predictions_path=str(path),
+                calibration_method=result.calibration_method,
+                calibration_warning=result.calibration_warning,
+                coverage_warning=result.coverage_warning,
+                val_auc=result.metrics.get("val_auc"),
+                best_epoch=result.best_epoch,
+                nll_diff=edge["skill"]["nll_diff"],
+                dm_p=edge["skill"]["dm_p"],
+            )
+        )
+
+    def finish(self, executor_name: str, error: BaseException | None) -> Run:
+        """The summary, ``report.html`` and ``training_complete``; or, after ``error`` (or a
+        cancel), ``training_error``. Never raises for a run failure."""
+        run = self.run
+        try:
+            if error is not None:
+                raise error
+            if run.cancel_requested.is_set():
+                raise RunCancelledError(f"run {run.run_id} was cancelled")
+            self._complete(executor_name)
+        except RunCancelledError as err:
+            _fail(run, self._driver, RunState.CANCELLED, str(err))
+        except Exception as err:  # every failure ends the run with a readable training_error
+            if not isinstance(err, OrchestratorError):
+                log.exception("run %s failed", run.run_id, exc_info=err)
+            _fail(run, self._driver, RunState.FAILED, _error_text(err))
+        return run
+
+    def _complete(self, executor_name: str) -> None:
+        run, config, data, results = self.run, self.run.config, self._data, self.results
+        frame, features = data.frame, data.features
+        training_seconds = time.time() - self._training_started_at
         per_fold = [
-            _fold_summary(results[k], paths[k], specs[k], features, data_warnings[k], edges[k])
+            _fold_summary(
+                results[k], self.paths[k], self._specs[k], features, self._data_warnings[k], self.edges[k]
+            )
             for k in sorted(results)
         ]
         summary = {
             "run_id": run.run_id,
             "created_at": run.created_at,
             "config": config.model_dump(),
-            "executor": executor.name,
+            "executor": executor_name,
             "data": {
                 "source": config.data,
                 "fingerprint": data.fingerprint,
@@ -180,36 +270,30 @@ def execute_run(
             "aggregate": {
                 **aggregate_metrics([f["metrics"] for f in per_fold]),
                 "skill": run_skill(
-                    {k: r.predictions for k, r in results.items()}, {k: e["naive"] for k, e in edges.items()}
+                    {k: r.predictions for k, r in results.items()},
+                    {k: e["naive"] for k, e in self.edges.items()},
                 ),
             },
             "timings": {
-                "data_seconds": data_seconds,
+                "data_seconds": self._data_seconds,
                 "training_seconds": training_seconds,
-                "total_seconds": time.time() - started,
+                "total_seconds": time.time() - self._started,
                 "fold_train_seconds": {str(k): results[k].train_seconds for k in sorted(results)},
                 **fold_overhead(results),
             },
             "versions": package_versions(),
-            **(extra_summary or {}),
+            **(self.extra_summary or {}),
         }
-        summary_path = write_summary(folder, summary)
+        summary_path = write_summary(self.folder, summary)
         try:
-            write_run_report(folder, summary)
+            write_run_report(self.folder, summary)
         except BaseException:  # a full disk: no summary.json of a run that did not complete
             summary_path.unlink(missing_ok=True)
             raise
         run.summary_path = str(summary_path)
-        driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
-        driver.flush()
+        self._driver.publish(TrainingComplete(folds_completed=len(results), summary_path=str(summary_path)))
+        self._driver.flush()
         run.transition(RunState.COMPLETED)
-    except RunCancelledError as err:
-        _fail(run, driver, RunState.CANCELLED, str(err))
-    except Exception as err:  # every failure ends the run with a readable training_error
-        if not isinstance(err, OrchestratorError):
-            log.exception("run %s failed", run.run_id)
-        _fail(run, driver, RunState.FAILED, _error_text(err))
-    return run
 
 
 def _fail(run: Run, driver: Any, state: RunState, message: str) -> None:
@@ -265,6 +349,8 @@ def _fold_summary(
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "train_seconds": result.train_seconds,
+        "pack_size": result.pack_size,
+        "pack_id": result.pack_id,
         "device": result.device,
         "attempt": result.attempt,
     }
