@@ -287,7 +287,7 @@ def test_resuming_after_any_message_gives_exactly_the_rest() -> None:
     everything = Subscription(types=frozenset(MESSAGE_TYPES))
     feed, sent = _play({0: everything})
     full = sent[0]
-    assert _labels(full) == FOLLOWED
+    assert feed.labels(full) == FOLLOWED
 
     async def resume(since: int) -> list[dict[str, object]]:
         rest: list[dict[str, object]] = []
