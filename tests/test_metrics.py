@@ -187,22 +187,16 @@ def test_mincer_zarnowitz_undefined_cases_give_none() -> None:
     assert mincer_zarnowitz(y[:2], np.array([0.1, 0.2])) == undefined
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: mu that differs only in float32 rounding passes the constant-mu check "
-    "(_CONSTANT_MU_RTOL = 1e-10, below float32's 1.2e-7), then X'X is singular: LinAlgError fails "
-    "the fold (an HPO trial on a stale validation segment), or the slope is rounding noise",
-)
 def test_mincer_zarnowitz_mu_that_differs_only_in_float32_rounding_is_constant() -> None:
     # The model computes in float32: on bars that do not move its mu is one value, a few rows
     # one ulp above it (seen in a trial of test_hpo_cli's stale-tail study).
     undefined = MZResult(None, None, None, None)
     flat = np.float32(0.0015873825)
     mu = np.full(437, flat, dtype=np.float32)
-    mu[:100] = np.nextafter(flat, np.float32(1.0))  # today: slope 1.2e7, p = 1e-4
+    mu[:100] = np.nextafter(flat, np.float32(1.0))  # was: slope 1.2e7, p = 1e-4
     y = np.random.default_rng(0).normal(0.0, 0.01, 437)
     assert mincer_zarnowitz(y, mu) == undefined
-    mu[5:100] = flat  # today: LinAlgError: Singular matrix
+    mu[5:100] = flat  # was: LinAlgError: Singular matrix
     assert mincer_zarnowitz(np.zeros(437), mu) == undefined
 
 

@@ -22,6 +22,7 @@ from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.run.driver import RunDriver, execute_runs, new_run
+from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -77,8 +78,7 @@ class Runs:
         self.thread.start()
 
     def events(self, index: int = 0) -> list[Event]:
-        events: list[Event] = ray.get(self.hub.run_events.remote(self.runs[index].run_id), timeout=30)
-        return events
+        return bodies(ray.get(self.hub.run_events.remote(self.runs[index].run_id), timeout=30))
 
     def epochs(self, fold_id: int, index: int = 0) -> list[int]:
         return [

@@ -169,6 +169,7 @@ def test_stacked_adamw_equals_torch_adamw_per_model_with_ragged_activity() -> No
     y = 0.01 * torch.randn(len(lrs), 24, generator=g)
     activity = (torch.rand(40, len(lrs), generator=g) < 0.6).float()
     activity[:5, 3] = 0.0  # model 3 starts late: its first step count is 1 at its first step
+    assert len(models) == len(torch_optimizers) == len(lrs) and activity.sum() > 0
     for active in activity:
         frozen = stack.flat.detach().clone()
         # the same gradients on both sides: each model's loss on its own rows
@@ -202,6 +203,7 @@ def test_stacked_adamw_update_is_torchs_bit_for_bit_on_equal_gradients() -> None
     lrs, wds = [1e-2, 3e-3, 1e-3], [0.0, 1e-2, 0.1]
     stack, optimizer, models, torch_optimizers = _stacked_and_torch(lrs, wds)
     g = torch.Generator().manual_seed(3)
+    assert len(models) == len(torch_optimizers) == len(lrs)
     for step in range(25):
         active = torch.tensor([1.0, float(step % 3 != 0), float(step >= 10)])
         grads = torch.randn(stack.flat.shape, generator=g)
