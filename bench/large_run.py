@@ -123,7 +123,8 @@ class TimedExecutor:
         self.training_started_at = 0.0
         self.arrived: dict[int, float] = {}
 
-    def run_folds(self, job: Any, on_result: Any) -> None:
+    def run_jobs(self, jobs: Any, on_result: Any, on_end: Any = None) -> dict[str, Exception]:
+        (job,) = jobs  # one run per call here
         self.training_started_at = job.training_started_at
         self.arrived = {}
 
@@ -131,7 +132,8 @@ class TimedExecutor:
             self.arrived[result.fold_id] = time.time()
             on_result(result)
 
-        self.inner.run_folds(job, noted)
+        errors: dict[str, Exception] = self.inner.run_jobs(jobs, noted, on_end)
+        return errors
 
     def shutdown(self) -> None:
         self.inner.shutdown()
