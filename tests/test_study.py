@@ -146,8 +146,10 @@ def test_bad_region_is_pruned_and_its_run_stopped(
     hpo_bars: str, hpo_hub: Any, hpo_pool: Any, tmp_path: Path
 ) -> None:
     # long enough that the prune (decided at the first epochs) lands before the end even when
-    # the machine is loaded: the events travel fold -> hub -> stream -> pruner -> cancel
-    epochs = 40
+    # the machine is loaded: the events travel fold -> hub -> stream -> pruner -> cancel. The two
+    # folds train as one stack (about twice as fast as one after the other): 40 epochs once ended
+    # before the prune arrived, with another Ray cluster training beside this suite.
+    epochs = 120
     config = base_config(hpo_bars, tmp_path, epochs=epochs, patience=epochs)
     spec = make_spec(
         hpo_bars,
