@@ -14,7 +14,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyLimitMiddleware", "json_depth", "send_json_error"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "BodyLimitMiddleware",
+    "json_depth",
+    "json_error_parts",
+    "send_json_error",
+]
 
 MAX_BODY_BYTES = 2**20
 # a study's body nests 4 deep (search_space -> field -> choices -> value); 32 leaves room
@@ -41,16 +48,24 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-async def send_json_error(
-    send: Send, status: int, error: str, extra_headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    """A whole HTTP response ``{"error": error}`` with ``status``."""
+def json_error_parts(
+    error: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body ``{"error": error}`` and the headers of a JSON error response."""
     body = json.dumps({"error": error}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         *(extra_headers or []),
     ]
+    return body, headers
+
+
+async def send_json_error(
+    send: Send, status: int, error: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole HTTP response ``{"error": error}`` with ``status``."""
+    body, headers = json_error_parts(error, extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.limits import json_error_parts, send_json_error
 from api.refusals import mark_deliberate_refusal
 
 __all__ = [
@@ -185,20 +185,14 @@ async def _refuse(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """A JSON error response; for a WebSocket, sent instead of the upgrade."""
-    body = json.dumps({"error": error}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *(extra_headers or []),
-    ]
-    if scope["type"] == "websocket":
-        mark_deliberate_refusal()
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            await send({"type": "websocket.close", "code": 1008, "reason": error[:120]})  # -> 403
-            return
-        start: Message = {"type": "websocket.http.response.start", "status": status, "headers": headers}
-        await send(start)
-        await send({"type": "websocket.http.response.body", "body": body})
+    if scope["type"] != "websocket":
+        await send_json_error(send, status, error, extra_headers)
         return
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    mark_deliberate_refusal()
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": error[:120]})  # -> 403
+        return
+    body, headers = json_error_parts(error, extra_headers)
+    start: Message = {"type": "websocket.http.response.start", "status": status, "headers": headers}
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": body})

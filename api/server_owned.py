@@ -13,24 +13,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SERVER_EXECUTOR", "OwnedFieldRefusal", "owned_field_refusal"]
+__all__ = ["SERVER_EXECUTOR", "Refusal", "owned_field_refusal"]
 
 SERVER_EXECUTOR = "ray"
 
 
 @dataclass(frozen=True)
-class OwnedFieldRefusal:
-    """Why a set of config values is refused: the field at fault and a message naming its value."""
+class Refusal:
+    """A body field refused (here, or by the trust model, ``api.trust``): the field at fault and a
+    message naming its value."""
 
     field: str
     message: str
 
 
-def owned_field_refusal(values: Mapping[str, object], reports_dir: str) -> OwnedFieldRefusal | None:
+def owned_field_refusal(values: Mapping[str, object], reports_dir: str) -> Refusal | None:
     """The refusal when ``values`` set a server-owned field to something else, or None."""
     executor = values.get("executor", SERVER_EXECUTOR)
     if executor != SERVER_EXECUTOR:
-        return OwnedFieldRefusal(
+        return Refusal(
             "executor",
             f"executor: the server trains on Ray only (the API process never imports torch), got "
             f"{executor!r}; use `orchestrator train --executor local` for an in-process run",
@@ -38,7 +39,7 @@ def owned_field_refusal(values: Mapping[str, object], reports_dir: str) -> Owned
     if "reports_dir" in values:
         given = values["reports_dir"]
         if not isinstance(given, str) or Path(given).resolve() != Path(reports_dir).resolve():
-            return OwnedFieldRefusal(
+            return Refusal(
                 "reports_dir",
                 f"reports_dir: set by the server (--reports-dir {reports_dir}), got {given!r}",
             )

@@ -19,18 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from api.files import file_under
+from api.server_owned import Refusal
 from orchestrator.data.names import data_name_problem, is_bundled
 from orchestrator.errors import brief
 
 __all__ = ["BodyTrust", "Refusal"]
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A body field the trust model refuses: the field and a message naming its value."""
-
-    field: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ __all__ = [
     "load_config_file",
     "parse_yaml",
     "parse_json",
+    "unique_json_object",
+    "DuplicateKeysError",
     "config_from_mapping",
     "format_validation_error",
 ]
@@ -232,7 +234,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # with an old `lr: 0.01` left below the new one trains with the old value. Both readers here refuse.
 
 
-class _DuplicateKeys(Exception):
+class DuplicateKeysError(Exception):
     """Keys written twice in one mapping: (key, first line, second line), lines 1-based or 0."""
 
     def __init__(self, found: list[tuple[Any, int, int]]) -> None:
@@ -259,14 +261,14 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
         except TypeError:  # an unhashable key: construct_mapping names it
             continue
     if repeated:
-        raise _DuplicateKeys(repeated)
+        raise DuplicateKeysError(repeated)
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def _duplicate_message(err: _DuplicateKeys, where: str, text: str) -> str:
+def _duplicate_message(err: DuplicateKeysError, where: str, text: str) -> str:
     rows = text.splitlines()
 
     def line(number: int) -> str:
@@ -294,26 +296,29 @@ def parse_yaml(text: str, where: str) -> Any:
     a key written twice in one mapping (with both lines)."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKeys as err:
+    except DuplicateKeysError as err:
         raise ConfigError(_duplicate_message(err, where, text)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {err}") from err
+
+
+def unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that raises ``DuplicateKeysError`` for a key written
+    twice in one object (lines unknown: 0)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        keys = [key for key, _ in pairs]
+        raise DuplicateKeysError([(key, 0, 0) for key in found if keys.count(key) > 1])
+    return found
 
 
 def parse_json(text: str, where: str) -> Any:
     """``text`` as JSON; ``ConfigError`` naming ``where`` for a syntax error or a key written twice
     in one object (with both lines, found by reading the text again as YAML, where it can be)."""
 
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        found = dict(pairs)
-        if len(found) < len(pairs):
-            keys = [key for key, _ in pairs]
-            raise _DuplicateKeys([(key, 0, 0) for key in found if keys.count(key) > 1])
-        return found
-
     try:
-        return json.loads(text, object_pairs_hook=unique)
-    except _DuplicateKeys as err:
+        return json.loads(text, object_pairs_hook=unique_json_object)
+    except DuplicateKeysError as err:
         try:
             parse_yaml(text, where)  # JSON is YAML's flow style: the same refusal, with lines
         except ConfigError as with_lines:

@@ -171,6 +171,7 @@ def test_a_run_after_an_hpo_study_gets_the_cpus_its_idle_warm_actors_held(cluste
         time.sleep(1)
     assert state == "completed"
     idle = cluster.get("/queue")["idle_warm_workers"]
+    assert idle >= 1, idle  # else nothing below tests the fix
     # its warm actors hold the cluster's CPUs while the queue counts them free: before this fix
     # the run was admitted and its folds waited for placement until it failed
     run_id = cluster.train(2, placement_timeout_s=30)

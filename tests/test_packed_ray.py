@@ -139,6 +139,7 @@ def test_each_worker_trains_its_folds_as_one_stack_with_the_same_results(
     (run,) = Runs(hub, executor, [make_config(tmp_path, bars)]).wait()
     summary = summary_of(run)
     assert [f["pack_size"] for f in summary["folds"]] == [2, 2, 2, 2]  # two workers' packs of two
+    assert len({f["pack_id"] for f in summary["folds"]}) == 2
     assert {f["pack_size"] for f in alone["folds"]} == {1}
     assert_same_folds(summary, alone)
 

@@ -21,14 +21,13 @@ from orchestrator.hpo.selection import (
     TrialRows,
     block_bounds,
     block_count,
-    dsr_from_inputs,
-    pbo_from_matrix,
     selection_diagnostics,
     trial_rows,
     trial_rows_from_frame,
 )
 from orchestrator.hpo.trial_rows import BLOCK_METRICS
 from orchestrator.messages import EPOCH_METRIC_FIELDS
+from tests.edge_rules import dsr_by_rule, pbo_by_rule
 from workers.baselines import diebold_mariano, naive_forecast, naive_rows
 from workers.metrics import roc_auc
 
@@ -116,8 +115,8 @@ def test_recomputed_pbo_and_dsr_equal_the_report_through_csv_and_json() -> None:
     matrix = pd.read_csv(io.StringIO(selection.matrix.to_csv(index=False)))
     assert list(matrix.columns[:3]) == ["block", "first_timestamp", "last_timestamp"]
     assert [int(c) for c in matrix.columns[3:]] == list(range(12))
-    assert pbo_from_matrix(matrix, "minimize") == pytest.approx(report["pbo"], abs=1e-9)
-    assert dsr_from_inputs(report["dsr_inputs"]) == pytest.approx(report["dsr"], abs=1e-6)
+    assert pbo_by_rule(matrix, "minimize") == pytest.approx(report["pbo"], abs=1e-9)
+    assert dsr_by_rule(report["dsr_inputs"]) == pytest.approx(report["dsr"], abs=1e-6)
     inputs = report["dsr_inputs"]
     srs = [sharpe_stats(sign_strategy(t.p_up_cal, t.y)).sr for t in trials]
     assert all(sr is not None for sr in srs)

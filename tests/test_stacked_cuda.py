@@ -13,16 +13,15 @@ import pytest
 import torch
 
 from orchestrator.config import config_from_mapping
-from orchestrator.run.cv import plan_folds_for
 from tests.synthetic import ar1_ohlcv
-from workers.features import Standardizer, build_features
-from workers.fold import train_settings
+from tests.test_stacked_fit import _folds
+from workers.features import build_features
 from workers.model import ForecastNet
 from workers.packed import PackMember, fit_pack
 from workers.stacked import StackedForecastNet
 from workers.stacked_optim import StackedAdamW
 from workers.stacked_steps import EagerStackedStep, GraphedStackedStep, TrainTable
-from workers.train import EpochRecord, Segments, TrainOutcome, TrainSettings, fit
+from workers.train import EpochRecord, TrainOutcome, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -81,21 +80,7 @@ def test_fit_pack_equals_fit_on_cuda_without_dropout(cuda_graphs: bool) -> None:
         }
     )
     features = build_features(ar1_ohlcv(1500, seed=3, phi=0.3), config.lookback)
-    folds: list[tuple[Segments, TrainSettings]] = []
-    for spec in plan_folds_for(config, len(features)):
-        train, cal, val = spec.train.as_slice(), spec.calibration.as_slice(), spec.validation.as_slice()
-        scaler = Standardizer.fit(features.X[train])
-        segments = Segments(
-            scaler.transform(features.X[train]),
-            features.y[train],
-            scaler.transform(features.X[cal]),
-            features.y[cal],
-            scaler.transform(features.X[val]),
-            features.y[val],
-        )
-        folds.append(
-            (segments, dataclasses.replace(train_settings(config, spec.fold_id), cuda_graphs=cuda_graphs))
-        )
+    folds = [(s, dataclasses.replace(t, cuda_graphs=cuda_graphs)) for s, t in _folds(features, config)]
     fitted = [fit(s, t, device=device, on_epoch=lambda r: None, elapsed=lambda: 0.0) for s, t in folds]
     records: list[list[EpochRecord]] = [[] for _ in folds]
     members = [

@@ -42,6 +42,7 @@ from workers.metrics import (
     finite_or_none,
     gaussian_nll,
     hac_maxlags,
+    spread_beyond_rounding,
 )
 
 __all__ = [
@@ -118,7 +119,7 @@ def naive_forecast(y_train: npt.ArrayLike) -> NaiveForecast:
     if y.shape[0] < 2:
         raise ValueError(f"the naive forecast needs at least 2 train rows, got {y.shape[0]}")
     # constant returns: exactly 0, not the rounding residue of np.std (the NLL is then undefined)
-    constant = not float(np.max(y) - np.min(y)) > 4.0 * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+    constant = not spread_beyond_rounding(y)
     return NaiveForecast(
         mu=float(np.mean(y)),
         sigma=0.0 if constant else float(np.std(y, ddof=NAIVE_SIGMA_DDOF)),
@@ -178,8 +179,7 @@ def diebold_mariano(loss_diff: npt.ArrayLike) -> DMResult:
     if n < _DM_MIN_ROWS:
         return DMResult(None, None, n, None)
     maxlags = hac_maxlags(n)
-    spread = float(np.max(d) - np.min(d))
-    if not spread > 4.0 * np.finfo(np.float64).eps * float(np.max(np.abs(d))):
+    if not spread_beyond_rounding(d):  # constant up to rounding
         return DMResult(None, None, n, maxlags)
     import statsmodels.api as sm  # about 1 s on first import: only where a test is run
 
@@ -264,7 +264,7 @@ def fold_baseline(
     """
     naive = naive_forecast(y_train)
     return {
-        "naive": dict(naive.as_dict()),
-        "baseline": dict(naive_scores(naive, y_val)),
-        "skill": dict(skill(y_val, mu, sigma, p_up_cal, naive.mu, naive.sigma, naive.p_up)),
+        "naive": dict(naive.as_dict()),  # a copy typed as the others (dict is invariant)
+        "baseline": naive_scores(naive, y_val),
+        "skill": skill(y_val, mu, sigma, p_up_cal, naive.mu, naive.sigma, naive.p_up),
     }

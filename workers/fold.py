@@ -191,7 +191,7 @@ class FoldTrainer:
         # actor pays it when it starts, beside the driver's set-up, not inside its first fold.
         import torch._dynamo  # noqa: F401
 
-        import workers.train  # noqa: F401  (torch, scipy, statsmodels: once per worker process)
+        import workers.train  # noqa: F401  (torch and scipy: once per worker process)
 
         self.pid = os.getpid()
         self._cancelled = False

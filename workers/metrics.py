@@ -38,6 +38,9 @@ __all__ = [
     "gaussian_nll",
     "hac_maxlags",
     "mincer_zarnowitz",
+    "pit_ks_pvalues",
+    "spread_beyond_rounding",
+    "wald_f",
     "pit_ks_pvalue",
     "roc_auc",
     "segment_loss",
@@ -65,6 +68,12 @@ def _vectors(*arrays: npt.ArrayLike) -> list[FloatArray]:
     if lengths == {0}:
         raise ValueError("metrics need at least one sample, got empty arrays")
     return out
+
+
+def spread_beyond_rounding(x: FloatArray) -> bool:
+    """Whether ``x`` (non-empty, finite) holds more than one value beyond rounding: its range is
+    over 4 float64 ulps of its largest magnitude."""
+    return bool(np.max(x) - np.min(x) > 4.0 * np.finfo(np.float64).eps * np.max(np.abs(x)))
 
 
 def finite_or_none(x: float | np.floating | None) -> float | None:
@@ -190,9 +199,9 @@ def mincer_zarnowitz(y: npt.ArrayLike, mu: npt.ArrayLike) -> MZResult:
         except np.linalg.LinAlgError:  # not identified after all: no test, not a failed fold
             return undefined
         cov_classic = xtx_inv * (ssr / df_resid)
-        f_classic = _wald_f(delta, cov_classic)
+        f_classic = wald_f(delta, cov_classic)
         cov_hac = _newey_west_cov(x, resid, xtx_inv, hac_maxlags(n))
-        f_hac = _wald_f(delta, cov_hac)
+        f_hac = wald_f(delta, cov_hac)
 
     return MZResult(
         intercept=finite_or_none(intercept),
@@ -202,7 +211,7 @@ def mincer_zarnowitz(y: npt.ArrayLike, mu: npt.ArrayLike) -> MZResult:
     )
 
 
-def _wald_f(delta: FloatArray, cov: FloatArray) -> float:
+def wald_f(delta: FloatArray, cov: FloatArray) -> float:
     """F statistic delta' cov^-1 delta / 2 of a two-restriction test; NaN if cov is singular."""
     try:
         return float(delta @ np.linalg.solve(cov, delta)) / 2.0
@@ -237,11 +246,20 @@ def pit_ks_pvalue(y: npt.ArrayLike, mu: npt.ArrayLike, sigma: npt.ArrayLike) -> 
     ``evaluate_epoch``. ``tests/test_metrics.py`` holds it equal to ``stats.kstest``.
     """
     y_, mu_, sigma_ = _vectors(y, mu, sigma)
-    z = np.sort((y_ - mu_) / sigma_)
-    n = z.shape[0]
+    return float(pit_ks_pvalues(((y_ - mu_) / sigma_)[None, :])[0])
+
+
+def pit_ks_pvalues(z: FloatArray) -> FloatArray:
+    """``pit_ks_pvalue`` of each row of ``z`` (``[K, n]`` standardized residuals): the same exact
+    two-sided D and ``kstwo.sf``, one call for all rows (``kstest(axis=1)`` loops over them)."""
+    z = np.sort(z, axis=1)
+    n = z.shape[1]
     cdf = special.ndtr(z)  # stats.norm.cdf
-    d = max(float(np.max(np.arange(1.0, n + 1) / n - cdf)), float(np.max(cdf - np.arange(0.0, n) / n)))
-    return float(np.clip(stats.kstwo.sf(d, n), 0.0, 1.0))
+    d = np.maximum(
+        np.max(np.arange(1.0, n + 1) / n - cdf, axis=1), np.max(cdf - np.arange(0.0, n) / n, axis=1)
+    )
+    pvalues: FloatArray = np.clip(stats.kstwo.sf(d, n), 0.0, 1.0)
+    return pvalues
 
 
 def _gaussian_interval_coverage(y: FloatArray, mu: FloatArray, sigma: FloatArray, alpha: float) -> float:

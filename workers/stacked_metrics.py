@@ -16,10 +16,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
+from scipy import stats
 
 from workers.conformal import conformal_rank
-from workers.metrics import _CONSTANT_MU_RTOL, _LOG_SQRT_2PI, finite_or_none, hac_maxlags
+from workers.metrics import (
+    _CONSTANT_MU_RTOL,
+    _LOG_SQRT_2PI,
+    finite_or_none,
+    hac_maxlags,
+    pit_ks_pvalues,
+    wald_f,
+)
 
 __all__ = ["StackedForecast", "evaluate_epochs"]
 
@@ -78,7 +85,7 @@ def evaluate_epochs(
         "DirAcc": np.mean((val.p_up > 0.5) == (y_up > 0.5), axis=1),
         "ECE": _ece(y_up, val.p_up),
         **_mincer_zarnowitz(yv, val.mu),
-        "PIT_KS_p": _pit_ks_pvalues(z),
+        "PIT_KS_p": pit_ks_pvalues(z),
         **_conformal(yc, cal, yv, val, alphas),
     }
     return [{key: _value(values, i) for key, values in columns.items()} for i in range(k)]
@@ -87,19 +94,6 @@ def evaluate_epochs(
 def _value(values: FloatArray | list[float | None], i: int) -> float | None:
     value = values[i]
     return None if value is None else finite_or_none(value)
-
-
-def _pit_ks_pvalues(z: FloatArray) -> FloatArray:
-    """``metrics.pit_ks_pvalue`` per model (scipy's exact two-sided KS test against N(0, 1)), one
-    ``kstwo.sf`` call for all (``kstest(axis=1)`` loops over the rows)."""
-    z = np.sort(z, axis=1)
-    n = z.shape[1]
-    cdf = special.ndtr(z)
-    d = np.maximum(
-        np.max(np.arange(1.0, n + 1) / n - cdf, axis=1), np.max(cdf - np.arange(0.0, n) / n, axis=1)
-    )
-    pvalues: FloatArray = np.clip(stats.kstwo.sf(d, n), 0.0, 1.0)
-    return pvalues
 
 
 def _roc_auc(y_up: FloatArray, p: FloatArray) -> list[float | None]:
@@ -178,14 +172,8 @@ def _mincer_zarnowitz(y: FloatArray, mu: FloatArray) -> dict[str, list[float | N
 
 
 def _wald_f(delta: FloatArray, cov: FloatArray) -> FloatArray:
-    """delta' cov^-1 delta / 2 per model; NaN where cov is singular (as ``metrics._wald_f``)."""
-    out = np.full(delta.shape[0], math.nan)
-    for j in range(delta.shape[0]):  # a 2x2 solve each: cheap, and singular ones stay NaN
-        try:
-            out[j] = float(delta[j] @ np.linalg.solve(cov[j], delta[j])) / 2.0
-        except np.linalg.LinAlgError:
-            pass
-    return out
+    """``metrics.wald_f`` per model (a 2x2 solve each; NaN where cov is singular)."""
+    return np.array([wald_f(d, c) for d, c in zip(delta, cov, strict=True)])
 
 
 def _conformal(

@@ -1,8 +1,8 @@
 """Selection-bias statistics of a search over trials: PBO by CSCV and the deflated Sharpe ratio.
 
 Pure functions of arrays (DESIGN section 12); ``orchestrator.hpo.selection`` feeds them a study's
-trials. Both recompute functions (``pbo_from_matrix``, ``dsr_from_inputs``) run the same code
-as the study's diagnostics, so a file written from them can be checked against its own inputs.
+trials. The tests recompute ``pbo`` and ``dsr`` from the written files by the rules alone
+(``tests/edge_rules.py``).
 
 Sources:
 
@@ -20,16 +20,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from scipy import stats
 
-from workers.metrics import finite_or_none
+from workers.metrics import finite_or_none, spread_beyond_rounding
 
 __all__ = [
     "MATRIX_KEY_COLUMNS",
@@ -38,9 +36,7 @@ __all__ = [
     "cscv",
     "cscv_splits",
     "deflated_sharpe",
-    "dsr_from_inputs",
     "expected_max_sharpe",
-    "pbo_from_matrix",
     "sharpe_ratio",
     "sharpe_stats",
     "sign_strategy",
@@ -147,22 +143,6 @@ def cscv(values: npt.ArrayLike, direction: Direction) -> CSCVResult:
     )
 
 
-def pbo_from_matrix(matrix: pd.DataFrame, direction: Direction) -> float | None:
-    """``pbo`` recomputed from a selection matrix (``selection_matrix.csv`` read by pandas).
-
-    The trial columns are every column but ``MATRIX_KEY_COLUMNS``; a trial with an empty
-    (undefined) value on some block is left out, as the study leaves it out. ``None`` when fewer
-    than 2 trials or 2 blocks remain, or the number of blocks is odd.
-    """
-    trials = [c for c in matrix.columns if c not in MATRIX_KEY_COLUMNS]
-    values = matrix[trials].to_numpy(dtype=np.float64)
-    values = values[:, np.all(np.isfinite(values), axis=0)]
-    n_blocks, n_trials = values.shape
-    if n_trials < 2 or n_blocks < 2 or n_blocks % 2:
-        return None
-    return cscv(values, direction).pbo
-
-
 def sign_strategy(p_up_cal: npt.ArrayLike, y: npt.ArrayLike) -> FloatArray:
     """The returns s_t = sign(p_up_cal - 0.5) * y_t of going long when up is more likely than not,
     short when less, flat at exactly 0.5 (shape (n,) for inputs of shape (n,))."""
@@ -194,9 +174,7 @@ def _returns(returns: npt.ArrayLike) -> FloatArray:
 
 def _dispersed(r: FloatArray) -> bool:
     """At least 2 values whose range is more than rounding of their magnitude."""
-    if r.shape[0] < 2:
-        return False
-    return bool(np.max(r) - np.min(r) > 4.0 * np.finfo(np.float64).eps * np.max(np.abs(r)))
+    return r.shape[0] >= 2 and spread_beyond_rounding(r)
 
 
 def sharpe_ratio(returns: npt.ArrayLike) -> float | None:
@@ -261,16 +239,3 @@ def deflated_sharpe(
         return sr0, None
     z = (sr - sr0) * math.sqrt(t - 1.0) / math.sqrt(variance_term)
     return sr0, finite_or_none(float(stats.norm.cdf(z)))
-
-
-def dsr_from_inputs(inputs: Mapping[str, Any]) -> float | None:
-    """``dsr`` recomputed from a ``dsr_inputs`` mapping (keys sr, t, skew, kurtosis, n_trials,
-    sr_variance, as ``selection.json`` holds them)."""
-    return deflated_sharpe(
-        inputs["sr"],
-        int(inputs["t"]),
-        inputs["skew"],
-        inputs["kurtosis"],
-        int(inputs["n_trials"]),
-        inputs["sr_variance"],
-    )[1]

@@ -40,7 +40,7 @@ from orchestrator.hpo.overfitting import Direction
 from orchestrator.hpo.selection import TrialRows, selection_diagnostics, trial_rows_from_frame
 from orchestrator.hpo.spec import HpoSpec
 from orchestrator.messages import Notification, sanitize
-from orchestrator.run.reports import atomic_write_text
+from orchestrator.run.reports import PREDICTION_COLUMNS, atomic_write_text
 
 __all__ = [
     "MATRIX_FILE",
@@ -56,17 +56,8 @@ log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
 MATRIX_FILE = "selection_matrix.csv"
-_CSV_COLUMNS = [
-    "timestamp",
-    "segment",
-    "y",
-    "mu",
-    "sigma",
-    "p_up_raw",
-    "p_up_cal",
-    "conformal_lo",
-    "conformal_hi",
-]
+# the prediction CSV's columns the selection reads (``run.reports.PREDICTION_COLUMNS``)
+_CSV_COLUMNS = frozenset(PREDICTION_COLUMNS) - {"fold_id", "conformal_p", "pit_z"}
 HISTOGRAM_BINS = 20  # logit bins, an edge at 0: the share at or left of it is the PBO
 VIEW_POINTS = 500  # in-sample/out-of-sample pairs shown
 

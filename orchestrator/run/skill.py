@@ -23,10 +23,8 @@ import numpy.typing as npt
 
 from workers.baselines import NaiveForecast, fold_baseline, naive_rows, skill
 
-__all__ = ["EDGE_KEYS", "fold_edge", "run_skill"]
+__all__ = ["fold_edge", "run_skill"]
 
-# What fold_edge adds to a fold's summary entry.
-EDGE_KEYS = ("naive", "baseline", "skill")
 _COLUMNS = ("timestamp", "y", "mu", "sigma", "p_up_cal")
 
 

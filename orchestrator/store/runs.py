@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.events.record import EventRecord
-from orchestrator.lifecycle import INTERRUPTED_PREFIX, Run, RunState, ended_state, latest_metrics_of
+from orchestrator.lifecycle import (
+    FOLLOWED_TYPES,
+    INTERRUPTED_PREFIX,
+    Run,
+    RunState,
+    ended_state,
+    latest_metrics_of,
+)
 from orchestrator.messages import (
     EpochMetrics,
     FoldComplete,
@@ -32,11 +39,6 @@ __all__ = [
     "store_row",
     "ended_state",
 ]
-
-# The event types that change a run's row.
-_ROW_TYPES = frozenset(
-    {"training_start", "training_complete", "training_error", "fold_complete", "epoch_metrics"}
-)
 
 
 @dataclass
@@ -56,7 +58,7 @@ def patches_for(records: Iterable[EventRecord]) -> dict[str, RunPatch]:
     that change a row are parsed)."""
     patches: dict[str, RunPatch] = {}
     for record in records:
-        if record.type not in _ROW_TYPES:
+        if record.type not in FOLLOWED_TYPES:  # what a run's mirror follows changes its row
             continue
         patch = patches.setdefault(record.run_id, RunPatch())
         message, ts = record.message, record.ts
