@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from api.server_owned import OwnedFieldRefusal, owned_field_refusal
+from api.server_owned import Refusal, owned_field_refusal
 
 
 def test_values_that_leave_the_owned_fields_alone_or_repeat_them_pass(tmp_path: Path) -> None:
@@ -27,6 +27,6 @@ def test_the_local_executor_is_refused_naming_the_value() -> None:
 @pytest.mark.parametrize("given", ["/tmp/elsewhere", 7, None])
 def test_another_reports_dir_is_refused_naming_the_servers(given: object) -> None:
     refusal = owned_field_refusal({"reports_dir": given}, "reports")
-    assert refusal == OwnedFieldRefusal(
+    assert refusal == Refusal(
         "reports_dir", f"reports_dir: set by the server (--reports-dir reports), got {given!r}"
     )
