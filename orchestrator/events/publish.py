@@ -47,7 +47,11 @@ _DEMAND_REFRESH_S = 0.5
 _DEMAND_FIRST_WAIT_S = 2.0
 # A batched producer's events within this many seconds of its last send go to the hub together,
 # in one actor call, at the end of that window (each call costs the hub far more than its event).
-BATCH_WINDOW_S = 0.05
+# A packed fold ends an epoch every 40-80 ms: at 0.05 s nearly every epoch was its own call and
+# timer thread, 0.4 CPU-s per 5-fold trial in the workers and 0.15 in the hub on 2 cores
+# (docs/benchmarks.md, "Packed training"); a slow fold (an epoch longer than this) still sends
+# each event at once.
+BATCH_WINDOW_S = 0.25
 # How long ``flush`` waits for the hub by default: long enough for Ray to bring a dead hub back
 # (its process start and rebuild from the store take seconds) and acknowledge the retried calls.
 FLUSH_TIMEOUT_S = 60.0
