@@ -17,6 +17,7 @@ import pytest
 import ray
 
 from orchestrator.config import TrainConfig, config_from_mapping
+from orchestrator.events import publish
 from orchestrator.events.publish import RaySink
 from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
@@ -145,8 +146,16 @@ def test_each_worker_trains_its_folds_as_one_stack_with_the_same_results(
 
 
 def test_a_worker_killed_mid_pack_retries_its_folds_with_the_same_final_metrics(
-    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, alone: dict[str, Any]
+    hub: Any,
+    pool: WorkerPool,
+    bars: str,
+    tmp_path: Path,
+    alone: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # each epoch goes to the hub at once, so the kill lands while the pack trains: with the
+    # default window the events of this small pack's first epochs arrive together, near its end
+    monkeypatch.setattr(publish, "BATCH_WINDOW_S", 0.0)
     executor = RayExecutor(pool)
     started = Runs(hub, executor, [make_config(tmp_path, bars, epochs=8, max_retries=1)])
     started.wait_until("fold 3's second epoch", lambda: len(started.epochs(3)) >= 2)

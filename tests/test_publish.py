@@ -11,7 +11,7 @@ import ray
 
 from orchestrator.events.actor import get_or_create_hub
 from orchestrator.events.hub import EventHub
-from orchestrator.events.publish import HubPublisher, InProcessSink
+from orchestrator.events.publish import LIVE_BATCH_WINDOW_S, HubPublisher, InProcessSink
 from orchestrator.events.record import EventRecord
 from orchestrator.messages import EPOCH_METRIC_FIELDS, MESSAGE_TYPES, EpochMetrics, Notification
 from tests.made_events import body, labels
@@ -163,3 +163,27 @@ def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush
     while len(ray.get(hub.run_events.remote(run_id), timeout=60)) < 202:
         assert time.monotonic() < deadline, "a batched event never reached the hub"
         time.sleep(0.02)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_type_someone_watches_goes_with_the_live_window_and_others_wait_for_theirs() -> None:
+    hub = get_or_create_hub(namespace=session_namespace())
+    for run_id in ("ray-quiet-run", "ray-watched-run"):
+        ray.get(hub.register_run.remote(run_id, None), timeout=60)
+    quiet = HubPublisher(hub, "ray-quiet-run", "quiet-0", batch_window_s=600.0)
+    assert not quiet.wants("notification")  # nobody delivers notifications yet
+    quiet.publish(note("q0"))  # the first goes at once, the second waits for its 600 s window
+    quiet.publish(note("q1"))
+    ray.get(hub.note_interest.remote(frozenset({"notification"}), 30.0), timeout=60)
+    watched = HubPublisher(hub, "ray-watched-run", "watched-0", batch_window_s=600.0)
+    assert watched.wants("notification")  # its first question waits for the hub's answer
+    watched.publish(note("w0"))
+    time.sleep(2 * LIVE_BATCH_WINDOW_S)
+    watched.publish(note("w1"))  # past the live window since the last send: at once
+    deadline = time.monotonic() + 30
+    while len(ray.get(hub.run_events.remote("ray-watched-run"), timeout=60)) < 2:
+        assert time.monotonic() < deadline, "a watched event waited for the long window"
+        time.sleep(0.02)
+    assert labels(ray.get(hub.run_events.remote("ray-quiet-run"), timeout=60)) == ["q0"]
+    assert quiet.flush(timeout=30) is True
+    assert labels(ray.get(hub.run_events.remote("ray-quiet-run"), timeout=60)) == ["q0", "q1"]

@@ -52,9 +52,17 @@ _DEMAND_FIRST_WAIT_S = 2.0
 # (docs/benchmarks.md, "Packed training"); a slow fold (an epoch longer than this) still sends
 # each event at once.
 BATCH_WINDOW_S = 0.25
+# The window while some consumer delivers the event's type live (a WebSocket client, the CLI's
+# bars: ``EventHub.wanted``): latency for whoever watches, fewer calls when nobody does.
+LIVE_BATCH_WINDOW_S = 0.05
 # How long ``flush`` waits for the hub by default: long enough for Ray to bring a dead hub back
 # (its process start and rebuild from the store take seconds) and acknowledge the retried calls.
 FLUSH_TIMEOUT_S = 60.0
+
+
+def _kind(event: Outbound) -> Any:
+    """The message type of ``event`` (a wire model or its dict)."""
+    return event.get("type") if isinstance(event, dict) else getattr(event, "type", None)
 
 
 def _payload(event: Outbound) -> str:
@@ -182,7 +190,8 @@ class HubPublisher:
     def publish(self, event: Outbound) -> None:
         """Send one event (a wire model or its dict) to the hub; never waits for it.
 
-        With a ``batch_window_s``, an event goes at once when the last send was at least that
+        With a ``batch_window_s`` (``LIVE_BATCH_WINDOW_S``, if shorter, while some consumer
+        delivers the event's type live), an event goes at once when the last send was at least that
         long ago; one that follows closer waits, with any others, for the end of that window (a
         timer sends them in one call), so a burst costs the hub one call per window and no event
         waits longer. Only for a producer none of whose events another producer's must follow
@@ -197,7 +206,10 @@ class HubPublisher:
             pseq = self._next_pseq
             self._next_pseq += 1
             self._batch.append((pseq, payload))
-            wait = self._last_send + self.batch_window_s - time.monotonic()
+            window = self.batch_window_s
+            if window > LIVE_BATCH_WINDOW_S and _kind(event) in self._known_demand():
+                window = LIVE_BATCH_WINDOW_S
+            wait = self._last_send + window - time.monotonic()
             if wait <= 0:
                 self._send_batch()
             elif self._timer is None:
@@ -236,25 +248,33 @@ class HubPublisher:
         import ray
 
         with self._lock:
-            now = time.monotonic()
             if self._demand is None:
                 answer: Iterable[str]
                 try:
-                    answer = ray.get(self.hub.wanted.remote(), timeout=_DEMAND_FIRST_WAIT_S)
+                    ref = self._demand_ref or self.hub.wanted.remote()
+                    answer = ray.get(ref, timeout=_DEMAND_FIRST_WAIT_S)
                 except Exception:  # a slow or unreachable hub: nothing optional is wanted
                     answer = frozenset()
-                self._demand, self._demand_asked = frozenset(answer), now
-            elif self._demand_ref is not None:
-                ready, _ = ray.wait([self._demand_ref], timeout=0)
-                if ready:
-                    try:
-                        self._demand = frozenset(ray.get(ready[0]))
-                    except Exception:
-                        pass  # keep the last answer
-                    self._demand_ref = None
-            elif now - self._demand_asked >= _DEMAND_REFRESH_S:
-                self._demand_ref, self._demand_asked = self.hub.wanted.remote(), now
-            return kind in self._demand
+                self._demand, self._demand_ref, self._demand_asked = frozenset(answer), None, time.monotonic()
+                return kind in self._demand
+            return kind in self._known_demand()
+
+    def _known_demand(self) -> frozenset[str]:
+        """The hub's last answer (empty before the first), asked again in the background every
+        ``_DEMAND_REFRESH_S``; never waits (under ``_lock``)."""
+        import ray
+
+        if self._demand_ref is not None:
+            ready, _ = ray.wait([self._demand_ref], timeout=0)
+            if ready:
+                try:
+                    self._demand = frozenset(ray.get(ready[0]))
+                except Exception:
+                    pass  # keep the last answer
+                self._demand_ref = None
+        elif self._demand is None or time.monotonic() - self._demand_asked >= _DEMAND_REFRESH_S:
+            self._demand_ref, self._demand_asked = self.hub.wanted.remote(), time.monotonic()
+        return self._demand or frozenset()
 
     def _forget_demand(self) -> None:
         self._demand = None
