@@ -5,9 +5,10 @@ Each trial is an ordinary run of the base config with the trial's parameters app
 ``run_id``, folder under ``<reports>/hpo/<study>/runs/``, events and summary); its value is the
 mean over folds of the metric on the validation segments. ``parallel`` trials are asked at once
 and their runs trained in one executor call: folds of trials that share an architecture train as
-one stacked model (DESIGN 9) on the warm workers of one ``WorkerPool``. ``_tell`` decides each
-outcome (value, PRUNED: its models left the stack, or FAIL), announces it (``hpo_trial`` under run
-``hpo_<study>``) and rewrites the study's files; a cancel stops asking and cancels running trials.
+one stacked model (DESIGN 9) on the warm workers of one ``WorkerPool``, pipelined on Ray
+(``hpo.finisher``). ``_tell`` decides each outcome (value, PRUNED: its models left the stack, or
+FAIL) and announces it (``hpo_trial`` under run ``hpo_<study>``); the study's files are rewritten
+once per batch; a cancel stops asking and cancels running trials.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -29,6 +30,7 @@ from orchestrator.config import config_from_mapping
 from orchestrator.errors import ConfigError
 from orchestrator.events.stream import EventStream, StreamThread
 from orchestrator.hpo.backend import TrialBackend, TrialGate, backend_for
+from orchestrator.hpo.finisher import DeferredDriver, Finisher, TrialEntry
 from orchestrator.hpo.pruning import TrialPruning
 from orchestrator.hpo.results import (
     EVENT_STATE,
@@ -86,18 +88,6 @@ def run_study(
     backend = backend_for(spec.config.executor, hub, pool, reuse_workers)
     session = _StudySession(spec, backend, listener, cancel or threading.Event(), gate)
     return session.run(on_open)
-
-
-@dataclass(eq=False)
-class TrialEntry:
-    """One asked trial of a batch: its parameters, run (None when its config was refused), pruning
-    and the error that failed it."""
-
-    trial: optuna.Trial
-    params: dict[str, Any]
-    pruning: TrialPruning
-    run: Run | None = None
-    error: str | None = None
 
 
 class _StudySession:
@@ -217,24 +207,63 @@ class _StudySession:
         """Optuna's ask-and-tell, ``parallel`` trials at a time: each batch is asked at once (TPE
         with the constant liar keeps its members apart), trained together (their folds packed
         where they share an architecture: DESIGN 9) and told, until the session's trials are
-        done, its timeout has passed or it is cancelled."""
+        done, its timeout has passed or it is cancelled.
+
+        Pipelined with ``parallel`` >= 2 on Ray (``hpo.finisher``): once a batch's folds have
+        trained, the next batch is asked and trains while a ``Finisher`` writes the last one's
+        files and tells it. The order of asks and tells is fixed, not left to timing: batch N+1
+        is asked after batch N-1 is told and before batch N is (a running trial to TPE)."""
         started = time.monotonic()
         asked = 0
-        while asked < self.spec.trials and not self._stopping():
-            if self.spec.timeout_s is not None and time.monotonic() - started >= self.spec.timeout_s:
-                break
-            size = min(self.spec.parallel, self.spec.trials - asked)
-            trials = [study.ask() for _ in range(size)]
-            asked += size
-            entries = [self._start_trial(trial) for trial in trials]
-            try:
-                self._train_batch([entry for entry in entries if entry.run is not None])
-            except Exception as err:  # a bug around the batch: its trials fail, the study goes on
-                log.exception("study %s: a batch of trials crashed", self.spec.study)
-                for entry in entries:
-                    entry.error = entry.error or f"{type(err).__name__}: {err}"
+        pipelined = self.spec.parallel >= 2 and self.backend.name == "ray"
+        finisher = Finisher(f"hpo-{self.spec.study}-finish") if pipelined else None
+        trained: list[TrialEntry] = []  # the last batch, when it is told later
+        told: Future[None] | None = None
+        try:
+            while asked < self.spec.trials and not self._stopping():
+                if self.spec.timeout_s is not None and time.monotonic() - started >= self.spec.timeout_s:
+                    break
+                if told is not None:
+                    told.result()  # batch N-1 is told before batch N+1 is asked
+                size = min(self.spec.parallel, self.spec.trials - asked)
+                trials = [study.ask() for _ in range(size)]
+                asked += size
+                entries = [self._start_trial(trial) for trial in trials]
+                if finisher is not None and trained:
+                    told = finisher.submit(self._tell_batch, study, trained)
+                trained = entries
+                try:
+                    self._train_batch([entry for entry in entries if entry.run is not None], finisher)
+                except Exception as err:  # a bug around the batch: its trials fail, the study goes on
+                    log.exception("study %s: a batch of trials crashed", self.spec.study)
+                    for entry in entries:
+                        entry.error = entry.error or f"{type(err).__name__}: {err}"
+                if finisher is None:
+                    self._tell_batch(study, entries)
+        finally:
+            if finisher is not None:
+                if trained:
+                    finisher.submit(self._tell_batch, study, trained)
+                finisher.close()
+
+    def _tell_batch(self, study: optuna.Study, entries: list[TrialEntry]) -> None:
+        """A trained batch's last events awaited, its runs' turns given back, its trials told and
+        announced, then the study's files rewritten once."""
+        try:
+            for entry in entries:
+                if entry.run is not None:
+                    if entry.admitted:
+                        entry.pruning.wait_ended(_DRAIN_TIMEOUT_S)
+                        if self.gate is not None:
+                            self.gate.done(entry.run)
+                    self.events.unroute(entry.run.run_id)
             for entry in entries:
                 self._tell(study, entry)
+            with self._lock:
+                self._write_results()
+        except BaseException as err:
+            self._callback_error = err
+            raise
 
     def _start_trial(self, trial: optuna.Trial) -> TrialEntry:
         """A trial's parameters, run and pruning, announced as running."""
@@ -268,35 +297,31 @@ class _StudySession:
         self.events.route(run_id, entry.pruning.observe)
         return entry
 
-    def _train_batch(self, entries: list[TrialEntry]) -> None:
+    def _train_batch(self, entries: list[TrialEntry], finisher: Finisher | None) -> None:
         """The batch's runs, each through the gate (a server's job queue), trained in one
-        executor call; then their last events are awaited."""
-        admitted: list[TrialEntry] = []
+        executor call; with a ``finisher``, their driver work after training is left to it."""
         try:
             for entry in entries:
                 assert entry.run is not None
-                if self.gate is None or self.gate.wait_turn(
+                entry.admitted = self.gate is None or self.gate.wait_turn(
                     entry.run, study=self.spec.study, cancel=self.cancel
-                ):
-                    admitted.append(entry)  # else cancelled while queued: the run ended cancelled
+                )  # else cancelled while queued: the run ended cancelled
+            admitted = [entry for entry in entries if entry.admitted]
             if admitted:
-                from orchestrator.run.driver import execute_runs
+                from orchestrator.run.driver import RunPhases, execute_runs
 
-                drivers = [self._driver(entry) for entry in admitted]
+                drivers: list[RunPhases] = [
+                    self._driver(entry) if finisher is None else DeferredDriver(self._driver(entry), finisher)
+                    for entry in admitted
+                ]
                 executor = self.backend.executor()
                 try:
                     execute_runs(drivers, executor)
                 finally:
                     self.backend.end_trial(executor)
-            for entry in admitted:
-                entry.pruning.wait_ended(_DRAIN_TIMEOUT_S)
         finally:
-            for entry in entries:
-                assert entry.run is not None
-                if self.gate is not None and entry in admitted:
-                    self.gate.done(entry.run)
-                self.events.unroute(entry.run.run_id)
-                with self._lock:
+            with self._lock:
+                for entry in entries:
                     self._runs.pop(entry.trial.number, None)
 
     def _driver(self, entry: TrialEntry) -> RunDriver:
@@ -322,56 +347,30 @@ class _StudySession:
         self._trial_ended(study.tell(trial, value, state=state))
 
     def _trial_ended(self, trial: FrozenTrial) -> None:
-        """After a trial is told: announce it, rewrite the study's files."""
-        try:
-            with self._lock:
-                self._announced.add(trial.number)
-                duration = trial.duration.total_seconds() if trial.duration else None
-                self._publish(
-                    trial.number,
-                    EVENT_STATE[trial.state],
-                    dict(trial.params),
-                    value=trial.value,
-                    duration=duration,
-                    trial_run_id=trial.user_attrs.get("run_id"),
-                    error=trial.user_attrs.get("error") if trial.state is TrialState.FAIL else None,
-                )
-                self._write_results()
-        except BaseException as err:
-            self._callback_error = err
-            raise
+        """After a trial is told: announce it."""
+        with self._lock:
+            self._announced.add(trial.number)
+            duration = trial.duration.total_seconds() if trial.duration else None
+            self._publish(
+                trial.number,
+                EVENT_STATE[trial.state],
+                dict(trial.params),
+                value=trial.value,
+                duration=duration,
+                trial_run_id=trial.user_attrs.get("run_id"),
+                error=trial.user_attrs.get("error") if trial.state is TrialState.FAIL else None,
+            )
 
     # -- events and results
 
-    def _publish(
-        self,
-        number: int,
-        state: str,
-        params: dict[str, Any],
-        *,
-        value: float | None = None,
-        duration: float | None = None,
-        trial_run_id: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        """One ``hpo_trial`` event, under ``_lock`` (``results.trial_event``)."""
+    def _publish(self, number: int, state: str, params: dict[str, Any], **fields: Any) -> None:
+        """One ``hpo_trial`` event, under ``_lock``; ``fields``: ``results.trial_event``'s keywords."""
         assert self.study is not None
         pending = set(self.session_trials) - self._announced
-        self._publisher.publish(
-            trial_event(
-                self.study,
-                self.spec,
-                self.trials_total,
-                pending,
-                number,
-                state,
-                params,
-                value=value,
-                duration=duration,
-                trial_run_id=trial_run_id,
-                error=error,
-            )
+        event = trial_event(
+            self.study, self.spec, self.trials_total, pending, number, state, params, **fields
         )
+        self._publisher.publish(event)
 
     def _publish_end(self) -> None:
         """The selection warning, if any (docs/hpo.md), then ``study_complete``, which ends the stream."""

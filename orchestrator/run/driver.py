@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from orchestrator.run.skill import fold_edge, run_skill
 from workers.features import FeatureSet, FeatureWarning, scaling_warnings
 from workers.fold import FoldResult
 
-__all__ = ["new_run", "execute_run", "execute_runs", "RunDriver"]
+__all__ = ["new_run", "execute_run", "execute_runs", "RunDriver", "RunPhases"]
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,19 @@ def execute_run(
     return run
 
 
-def execute_runs(drivers: Sequence[RunDriver], executor: FoldExecutor) -> None:
+class RunPhases(Protocol):
+    """What ``execute_runs`` calls of a run's driver side (``RunDriver``, ``hpo.finisher.DeferredDriver``)."""
+
+    def prepare(self) -> FoldJob | None: ...
+    def on_result(self, result: FoldResult) -> None: ...
+    def finish(self, executor_name: str, error: BaseException | None) -> Run: ...
+
+
+def execute_runs(drivers: Sequence[RunPhases], executor: FoldExecutor) -> None:
     """Several runs to their ends, their folds trained in one executor call (packed together where
     they share an architecture: HPO trials admitted together). A run that fails (its data, a fold,
     its files, a cancel) ends alone; the others go on. Never raises for a run failure."""
-    by_run: dict[str, RunDriver] = {}
+    by_run: dict[str, RunPhases] = {}
     jobs: list[FoldJob] = []
     for driver in drivers:
         job = driver.prepare()
@@ -131,6 +139,7 @@ class RunDriver:
         self._started = time.time()
         self._data_seconds = 0.0
         self._training_started_at = 0.0
+        self.trained_at: float | None = None  # time.time() its folds ended, when finish comes later
         self._driver: Any = None
 
     def prepare(self) -> FoldJob | None:
@@ -245,7 +254,7 @@ class RunDriver:
     def _complete(self, executor_name: str) -> None:
         run, config, data, results = self.run, self.run.config, self._data, self.results
         frame, features = data.frame, data.features
-        training_seconds = time.time() - self._training_started_at
+        training_seconds = (self.trained_at or time.time()) - self._training_started_at
         per_fold = [
             _fold_summary(
                 results[k], self.paths[k], self._specs[k], features, self._data_warnings[k], self.edges[k]

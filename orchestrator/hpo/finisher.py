@@ -1,0 +1,105 @@
+"""A batch's driver work after its folds have trained, done while the next batch trains.
+
+With ``parallel`` >= 2 on Ray a study pipelines its batches (``study._batches``): when a batch's
+folds have trained, the next batch is asked and trains while one ``Finisher`` thread does the
+last batch's driver work in order: each fold's result (predictions CSV, ``fold_complete``), each
+run's summary, report and terminal event, then the Optuna ``tell`` of its trials and the study's
+files. ``DeferredDriver`` hands a run's ``on_result`` and ``finish`` to that thread, so the
+executor call returns as soon as the folds have. Measured on 2 cores, that work is 0.4-0.5 s per
+batch of two trials (docs/benchmarks.md, "Packed training") during which both workers idled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from orchestrator.execution.base import FoldJob
+from orchestrator.lifecycle import Run
+
+if TYPE_CHECKING:
+    from orchestrator.hpo.pruning import TrialPruning
+    from orchestrator.run.driver import RunDriver
+    from workers.fold import FoldResult
+
+__all__ = ["DeferredDriver", "Finisher", "TrialEntry"]
+
+
+@dataclass(eq=False)
+class TrialEntry:
+    """One asked trial of a batch: its parameters, run (None when its config was refused), pruning
+    and the error that failed it; ``admitted``: its run got its turn and trained."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    pruning: TrialPruning
+    run: Run | None = None
+    error: str | None = None
+    admitted: bool = False
+
+
+class Finisher:
+    """One thread that runs what it is given in the order given (a FIFO)."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
+        future = self._pool.submit(fn, *args)
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+            self._futures.append(future)
+        return future
+
+    def close(self) -> None:
+        """Wait for everything given; raise the first error among them."""
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for future in futures:
+            future.result()
+
+
+class DeferredDriver:
+    """A ``RunDriver`` whose ``on_result`` and ``finish`` run on a ``Finisher``, in the order the
+    executor calls them; ``prepare`` runs at once. A result whose files fail ends the run with
+    that error at its ``finish`` (its other folds have trained by then: unlike the run's own
+    driver, it does not stop them early)."""
+
+    def __init__(self, driver: RunDriver, finisher: Finisher) -> None:
+        self.driver = driver
+        self.finisher = finisher
+        self._failure: Exception | None = None
+
+    @property
+    def run(self) -> Run:
+        return self.driver.run
+
+    def prepare(self) -> FoldJob | None:
+        return self.driver.prepare()
+
+    def on_result(self, result: FoldResult) -> None:
+        self.finisher.submit(self._deliver, result)
+
+    def finish(self, executor_name: str, error: BaseException | None) -> Run:
+        self.driver.trained_at = time.time()  # the training stage ends now, not when this runs
+        self.finisher.submit(self._finish, executor_name, error)
+        return self.driver.run
+
+    def _deliver(self, result: FoldResult) -> None:
+        if self._failure is None:
+            try:
+                self.driver.on_result(result)
+            except Exception as err:  # the run's files: it ends with this error
+                self._failure = err
+
+    def _finish(self, executor_name: str, error: BaseException | None) -> None:
+        self.driver.finish(executor_name, error or self._failure)
