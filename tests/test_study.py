@@ -12,6 +12,7 @@ import pytest
 from orchestrator.config import config_from_mapping, load_config_file
 from orchestrator.hpo import HpoSpec, StudyResult, StudyState, run_study
 from orchestrator.hpo.space import DEFAULT_SEARCH_SPACE
+from orchestrator.hpo.storage import open_study
 
 pytest.register_assert_rewrite("tests.hpo_fixtures")
 from tests.hpo_fixtures import GOOD, VALIDATOR, Collector, base_config, make_spec  # noqa: E402
@@ -59,6 +60,11 @@ def test_four_trials_two_at_a_time(four_trials: tuple[HpoSpec, StudyResult, Coll
 
     for n in (2, 3):
         assert min(seqs(n, "training_start")) > max(seqs(n - 2, "epoch_metrics"))
+    # pipelined: the second batch was asked before the first was told (Optuna's own times)
+    trials = {t.number: t for t in open_study(spec).get_trials(deepcopy=False)}
+    asked = [trials[n].datetime_start for n in (2, 3)]
+    told = [trials[n].datetime_complete for n in (0, 1)]
+    assert None not in asked + told and max(asked) < min(told)
 
 
 def test_trial_runs_carry_their_run_id_and_trial_number(

@@ -45,22 +45,37 @@ class TrialEntry:
 
 
 class Finisher:
-    """One thread that runs what it is given in the order given (a FIFO)."""
+    """One thread that runs what it is given in the order given (a FIFO); ``hold`` keeps it from
+    starting the next item (the study asks and starts the next batch meanwhile: the workers wait
+    for that, and the two threads would share one GIL)."""
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._go = threading.Event()
+        self._go.set()
+
+    def hold(self) -> None:
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
 
     def submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
-        future = self._pool.submit(fn, *args)
+        future = self._pool.submit(self._when_released, fn, *args)
         with self._lock:
             self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
             self._futures.append(future)
         return future
 
+    def _when_released(self, fn: Callable[..., None], *args: Any) -> None:
+        self._go.wait()
+        fn(*args)
+
     def close(self) -> None:
         """Wait for everything given; raise the first error among them."""
+        self.release()
         self._pool.shutdown(wait=True)
         with self._lock:
             futures, self._futures = self._futures, []

@@ -170,8 +170,6 @@ class _StudySession:
             self.session_trials,
         )
 
-    # -- the loop
-
     def _optimize(self, study: optuna.Study) -> None:
         """The session's trials (``_batches``) on their own thread, so that this one can carry a
         cancel (or Ctrl-C in the CLI) to the running trials' runs while they train."""
@@ -213,8 +211,7 @@ class _StudySession:
         trained, the next batch is asked and trains while a ``Finisher`` writes the last one's
         files and tells it. The order of asks and tells is fixed, not left to timing: batch N+1
         is asked after batch N-1 is told and before batch N is (a running trial to TPE)."""
-        started = time.monotonic()
-        asked = 0
+        started, asked = time.monotonic(), 0
         pipelined = self.spec.parallel >= 2 and self.backend.name == "ray"
         finisher = Finisher(f"hpo-{self.spec.study}-finish") if pipelined else None
         trained: list[TrialEntry] = []  # the last batch, when it is told later
@@ -225,6 +222,8 @@ class _StudySession:
                     break
                 if told is not None:
                     told.result()  # batch N-1 is told before batch N+1 is asked
+                if finisher is not None and self.gate is None:  # (a gate's turns need the finisher)
+                    finisher.hold()  # the workers wait for the next batch: it goes first
                 size = min(self.spec.parallel, self.spec.trials - asked)
                 trials = [study.ask() for _ in range(size)]
                 asked += size
@@ -238,7 +237,9 @@ class _StudySession:
                     log.exception("study %s: a batch of trials crashed", self.spec.study)
                     for entry in entries:
                         entry.error = entry.error or f"{type(err).__name__}: {err}"
-                if finisher is None:
+                if finisher is not None:
+                    finisher.release()  # (done already where the batch's runs were prepared)
+                else:
                     self._tell_batch(study, entries)
         finally:
             if finisher is not None:
@@ -247,8 +248,7 @@ class _StudySession:
                 finisher.close()
 
     def _tell_batch(self, study: optuna.Study, entries: list[TrialEntry]) -> None:
-        """A trained batch's last events awaited, its runs' turns given back, its trials told and
-        announced, then the study's files rewritten once."""
+        """A trained batch's last events awaited, turns given back, trials told, files rewritten."""
         try:
             for entry in entries:
                 if entry.run is not None:
@@ -315,8 +315,8 @@ class _StudySession:
                     for entry in admitted
                 ]
                 executor = self.backend.executor()
-                try:
-                    execute_runs(drivers, executor)
+                try:  # the finisher goes on once the runs are prepared
+                    execute_runs(drivers, executor, finisher.release if finisher else None)
                 finally:
                     self.backend.end_trial(executor)
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,10 +81,13 @@ class RunPhases(Protocol):
     def finish(self, executor_name: str, error: BaseException | None) -> Run: ...
 
 
-def execute_runs(drivers: Sequence[RunPhases], executor: FoldExecutor) -> None:
+def execute_runs(
+    drivers: Sequence[RunPhases], executor: FoldExecutor, on_prepared: Callable[[], None] | None = None
+) -> None:
     """Several runs to their ends, their folds trained in one executor call (packed together where
     they share an architecture: HPO trials admitted together). A run that fails (its data, a fold,
-    its files, a cancel) ends alone; the others go on. Never raises for a run failure."""
+    its files, a cancel) ends alone; the others go on. Never raises for a run failure.
+    ``on_prepared`` is called once every run is prepared, before the executor call."""
     by_run: dict[str, RunPhases] = {}
     jobs: list[FoldJob] = []
     for driver in drivers:
@@ -92,6 +95,8 @@ def execute_runs(drivers: Sequence[RunPhases], executor: FoldExecutor) -> None:
         if job is not None:
             by_run[job.run_id] = driver
             jobs.append(job)
+    if on_prepared is not None:
+        on_prepared()
     if not jobs:
         return
     finished: set[str] = set()
