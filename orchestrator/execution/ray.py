@@ -61,11 +61,13 @@ class RayExecutor:
     def shutdown(self) -> None:
         self.pool.shutdown()
 
-    def prestart(self, config: TrainConfig) -> int:
-        """Start the fold actors a run of ``config`` will use (as many as run at once), now."""
+    def prestart(self, config: TrainConfig, runs: int = 1) -> int:
+        """Start the fold actors ``runs`` runs of ``config`` trained in one call will use (as many
+        as run at once), now."""
         shape = ResourceShape.of(config)
+        cap = config.max_concurrent_folds
         limit = concurrency_limit(
-            shape, reachable_resources(cluster_view()), config.total_folds, config.max_concurrent_folds
+            shape, reachable_resources(cluster_view()), config.total_folds * runs, cap and cap * runs
         )
         return self.pool.prestart(shape, limit)
 

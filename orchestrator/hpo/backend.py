@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from orchestrator.config import TrainConfig
 from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import EventSink, InProcessSink
 from orchestrator.events.stream import HubClient, LocalHubClient
@@ -44,6 +45,9 @@ class TrialBackend(Protocol):
 
     def executor(self) -> FoldExecutor:
         """The executor of one trial's run."""
+
+    def prestart(self, config: TrainConfig, runs: int) -> None:
+        """Start the workers a batch of ``runs`` trials of ``config`` will train on, now."""
 
     def end_trial(self, executor: FoldExecutor) -> None: ...
 
@@ -85,6 +89,12 @@ class RayBackend:
         # and stay warm for the next trial (the pool releases idle ones later)
         return RayExecutor(pool=pool, keep_workers_on_cancel=True)
 
+    def prestart(self, config: TrainConfig, runs: int) -> None:
+        from orchestrator.execution.ray import RayExecutor
+
+        if self.reuse_workers:  # their start and torch's import overlap the study's set-up
+            RayExecutor(pool=self.pool).prestart(config, runs)
+
     def end_trial(self, executor: FoldExecutor) -> None:
         if not self.reuse_workers:
             executor.shutdown()
@@ -116,6 +126,9 @@ class LocalBackend:
         # one executor for the session: its fold trainer (torch imported, warm) serves every trial
         self._executor = self._executor or LocalExecutor()
         return self._executor
+
+    def prestart(self, config: TrainConfig, runs: int) -> None:
+        pass  # one fold trainer, in this process
 
     def end_trial(self, executor: FoldExecutor) -> None:
         pass

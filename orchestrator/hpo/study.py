@@ -124,17 +124,19 @@ class _StudySession:
         LIVE_SESSIONS.add(self.session)
         follower: StreamThread | None = None
         try:
+            cluster = self.backend.cluster_resources()
+            if cluster is not None:  # a job queue holds each trial's share: shrink them for it
+                shrink = self.gate is not None or self.base.pack == 1
+                changes = pack_resources(self.base, self.spec.parallel, cluster, shrink=shrink)
+                self.base = config_from_mapping(changes, base=self.base)
+            if cluster is not None and self.gate is None:  # (a job queue admits each trial's own)
+                self.backend.prestart(self.base, self.spec.parallel)  # they start while Optuna opens
             self.study = study = open_study(self.spec)
             self.trials_total = len(study.get_trials(deepcopy=False, states=FINISHED)) + self.spec.trials
             best = best_trial(study)
             self._best_number = best.number if best else None
             if on_open is not None:
                 on_open(study, self.trials_total)
-            cluster = self.backend.cluster_resources()
-            if cluster is not None:  # a job queue holds each trial's share: shrink them for it
-                shrink = self.gate is not None or self.base.pack == 1
-                changes = pack_resources(self.base, self.spec.parallel, cluster, shrink=shrink)
-                self.base = config_from_mapping(changes, base=self.base)
             # Follow the hub from its last event on, before the study's run exists.
             stream = EventStream(self.backend.hub_client(), poll_timeout_s=_POLL_S, batch_limit=2000)
             stream.subscribe(lambda batch: self.events.receive(batch.events))
@@ -360,8 +362,6 @@ class _StudySession:
                 trial_run_id=trial.user_attrs.get("run_id"),
                 error=trial.user_attrs.get("error") if trial.state is TrialState.FAIL else None,
             )
-
-    # -- events and results
 
     def _publish(self, number: int, state: str, params: dict[str, Any], **fields: Any) -> None:
         """One ``hpo_trial`` event, under ``_lock``; ``fields``: ``results.trial_event``'s keywords."""
