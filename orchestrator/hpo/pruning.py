@@ -116,8 +116,9 @@ class TrialPruning:
     A pruned decision stands even if the run happened to finish before the cancel took effect.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, *, prunes: bool = True) -> None:
         self.trial = trial
+        self.prunes = prunes  # False (``--pruner none``): report the values, never ask the pruner
         self.tracker = EpochTracker(metric)
         self.run: Cancellable | None = None
         self.pruned = False
@@ -135,7 +136,7 @@ class TrialPruning:
             if steps and not self.pruned:
                 for step, value in steps:
                     self.trial.report(value, step)
-                if self.trial.should_prune():
+                if self.prunes and self.trial.should_prune():  # (a storage read each time)
                     self.pruned = True
                     self.trial.set_user_attr("pruned_at_epoch", steps[-1][0])
                     if self.run is not None:

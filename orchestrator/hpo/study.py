@@ -278,7 +278,8 @@ class _StudySession:
         with self._lock:
             self.session_trials.append(trial.number)
             self._publish(trial.number, "running", params, trial_run_id=run_id)
-        entry = TrialEntry(trial, params, TrialPruning(trial, self.spec.metric))
+        pruning = TrialPruning(trial, self.spec.metric, prunes=self.spec.pruner != "none")
+        entry = TrialEntry(trial, params, pruning)
         try:
             config = config_from_mapping(params, base=self.base)
         except ConfigError as err:  # an invalid parameter combination
