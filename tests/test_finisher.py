@@ -88,3 +88,21 @@ def test_a_deferred_driver_hands_results_and_finish_to_the_finisher_and_a_failed
     ]
     assert driver.calls[0][2] == threading.current_thread().name
     assert all(c[2].startswith("test-finish") for c in driver.calls[1:])
+
+
+def test_a_deferred_finish_that_raises_is_logged_and_the_finisher_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(FakeDriver):
+        def finish(self, executor_name: str, error: BaseException | None) -> Any:
+            raise RuntimeError("a bug in finish")
+
+    finisher = Finisher("test-finish")
+    driver = Broken()
+    driver.run = type("R", (), {"run_id": "r-broken"})()
+    DeferredDriver(driver, finisher).finish("ray", None)
+    after: list[int] = []
+    finisher.submit(after.append, 1)
+    finisher.close()  # does not raise: the study goes on
+    assert after == [1]
+    assert "r-broken" in caplog.text and "a bug in finish" in caplog.text

@@ -14,7 +14,7 @@ from orchestrator.events.hub import EventHub
 from orchestrator.events.publish import LIVE_BATCH_WINDOW_S, HubPublisher, InProcessSink
 from orchestrator.events.record import EventRecord
 from orchestrator.messages import EPOCH_METRIC_FIELDS, MESSAGE_TYPES, EpochMetrics, Notification
-from tests.made_events import body, labels
+from tests.made_events import body, epoch, labels
 from tests.test_actor import session_namespace
 
 N_EVENTS = 200
@@ -167,7 +167,8 @@ def test_a_burst_goes_to_the_hub_in_few_calls_and_a_trailing_event_without_flush
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_type_someone_watches_goes_with_the_live_window_and_others_wait_for_theirs() -> None:
-    hub = get_or_create_hub(namespace=session_namespace())
+    # a hub of its own: the interest it declares must not reach other tests, nor theirs this one
+    hub = get_or_create_hub(namespace=f"{session_namespace()}-live-window")
     for run_id in ("ray-quiet-run", "ray-watched-run"):
         ray.get(hub.register_run.remote(run_id, None), timeout=60)
     quiet = HubPublisher(hub, "ray-quiet-run", "quiet-0", batch_window_s=600.0)
@@ -187,3 +188,14 @@ def test_a_type_someone_watches_goes_with_the_live_window_and_others_wait_for_th
     assert labels(ray.get(hub.run_events.remote("ray-quiet-run"), timeout=60)) == ["q0"]
     assert quiet.flush(timeout=30) is True
     assert labels(ray.get(hub.run_events.remote("ray-quiet-run"), timeout=60)) == ["q0", "q1"]
+    # a watched event that follows an unwatched one closely does not wait for the long timer
+    mixed = HubPublisher(hub, "ray-watched-run", "mixed-0", batch_window_s=600.0)
+    assert mixed.wants("notification")
+    mixed.publish(epoch(0, 0))  # nobody watches epoch_metrics: goes at once (its first send)
+    mixed.publish(epoch(0, 1))  # within its window: waits for the 600 s timer...
+    mixed.publish(note("w2"))  # ...until a watched event takes the sooner end of the live window
+    deadline = time.monotonic() + 30
+    while len(ray.get(hub.run_events.remote("ray-watched-run"), timeout=60)) < 5:
+        assert time.monotonic() < deadline, "a watched event waited for an unwatched one's window"
+        time.sleep(0.02)
+    ray.kill(hub)

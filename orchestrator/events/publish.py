@@ -52,8 +52,8 @@ _DEMAND_FIRST_WAIT_S = 2.0
 # (docs/benchmarks.md, "Packed training"); a slow fold (an epoch longer than this) still sends
 # each event at once.
 BATCH_WINDOW_S = 0.25
-# The window while some consumer delivers the event's type live (a WebSocket client, the CLI's
-# bars: ``EventHub.wanted``): latency for whoever watches, fewer calls when nobody does.
+# The window while some consumer delivers the event's type live (a WebSocket client, an events
+# file: ``EventHub.wanted``): latency for whoever watches, fewer calls when nobody does.
 LIVE_BATCH_WINDOW_S = 0.05
 # How long ``flush`` waits for the hub by default: long enough for Ray to bring a dead hub back
 # (its process start and rebuild from the store take seconds) and acknowledge the retried calls.
@@ -186,6 +186,7 @@ class HubPublisher:
         self._batch: list[tuple[int, str]] = []  # (pseq, message text) not sent yet
         self._last_send = 0.0
         self._timer: threading.Timer | None = None
+        self._timer_due = 0.0  # when the timer sends (time.monotonic())
 
     def publish(self, event: Outbound) -> None:
         """Send one event (a wire model or its dict) to the hub; never waits for it.
@@ -209,11 +210,14 @@ class HubPublisher:
             window = self.batch_window_s
             if window > LIVE_BATCH_WINDOW_S and _kind(event) in self._known_demand():
                 window = LIVE_BATCH_WINDOW_S
-            wait = self._last_send + window - time.monotonic()
+            due = self._last_send + window
+            wait = due - time.monotonic()
             if wait <= 0:
                 self._send_batch()
-            elif self._timer is None:
-                self._timer = threading.Timer(wait, self._send_on_timer)
+            elif self._timer is None or due < self._timer_due:  # a live event: the sooner end
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer, self._timer_due = threading.Timer(wait, self._send_on_timer), due
                 self._timer.daemon = True
                 self._timer.start()
 
@@ -272,7 +276,7 @@ class HubPublisher:
                 except Exception:
                     pass  # keep the last answer
                 self._demand_ref = None
-        elif self._demand is None or time.monotonic() - self._demand_asked >= _DEMAND_REFRESH_S:
+        elif time.monotonic() - self._demand_asked >= _DEMAND_REFRESH_S:  # 0.0 before the first
             self._demand_ref, self._demand_asked = self.hub.wanted.remote(), time.monotonic()
         return self._demand or frozenset()
 

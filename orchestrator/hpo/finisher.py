@@ -11,6 +11,7 @@ batch of two trials (docs/benchmarks.md, "Packed training") during which both wo
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,18 +31,21 @@ if TYPE_CHECKING:
 
 __all__ = ["DeferredDriver", "Finisher", "TrialEntry"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(eq=False)
 class TrialEntry:
     """One asked trial of a batch: its parameters, run (None when its config was refused), pruning
-    and the error that failed it; ``admitted``: its run got its turn and trained."""
+    and the error that failed it."""
 
     trial: optuna.Trial
     params: dict[str, Any]
     pruning: TrialPruning
     run: Run | None = None
     error: str | None = None
-    admitted: bool = False
+    admitted: bool = False  # its run got its turn (a gate's ``done`` is owed)
+    trained: bool = False  # its run went through the executor call (its terminal event comes)
 
 
 class Finisher:
@@ -117,4 +121,7 @@ class DeferredDriver:
                 self._failure = err
 
     def _finish(self, executor_name: str, error: BaseException | None) -> None:
-        self.driver.finish(executor_name, error or self._failure)
+        try:
+            self.driver.finish(executor_name, error or self._failure)
+        except Exception:  # a bug (finish never raises for a run failure): the study goes on
+            log.exception("run %s: its driver's finish failed", self.driver.run.run_id)

@@ -204,15 +204,12 @@ class _StudySession:
         return self.cancel.is_set() or self._callback_error is not None
 
     def _batches(self, study: optuna.Study) -> None:
-        """Optuna's ask-and-tell, ``parallel`` trials at a time: each batch is asked at once (TPE
-        with the constant liar keeps its members apart), trained together (their folds packed
-        where they share an architecture: DESIGN 9) and told, until the session's trials are
-        done, its timeout has passed or it is cancelled.
-
-        Pipelined with ``parallel`` >= 2 on Ray (``hpo.finisher``): once a batch's folds have
-        trained, the next batch is asked and trains while a ``Finisher`` writes the last one's
-        files and tells it. The order of asks and tells is fixed, not left to timing: batch N+1
-        is asked after batch N-1 is told and before batch N is (a running trial to TPE)."""
+        """Optuna's ask-and-tell, ``parallel`` trials at a time: each batch asked at once (TPE's
+        constant liar keeps its members apart), trained together (folds packed by architecture:
+        DESIGN 9) and told, until the session's trials are done, its timeout has passed or it is
+        cancelled. Pipelined with ``parallel`` >= 2 on Ray (``hpo.finisher``): once a batch's
+        folds have trained, the next is asked and trains while a ``Finisher`` ends and tells the
+        last, in a fixed order: batch N+1 is asked after batch N-1 is told, before batch N is."""
         started, asked = time.monotonic(), 0
         pipelined = self.spec.parallel >= 2 and self.backend.name == "ray"
         finisher = Finisher(f"hpo-{self.spec.study}-finish") if pipelined else None
@@ -254,10 +251,10 @@ class _StudySession:
         try:
             for entry in entries:
                 if entry.run is not None:
-                    if entry.admitted:
+                    if entry.trained:
                         entry.pruning.wait_ended(_DRAIN_TIMEOUT_S)
-                        if self.gate is not None:
-                            self.gate.done(entry.run)
+                    if entry.admitted and self.gate is not None:
+                        self.gate.done(entry.run)
                     self.events.unroute(entry.run.run_id)
             for entry in entries:
                 self._tell(study, entry)
@@ -322,6 +319,8 @@ class _StudySession:
                     execute_runs(drivers, executor, finisher.release if finisher else None)
                 finally:
                     self.backend.end_trial(executor)
+                for entry in admitted:
+                    entry.trained = True
         finally:
             with self._lock:
                 for entry in entries:

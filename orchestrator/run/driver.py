@@ -74,7 +74,8 @@ def execute_run(
 
 
 class RunPhases(Protocol):
-    """What ``execute_runs`` calls of a run's driver side (``RunDriver``, ``hpo.finisher.DeferredDriver``)."""
+    """What ``execute_runs`` calls of a run's driver side: ``RunDriver``, or ``hpo.finisher.DeferredDriver``
+    (whose ``on_result`` and ``finish`` run later, on its finisher's thread)."""
 
     def prepare(self) -> FoldJob | None: ...
     def on_result(self, result: FoldResult) -> None: ...
