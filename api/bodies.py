@@ -29,12 +29,10 @@ async def json_object_body(request: Request, what: str) -> dict[str, Any] | JSON
     ``MAX_JSON_DEPTH`` is refused (422), also one too deep for the parser itself."""
     raw = await request.body()
     too_deep = f"the body nests deeper than {MAX_JSON_DEPTH} levels of objects and arrays"
+    repeated = False  # json keeps the last of two equal keys without a word: refuse them (docs/api.md)
     try:
-        try:  # json keeps the last of two equal keys without a word: refuse them (docs/api.md)
-            values, repeated = (
-                (json.loads(raw, object_pairs_hook=unique_json_object) if raw.strip() else {}),
-                False,
-            )
+        try:
+            values = json.loads(raw, object_pairs_hook=unique_json_object) if raw.strip() else {}
         except DuplicateKeysError:
             values, repeated = json.loads(raw), True  # for the depth check, which comes first
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -26,27 +26,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine  # noqa: E402
+from bench.parallel_folds import NullPublisher  # noqa: E402
 
 WAYS = ("none", "hub_0.05", "hub_0.25")
 SPLIT = ((0, 1, 4), (2, 3))
-
-
-class DropEvents:
-    """A publisher that drops every event and wants no optional one."""
-
-    def publish(self, event: Any) -> None:
-        pass
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def wants(self, kind: str) -> bool:
-        return False
 
 
 def main() -> None:
@@ -83,7 +70,7 @@ def main() -> None:
     def members(folds: tuple[int, ...], run_id: str, way: str) -> list[PackMember]:
         context = FoldContext(run_id, time.time())
         if way == "none":
-            return [PackMember(specs[i], config, context, DropEvents()) for i in folds]
+            return [PackMember(specs[i], config, context, NullPublisher()) for i in folds]
         ray.get(hub.register_run.remote(run_id, None))
         window = float(way.split("_")[1])
         return [

@@ -55,8 +55,7 @@ class Finisher:
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._futures: list[Future[None]] = []
-        self._lock = threading.Lock()
+        self._error: BaseException | None = None  # the first an item raised (its future has it too)
         self._go = threading.Event()
         self._go.set()
 
@@ -67,24 +66,22 @@ class Finisher:
         self._go.set()
 
     def submit(self, fn: Callable[..., None], *args: Any) -> Future[None]:
-        future = self._pool.submit(self._when_released, fn, *args)
-        with self._lock:
-            self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
-            self._futures.append(future)
-        return future
+        return self._pool.submit(self._when_released, fn, *args)
 
     def _when_released(self, fn: Callable[..., None], *args: Any) -> None:
         self._go.wait()
-        fn(*args)
+        try:
+            fn(*args)
+        except BaseException as err:
+            self._error = self._error or err  # (only this thread writes it)
+            raise
 
     def close(self) -> None:
         """Wait for everything given; raise the first error among them."""
         self.release()
         self._pool.shutdown(wait=True)
-        with self._lock:
-            futures, self._futures = self._futures, []
-        for future in futures:
-            future.result()
+        if self._error is not None:
+            raise self._error
 
 
 class DeferredDriver:
@@ -97,10 +94,6 @@ class DeferredDriver:
         self.driver = driver
         self.finisher = finisher
         self._failure: Exception | None = None
-
-    @property
-    def run(self) -> Run:
-        return self.driver.run
 
     def prepare(self) -> FoldJob | None:
         return self.driver.prepare()
