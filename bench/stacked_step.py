@@ -3,7 +3,9 @@
 ``step``: ms per round of K optimizer steps of the default architecture (11 features, 64 wide,
 depth 2, dropout 0.1, batch 256, real S&P 500 rows): K ``ForecastNet`` + ``torch.optim.AdamW``
 through ``workers.steps.EagerStep`` one after the other, against one ``EagerStackedStep`` with
-the exact CPU dropout streams. ``stacked_parts_K5_cpu_ms``: where a stacked step's time goes at K=5.
+the exact CPU dropout streams (``stacked``: the hand-written backward of ``workers.stacked_grad``;
+``stacked_autograd``: the same step through autograd). ``stacked_parts_K5_cpu_ms``: where a
+stacked step's time goes at K=5 (the autograd parts measured after the step, for comparison).
 
 ``fit``: the default job's 5 real folds (``TrainConfig()``: 25 epochs, patience 10) trained by
 ``workers.train.fit`` one after the other against ``workers.packed.fit_pack`` (and against
@@ -51,6 +53,7 @@ from workers.pack_stack import Stack  # noqa: E402
 from workers.packed import PackMember, fit_pack  # noqa: E402
 from workers.stacked import StackedForecastNet  # noqa: E402
 from workers.stacked_dropout import ExactDropout, fork_global_rng  # noqa: E402
+from workers.stacked_grad import stacked_loss_and_grad  # noqa: E402
 from workers.stacked_optim import StackedAdamW  # noqa: E402
 from workers.stacked_steps import EagerStackedStep, TrainTable, stacked_batch_loss  # noqa: E402
 from workers.steps import EagerStep  # noqa: E402
@@ -120,6 +123,7 @@ class StepWays:
 
     separate: Callable[[int], None]
     stacked: Callable[[int], None]
+    stacked_autograd: Callable[[int], None]
     parts: Callable[[int], dict[str, float]]
 
 
@@ -169,10 +173,14 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
         device=CPU,
     )
     stacked = EagerStackedStep(stack, optimizer, table, masks)
+    reference = EagerStackedStep(stack, optimizer, table, masks, autograd=True)
     weight, active, counts = torch.full((k, batch), 1.0 / batch), torch.ones(k), [batch] * k
 
     def stacked_round(i: int) -> None:
         stacked(batches[i % 64], weight, active, counts)
+
+    def stacked_autograd_round(i: int) -> None:
+        reference(batches[i % 64], weight, active, counts)
 
     def parts(i: int) -> dict[str, float]:
         clock = [time.thread_time()]
@@ -183,16 +191,26 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
 
         drawn = masks.draw(counts)
         t_masks = lap()
+        stacked_loss_and_grad(stack, table, batches[i % 64], weight, drawn, gradient)
+        stack.flat.grad = gradient
+        t_forward_backward = lap()
+        optimizer.step(active)
+        t_optimizer = lap()
         stats = stacked_batch_loss(stack, table, batches[i % 64], weight, drawn, False)
         t_forward = lap()
         optimizer.zero_grad()
         torch.autograd.backward(stats[:, 0].sum())
         t_backward = lap()
-        optimizer.step(active)
-        t_optimizer = lap()
-        return {"masks": t_masks, "forward_loss": t_forward, "backward": t_backward, "optimizer": t_optimizer}
+        return {
+            "masks": t_masks,
+            "forward_backward": t_forward_backward,
+            "optimizer": t_optimizer,
+            "autograd_forward_loss": t_forward,
+            "autograd_backward": t_backward,
+        }
 
-    return StepWays(separate_round, stacked_round, parts)
+    gradient = torch.zeros_like(stack.flat)
+    return StepWays(separate_round, stacked_round, stacked_autograd_round, parts)
 
 
 def bench_steps(
@@ -201,9 +219,10 @@ def bench_steps(
     out: dict[str, Any] = {"unit": "ms per round of K steps; runs are [wall, cpu]"}
     for k in ks:
         ways = step_ways(k, *fold)
-        runs: dict[str, list[tuple[float, float]]] = {"separate": [], "stacked": []}
+        names = ["separate", "stacked", "stacked_autograd"]
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         for r in range(repeats):
-            for name in ["separate", "stacked"] if r % 2 == 0 else ["stacked", "separate"]:
+            for name in names[r % 3 :] + names[: r % 3]:
                 runs[name].append(timed_rounds(getattr(ways, name), max(rounds // k, 20)))
         out[f"K={k}"] = summary(runs)
         if k == 5:
@@ -264,7 +283,7 @@ def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str,
     if way == "separate":
         with (
             sections.wrap("steps", train_module, "run_epoch"),
-            sections.wrap("evaluation", train_module, "_predict"),
+            sections.wrap("evaluation", train_module, "predict"),
             sections.wrap("evaluation", train_module, "evaluate_epoch"),
             sections.wrap("evaluation", train_module, "segment_loss"),
         ):
@@ -273,8 +292,9 @@ def breakdown(way: str, data: list[tuple[Segments, TrainSettings]]) -> dict[str,
         with (
             sections.wrap("steps", packed_module, "_train_epoch"),
             sections.wrap("evaluation", Stack, "evaluate"),
-            sections.wrap("evaluation", packed_module, "_predict"),
+            sections.wrap("evaluation", packed_module, "predict"),
             sections.wrap("evaluation", packed_module, "evaluate_epoch"),
+            sections.wrap("evaluation", packed_module, "evaluate_epochs"),
             sections.wrap("evaluation", packed_module, "segment_loss"),
         ):
             fit_packed(data)

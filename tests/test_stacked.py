@@ -12,7 +12,9 @@ from torch import nn
 from workers.model import ForecastNet, forecast_loss
 from workers.stacked import StackedForecastNet, stacked_forecast_loss
 from workers.stacked_dropout import ExactDropout, device_masks, fork_global_rng
+from workers.stacked_grad import stacked_loss_and_grad
 from workers.stacked_optim import StackedAdamW
+from workers.stacked_steps import TrainTable, stacked_batch_loss
 
 N_FEATURES, HIDDEN, DEPTH = 11, 16, 2
 
@@ -132,6 +134,47 @@ def test_dropout_masks_are_bit_identical_to_nn_dropout_from_the_global_rng() -> 
     for k in range(len(ps)):
         assert torch.equal(generators[k].get_state(), expected[k][1])  # the streams advanced alike
     assert set(torch.unique(layers[0][0]).tolist()) <= {0.0, float(torch.ones(1) / 0.9)}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_hand_written_backward_equals_autograd(depth: int) -> None:
+    """stacked_loss_and_grad against autograd through stacked_batch_loss: the same statistics (the
+    same forward ops) and the gradient to float32 rounding; dropout masks, a partial batch, a
+    model without rows, per-model loss weights and target scales, the stack's first k models."""
+    g = torch.Generator().manual_seed(11)
+    models = _models(5, depth)
+    for i, model in enumerate(models):  # trained-looking weights: sigma and p far from their start
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * (i + 1) * torch.randn(p.shape, generator=g))
+    stack = StackedForecastNet.from_models(models)
+    n, batch, k = 300, 32, 4  # the 5th model has no batch at this step: only the first 4 run
+    rows = torch.randn(n, N_FEATURES + 2, generator=g)
+    rows[:, N_FEATURES] *= 0.02
+    rows[:, N_FEATURES + 1] = (rows[:, N_FEATURES] > 0).float()
+    table = TrainTable(
+        rows,
+        torch.tensor([[0.02], [0.01], [0.03], [0.02], [0.01]]),
+        torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.5, 2.0], [0.2, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]),
+    )
+    idx = torch.randint(0, n, (k, batch), generator=g)
+    counts = [32, 32, 7, 0]
+    row_weight = torch.zeros(k, batch)
+    for i, count in enumerate(counts):
+        row_weight[i, :count] = 1.0 / max(count, 1)
+    masks = [(torch.rand(k, batch, HIDDEN, generator=g) < 0.8).float() / 0.8 for _ in range(depth)]
+
+    stats = stacked_batch_loss(stack, table, idx, row_weight, masks, amp=False)
+    torch.autograd.backward(stats[:, 0].sum())
+    want = stack.flat.grad
+    assert want is not None
+    stale = torch.full_like(stack.flat, 7.0)
+    got_stats = stacked_loss_and_grad(stack, table, idx, row_weight, masks, stale)
+    assert torch.equal(got_stats, stats.detach())
+    torch.testing.assert_close(stale[:k], want[:k], rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+    assert torch.equal(stale[k:], torch.full_like(stale[k:], 7.0))  # rows past k are not written
+    assert torch.equal(stale[3], torch.zeros_like(stale[3]))  # no rows: no gradient
+    assert all(float(stale[i].abs().max()) > 0 for i in range(3))  # the models with rows learn
 
 
 def test_device_masks_keep_each_models_rate_and_scale() -> None:

@@ -24,6 +24,7 @@ import torch
 
 from workers.stacked import StackedForecastNet, stacked_forecast_loss
 from workers.stacked_dropout import ExactDropout, device_masks
+from workers.stacked_grad import stacked_loss_and_grad
 from workers.stacked_optim import StackedAdamW
 from workers.steps import autocast
 
@@ -81,7 +82,12 @@ def stacked_batch_loss(
 
 
 class EagerStackedStep:
-    """Forward, backward and update of the stack, op by op; masks from ``ExactDropout`` (or none)."""
+    """Forward, backward and update of the stack, op by op; masks from ``ExactDropout`` (or none).
+
+    In float32 the loss and gradient come from ``workers.stacked_grad`` (the backward written out,
+    into one ``[K, P]`` buffer); with ``amp``, or ``autograd`` (the reference), from autograd
+    through ``stacked_batch_loss``.
+    """
 
     def __init__(
         self,
@@ -90,17 +96,24 @@ class EagerStackedStep:
         table: TrainTable,
         dropout: ExactDropout | None,
         amp: bool = False,
+        *,
+        autograd: bool = False,
     ) -> None:
         self.model, self.optimizer, self.table, self.dropout, self.amp = model, optimizer, table, dropout, amp
+        self.grad = None if amp or autograd else torch.zeros_like(model.flat, requires_grad=False)
 
     def __call__(
         self, idx: torch.Tensor, row_weight: torch.Tensor, active: torch.Tensor, counts: Sequence[int]
     ) -> torch.Tensor:
         masks = self.dropout.draw(counts) if self.dropout is not None else None
-        stats = stacked_batch_loss(self.model, self.table, idx, row_weight, masks, self.amp)
-        self.optimizer.zero_grad()
-        # the models' losses are independent: the sum's gradient is each model's own gradient
-        torch.autograd.backward(stats[:, 0].sum())
+        if self.grad is not None:
+            stats = stacked_loss_and_grad(self.model, self.table, idx, row_weight, masks, self.grad)
+            self.model.flat.grad = self.grad  # rows past idx's k are stale: the step reads [:k]
+        else:
+            stats = stacked_batch_loss(self.model, self.table, idx, row_weight, masks, self.amp)
+            self.optimizer.zero_grad()
+            # the models' losses are independent: the sum's gradient is each model's own gradient
+            torch.autograd.backward(stats[:, 0].sum())
         self.optimizer.step(active)
         return stats.detach()
 

@@ -1,0 +1,114 @@
+"""The stacked step's forward and backward written out: the loss and its gradient without autograd.
+
+Why hand-written: at the default job's size (K=5 models, batch 256, 64 wide) autograd's graph of a
+stacked step is about 40 nodes, and recording and walking it cost as much as the arithmetic of
+the small ops. Here the forward keeps the few activations the backward needs and the backward
+is the chain rule written as 5 batched matmuls, 2 ``gelu_backward`` calls (the kernel autograd
+itself calls) and a dozen elementwise ops on ``[k, B]``; the gradient is written once into the
+caller's ``[K, P]`` buffer in the parameter's row layout. ``bench/stacked_step.py`` measures it
+against autograd (``step.K=5``); ``tests/test_stacked.py`` holds its statistics and gradient equal
+to autograd's through ``stacked_forecast_loss`` (float32 rounding) at depth 1 to 3, with dropout,
+padded rows, models without rows and per-model loss weights.
+
+The derivatives, per row ``b`` of model ``k`` with weight ``w = row_weight[k, b]`` and loss
+weights ``(a, c, d) = loss_weights[k]``, in the units of ``y`` (``mu = o_0 * s_y``,
+``sigma = (softplus(o_1) + SIGMA_FLOOR) * s_y``, ``z = (y - mu) / sigma``, ``p = sigmoid(o_2)``):
+
+- ``d nll / d mu = -z / sigma`` and ``d nll / d sigma = (1 - z^2) / sigma`` (Gaussian NLL);
+  ``d sigma / d o_1 = s_y * sigmoid(o_1)`` (softplus' derivative);
+- ``d bce / d o_2 = p - y_up`` (binary cross-entropy on logits);
+  ``d brier / d o_2 = 2 (p - y_up) p (1 - p)``.
+
+So ``d loss_k / d o = w * (a * s_y * (-z / sigma), a * s_y * sigmoid(o_1) * (1 - z^2) / sigma,
+c * (p - y_up) + d * 2 (p - y_up) p (1 - p))``, and the trunk's gradients follow by the chain rule
+through each ``h @ W + b``, the dropout mask and GELU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+from workers.model import SIGMA_FLOOR
+from workers.stacked import StackedForecastNet
+
+if TYPE_CHECKING:
+    from workers.stacked_steps import TrainTable
+
+__all__ = ["stacked_loss_and_grad"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@torch.no_grad()
+def stacked_loss_and_grad(
+    model: StackedForecastNet,
+    table: TrainTable,
+    idx: torch.Tensor,
+    row_weight: torch.Tensor,
+    masks: Sequence[torch.Tensor] | None,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """``[k, 4]`` per-model ``(loss, nll, bce, brier)`` of the padded batch ``idx [k, B]`` of the
+    stack's first ``k`` models, and the gradient of the sum of their losses in ``grad[:k]``.
+
+    ``grad``: ``[K, P]`` float32 like ``model.flat`` (rows past ``k`` are left as they are);
+    ``row_weight [k, B]`` and ``masks`` (one ``[k, B, hidden]`` per trunk layer, or ``None``) as
+    ``workers.stacked_steps.stacked_batch_loss`` takes them. The values are that function's and
+    ``torch.autograd.backward`` of its loss column's sum, to float32 rounding.
+    """
+    k, batch = idx.shape
+    gathered = torch.index_select(table.rows, 0, idx.view(-1)).view(k, batch, -1)
+    n_features = table.n_features
+    x, y, y_up = gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
+    layers = model.layers(model.flat.detach()[:k])
+
+    inputs, pre = [], []  # each trunk layer's input and pre-activation, for the backward
+    h = x
+    for i, (weight, bias) in enumerate(layers[:-1]):
+        inputs.append(h)
+        a = torch.baddbmm(bias, h, weight)
+        pre.append(a)
+        h = F.gelu(a)
+        if masks is not None:
+            h = h * masks[i]
+    head_weight, head_bias = layers[-1]
+    out = torch.baddbmm(head_bias, head_weight, h.transpose(1, 2))  # [k, 3, B]
+
+    y_scale, loss_weights = table.y_scale[:k], table.loss_weights[:k]
+    raw = out[:, 1]
+    mu = out[:, 0] * y_scale
+    sigma = (F.softplus(raw) + SIGMA_FLOOR) * y_scale
+    logit = out[:, 2]
+    z = (y - mu) / sigma  # the forward's ops are stacked_forecast_loss's, in its order
+    nll = _HALF_LOG_2PI + torch.log(sigma) + 0.5 * z * z
+    bce = F.binary_cross_entropy_with_logits(logit, y_up, reduction="none")
+    p = torch.sigmoid(logit)
+    miss = p - y_up
+    brier = miss * miss
+    rows = torch.stack((nll, bce, brier), dim=2)  # [k, B, 3]
+    means = torch.bmm(row_weight.unsqueeze(1), rows).squeeze(1)  # [k, 3]
+    loss = (means * loss_weights).sum(dim=1, keepdim=True)
+
+    # d(sum of losses) / d out, [k, 3, B]
+    w_nll = row_weight * (loss_weights[:, 0:1] * y_scale) / sigma
+    d_mu = -(w_nll * z)
+    d_raw = w_nll * (1.0 - z * z) * torch.sigmoid(raw)
+    d_logit = row_weight * miss * (loss_weights[:, 1:2] + 2.0 * loss_weights[:, 2:3] * p * (1.0 - p))
+    d_out = torch.stack((d_mu, d_raw, d_logit), dim=1)
+
+    pieces: list[torch.Tensor] = [torch.bmm(d_out, h).view(k, -1), d_out.sum(dim=2)]  # heads: W, b
+    d_h = torch.bmm(d_out.transpose(1, 2), head_weight)  # [k, B, hidden]
+    for i in reversed(range(len(inputs))):
+        if masks is not None:
+            d_h = d_h * masks[i]
+        d_a = torch.ops.aten.gelu_backward(d_h, pre[i])
+        pieces[:0] = [torch.bmm(inputs[i].transpose(1, 2), d_a).view(k, -1), d_a.sum(dim=1)]
+        if i:
+            d_h = torch.bmm(d_a, layers[i][0].transpose(1, 2))
+    torch.cat(pieces, dim=1, out=grad[:k])
+    return torch.cat((loss, means), dim=1)
