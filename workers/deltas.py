@@ -28,13 +28,18 @@ class PredictionDeltaTracker:
     def __init__(
         self, timestamps: np.ndarray, *, rtol: float = 1e-6, max_bytes: int = MAX_DELTA_BYTES
     ) -> None:
-        self.timestamps = [
-            str(np.datetime_as_string(t, unit="s")) + "Z"
-            for t in np.asarray(timestamps, dtype="datetime64[s]")
-        ]
+        self._stamps = np.asarray(timestamps, dtype="datetime64[s]")
+        self._timestamps: list[str] | None = None  # their ISO strings, made at the first delta
         self.rtol = rtol
         self.max_bytes = max_bytes
         self._sent: dict[str, np.ndarray] | None = None
+
+    @property
+    def timestamps(self) -> list[str]:
+        """The validation rows' timestamps as the wire has them (ISO 8601, seconds, ``Z``)."""
+        if self._timestamps is None:  # one vectorized conversion, only once a delta is sent
+            self._timestamps = [f"{text}Z" for text in np.datetime_as_string(self._stamps, unit="s")]
+        return self._timestamps
 
     def forget(self) -> None:
         """Forget what was sent: the next update sends every row again."""
@@ -42,8 +47,8 @@ class PredictionDeltaTracker:
 
     def changed(self, rows: dict[str, np.ndarray], rtol: float) -> np.ndarray:
         if self._sent is None:
-            return np.ones(len(self.timestamps), dtype=bool)
-        mask = np.zeros(len(self.timestamps), dtype=bool)
+            return np.ones(len(self._stamps), dtype=bool)
+        mask = np.zeros(len(self._stamps), dtype=bool)
         for name in DELTA_FIELDS:
             new, old = np.asarray(rows[name], dtype=np.float64), self._sent[name]
             mask |= ~np.isclose(new, old, rtol=rtol, atol=0.0, equal_nan=True)
