@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import TrainConfig
-from orchestrator.execution.packing import PACK_KEY_FIELDS, PackTask, pack_cap, pack_key, plan_packs
+from orchestrator.execution.packing import (
+    LOCKSTEP_WEIGHT,
+    PACK_KEY_FIELDS,
+    PackTask,
+    pack_cap,
+    pack_cost,
+    pack_key,
+    plan_packs,
+)
 
 KEY_A = ("a",)
 KEY_B = ("b",)
@@ -41,7 +49,7 @@ def test_auto_spreads_one_key_over_every_worker_balanced_by_cost() -> None:
     assert len(packs) == 2
     assert sorted(i for pack in packs for i in pack) == [0, 1, 2, 3, 4]
     loads = sorted(sum([5, 4, 3, 2, 1][i] for i in pack) for pack in packs)
-    assert loads == [7, 8]  # LPT: 5+2 against 4+3+1
+    assert loads == [7, 8]  # 5+2 (cost 7 + 1.6*5 = 15) against 4+3+1 (8 + 1.6*4 = 14.4)
     assert plan_packs(tasks([5, 4, 3, 2, 1]), workers=1) == [[0, 1, 2, 3, 4]]
 
 
@@ -83,3 +91,38 @@ def test_no_task_no_pack_and_a_worker_is_needed() -> None:
     assert plan_packs([], workers=2) == []
     with pytest.raises(ValueError, match="workers must be >= 1, got workers=0"):
         plan_packs(tasks([1.0]), workers=0)
+
+
+def test_a_stack_pays_its_step_cost_once_so_the_longest_folds_share_a_pack() -> None:
+    """The 1M-row run's five folds (train rows in thousands): LPT on the sums pairs 782 with 578
+    and 510 (1870 against 1360); with the lockstep cost the two longest share one stack."""
+    rows = [510, 578, 646, 714, 782]
+    assert pack_cost([3.0, 1.0]) == pytest.approx(4.0 + LOCKSTEP_WEIGHT * 3.0)
+    assert pack_cost([]) == 0.0
+    packs = plan_packs(tasks([3.0 * r for r in rows]), workers=2)
+    assert sorted(sorted(p) for p in packs) == [[0, 1, 2], [3, 4]]
+    worst = max(pack_cost([3.0 * rows[i] for i in p]) for p in packs)
+    for left in range(1, 2**5 - 1):  # every other two-way split costs at least as much
+        a = [3.0 * rows[i] for i in range(5) if left >> i & 1]
+        b = [3.0 * rows[i] for i in range(5) if not left >> i & 1]
+        assert max(pack_cost(a), pack_cost(b)) >= worst
+
+
+def test_two_trials_folds_pair_up_fold_by_fold() -> None:
+    """Two trials of five folds on two workers: each fold's two models share a stack (the same
+    rows: their metrics are scored at once), five models a stack."""
+    costs = [8414.0, 9494.0, 10574.0, 11654.0, 12734.0]  # the default job's fold_cost
+    both = [PackTask((trial, fold), KEY_A, None, cost) for trial in (0, 1) for fold, cost in enumerate(costs)]
+    packs = plan_packs(both, workers=2)
+    assert sorted(len(p) for p in packs) == [5, 5]
+    folds = [sorted(fold for _, fold in p) for p in packs]
+    assert sorted(folds) == [[0, 0, 1, 4, 4], [1, 2, 2, 3, 3]]
+
+
+def test_many_tasks_are_split_greedily_within_the_cap() -> None:
+    many = tasks([float(c) for c in range(1, 25)], cap=8)  # 3 ** 23 splits: too many to search
+    packs = plan_packs(many, workers=3)
+    assert [len(p) for p in packs] == [8, 8, 8]
+    assert sorted(i for p in packs for i in p) == list(range(24))
+    costs = sorted(pack_cost([float(i + 1) for i in p]) for p in packs)
+    assert costs[-1] / costs[0] < 1.2  # about even

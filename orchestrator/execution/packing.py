@@ -10,14 +10,22 @@ an integer, or ``1`` (one model at a time, exactly the unpacked behaviour).
 
 from __future__ import annotations
 
-import heapq
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from orchestrator.config import TrainConfig
 
-__all__ = ["PACK_KEY_FIELDS", "PackTask", "pack_key", "pack_cap", "plan_packs"]
+__all__ = [
+    "PACK_KEY_FIELDS",
+    "LOCKSTEP_WEIGHT",
+    "PackTask",
+    "pack_key",
+    "pack_cap",
+    "pack_cost",
+    "plan_packs",
+]
 
 # The fields that shape the stacked weights or the rows a model sees, and where and how it runs:
 # folds that differ in one of these cannot share a stack.
@@ -38,10 +46,23 @@ PACK_KEY_FIELDS = (
 
 T = TypeVar("T")
 
+# A stack's step costs about a + b*K for K models, not K*(a + b): bench/stacked_step.py, one CPU
+# thread, the default model: 1.13 ms for one model, 2.85 ms for five, so a/b = 1.6. Every step of
+# a pack pays the fixed part a once, and a pack takes as many steps as its longest member.
+LOCKSTEP_WEIGHT = 1.6
+# Splits of a key's folds searched exhaustively (count ** (n - 1) bounds them); beyond, greedy.
+_EXACT_LIMIT = 20_000
+
 
 def pack_key(config: TrainConfig) -> tuple[Hashable, ...]:
     """What two folds must share to train in one stack (``PACK_KEY_FIELDS``' values)."""
     return tuple(getattr(config, name) for name in PACK_KEY_FIELDS)
+
+
+def pack_cost(costs: Sequence[float]) -> float:
+    """The modelled cost of training folds of ``costs`` as one stack: ``sum + LOCKSTEP_WEIGHT *
+    max`` (every step pays the stack's fixed part once; the longest member sets the steps)."""
+    return sum(costs) + LOCKSTEP_WEIGHT * max(costs) if costs else 0.0
 
 
 def pack_cap(config: TrainConfig) -> int | None:
@@ -64,8 +85,10 @@ def plan_packs(tasks: Sequence[PackTask[T]], workers: int) -> list[list[T]]:
 
     Tasks of one key share packs; a key's tasks are spread over a share of the workers in
     proportion to its cost (at least one worker each, as long as there are workers), and within
-    a key assigned longest first to the least loaded pack (LPT: Graham 1969), so the packs of a
-    key end about together. A cap splits a key's tasks into at least ``ceil(n / cap)`` packs;
+    a key split so that the costliest pack (``pack_cost``: a stack pays its per-step cost once)
+    is as cheap as it can be: every split searched for a few tasks, else longest first to the
+    pack it costs least (LPT: Graham 1969), so the packs of a key end about together. A cap
+    splits a key's tasks into at least ``ceil(n / cap)`` packs;
     packs beyond ``workers`` wait for the next free worker (the caller asks again then). With
     ``cap == 1`` every task is its own pack, in the order given (the unpacked launch order).
     """
@@ -112,14 +135,63 @@ def _worker_shares(costs: dict[tuple[Hashable, ...], float], workers: int) -> di
 
 
 def _balanced(group: Sequence[PackTask[T]], count: int, cap: int | None) -> list[tuple[float, list[T]]]:
-    """``group`` in ``count`` packs, longest first to the least loaded pack with room."""
-    heap: list[tuple[float, int]] = [(0.0, i) for i in range(count)]
-    packs: list[list[T]] = [[] for _ in range(count)]
-    loads = [0.0] * count
-    for task in sorted(group, key=lambda t: -t.cost):
-        load, i = heapq.heappop(heap)
-        packs[i].append(task.item)
-        loads[i] = load + task.cost
-        if cap is None or len(packs[i]) < cap:
-            heapq.heappush(heap, (loads[i], i))
-    return [(loads[i], packs[i]) for i in range(count) if packs[i]]
+    """``group`` in at most ``count`` packs of at most ``cap``, the costliest pack's ``pack_cost``
+    made small: exactly when ``count ** (n - 1)`` splits are few, else greedily."""
+    ordered = sorted(group, key=lambda t: -t.cost)  # stable: ties in queue order
+    limit = len(ordered) if cap is None else cap
+    if count ** max(len(ordered) - 1, 0) <= _EXACT_LIMIT:
+        packs = _best_split(ordered, count, limit)
+    else:
+        packs = _greedy_split(ordered, count, limit)
+    return [(pack_cost([t.cost for t in pack]), [t.item for t in pack]) for pack in packs if pack]
+
+
+def _best_split(ordered: Sequence[PackTask[T]], count: int, cap: int) -> list[list[PackTask[T]]]:
+    """The split of ``ordered`` (costliest first) whose costliest pack is cheapest, then whose
+    packs cost least in all; branch and bound over the packs each task can join."""
+    best: list[list[PackTask[T]]] = []
+    best_key = (math.inf, math.inf)
+    packs: list[list[PackTask[T]]] = []
+    sums: list[float] = []
+
+    def cost_of(i: int) -> float:  # a pack's first task is its costliest (ordered)
+        return sums[i] + LOCKSTEP_WEIGHT * packs[i][0].cost
+
+    def place(n: int) -> None:
+        nonlocal best, best_key
+        costs = [cost_of(i) for i in range(len(packs))]
+        worst = max(costs, default=0.0)
+        if worst > best_key[0]:
+            return
+        if n == len(ordered):
+            key = (worst, sum(costs))
+            if key < best_key:
+                best, best_key = [list(p) for p in packs], key
+            return
+        task = ordered[n]
+        for i in range(len(packs)):
+            if len(packs[i]) < cap:
+                packs[i].append(task)
+                sums[i] += task.cost
+                place(n + 1)
+                sums[i] -= task.cost
+                packs[i].pop()
+        if len(packs) < count:  # a new pack (the packs are interchangeable: one way to open one)
+            packs.append([task])
+            sums.append(task.cost)
+            place(n + 1)
+            packs.pop()
+            sums.pop()
+
+    place(0)
+    return best
+
+
+def _greedy_split(ordered: Sequence[PackTask[T]], count: int, cap: int) -> list[list[PackTask[T]]]:
+    """Costliest first, each task to the pack (with room) whose ``pack_cost`` it leaves lowest."""
+    packs: list[list[PackTask[T]]] = [[] for _ in range(count)]
+    for task in ordered:
+        open_packs = [p for p in packs if len(p) < cap]
+        target = min(open_packs, key=lambda p: pack_cost([t.cost for t in p] + [task.cost]))
+        target.append(task)
+    return packs
