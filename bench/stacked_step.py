@@ -191,7 +191,9 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
 
         drawn = masks.draw(counts)
         t_masks = lap()
-        stacked_loss_and_grad(stack, table, batches[i % 64], weight, drawn, gradient)
+        stacked_loss_and_grad(
+            stack, table.rows, table.y_scale, table.loss_weights, batches[i % 64], weight, drawn, gradient
+        )
         stack.flat.grad = gradient
         t_forward_backward = lap()
         optimizer.step(active)

@@ -184,7 +184,10 @@ def test_runs_of_one_architecture_share_packs_and_a_cancelled_one_leaves_them(
     going = make_config(tmp_path, bars)
     stopping = make_config(tmp_path, bars, epochs=400, patience=400)
     started = Runs(hub, executor, [going, stopping])
-    started.wait_until("the second run's first epoch", lambda: bool(started.epochs(0, index=1)))
+    # every fold of the second run has trained an epoch: both packs run, each with both runs' folds
+    started.wait_until(
+        "the second run's first epochs", lambda: all(started.epochs(fold, index=1) for fold in range(4))
+    )
     assert started.runs[1].request_cancel() is True
     kept, cancelled = started.wait()
     assert cancelled.state is RunState.CANCELLED

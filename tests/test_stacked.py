@@ -169,7 +169,9 @@ def test_hand_written_backward_equals_autograd(depth: int) -> None:
     want = stack.flat.grad
     assert want is not None
     stale = torch.full_like(stack.flat, 7.0)
-    got_stats = stacked_loss_and_grad(stack, table, idx, row_weight, masks, stale)
+    got_stats = stacked_loss_and_grad(
+        stack, table.rows, table.y_scale, table.loss_weights, idx, row_weight, masks, stale
+    )
     assert torch.equal(got_stats, stats.detach())
     torch.testing.assert_close(stale[:k], want[:k], rtol=1e-5, atol=1e-6 * float(want.abs().max()))
     assert torch.equal(stale[k:], torch.full_like(stale[k:], 7.0))  # rows past k are not written

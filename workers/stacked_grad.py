@@ -28,16 +28,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
 from workers.model import SIGMA_FLOOR
 from workers.stacked import StackedForecastNet
-
-if TYPE_CHECKING:
-    from workers.stacked_steps import TrainTable
 
 __all__ = ["stacked_loss_and_grad"]
 
@@ -47,7 +43,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 @torch.no_grad()
 def stacked_loss_and_grad(
     model: StackedForecastNet,
-    table: TrainTable,
+    rows: torch.Tensor,
+    y_scale: torch.Tensor,
+    loss_weights: torch.Tensor,
     idx: torch.Tensor,
     row_weight: torch.Tensor,
     masks: Sequence[torch.Tensor] | None,
@@ -56,14 +54,15 @@ def stacked_loss_and_grad(
     """``[k, 4]`` per-model ``(loss, nll, bce, brier)`` of the padded batch ``idx [k, B]`` of the
     stack's first ``k`` models, and the gradient of the sum of their losses in ``grad[:k]``.
 
-    ``grad``: ``[K, P]`` float32 like ``model.flat`` (rows past ``k`` are left as they are);
-    ``row_weight [k, B]`` and ``masks`` (one ``[k, B, hidden]`` per trunk layer, or ``None``) as
-    ``workers.stacked_steps.stacked_batch_loss`` takes them. The values are that function's and
+    ``rows``, ``y_scale``, ``loss_weights``: a ``workers.stacked_steps.TrainTable``'s (``[N,
+    n_features + 2]``, ``[K, 1]``, ``[K, 3]``); ``grad``: ``[K, P]`` float32 like ``model.flat``
+    (rows past ``k`` are left as they are); ``row_weight [k, B]`` and ``masks`` (one
+    ``[k, B, hidden]`` per trunk layer, or ``None``) as ``stacked_batch_loss`` takes them. The values are that function's and
     ``torch.autograd.backward`` of its loss column's sum, to float32 rounding.
     """
     k, batch = idx.shape
-    gathered = torch.index_select(table.rows, 0, idx.view(-1)).view(k, batch, -1)
-    n_features = table.n_features
+    gathered = torch.index_select(rows, 0, idx.view(-1)).view(k, batch, -1)
+    n_features = rows.shape[1] - 2
     x, y, y_up = gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
     layers = model.layers(model.flat.detach()[:k])
 
@@ -79,7 +78,7 @@ def stacked_loss_and_grad(
     head_weight, head_bias = layers[-1]
     out = torch.baddbmm(head_bias, head_weight, h.transpose(1, 2))  # [k, 3, B]
 
-    y_scale, loss_weights = table.y_scale[:k], table.loss_weights[:k]
+    y_scale, loss_weights = y_scale[:k], loss_weights[:k]
     raw = out[:, 1]
     mu = out[:, 0] * y_scale
     sigma = (F.softplus(raw) + SIGMA_FLOOR) * y_scale
@@ -90,8 +89,8 @@ def stacked_loss_and_grad(
     p = torch.sigmoid(logit)
     miss = p - y_up
     brier = miss * miss
-    rows = torch.stack((nll, bce, brier), dim=2)  # [k, B, 3]
-    means = torch.bmm(row_weight.unsqueeze(1), rows).squeeze(1)  # [k, 3]
+    terms = torch.stack((nll, bce, brier), dim=2)  # [k, B, 3]
+    means = torch.bmm(row_weight.unsqueeze(1), terms).squeeze(1)  # [k, 3]
     loss = (means * loss_weights).sum(dim=1, keepdim=True)
 
     # d(sum of losses) / d out, [k, 3, B]

@@ -107,7 +107,10 @@ class EagerStackedStep:
     ) -> torch.Tensor:
         masks = self.dropout.draw(counts) if self.dropout is not None else None
         if self.grad is not None:
-            stats = stacked_loss_and_grad(self.model, self.table, idx, row_weight, masks, self.grad)
+            table = self.table
+            stats = stacked_loss_and_grad(
+                self.model, table.rows, table.y_scale, table.loss_weights, idx, row_weight, masks, self.grad
+            )
             self.model.flat.grad = self.grad  # rows past idx's k are stale: the step reads [:k]
         else:
             stats = stacked_batch_loss(self.model, self.table, idx, row_weight, masks, self.amp)
