@@ -42,3 +42,15 @@ def test_quotes_only_where_needed() -> None:
     assert plain.splitlines() == ["a,b", "x,1.5", "2020-01-01T00:00:00,"]
     quoted = predictions_csv_text(pd.DataFrame({"a": ["x", "y,z"], "b": [1.5, np.nan]}))
     assert pd.read_csv(io.StringIO(quoted))["a"].tolist() == ["x", "y,z"]
+
+
+def test_timestamps_are_written_as_pandas_strftime_writes_them(tmp_path: Path) -> None:
+    """numpy's formatter on datetime64 (sub-second, before 1970) and pandas' on other input agree
+    with ``strftime("%Y-%m-%dT%H:%M:%S")``."""
+    rng = np.random.default_rng(4)
+    stamps = np.datetime64("1950-01-01", "ns") + rng.integers(0, 2**61, 300).astype("timedelta64[ns]")
+    for given in (stamps, stamps.astype(str)):
+        predictions = {**_predictions(300), "timestamp": given}
+        ours = pd.read_csv(write_predictions_csv(tmp_path, 1, predictions), dtype={"timestamp": str})
+        want = pd.Series(pd.to_datetime(stamps)).dt.strftime("%Y-%m-%dT%H:%M:%S")
+        assert ours["timestamp"].tolist() == want.tolist()
