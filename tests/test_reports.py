@@ -49,8 +49,9 @@ def test_timestamps_are_written_as_pandas_strftime_writes_them(tmp_path: Path) -
     with ``strftime("%Y-%m-%dT%H:%M:%S")``."""
     rng = np.random.default_rng(4)
     stamps = np.datetime64("1950-01-01", "ns") + rng.integers(0, 2**61, 300).astype("timedelta64[ns]")
+    want = pd.Series(pd.to_datetime(stamps)).dt.strftime("%Y-%m-%dT%H:%M:%S").tolist()
+    assert len(want) == 300 and min(want) < "1970" < max(want)  # both sides of the epoch
     for given in (stamps, stamps.astype(str)):
         predictions = {**_predictions(300), "timestamp": given}
         ours = pd.read_csv(write_predictions_csv(tmp_path, 1, predictions), dtype={"timestamp": str})
-        want = pd.Series(pd.to_datetime(stamps)).dt.strftime("%Y-%m-%dT%H:%M:%S")
-        assert ours["timestamp"].tolist() == want.tolist()
+        assert ours["timestamp"].tolist() == want
