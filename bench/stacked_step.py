@@ -182,6 +182,8 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
     def stacked_autograd_round(i: int) -> None:
         reference(batches[i % 64], weight, active, counts)
 
+    gradient = torch.zeros_like(stack.flat)  # the written-out backward's buffer, as the step has it
+
     def parts(i: int) -> dict[str, float]:
         clock = [time.thread_time()]
 
@@ -211,7 +213,6 @@ def step_ways(k: int, segments: Segments, settings: TrainSettings) -> StepWays:
             "autograd_backward": t_backward,
         }
 
-    gradient = torch.zeros_like(stack.flat)
     return StepWays(separate_round, stacked_round, stacked_autograd_round, parts)
 
 

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from workers.model import SIGMA_FLOOR, ForecastNet
 
-__all__ = ["StackedForecastNet", "stacked_forecast_loss"]
+__all__ = ["StackedForecastNet", "gather_batch", "stacked_forecast_loss", "stacked_loss_terms"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -120,18 +120,33 @@ class StackedForecastNet(nn.Module):
         mask, ``0`` or ``1 / (1 - p)``); ``None``: no dropout (evaluation).
         """
         k = x.shape[0]
-        layers = self.layers(self.flat if k == self.k else self.flat[:k])
+        out = self.head_outputs(x, masks, self.layers(self.flat if k == self.k else self.flat[:k]))
+        return out[:, 0], F.softplus(out[:, 1]) + SIGMA_FLOOR, out[:, 2]
+
+    def head_outputs(
+        self,
+        x: torch.Tensor,
+        masks: Sequence[torch.Tensor] | None,
+        layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """The heads' raw outputs ``[k, 3, B]`` (``mu``, the pre-softplus ``sigma``, ``logit``) of
+        ``x [k, B, n_features]`` through ``layers`` (``self.layers`` of the first ``k`` rows).
+        ``saved``: gets each layer's ``(input, output)``, the trunk's before GELU, then the heads':
+        what a backward needs."""
         h = x
         for i, (weight, bias) in enumerate(layers[:-1]):
-            h = F.gelu(torch.baddbmm(bias, h, weight))
+            a = torch.baddbmm(bias, h, weight)
+            if saved is not None:
+                saved.append((h, a))
+            h = F.gelu(a)
             if masks is not None:
                 h = h * masks[i]
         weight, bias = layers[-1]
-        out = torch.baddbmm(bias, weight, h.transpose(1, 2))  # [K, 3, B]
-        mu = out[:, 0]
-        sigma = F.softplus(out[:, 1]) + SIGMA_FLOOR
-        logit = out[:, 2]
-        return mu, sigma, logit
+        out = torch.baddbmm(bias, weight, h.transpose(1, 2))  # [k, 3, B]: see the module doc
+        if saved is not None:
+            saved.append((h, out))
+        return out
 
     def snapshot(self, k: int) -> torch.Tensor:
         """A copy of model ``k``'s weights as one row ``[P]`` (one op; ``state_dict_from_row`` reads it)."""
@@ -177,6 +192,15 @@ def _linear_names_of(state: dict[str, torch.Tensor]) -> list[str]:
     return names
 
 
+def gather_batch(rows: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x [k, B, n_features], y [k, B], y_up [k, B])`` of the padded batch ``idx [k, B]`` of a
+    train table ``rows [N, n_features + 2]`` (features, ``y``, ``y > 0``): one gather, views."""
+    k, batch = idx.shape
+    gathered = torch.index_select(rows, 0, idx.view(-1)).view(k, batch, -1)
+    n_features = rows.shape[1] - 2
+    return gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
+
+
 def stacked_forecast_loss(
     mu: torch.Tensor,
     sigma: torch.Tensor,
@@ -193,11 +217,26 @@ def stacked_forecast_loss(
     real rows (a model with no rows gets zeros, and zero gradients). ``loss_weights [K, 3]``:
     ``(w_nll, w_bce, w_brier)`` per model. The formulas are ``forecast_loss``'s.
     """
+    return stacked_loss_terms(mu, sigma, logit, y, y_up, row_weight, loss_weights)[0]
+
+
+def stacked_loss_terms(
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    logit: torch.Tensor,
+    y: torch.Tensor,
+    y_up: torch.Tensor,
+    row_weight: torch.Tensor,
+    loss_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``stacked_forecast_loss``, and the ``z = (y - mu) / sigma`` and ``p = sigmoid(logit)``
+    (``[K, B]``) it computed on the way: what ``workers.stacked_grad``'s backward reuses."""
     z = (y - mu) / sigma
     nll = _HALF_LOG_2PI + torch.log(sigma) + 0.5 * z * z
     bce = F.binary_cross_entropy_with_logits(logit, y_up, reduction="none")
-    brier = (torch.sigmoid(logit) - y_up) ** 2
+    p = torch.sigmoid(logit)
+    brier = (p - y_up) ** 2
     rows = torch.stack((nll, bce, brier), dim=2)  # [K, B, 3]
     means = torch.bmm(row_weight.unsqueeze(1), rows).squeeze(1)  # [K, 3]: one op for all means
     loss = (means * loss_weights).sum(dim=1, keepdim=True)
-    return torch.cat((loss, means), dim=1)
+    return torch.cat((loss, means), dim=1), z, p

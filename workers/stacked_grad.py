@@ -2,7 +2,8 @@
 
 Why hand-written: at the default job's size (K=5 models, batch 256, 64 wide) autograd's graph of a
 stacked step is about 40 nodes, and recording and walking it cost as much as the arithmetic of
-the small ops. Here the forward keeps the few activations the backward needs and the backward
+the small ops. Here the forward (the model's and the loss's own code) keeps the few activations
+the backward needs, and the backward
 is the chain rule written as 5 batched matmuls, 2 ``gelu_backward`` calls (the kernel autograd
 itself calls) and a dozen elementwise ops on ``[k, B]``; the gradient is written once into the
 caller's ``[K, P]`` buffer in the parameter's row layout. ``bench/stacked_step.py`` measures it
@@ -26,18 +27,15 @@ through each ``h @ W + b``, the dropout mask and GELU.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
 
 from workers.model import SIGMA_FLOOR
-from workers.stacked import StackedForecastNet
+from workers.stacked import StackedForecastNet, gather_batch, stacked_loss_terms
 
 __all__ = ["stacked_loss_and_grad"]
-
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @torch.no_grad()
@@ -57,41 +55,20 @@ def stacked_loss_and_grad(
     ``rows``, ``y_scale``, ``loss_weights``: a ``workers.stacked_steps.TrainTable``'s (``[N,
     n_features + 2]``, ``[K, 1]``, ``[K, 3]``); ``grad``: ``[K, P]`` float32 like ``model.flat``
     (rows past ``k`` are left as they are); ``row_weight [k, B]`` and ``masks`` (one
-    ``[k, B, hidden]`` per trunk layer, or ``None``) as ``stacked_batch_loss`` takes them. The values are that function's and
-    ``torch.autograd.backward`` of its loss column's sum, to float32 rounding.
+    ``[k, B, hidden]`` per trunk layer, or ``None``) as ``stacked_batch_loss`` takes them. The
+    statistics are that function's (the same ops: ``head_outputs``, ``stacked_loss_terms``), the
+    gradient ``torch.autograd.backward``'s of its loss column's sum, to float32 rounding.
     """
-    k, batch = idx.shape
-    gathered = torch.index_select(rows, 0, idx.view(-1)).view(k, batch, -1)
-    n_features = rows.shape[1] - 2
-    x, y, y_up = gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
+    k = idx.shape[0]
+    x, y, y_up = gather_batch(rows, idx)
     layers = model.layers(model.flat.detach()[:k])
-
-    inputs, pre = [], []  # each trunk layer's input and pre-activation, for the backward
-    h = x
-    for i, (weight, bias) in enumerate(layers[:-1]):
-        inputs.append(h)
-        a = torch.baddbmm(bias, h, weight)
-        pre.append(a)
-        h = F.gelu(a)
-        if masks is not None:
-            h = h * masks[i]
-    head_weight, head_bias = layers[-1]
-    out = torch.baddbmm(head_bias, head_weight, h.transpose(1, 2))  # [k, 3, B]
-
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # each layer's input and output
+    out = model.head_outputs(x, masks, layers, saved)  # then stacked_batch_loss's ops, in its order
     y_scale, loss_weights = y_scale[:k], loss_weights[:k]
     raw = out[:, 1]
-    mu = out[:, 0] * y_scale
     sigma = (F.softplus(raw) + SIGMA_FLOOR) * y_scale
-    logit = out[:, 2]
-    z = (y - mu) / sigma  # the forward's ops are stacked_forecast_loss's, in its order
-    nll = _HALF_LOG_2PI + torch.log(sigma) + 0.5 * z * z
-    bce = F.binary_cross_entropy_with_logits(logit, y_up, reduction="none")
-    p = torch.sigmoid(logit)
+    stats, z, p = stacked_loss_terms(out[:, 0] * y_scale, sigma, out[:, 2], y, y_up, row_weight, loss_weights)
     miss = p - y_up
-    brier = miss * miss
-    terms = torch.stack((nll, bce, brier), dim=2)  # [k, B, 3]
-    means = torch.bmm(row_weight.unsqueeze(1), terms).squeeze(1)  # [k, 3]
-    loss = (means * loss_weights).sum(dim=1, keepdim=True)
 
     # d(sum of losses) / d out, [k, 3, B]
     w_nll = row_weight * (loss_weights[:, 0:1] * y_scale) / sigma
@@ -100,14 +77,16 @@ def stacked_loss_and_grad(
     d_logit = row_weight * miss * (loss_weights[:, 1:2] + 2.0 * loss_weights[:, 2:3] * p * (1.0 - p))
     d_out = torch.stack((d_mu, d_raw, d_logit), dim=1)
 
-    pieces: list[torch.Tensor] = [torch.bmm(d_out, h).view(k, -1), d_out.sum(dim=2)]  # heads: W, b
-    d_h = torch.bmm(d_out.transpose(1, 2), head_weight)  # [k, B, hidden]
-    for i in reversed(range(len(inputs))):
+    heads_input = saved[-1][0]
+    pieces: list[torch.Tensor] = [torch.bmm(d_out, heads_input).view(k, -1), d_out.sum(dim=2)]  # W, b
+    d_h = torch.bmm(d_out.transpose(1, 2), layers[-1][0])  # [k, B, hidden]
+    for i in reversed(range(len(layers) - 1)):
+        layer_input, pre = saved[i]
         if masks is not None:
             d_h = d_h * masks[i]
-        d_a = torch.ops.aten.gelu_backward(d_h, pre[i])
-        pieces[:0] = [torch.bmm(inputs[i].transpose(1, 2), d_a).view(k, -1), d_a.sum(dim=1)]
+        d_a = torch.ops.aten.gelu_backward(d_h, pre)
+        pieces[:0] = [torch.bmm(layer_input.transpose(1, 2), d_a).view(k, -1), d_a.sum(dim=1)]
         if i:
             d_h = torch.bmm(d_a, layers[i][0].transpose(1, 2))
     torch.cat(pieces, dim=1, out=grad[:k])
-    return torch.cat((loss, means), dim=1)
+    return stats

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from workers.stacked import StackedForecastNet, stacked_forecast_loss
+from workers.stacked import StackedForecastNet, gather_batch, stacked_forecast_loss
 from workers.stacked_dropout import ExactDropout, device_masks
 from workers.stacked_grad import stacked_loss_and_grad
 from workers.stacked_optim import StackedAdamW
@@ -48,10 +48,6 @@ class TrainTable:
     y_scale: torch.Tensor
     loss_weights: torch.Tensor
 
-    @property
-    def n_features(self) -> int:
-        return self.rows.shape[1] - 2
-
 
 class StackedStep(Protocol):
     def __call__(
@@ -69,10 +65,8 @@ def stacked_batch_loss(
 ) -> torch.Tensor:
     """``[k, 4]`` per-model ``(loss, nll, bce, brier)`` of the padded batch ``idx [k, B]`` of the
     stack's first ``k`` models."""
-    k, batch = idx.shape
-    gathered = torch.index_select(table.rows, 0, idx.view(-1)).view(k, batch, -1)  # one gather
-    n_features = table.n_features
-    x, y, y_up = gathered[..., :n_features], gathered[..., n_features], gathered[..., n_features + 1]
+    k = idx.shape[0]
+    x, y, y_up = gather_batch(table.rows, idx)
     with autocast(table.rows.device, amp):
         mu, sigma, logit = model(x, masks)
     if amp:
@@ -100,7 +94,7 @@ class EagerStackedStep:
         autograd: bool = False,
     ) -> None:
         self.model, self.optimizer, self.table, self.dropout, self.amp = model, optimizer, table, dropout, amp
-        self.grad = None if amp or autograd else torch.zeros_like(model.flat, requires_grad=False)
+        self.grad = None if amp or autograd else torch.zeros_like(model.flat)
 
     def __call__(
         self, idx: torch.Tensor, row_weight: torch.Tensor, active: torch.Tensor, counts: Sequence[int]
