@@ -94,7 +94,7 @@ def test_stacked_loss_equals_forecast_loss_over_each_models_real_rows() -> None:
     row_weight = torch.zeros(k, batch)
     for i, count in enumerate(counts):
         row_weight[i, :count] = 1.0 / max(count, 1)
-    stats = stacked_forecast_loss(mu, sigma, logit, y, (y > 0).float(), row_weight, weights)
+    stats = stacked_forecast_loss(mu, sigma, logit, y, (y > 0).float(), row_weight, weights)[0]
     for i, count in enumerate(counts[:2]):
         s = slice(0, count)
         w = (float(weights[i, 0]), float(weights[i, 1]), float(weights[i, 2]))
@@ -223,7 +223,7 @@ def test_stacked_adamw_equals_torch_adamw_per_model_with_ragged_activity() -> No
         loss_weights = torch.ones(len(lrs), 3)
         optimizer.zero_grad()
         torch.autograd.backward(
-            stacked_forecast_loss(mu, sigma, logit, y, (y > 0).float(), weight, loss_weights)[:, 0].sum()
+            stacked_forecast_loss(mu, sigma, logit, y, (y > 0).float(), weight, loss_weights)[0][:, 0].sum()
         )
         optimizer.step(active)
         for k, (model, torch_optimizer) in enumerate(zip(models, torch_optimizers, strict=True)):

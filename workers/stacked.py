@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from workers.model import SIGMA_FLOOR, ForecastNet
 
-__all__ = ["StackedForecastNet", "gather_batch", "stacked_forecast_loss", "stacked_loss_terms"]
+__all__ = ["StackedForecastNet", "gather_batch", "stacked_forecast_loss"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -209,28 +209,16 @@ def stacked_forecast_loss(
     y_up: torch.Tensor,
     row_weight: torch.Tensor,
     loss_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Per-model ``[loss, nll, bce, brier]`` (``[K, 4]``) of a stacked batch, in the units of ``y``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-model ``[loss, nll, bce, brier]`` (``[K, 4]``) of a stacked batch, in the units of ``y``,
+    and the ``z = (y - mu) / sigma`` and ``p = sigmoid(logit)`` (``[K, B]``) computed on the way
+    (what ``workers.stacked_grad``'s backward reuses).
 
     ``mu, sigma, logit, y, y_up``: ``[K, B]``. ``row_weight [K, B]``: ``1 / count`` on a model's
     real rows and 0 on padding, so each row of the result is ``forecast_loss`` over that model's
     real rows (a model with no rows gets zeros, and zero gradients). ``loss_weights [K, 3]``:
     ``(w_nll, w_bce, w_brier)`` per model. The formulas are ``forecast_loss``'s.
     """
-    return stacked_loss_terms(mu, sigma, logit, y, y_up, row_weight, loss_weights)[0]
-
-
-def stacked_loss_terms(
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    logit: torch.Tensor,
-    y: torch.Tensor,
-    y_up: torch.Tensor,
-    row_weight: torch.Tensor,
-    loss_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``stacked_forecast_loss``, and the ``z = (y - mu) / sigma`` and ``p = sigmoid(logit)``
-    (``[K, B]``) it computed on the way: what ``workers.stacked_grad``'s backward reuses."""
     z = (y - mu) / sigma
     nll = _HALF_LOG_2PI + torch.log(sigma) + 0.5 * z * z
     bce = F.binary_cross_entropy_with_logits(logit, y_up, reduction="none")

@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from workers.model import SIGMA_FLOOR
-from workers.stacked import StackedForecastNet, gather_batch, stacked_loss_terms
+from workers.stacked import StackedForecastNet, gather_batch, stacked_forecast_loss
 
 __all__ = ["stacked_loss_and_grad"]
 
@@ -56,7 +56,7 @@ def stacked_loss_and_grad(
     n_features + 2]``, ``[K, 1]``, ``[K, 3]``); ``grad``: ``[K, P]`` float32 like ``model.flat``
     (rows past ``k`` are left as they are); ``row_weight [k, B]`` and ``masks`` (one
     ``[k, B, hidden]`` per trunk layer, or ``None``) as ``stacked_batch_loss`` takes them. The
-    statistics are that function's (the same ops: ``head_outputs``, ``stacked_loss_terms``), the
+    statistics are that function's (the same ops: ``head_outputs``, ``stacked_forecast_loss``), the
     gradient ``torch.autograd.backward``'s of its loss column's sum, to float32 rounding.
     """
     k = idx.shape[0]
@@ -67,7 +67,9 @@ def stacked_loss_and_grad(
     y_scale, loss_weights = y_scale[:k], loss_weights[:k]
     raw = out[:, 1]
     sigma = (F.softplus(raw) + SIGMA_FLOOR) * y_scale
-    stats, z, p = stacked_loss_terms(out[:, 0] * y_scale, sigma, out[:, 2], y, y_up, row_weight, loss_weights)
+    stats, z, p = stacked_forecast_loss(
+        out[:, 0] * y_scale, sigma, out[:, 2], y, y_up, row_weight, loss_weights
+    )
     miss = p - y_up
 
     # d(sum of losses) / d out, [k, 3, B]

@@ -72,7 +72,7 @@ def stacked_batch_loss(
     if amp:
         mu, sigma, logit = mu.float(), sigma.float(), logit.float()
     y_scale, loss_weights = table.y_scale[:k], table.loss_weights[:k]  # the first k models
-    return stacked_forecast_loss(mu * y_scale, sigma * y_scale, logit, y, y_up, row_weight, loss_weights)
+    return stacked_forecast_loss(mu * y_scale, sigma * y_scale, logit, y, y_up, row_weight, loss_weights)[0]
 
 
 class EagerStackedStep:
