@@ -19,6 +19,7 @@ from orchestrator.execution.placement import (
     NodeGroup,
     Placement,
     ResourceShape,
+    combined_fold_cap,
     concurrency_limit,
     fold_placement,
     node_groups_from_cluster_config,
@@ -217,3 +218,10 @@ def test_the_placement_timeout_names_the_autoscaler_when_a_new_node_was_awaited(
     assert scaled.startswith(plain)
     assert "the autoscaler did not provide a node of type gpu.1x or gpu.4x in time" in scaled
     assert "raise placement_timeout_s" in scaled
+
+
+def test_runs_in_one_call_may_use_the_sum_of_their_fold_caps_unless_one_has_none() -> None:
+    assert combined_fold_cap([2, 3]) == 5
+    assert combined_fold_cap([2] * 3) == 6  # an HPO batch of three trials of one config
+    assert combined_fold_cap([2, None]) is None
+    assert combined_fold_cap([None]) is None

@@ -106,16 +106,20 @@ def test_a_worse_trial_is_pruned_and_its_run_cancelled() -> None:
     assert not pruning.wait_ended(0)
 
 
-def test_without_a_pruner_the_values_are_reported_and_the_pruner_never_asked() -> None:
-    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
-    good = study.ask()
-    _trial_events(TrialPruning(good, "val_nll"), [1.0, 0.5])
-    study.tell(good, 0.5)
-    worse = study.ask()
-    pruning = TrialPruning(worse, "val_nll", prunes=False)  # what ``--pruner none`` builds
+def test_without_a_pruner_the_values_are_reported_and_the_pruner_never_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())  # make_pruner's for ``none``
+    trial = study.ask()
+
+    def asked() -> bool:  # each question is a storage read per epoch step
+        raise AssertionError("the pruner was asked")
+
+    monkeypatch.setattr(trial, "should_prune", asked)
+    pruning = TrialPruning(trial, "val_nll")
     run = FakeRun()
     pruning.run = run
-    _trial_events(pruning, [5.0, 6.0])  # the median pruner would prune at epoch 0
+    _trial_events(pruning, [5.0, 6.0])
     assert not pruning.pruned and run.cancels == 0
-    assert study.trials[1].intermediate_values == {0: 5.0, 1: 6.0}
+    assert study.trials[0].intermediate_values == {0: 5.0, 1: 6.0}
     assert not pruning.close()

@@ -26,6 +26,7 @@ from orchestrator.execution.placement import (
     ClusterView,
     Placement,
     ResourceShape,
+    combined_fold_cap,
     concurrency_limit,
     reachable_resources,
     scale_up_types,
@@ -80,8 +81,7 @@ class PackRun:
         self.on_result = on_result
         self.on_end = on_end
         # each run was admitted with its own fold concurrency: together they may use the sum
-        caps = [job.config.max_concurrent_folds for job in jobs]
-        self.max_concurrent = None if None in caps else sum(cap or 0 for cap in caps)
+        self.max_concurrent = combined_fold_cap([job.config.max_concurrent_folds for job in jobs])
         self.tasks = sum(len(job.specs) for job in jobs)
         self.capacity = self._capacity(view)
         scale_up = scale_up_types(shape, view)

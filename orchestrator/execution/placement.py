@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ __all__ = [
     "fold_placement",
     "reachable_resources",
     "concurrency_limit",
+    "combined_fold_cap",
     "folds_within",
     "placement_timeout_message",
     "node_groups_from_cluster_config",
@@ -186,6 +187,12 @@ def concurrency_limit(
     if max_concurrent:
         limit = min(limit, max_concurrent)
     return limit
+
+
+def combined_fold_cap(caps: Sequence[int | None]) -> int | None:
+    """The fold concurrency of runs trained in one call, each admitted with its own
+    ``max_concurrent_folds`` (``caps``): their sum, or None (no cap) when one of them has none."""
+    return None if None in caps else sum(cap or 0 for cap in caps)
 
 
 def folds_within(total: float, per_fold: float, most: int) -> int:

@@ -28,6 +28,7 @@ from orchestrator.execution.cluster import cluster_view
 from orchestrator.execution.packrun import CANCEL_GRACE_S, PackRun
 from orchestrator.execution.placement import (
     ResourceShape,
+    combined_fold_cap,
     concurrency_limit,
     fold_placement,
     reachable_resources,
@@ -65,10 +66,8 @@ class RayExecutor:
         """Start the fold actors ``runs`` runs of ``config`` trained in one call will use (as many
         as run at once), now."""
         shape = ResourceShape.of(config)
-        cap = config.max_concurrent_folds
-        limit = concurrency_limit(
-            shape, reachable_resources(cluster_view()), config.total_folds * runs, cap and cap * runs
-        )
+        cap = combined_fold_cap([config.max_concurrent_folds] * runs)
+        limit = concurrency_limit(shape, reachable_resources(cluster_view()), config.total_folds * runs, cap)
         return self.pool.prestart(shape, limit)
 
     def run_folds(self, job: FoldJob, on_result: ResultCallback) -> None:

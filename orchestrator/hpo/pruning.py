@@ -116,9 +116,10 @@ class TrialPruning:
     A pruned decision stands even if the run happened to finish before the cancel took effect.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str, *, prunes: bool = True) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
-        self.prunes = prunes  # False (``--pruner none``): report the values, never ask the pruner
+        # ``--pruner none`` (make_pruner's NopPruner): report the values, never ask the pruner
+        self.prunes = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
         self.tracker = EpochTracker(metric)
         self.run: Cancellable | None = None
         self.pruned = False

@@ -129,7 +129,7 @@ class _StudySession:
                 shrink = self.gate is not None or self.base.pack == 1
                 changes = pack_resources(self.base, self.spec.parallel, cluster, shrink=shrink)
                 self.base = config_from_mapping(changes, base=self.base)
-            if cluster is not None and self.gate is None:  # (a job queue admits each trial's own)
+            if self.gate is None:  # (a job queue admits each trial's own; local: nothing to start)
                 self.backend.prestart(self.base, self.spec.parallel)  # they start while Optuna opens
             self.study = study = open_study(self.spec)
             self.trials_total = len(study.get_trials(deepcopy=False, states=FINISHED)) + self.spec.trials
@@ -275,7 +275,7 @@ class _StudySession:
         with self._lock:
             self.session_trials.append(trial.number)
             self._publish(trial.number, "running", params, trial_run_id=run_id)
-        pruning = TrialPruning(trial, self.spec.metric, prunes=self.spec.pruner != "none")
+        pruning = TrialPruning(trial, self.spec.metric)
         entry = TrialEntry(trial, params, pruning)
         try:
             config = config_from_mapping(params, base=self.base)
