@@ -14,7 +14,8 @@ from orchestrator.messages import EpochMetrics, PredictionDelta
 from orchestrator.run.cv import plan_folds_for
 from tests.synthetic import ar1_ohlcv
 from workers.features import FeatureSet, build_features
-from workers.fold import FoldContext, FoldResult, FoldTrainer, run_fold
+from workers.fold import FoldContext, FoldResult, FoldTrainer, PackMember, run_fold, run_pack
+from workers.member import FoldMember
 
 
 class RecordingPublisher:
@@ -115,3 +116,33 @@ def test_cancel_stops_after_the_running_epoch(
 
     with pytest.raises(RunCancelledError):  # in-process: the executor's should_stop
         trainer.run(features, spec, config, FoldContext("r9", 0.0), RecordingPublisher(), lambda: True)
+
+
+def test_a_streamed_pack_yields_each_fold_as_soon_as_it_is_scored(
+    fold_input: tuple[FeatureSet, FoldSpec, TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ray executor's call: fold 0's outcome reaches the caller before fold 1 is scored (the
+    driver writes one fold's files while the worker scores the next), and the folds equal
+    ``run_pack``'s."""
+    features, _, config = fold_input
+    specs = plan_folds_for(config, len(features))
+    scored: list[int] = []
+    score = FoldMember.result
+
+    def recorded(self: FoldMember, *args: object, **kwargs: object) -> FoldResult:
+        scored.append(self.member.spec.fold_id)
+        return score(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def members() -> list[PackMember]:
+        return [PackMember(spec, config, FoldContext("r1", 0.0), RecordingPublisher()) for spec in specs]
+
+    listed = run_pack(features, members())
+    monkeypatch.setattr(FoldMember, "result", recorded)
+    stream = FoldTrainer().stream_pack(features, members())
+    first = next(stream)
+    assert (first.fold_id, scored) == (0, [0])
+    rest = list(stream)
+    assert ([o.fold_id for o in rest], scored) == ([1], [0, 1])
+    for outcome, expected in zip([first, *rest], listed, strict=True):
+        assert isinstance(outcome, FoldResult) and isinstance(expected, FoldResult)
+        assert outcome.metrics == expected.metrics

@@ -1,10 +1,11 @@
 """Folds end to end (scale, train, calibrate, conformal, score), one or a pack at a time, and the
 thin actor over them.
 
-``run_pack`` trains the folds a worker holds as one stacked model (``workers.packed``) when there
+``iter_pack`` trains the folds a worker holds as one stacked model (``workers.packed``) when there
 are several, or alone with ``workers.train.fit``: each fold keeps its own scaling, seed, dropout
 generator, learning rate, early stopping and best state, so the results equal training them one by
-one. ``run_fold`` is a pack of one. ``FoldTrainer`` is a plain class around them that keeps torch
+one, and yields each fold's outcome as soon as it is scored (``run_pack``: all of them as a list).
+``run_fold`` is a pack of one. ``FoldTrainer`` is a plain class around them that keeps torch
 imported between runs and carries per-run cancel flags: the local executor calls it in-process,
 the Ray executor applies ``ray.remote`` to it where it launches actors (the same code runs in
 both). A fold publishes ``epoch_metrics`` (and, for a live audience, ``batch_progress`` and
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ __all__ = [
     "PackMember",
     "Publisher",
     "run_fold",
+    "iter_pack",
     "run_pack",
     "train_settings",
 ]
@@ -73,23 +75,28 @@ def _prepare_device(config: TrainConfig) -> torch.device:
 
 
 def run_pack(
-    features: FeatureSet,
-    members: Sequence[PackMember],
-    stopped: Callable[[str], bool] = _never,
-    on_outcome: Callable[[FoldOutcome], None] | None = None,
+    features: FeatureSet, members: Sequence[PackMember], stopped: Callable[[str], bool] = _never
 ) -> list[FoldOutcome]:
-    """Train ``members`` (folds of one architecture: ``execution.packing.pack_key``) together and
-    score each; their outcomes in the order of ``members``.
+    """``iter_pack``'s outcomes as a list, in the order of ``members``."""
+    return list(iter_pack(features, members, stopped))
+
+
+def iter_pack(
+    features: FeatureSet, members: Sequence[PackMember], stopped: Callable[[str], bool] = _never
+) -> Iterator[FoldOutcome]:
+    """Train ``members`` (folds of one architecture: ``execution.packing.pack_key``) together, then
+    score them one after the other, yielding each fold's outcome as soon as it is scored (in the
+    order of ``members``): a caller across Ray writes one fold's files while the next is scored.
 
     ``stopped(run_id)`` is polled between epochs: a member of a stopped run leaves the pack (its
     events flushed) as a cancelled ``FoldFailure``; a member whose loss goes non-finite leaves it
-    as a failed one; the others go on. ``on_outcome`` sees each outcome once all are trained.
-    Raises what the shared training raises otherwise (a bug fails the whole pack).
+    as a failed one; the others go on. Raises what the shared training raises otherwise (a bug
+    fails the whole pack, before any outcome).
     """
     from workers.train import NonFiniteLossError, fit
 
     if not members:
-        return []
+        return
     device = _prepare_device(members[0].config)
     folds = [FoldMember(features, member) for member in members]
     started = time.perf_counter()
@@ -115,7 +122,6 @@ def run_pack(
         trained = _fit_stacked(folds, device, stopped)
     train_seconds = time.perf_counter() - started
     pack_id = uuid.uuid4().hex[:12]
-    outcomes: list[FoldOutcome] = []
     for fold, outcome in zip(folds, trained, strict=True):
         spec = fold.member.spec
         if stopped(fold.run_id):
@@ -126,10 +132,7 @@ def run_pack(
             result = fold.failure(f"{type(outcome).__name__}: {outcome}", cancelled=False)
         else:
             result = fold.result(outcome, train_seconds, str(device), len(folds), pack_id)
-        outcomes.append(result)
-        if on_outcome is not None:
-            on_outcome(result)
-    return outcomes
+        yield result
 
 
 def _fit_stacked(
@@ -244,3 +247,10 @@ class FoldTrainer:
         call it stopped."""
         self._cancelled = False
         return run_pack(features, members, lambda run_id: self._stopped(run_id, should_stop))
+
+    def stream_pack(self, features: FeatureSet, members: Sequence[PackMember]) -> Iterator[FoldOutcome]:
+        """``iter_pack`` stopped by ``cancel``: the Ray executor's call (a streaming generator, so
+        each fold's outcome reaches the driver as soon as it is scored). A cancel is read as in
+        ``run_pack``."""
+        self._cancelled = False
+        yield from iter_pack(features, members, lambda run_id: self._stopped(run_id, None))

@@ -2,9 +2,10 @@
 
 One ``FoldScheduler`` per run decides; ``PackRun`` carries it out: free worker slots get packs of
 the folds waiting (``packing.plan_packs``), a new worker is pinged until it is up, a pack runs as
-one actor call (``FoldTrainer.run_pack``), and what comes back is fed to each fold's scheduler: a
-result, a fold that failed, or the worker's death (the pack's unfinished folds retry, each as
-its next attempt). A run ends on its own (``_end_run``), the others go on; see ``execution.ray``.
+one actor call (``FoldTrainer.stream_pack``, a streaming generator: each fold's outcome comes back
+as soon as the worker has scored it, and the driver writes its files while the next is scored),
+and what comes back is fed to each fold's scheduler: a result, a fold that failed, or the
+worker's death (the pack's folds without an outcome yet retry, each as its next attempt). A run ends on its own (``_end_run``), the others go on; see ``execution.ray``.
 """
 
 from __future__ import annotations
@@ -108,11 +109,12 @@ class PackRun:
                 self._deliver()  # the driver's work on finished folds, once the next ones train
                 self._check_placement()
                 for ref in self._wait():
-                    call = self.calls.pop(ref)
+                    call = self.calls[ref]
                     if call.ping:
+                        del self.calls[ref]
                         self._on_started(ref, call)
                     else:
-                        self._on_finished(ref, call)
+                        self._on_streamed(ref, call)
             self._deliver()
         finally:
             self._end()
@@ -269,41 +271,62 @@ class PackRun:
             publisher = job.sink.publisher(job.run_id, producer, batched=True)
             pack.append(PackMember(run.specs[member.fold_id], job.config, context, publisher))
         features_ref = self.runs[members[0].run].features_ref
-        self.calls[worker.actor.run_pack.remote(features_ref, pack)] = Call(worker, False, members)
+        stream = worker.actor.stream_pack.options(num_returns="streaming").remote(features_ref, pack)
+        self.calls[stream] = Call(worker, False, members)
 
-    def _on_finished(self, ref: Any, call: Call) -> None:
+    def _on_streamed(self, stream: Any, call: Call) -> None:
+        """The pack's next outcome (``ray.wait`` said it is there), or how its call ended. A member
+        leaves ``call.members`` with its outcome: a death or an exception later concerns the rest."""
         try:
-            outcomes = ray.get(ref)
+            outcome = ray.get(next(stream))
+        except StopIteration:  # the call ended without an outcome for some member: a bug
+            self._end_call(stream, call, RuntimeError("the pack's call ended without every fold's outcome"))
+            return
         except WORKER_DEATH as err:
+            del self.calls[stream]
             self._worker_died(call, err)
             return
         except RayTaskError as err:
             # A Python exception inside the pack: the worker is fine, and a retry would fail again.
-            self.free.append(call.worker)
-            cause = getattr(err, "cause", None)
-            for index in sorted({m.run for m in call.members}):
-                run = self.runs[index]
-                if run.ended:
-                    continue
-                cancelled = isinstance(cause, RunCancelledError) and run.job.cancel_event.is_set()
-                message = str(cause) if cancelled else cause_text(err)
-                first = min(m.fold_id for m in call.members if m.run == index)
-                self._end_run(run, run.scheduler.fold_raised(first, message, cancelled=cancelled).error)
+            self._end_call(stream, call, err)
             return
+        index, member = next(
+            (m.run, m)
+            for m in call.members
+            if m.fold_id == outcome.fold_id and self.runs[m.run].job.run_id == outcome.run_id
+        )
+        call.members.remove(member)
+        if not call.members:  # the generator's own end carries nothing more: free the worker now
+            del self.calls[stream]
+            self.free.append(call.worker)
+        run = self.runs[index]
+        if run.ended:
+            return
+        if isinstance(outcome, FoldFailure):
+            cancelled = outcome.cancelled and run.job.cancel_event.is_set()
+            decision = run.scheduler.fold_raised(outcome.fold_id, outcome.message, cancelled=cancelled)
+            self._end_run(run, decision.error)
+            return
+        run.scheduler.succeeded(outcome.fold_id)
+        trip = time.monotonic() - call.since
+        self.finished.append((run, dataclasses.replace(outcome, round_trip_seconds=trip)))
+
+    def _end_call(self, stream: Any, call: Call, err: Exception) -> None:
+        """The pack's call raised ``err`` in its worker (which is fine): each run with a fold still
+        in it fails with its first such fold."""
+        del self.calls[stream]
         self.free.append(call.worker)
-        by_run = {self.runs[m.run].job.run_id: self.runs[m.run] for m in call.members}
-        for outcome in outcomes:
-            run = by_run[outcome.run_id]
+        cause = getattr(err, "cause", None)
+        for index in sorted({m.run for m in call.members}):
+            run = self.runs[index]
             if run.ended:
                 continue
-            if isinstance(outcome, FoldFailure):
-                cancelled = outcome.cancelled and run.job.cancel_event.is_set()
-                decision = run.scheduler.fold_raised(outcome.fold_id, outcome.message, cancelled=cancelled)
-                self._end_run(run, decision.error)
-                continue
-            run.scheduler.succeeded(outcome.fold_id)
-            trip = time.monotonic() - call.since
-            self.finished.append((run, dataclasses.replace(outcome, round_trip_seconds=trip)))
+            cancelled = isinstance(cause, RunCancelledError) and run.job.cancel_event.is_set()
+            message = (
+                str(cause) if cancelled else cause_text(err) if isinstance(err, RayTaskError) else str(err)
+            )
+            first = min(m.fold_id for m in call.members if m.run == index)
+            self._end_run(run, run.scheduler.fold_raised(first, message, cancelled=cancelled).error)
 
     def _worker_died(self, call: Call, err: BaseException) -> None:
         self.pool.discard(call.worker)

@@ -37,7 +37,7 @@ __all__ = [
     "stop_packs",
     "close_producers",
     "scale_up_message",
-    "returned",
+    "drained",
     "cause_text",
     "short",
 ]
@@ -66,7 +66,8 @@ class Member:
 
 @dataclass
 class Call:
-    """A call in flight on a worker: its ``ping`` (it is coming up) or its pack's run."""
+    """A call in flight on a worker: its ``ping`` (it is coming up) or its pack's run, whose
+    ``members`` are the folds that have no outcome back yet."""
 
     worker: Worker
     ping: bool
@@ -127,7 +128,7 @@ def stop_packs(calls: dict[Any, Call], pool: WorkerPool) -> list[Worker]:
                 healthy.append(call.worker)
             else:
                 pool.discard(call.worker)
-    stopping = {ref: call for ref, call in calls.items() if not call.ping}
+    stopping = {stream: call for stream, call in calls.items() if not call.ping}
     if not stopping:
         return healthy
     for call in stopping.values():
@@ -135,15 +136,31 @@ def stop_packs(calls: dict[Any, Call], pool: WorkerPool) -> list[Worker]:
             call.worker.actor.cancel.remote()
         except Exception:  # its actor is gone already
             pass
-    stopped, _ = ray.wait(
-        list(stopping), num_returns=len(stopping), timeout=CANCEL_GRACE_S, fetch_local=False
-    )
-    for ref, call in stopping.items():
-        if ref in stopped and returned(ref):
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    for stream, call in stopping.items():
+        if drained(stream, deadline):
             healthy.append(call.worker)
         else:
             pool.discard(call.worker)
     return healthy
+
+
+def drained(stream: Any, deadline: float) -> bool:
+    """True when the pack's call (``FoldTrainer.stream_pack``'s generator) ended in its own process
+    by ``deadline`` (its outcomes or an exception, read and dropped); False when its worker died or
+    it is still going (stopped folds finish their epoch first)."""
+    while True:
+        ready, _ = ray.wait([stream], timeout=max(0.0, deadline - time.monotonic()), fetch_local=False)
+        if not ready:
+            return False
+        try:
+            ray.get(next(stream))
+        except StopIteration:
+            return True
+        except WORKER_DEATH:
+            return False
+        except Exception:  # the pack's own exception ends its call
+            return True
 
 
 def scale_up_message(shape: ResourceShape, timeout_s: float, types: Sequence[str]) -> str:
@@ -163,17 +180,6 @@ def close_producers(job: FoldJob, producers: list[str], *, wait: bool) -> None:
         close(job.run_id, producers, timeout=10.0 if wait else None)
     except Exception:  # the hub is gone: nothing left to protect
         log.exception("run %s: could not close producers %s", job.run_id, producers)
-
-
-def returned(ref: Any) -> bool:
-    """True when the pack's call ended in its own process (a result or an exception)."""
-    try:
-        ray.get(ref, timeout=0)
-    except WORKER_DEATH:
-        return False
-    except Exception:
-        return True
-    return True
 
 
 def cause_text(err: RayTaskError) -> str:
