@@ -109,12 +109,10 @@ class PackRun:
                 self._deliver()  # the driver's work on finished folds, once the next ones train
                 self._check_placement()
                 for ref in self._wait():
-                    call = self.calls[ref]
-                    if call.ping:
-                        del self.calls[ref]
-                        self._on_started(ref, call)
+                    if self.calls[ref].ping:
+                        self._on_started(ref, self.calls.pop(ref))
                     else:
-                        self._on_streamed(ref, call)
+                        self._on_streamed(ref, self.calls[ref])
             self._deliver()
         finally:
             self._end()
@@ -279,9 +277,8 @@ class PackRun:
         leaves ``call.members`` with its outcome: a death or an exception later concerns the rest."""
         try:
             outcome = ray.get(next(stream))
-        except StopIteration:  # the call ended without an outcome for some member: a bug
-            self._end_call(stream, call, RuntimeError("the pack's call ended without every fold's outcome"))
-            return
+        except StopIteration:  # a bug of the worker's: the loop breaks off and its runs end with it
+            raise RuntimeError(f"a pack's call ended without the outcome of {call.members}") from None
         except WORKER_DEATH as err:
             del self.calls[stream]
             self._worker_died(call, err)
@@ -290,15 +287,9 @@ class PackRun:
             # A Python exception inside the pack: the worker is fine, and a retry would fail again.
             self._end_call(stream, call, err)
             return
-        index, member = next(
-            (m.run, m)
-            for m in call.members
-            if m.fold_id == outcome.fold_id and self.runs[m.run].job.run_id == outcome.run_id
-        )
-        call.members.remove(member)
+        index = call.take(outcome.run_id, outcome.fold_id, [run.job.run_id for run in self.runs])
         if not call.members:  # the generator's own end carries nothing more: free the worker now
-            del self.calls[stream]
-            self.free.append(call.worker)
+            self.free.append(self.calls.pop(stream).worker)
         run = self.runs[index]
         if run.ended:
             return
@@ -311,7 +302,7 @@ class PackRun:
         trip = time.monotonic() - call.since
         self.finished.append((run, dataclasses.replace(outcome, round_trip_seconds=trip)))
 
-    def _end_call(self, stream: Any, call: Call, err: Exception) -> None:
+    def _end_call(self, stream: Any, call: Call, err: RayTaskError) -> None:
         """The pack's call raised ``err`` in its worker (which is fine): each run with a fold still
         in it fails with its first such fold."""
         del self.calls[stream]
@@ -322,9 +313,7 @@ class PackRun:
             if run.ended:
                 continue
             cancelled = isinstance(cause, RunCancelledError) and run.job.cancel_event.is_set()
-            message = (
-                str(cause) if cancelled else cause_text(err) if isinstance(err, RayTaskError) else str(err)
-            )
+            message = str(cause) if cancelled else cause_text(err)
             first = min(m.fold_id for m in call.members if m.run == index)
             self._end_run(run, run.scheduler.fold_raised(first, message, cancelled=cancelled).error)
 

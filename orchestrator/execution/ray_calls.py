@@ -74,6 +74,13 @@ class Call:
     members: list[Member]
     since: float = field(default_factory=time.monotonic)
 
+    def take(self, run_id: str, fold_id: int, run_ids: Sequence[str]) -> int:
+        """Remove the member that fold ``fold_id`` of run ``run_id`` is (``run_ids``: the call's
+        runs' ids, by index) as its outcome has come back; returns its run's index."""
+        member = next(m for m in self.members if m.fold_id == fold_id and run_ids[m.run] == run_id)
+        self.members.remove(member)
+        return member.run
+
 
 @dataclass
 class PackedRun:
