@@ -25,6 +25,7 @@ from orchestrator.hpo.selection_files import (
     SELECTION_FILE,
     StudySelection,
     read_selection,
+    report_text,
     selection_notification,
     selection_view,
 )
@@ -252,3 +253,17 @@ def test_the_study_files_report_and_status_carry_the_selection(tmp_path: Path) -
     status = study_status("s", storage, spec.study_dir)
     assert status["selection"] == shown
     assert "selection" not in study_status("s", storage)
+
+
+def test_the_report_text_reads_back_with_one_line_per_key_and_null_for_non_finite() -> None:
+    report = {"pbo": 0.25, "logits": [0.5, -1.25, 2.0], "nested": {"a": [1, 2]}, "error": "NaN"}
+    text = report_text(report)
+    assert json.loads(text) == report
+    assert text.splitlines()[1:-1] == [
+        '  "pbo": 0.25,',
+        '  "logits": [0.5, -1.25, 2.0],',
+        '  "nested": {"a": [1, 2]},',
+        '  "error": "NaN"',
+    ]
+    odd = report_text({"logits": [0.5, math.nan, -math.inf], "best": {"dsr": math.inf}})
+    assert json.loads(odd) == {"logits": [0.5, None, None], "best": {"dsr": None}}

@@ -168,15 +168,29 @@ class StudySelection:
             log.warning("study %s: no selection diagnostics: %s", spec.study, err)
             report: dict[str, Any] = {"error": str(err), "n_trials": len(usable), **extra}
             (spec.study_dir / MATRIX_FILE).unlink(missing_ok=True)
-            atomic_write_text(spec.study_dir / SELECTION_FILE, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(spec.study_dir / SELECTION_FILE, report_text(report))
             return report
         report = {**selection.report, "best_vs_naive": usable[best].skill, **extra}
         atomic_write_text(
             spec.study_dir / MATRIX_FILE, selection.matrix.to_csv(index=False, float_format="%.17g")
         )
-        text = json.dumps(sanitize(report), indent=2, allow_nan=False)
-        atomic_write_text(spec.study_dir / SELECTION_FILE, text + "\n")
+        atomic_write_text(spec.study_dir / SELECTION_FILE, report_text(report))
         return report
+
+
+def report_text(report: Mapping[str, Any]) -> str:
+    """``report`` as JSON with one line per key: its per-split lists (thousands of numbers) stay
+    on one line each, written by ``json``'s C encoder, which ``indent`` would replace by the
+    pure-Python one (about 60 ms against 5 ms for 12,870 splits, after every completed trial).
+    NaN and infinities are written as null (``sanitize``)."""
+    try:
+        lines = [
+            f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False)}" for key, value in report.items()
+        ]
+    except ValueError:  # a non-finite number somewhere (rare): the slow walk that replaces it
+        clean = sanitize(dict(report))
+        lines = [f"  {json.dumps(key)}: {json.dumps(value, allow_nan=False)}" for key, value in clean.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _best_of(completed: list[FrozenTrial], usable: Mapping[int, _TrialData], direction: str) -> int:
