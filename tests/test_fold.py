@@ -146,3 +146,34 @@ def test_a_streamed_pack_yields_each_fold_as_soon_as_it_is_scored(
     for outcome, expected in zip([first, *rest], listed, strict=True):
         assert isinstance(outcome, FoldResult) and isinstance(expected, FoldResult)
         assert outcome.metrics == expected.metrics
+
+
+def test_a_pack_sends_every_fold_s_events_before_it_scores_the_first(
+    fold_input: tuple[FeatureSet, FoldSpec, TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub takes the folds' last events while the first folds are scored: each fold's own
+    flush before its outcome then finds them taken (one hub round trip per pack, not per fold)."""
+    features, _, config = fold_input
+    specs = plan_folds_for(config, len(features))
+    log: list[tuple[str, int, float | None]] = []
+
+    class Logged(RecordingPublisher):
+        def __init__(self, fold_id: int) -> None:
+            super().__init__()
+            self.fold_id = fold_id
+
+        def flush(self, timeout: float | None = None) -> None:
+            super().flush(timeout)
+            log.append(("flush", self.fold_id, timeout))
+
+    score = FoldMember.result
+
+    def recorded(self: FoldMember, *args: object, **kwargs: object) -> FoldResult:
+        log.append(("score", self.member.spec.fold_id, None))
+        return score(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FoldMember, "result", recorded)
+    members = [PackMember(spec, config, FoldContext("r1", 0.0), Logged(spec.fold_id)) for spec in specs]
+    run_pack(features, members)
+    assert log[:3] == [("flush", 0, 0), ("flush", 1, 0), ("score", 0, None)]
+    assert ("flush", 1, None) in log[3:]  # and each fold still waits for its own before its outcome

@@ -121,6 +121,12 @@ def iter_pack(
     else:
         trained = _fit_stacked(folds, device, stopped)
     train_seconds = time.perf_counter() - started
+    if len(folds) > 1:
+        # Each fold's last batch of events goes now, without waiting: the hub takes them while
+        # the first folds are scored, and each fold's own flush (before its outcome) finds them
+        # taken rather than waiting for a hub call per fold in turn.
+        for fold in folds:
+            fold.member.publisher.flush(timeout=0)
     pack_id = uuid.uuid4().hex[:12]
     for fold, outcome in zip(folds, trained, strict=True):
         spec = fold.member.spec
