@@ -19,12 +19,14 @@ import ray
 from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events import publish
 from orchestrator.events.publish import RaySink
+from orchestrator.execution import pool as pool_module
 from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
 from orchestrator.lifecycle import Run, RunState
 from orchestrator.run.driver import RunDriver, execute_runs, new_run
 from tests.made_events import bodies
 from tests.synthetic import ar1_ohlcv
+from workers.fold import FoldTrainer
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -194,4 +196,49 @@ def test_runs_of_one_architecture_share_packs_and_a_cancelled_one_leaves_them(
     assert started.events(1)[-1]["type"] == "training_error"
     summary = summary_of(kept)
     assert [f["pack_size"] for f in summary["folds"]] == [4, 4, 4, 4]  # two of each run per stack
+    assert_same_folds(summary, alone)
+
+
+def test_a_worker_that_dies_after_streaming_one_fold_retries_only_the_rest(
+    hub: Any,
+    pool: WorkerPool,
+    bars: str,
+    tmp_path: Path,
+    alone: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pack's outcomes stream back one by one: a worker that dies once the driver has its first
+    fold (that fold's CSV is written) retries the pack's other fold only, with the same metrics."""
+
+    class DiesAfterItsFirstFold(FoldTrainer):
+        def stream_pack(self, features: Any, members: Any) -> Iterator[Any]:
+            outcomes = super().stream_pack(features, members)
+            first = next(outcomes)
+            yield first
+            if len(members) > 1 and all(m.context.attempt == 0 for m in members):
+                written = Path(members[0].config.reports_dir) / members[0].context.run_id / "predictions"
+                deadline = time.monotonic() + 60
+                while not list(written.glob(f"predictions_fold_{first.fold_id}_*.csv")):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                os._exit(1)  # as kill -9 would, once the driver holds the first fold
+            yield from outcomes
+
+    pool.discard_idle()  # the session's two CPUs for the dying workers
+    monkeypatch.setattr(pool_module, "_remote_trainer", ray.remote(DiesAfterItsFirstFold))
+    dying_pool = WorkerPool()
+    try:
+        (run,) = Runs(hub, RayExecutor(dying_pool), [make_config(tmp_path, bars, max_retries=1)]).wait()
+    finally:
+        dying_pool.shutdown()
+    summary = summary_of(run)
+    attempts = {f["fold_id"]: f["attempt"] for f in summary["folds"]}
+    first_packs = {f["pack_id"] for f in summary["folds"] if f["attempt"] == 0}
+    assert sorted(attempts.values()) == [0, 0, 1, 1] and len(first_packs) == 2  # one kept per pack
+    events = bodies(ray.get(hub.run_events.remote(run.run_id), timeout=30))
+    retried = sorted(
+        e["fold_id"] for e in events if e["type"] == "notification" and e["kind"] == "fold_retry"
+    )
+    assert retried == sorted(fold for fold, attempt in attempts.items() if attempt == 1)
     assert_same_folds(summary, alone)
