@@ -75,14 +75,24 @@ PINNED_SPACE = "lr: {type: categorical, choices: [0.001]}\nhidden: {type: catego
 
 
 def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import optuna
-
     folder = work / f"{mode}_{int(time.time() * 1000)}"
+    command, env = session_command(ROOT, MODES[mode], args, folder)
+    launched = time.time()
+    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} session failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return session_figures(mode, folder, launched, args.trials, parallel=2 if mode == "ray_p2" else 1)
+
+
+def session_command(
+    root: Path, flags: list[str], args: argparse.Namespace, folder: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The ``orchestrator hpo`` command of one session of the code at ``root`` (its folder made,
+    with the pinned search space), and its environment."""
     folder.mkdir(parents=True)
     space = folder / "space.yaml"
     space.write_text(PINNED_SPACE)
-    storage = f"sqlite:///{folder / 'study.db'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     command = [
         sys.executable,
@@ -108,32 +118,35 @@ def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, An
         "--pruner",
         "none",
         "--storage",
-        storage,
+        f"sqlite:///{folder / 'study.db'}",
         "--reports-dir",
         str(folder / "reports"),
         "--quiet",
-        *MODES[mode],
+        *flags,
     ]
-    launched = time.time()
-    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} session failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return command, env
+
+
+def session_figures(mode: str, folder: Path, launched: float, trials: int, parallel: int) -> dict[str, Any]:
+    """A finished session's figures from its Optuna storage (module doc); every trial must complete."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials = optuna.load_study(study_name="bench", storage=storage).get_trials(deepcopy=False)
-    states = {t.state.name for t in trials}
-    if states != {"COMPLETE"} or len(trials) != args.trials:
-        raise RuntimeError(f"{mode}: every trial must complete, got {states} of {len(trials)}")
+    storage = f"sqlite:///{folder / 'study.db'}"
+    found = optuna.load_study(study_name="bench", storage=storage).get_trials(deepcopy=False)
+    states = {t.state.name for t in found}
+    if states != {"COMPLETE"} or len(found) != trials:
+        raise RuntimeError(f"{mode}: every trial must complete, got {states} of {len(found)}")
     spans = sorted(
         (t.datetime_start.timestamp(), t.datetime_complete.timestamp())  # type: ignore[union-attr]
-        for t in trials
+        for t in found
     )
-    parallel = 2 if mode == "ray_p2" else 1
     first_wave_end = max(end for _, end in spans[:parallel])
     steady = spans[parallel:]
     last_end = max(end for _, end in spans)
     return {
         "mode": mode,
-        "trials": len(trials),
+        "trials": len(found),
         "session_seconds": round(last_end - launched, 2),
         "first_trial_start_seconds": round(spans[0][0] - launched, 2),
         "steady_trial_seconds": round(statistics.median(e - s for s, e in steady), 3),
