@@ -20,6 +20,7 @@ from orchestrator.config import TrainConfig, config_from_mapping
 from orchestrator.events import publish
 from orchestrator.events.publish import RaySink
 from orchestrator.execution import pool as pool_module
+from orchestrator.execution.packrun import PackRun
 from orchestrator.execution.pool import WorkerPool
 from orchestrator.execution.ray import RayExecutor
 from orchestrator.lifecycle import Run, RunState
@@ -242,3 +243,18 @@ def test_a_worker_that_dies_after_streaming_one_fold_retries_only_the_rest(
     )
     assert retried == sorted(fold for fold, attempt in attempts.items() if attempt == 1)
     assert_same_folds(summary, alone)
+
+
+def test_runs_still_going_when_the_executor_s_loop_breaks_fail_with_its_error(
+    hub: Any, pool: WorkerPool, bars: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the driver's loop (here its placement check) ends the call: a run it leaves
+    behind fails with that error, never ends as completed with folds missing."""
+
+    def broken(self: PackRun) -> None:
+        raise RuntimeError("the loop's own bug")
+
+    monkeypatch.setattr(PackRun, "_check_placement", broken)
+    (run,) = Runs(hub, RayExecutor(pool), [make_config(tmp_path, bars)]).wait()
+    assert run.state is RunState.FAILED
+    assert "the loop's own bug" in str(run.error)

@@ -93,6 +93,7 @@ class PackRun:
         self.free: list[Worker] = []  # this call's actors between two packs
         self.finished: list[tuple[PackedRun, FoldResult]] = []  # results not yet handed to on_result
         self.deferred: list[PackedRun] = []  # ended runs whose on_end waits for the call's end
+        self.broken: Exception | None = None  # what broke the loop off, if anything did
 
     def execute(self) -> dict[str, Exception]:
         try:
@@ -114,6 +115,9 @@ class PackRun:
                     else:
                         self._on_streamed(ref, self.calls[ref])
             self._deliver()
+        except BaseException as err:  # the loop itself broke: the runs still going fail with it
+            self.broken = err if isinstance(err, Exception) else RuntimeError(f"interrupted: {err!r}")
+            raise
         finally:
             self._end()
         return {run.job.run_id: run.error for run in self.runs if run.error is not None}
@@ -153,15 +157,12 @@ class PackRun:
             if not run.ended
             for fold_id in run.scheduler.queued()
         ]
-        if not tasks:
-            return
-        for pack in plan_packs(tasks, slots):
+        for pack in plan_packs(tasks, slots):  # (none without tasks)
             members = [
                 Member(index, fold_id, self.runs[index].scheduler.launch(fold_id).attempt)
                 for index, fold_id in pack
             ]
-            if self.free and self.free[-1].pid is not None:
-                # a worker of this call whose pack just returned: alive, no ping needed
+            if self.free and self.free[-1].pid is not None:  # a warm worker of this call: no ping
                 self._submit(self.free.pop(), members)
                 continue
             worker = self.free.pop() if self.free else self._acquire()
@@ -277,7 +278,7 @@ class PackRun:
         leaves ``call.members`` with its outcome: a death or an exception later concerns the rest."""
         try:
             outcome = ray.get(next(stream))
-        except StopIteration:  # a bug of the worker's: the loop breaks off and its runs end with it
+        except StopIteration:  # a bug of the worker's: the loop breaks off, its live runs fail
             raise RuntimeError(f"a pack's call ended without the outcome of {call.members}") from None
         except WORKER_DEATH as err:
             del self.calls[stream]
@@ -378,10 +379,9 @@ class PackRun:
         try:
             self.free.extend(stop_packs(self.calls, self.pool))
             self.calls = {}
-            for run in self.runs:
-                if not run.ended:  # the loop broke off (an error of its own): the run ends with it
-                    run.ended = True
-                    self.deferred.append(run)
+            for run in self._live():  # the loop broke off (an error of its own): they fail with it
+                run.ended, run.error = True, self.broken or RuntimeError("the executor's loop ended early")
+                self.deferred.append(run)
             cancelled = all(isinstance(run.error, RunCancelledError) for run in self.runs)
             kill = cancelled and not self.executor.keep_workers_on_cancel
             for worker in self.free:
