@@ -84,6 +84,14 @@ def run_session(mode: str, args: argparse.Namespace, work: Path) -> dict[str, An
     return session_figures(mode, folder, launched, args.trials, parallel=2 if mode == "ray_p2" else 1)
 
 
+def add_session_arguments(parser: argparse.ArgumentParser, *, trials: int) -> None:
+    """The job of each session (``session_command`` reads them): trials, folds, epochs, data."""
+    parser.add_argument("--trials", type=int, default=trials)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--data", default="sp500")
+
+
 def session_command(
     root: Path, flags: list[str], args: argparse.Namespace, folder: Path
 ) -> tuple[list[str], dict[str, str]]:
@@ -157,11 +165,8 @@ def session_figures(mode: str, folder: Path, launched: float, trials: int, paral
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=16)
+    add_session_arguments(parser, trials=16)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--data", default="sp500")
     parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args()
     modes = args.modes.split(",")

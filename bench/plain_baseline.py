@@ -32,7 +32,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.hpo_sessions import MODES, ROOT, session_command, session_figures  # noqa: E402
+from bench.hpo_sessions import (  # noqa: E402
+    MODES,
+    ROOT,
+    add_session_arguments,
+    session_command,
+    session_figures,
+)
 from bench.machine import machine  # noqa: E402
 
 
@@ -40,10 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="622d01a")
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--data", default="sp500")
+    add_session_arguments(parser, trials=8)
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("plain_baseline runs two sessions at once: it needs two cores or more")

@@ -251,12 +251,16 @@ class FoldTrainer:
         A run's cancel stands for later calls too (it may arrive before the call that holds its
         folds starts: the actor takes two calls at a time); a cancel of everything ends with the
         call it stopped."""
-        self._cancelled = False
-        return run_pack(features, members, lambda run_id: self._stopped(run_id, should_stop))
+        return list(self.stream_pack(features, members, should_stop))
 
-    def stream_pack(self, features: FeatureSet, members: Sequence[PackMember]) -> Iterator[FoldOutcome]:
-        """``iter_pack`` stopped by ``cancel``: the Ray executor's call (a streaming generator, so
-        each fold's outcome reaches the driver as soon as it is scored). A cancel is read as in
-        ``run_pack``."""
+    def stream_pack(
+        self,
+        features: FeatureSet,
+        members: Sequence[PackMember],
+        should_stop: Callable[[str], bool] | None = None,
+    ) -> Iterator[FoldOutcome]:
+        """``run_pack``'s outcomes one at a time, each as soon as it is scored: the Ray executor's
+        call (a streaming generator, so the driver writes one fold's files while the next is
+        scored)."""
         self._cancelled = False
-        yield from iter_pack(features, members, lambda run_id: self._stopped(run_id, None))
+        yield from iter_pack(features, members, lambda run_id: self._stopped(run_id, should_stop))

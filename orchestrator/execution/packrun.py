@@ -2,10 +2,10 @@
 
 One ``FoldScheduler`` per run decides; ``PackRun`` carries it out: free worker slots get packs of
 the folds waiting (``packing.plan_packs``), a new worker is pinged until it is up, a pack runs as
-one actor call (``FoldTrainer.stream_pack``, a streaming generator: each fold's outcome comes back
-as soon as the worker has scored it, and the driver writes its files while the next is scored),
-and what comes back is fed to each fold's scheduler: a result, a fold that failed, or the
-worker's death (the pack's folds without an outcome yet retry, each as its next attempt). A run ends on its own (``_end_run``), the others go on; see ``execution.ray``.
+one streaming actor call (``FoldTrainer.stream_pack``: each fold's outcome comes back once scored,
+so the driver writes its files while the next is scored), and each outcome is fed to its fold's
+scheduler: a result, a fold that failed, or the worker's death (the folds without an outcome yet
+retry, each as its next attempt). A run ends on its own (``_end_run``), the others go on.
 """
 
 from __future__ import annotations
